@@ -1,0 +1,6 @@
+"""Backbones: load an LM or MLLM, render its prompts, read its sub-layer states."""
+
+from freeret.backbone.backbone import Backbone
+from freeret.backbone.loading import ModelSpec, load_backbone
+
+__all__ = ["Backbone", "ModelSpec", "load_backbone"]

@@ -1,0 +1,88 @@
+"""A loaded model with its processor: renders prompts, batches inputs, reads sub-layer states."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from freeret.backbone.capture import capture, decoder_parts, run_until_captured
+from freeret.backbone.families import Family
+from freeret.embed.layers import LayerSpec
+
+if TYPE_CHECKING:
+    from freeret.backbone.loading import ModelSpec
+
+
+@dataclass
+class Backbone:
+    """The frozen MLLM/LM that both stages share."""
+
+    spec: "ModelSpec"
+    family: Family
+    model: nn.Module
+    processor: Any
+    tokenizer: Any
+    revision: str | None = None
+    layers: nn.ModuleList = field(init=False)
+    final_norm: nn.Module = field(init=False)
+
+    def __post_init__(self) -> None:
+        _, self.layers, self.final_norm = decoder_parts(self.model)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of decoder layers of the language model."""
+        return len(self.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def render(self, text: str, n_images: int = 0) -> str:
+        """The full prompt (chat template applied) whose last token is pooled."""
+        return self.family.render(self.processor, text, n_images, self.spec.chat_template, self.spec.system_prompt)
+
+    def inputs(self, prompts: list[str], images: list[list[Image.Image]] | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded model inputs for a batch of rendered prompts."""
+        return self.family.inputs(self.processor, prompts, images)
+
+    @torch.no_grad()
+    def hidden_states(
+        self, inputs: dict[str, torch.Tensor], specs: Sequence[LayerSpec], stop: bool = True
+    ) -> dict[LayerSpec, torch.Tensor]:
+        """(batch, seq, hidden) states at each requested point; the forward stops after the deepest."""
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        with capture(self.layers, self.final_norm, specs, stop=stop) as captured:
+            run_until_captured(self.model, **inputs, use_cache=False, logits_to_keep=1)
+        return captured
+
+    def embed(self, inputs: dict[str, torch.Tensor], spec: LayerSpec) -> torch.Tensor:
+        """Last-token embeddings (batch, hidden) in fp32 at ``spec``; needs left padding."""
+        mask = inputs["attention_mask"]
+        if not bool(mask[:, -1].all()):
+            raise ValueError("last-token pooling needs left padding: the last position of a row is padding")
+        hidden = self.hidden_states(inputs, [spec])[spec][:, -1]
+        if spec.apply_final_norm and spec.point != "final_norm":
+            hidden = self.final_norm(hidden)
+        return hidden.float()
+
+    def metadata(self) -> dict[str, Any]:
+        """What identifies these weights and how they ran, for result files."""
+        return {
+            "name": self.spec.name,
+            "family": self.spec.family,
+            "source": self.spec.source,
+            "hf_id": self.spec.hf_id,
+            "path": self.spec.path,
+            "revision": self.revision,
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", self.spec.attn_implementation),
+            "num_layers": self.num_layers,
+            "hidden_size": int(self.layers[0].self_attn.o_proj.out_features) if hasattr(self.layers[0], "self_attn") else None,
+            "min_pixels": self.spec.min_pixels,
+            "max_pixels": self.spec.max_pixels,
+        }

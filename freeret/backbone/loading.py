@@ -1,0 +1,120 @@
+"""Load a backbone from the embedded package, a tiny built-in model, a local dir or the HF hub."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from freeret.backbone.backbone import Backbone
+from freeret.backbone.families import get_family
+from freeret.errors import CheckpointNotFoundError, ConfigError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("hub", "embedded", "tiny")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that says which weights run and how (a ``conf/model`` entry)."""
+
+    name: str
+    family: str = "text"
+    source: str = "hub"
+    hf_id: str | None = None
+    path: str | None = None
+    revision: str | None = None
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    chat_template: bool = True
+    system_prompt: str | None = None
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "ModelSpec":
+        """Build from a ``conf/model`` mapping, rejecting unknown keys and values before any load."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ConfigError(f"unknown model config key(s): {', '.join(sorted(unknown))}")
+        spec = cls(**dict(cfg))
+        get_family(spec.family)
+        if spec.source not in SOURCES:
+            raise ConfigError(f"model.source={spec.source!r} is not one of {', '.join(SOURCES)}")
+        if spec.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype={spec.dtype!r} is not one of {', '.join(DTYPES)}")
+        if spec.source == "hub" and not (spec.hf_id or spec.path):
+            raise ConfigError(f"model '{spec.name}' needs model.hf_id or model.path")
+        return spec
+
+
+def resolve_checkpoint(spec: ModelSpec) -> tuple[str, str | None]:
+    """(where to load from, revision to record); fails fast with one line when weights are missing."""
+    if spec.path:
+        path = Path(spec.path).expanduser()
+        if not (path / "config.json").exists():
+            raise CheckpointNotFoundError(
+                f"model.path={spec.path} has no config.json: point it at a downloaded checkpoint folder of {spec.hf_id or spec.name}"
+            )
+        return str(path), spec.revision
+    if spec.source == "embedded":
+        from freeret.backbone.embedded import embedded_checkpoint
+
+        path, revision = embedded_checkpoint(spec.name)
+        return str(path), revision
+    if spec.source == "tiny":
+        from freeret.backbone.tiny import tiny_checkpoint
+
+        return str(tiny_checkpoint(spec.family)), "tiny-random-seed0"
+    assert spec.hf_id
+    if not _hub_has(spec.hf_id, spec.revision):
+        raise CheckpointNotFoundError(
+            f"checkpoint {spec.hf_id} (model={spec.name}) is not in the local HF cache and the hub cannot be reached: "
+            f"download it where there is a network (`hf download {spec.hf_id}`) and copy the HF cache here, "
+            f"or pass model.path=/path/to/checkpoint"
+        )
+    return spec.hf_id, spec.revision
+
+
+def _hub_has(repo_id: str, revision: str | None) -> bool:
+    """True when the checkpoint is cached locally or the hub answers for it (fast, no retries)."""
+    import huggingface_hub as hub
+
+    if isinstance(hub.try_to_load_from_cache(repo_id, "config.json", revision=revision), str):
+        return True
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        hub.HfApi().model_info(repo_id, revision=revision, timeout=10)
+    except Exception:  # noqa: BLE001 - any failure means the hub cannot serve it
+        return False
+    return True
+
+
+def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu") -> Backbone:
+    """Load model + processor for ``spec`` and wrap them in a :class:`Backbone`."""
+    family = get_family(spec.family)
+    where, revision = resolve_checkpoint(spec)
+    kwargs: dict[str, Any] = {"revision": revision} if spec.source == "hub" and not spec.path else {}
+    if spec.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    try:
+        processor, tokenizer = family.load_processor(
+            where, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels, **kwargs
+        )
+        model = family.model_class().from_pretrained(
+            where, dtype=DTYPES[spec.dtype], attn_implementation=spec.attn_implementation, **kwargs
+        )
+    except OSError as exc:
+        raise CheckpointNotFoundError(f"could not load {spec.name} from {where}: {str(exc).splitlines()[0]}") from exc
+    model.eval().to(device)
+    resolved = getattr(model.config, "_commit_hash", None) or revision
+    return Backbone(spec=spec, family=family, model=model, processor=processor, tokenizer=tokenizer, revision=resolved)

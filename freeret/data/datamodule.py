@@ -1,0 +1,82 @@
+"""Batches of unique items for Lightning's prediction loop.
+
+Items are grouped by (role, has image) so a batch shares one prompt kind, and sorted by
+text length inside a group so batches carry little padding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+from PIL import Image
+from torch.utils.data import DataLoader, Sampler
+
+from freeret.backbone.backbone import Backbone
+from freeret.data.retrieval_set import Item
+from freeret.embed.priors import Prior
+
+
+def plan_batches(items: Sequence[Item], batch_size: int) -> list[list[int]]:
+    """Index batches: homogeneous in (role, has image), long texts first inside each group."""
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault((item.role, item.image is not None), []).append(i)
+    batches = []
+    for key in sorted(groups):
+        idx = sorted(groups[key], key=lambda i: (-len(items[i].text), items[i].key))
+        batches += [idx[j : j + batch_size] for j in range(0, len(idx), batch_size)]
+    return batches
+
+
+class PlannedBatches(Sampler[list[int]]):
+    """A fixed list of index batches (Lightning needs a Sampler object, not a list)."""
+
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def load_image(path: str) -> Image.Image:
+    """Open an image as RGB."""
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class PromptCollator:
+    """Turns a list of items into model inputs with the prior's prompts."""
+
+    def __init__(self, backbone: Backbone, prior: Prior, dataset: str | None) -> None:
+        self.backbone, self.prior, self.dataset = backbone, prior, dataset
+
+    def prompt(self, item: Item) -> str:
+        """The full prompt string for one item."""
+        text = self.prior.render(item.role, item.text, item.image is not None, self.dataset)
+        return self.backbone.render(text, n_images=int(item.image is not None))
+
+    def __call__(self, items: list[Item]) -> dict[str, Any]:
+        prompts = [self.prompt(it) for it in items]
+        images = [[load_image(it.image)] for it in items] if items[0].image is not None else None
+        return {"keys": [it.key for it in items], "inputs": self.backbone.inputs(prompts, images)}
+
+
+class ItemDataModule(L.LightningDataModule):
+    """Serves unique items in planned batches to ``Trainer.predict``."""
+
+    def __init__(self, items: Sequence[Item], collate: PromptCollator, batch_size: int = 32, num_workers: int = 0) -> None:
+        super().__init__()
+        self.items, self.collate = list(items), collate
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.items,  # type: ignore[arg-type]
+            batch_sampler=PlannedBatches(plan_batches(self.items, self.batch_size)),
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+        )

@@ -1,0 +1,27 @@
+"""Dataset configs (``conf/dataset``) -> RetrievalSet."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from freeret.data.retrieval_set import RetrievalSet, load_mmeb
+from freeret.errors import ConfigError
+
+KINDS = ("mmeb", "smoke")
+
+
+def load_dataset(cfg: Mapping[str, Any]) -> RetrievalSet:
+    """Load the set a ``conf/dataset`` entry describes (``kind``: mmeb file or the built smoke set)."""
+    kind = cfg.get("kind", "mmeb")
+    name = str(cfg.get("name", kind))
+    limit = cfg.get("limit")
+    pool = str(cfg.get("pool", "rows"))
+    if kind == "smoke":
+        from freeret.data.smoke import build_smoke_set
+
+        return load_mmeb(name, build_smoke_set(), limit=limit, pool=pool)
+    if kind == "mmeb":
+        if not cfg.get("path") or cfg["path"] == "???":
+            raise ConfigError(f"dataset '{name}' needs dataset.path=FILE (.jsonl, .jsonl.gz or .parquet in the MMEB row format)")
+        return load_mmeb(name, cfg["path"], cfg.get("image_root"), limit=limit, pool=pool)
+    raise ConfigError(f"dataset.kind={kind!r} is not one of {', '.join(KINDS)}")

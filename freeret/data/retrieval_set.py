@@ -1,0 +1,160 @@
+"""Retrieval sets in the MMEB row format, reduced to unique items so each is encoded once.
+
+A row is (query, candidates) with the positive first. Items are keyed by a hash of
+(role, text, image path): a candidate that appears in many rows is one item.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from freeret.errors import DataError
+from freeret.paths import repo_root
+
+# MMEB-eval marks where the image goes with phi-3-v tokens; our chat templates place images themselves.
+_IMAGE_MARKERS = re.compile(r"<\|image_\d+\|>\s*")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to embed: text and/or an image, in the query or the target role."""
+
+    key: str
+    role: str
+    text: str
+    image: str | None = None
+
+    @staticmethod
+    def make(role: str, text: str, image: str | None) -> "Item":
+        """Build an item whose key is a stable content hash."""
+        digest = hashlib.sha1(json.dumps([role, text, image]).encode()).hexdigest()[:16]
+        return Item(key=f"{role[0]}-{digest}", role=role, text=text, image=image)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One query with its candidate list; ``candidates[0]`` is the positive."""
+
+    id: str
+    query: str
+    candidates: tuple[str, ...]
+
+
+@dataclass
+class RetrievalSet:
+    """Rows plus the unique items they reference."""
+
+    name: str
+    rows: list[Row]
+    items: dict[str, Item] = field(default_factory=dict)
+
+    @property
+    def num_candidates(self) -> int:
+        """Number of unique candidate items."""
+        return sum(1 for it in self.items.values() if it.role == "target")
+
+    def summary(self) -> dict[str, int]:
+        """Counts for result files."""
+        return {
+            "num_queries": len(self.rows),
+            "num_unique_candidates": self.num_candidates,
+            "candidates_per_query": max((len(r.candidates) for r in self.rows), default=0),
+        }
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A path as given, or relative to the repo root when not found from the working dir."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        return p
+    return repo_root() / p
+
+
+def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield raw rows from JSONL (optionally .gz) or parquet."""
+    p = resolve_path(path)
+    if not p.exists():
+        raise DataError(f"dataset file {path} does not exist (give dataset.path=FILE, a .jsonl, .jsonl.gz or .parquet)")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(p).to_pylist()
+        return
+    opener = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rb") as fh:
+        for lineno, raw in enumerate(io.TextIOWrapper(fh, encoding="utf-8"), 1):
+            if raw.strip():
+                try:
+                    yield json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
+
+
+def _image(path: str | None, root: Path) -> str | None:
+    if not path:
+        return None
+    p = Path(path)
+    return str(p if p.is_absolute() else root / p)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def build_set(
+    name: str,
+    raw_rows: Iterable[Mapping[str, Any]],
+    image_root: Path,
+    limit: int | None = None,
+    pool: str = "rows",
+) -> RetrievalSet:
+    """Turn MMEB-format rows into a RetrievalSet.
+
+    ``pool="positives"`` replaces each row's candidates by the positives of all kept rows
+    (a classification-style pool; makes a small slice of a large set cheap and fair).
+    """
+    if pool not in ("rows", "positives"):
+        raise DataError(f"dataset.pool must be 'rows' or 'positives', got {pool!r}")
+    rset = RetrievalSet(name=name, rows=[])
+    parsed: list[tuple[str, Item, list[Item]]] = []
+    for i, raw in enumerate(raw_rows):
+        if limit is not None and len(parsed) >= limit:
+            break
+        if "qry_text" not in raw and "qry_img_path" not in raw:
+            raise DataError(f"{name}: row {i} has neither qry_text nor qry_img_path")
+        texts, images = _as_list(raw.get("tgt_text")), _as_list(raw.get("tgt_img_path"))
+        n = max(len(texts), len(images))
+        if n == 0:
+            raise DataError(f"{name}: row {i} has no candidates (tgt_text / tgt_img_path)")
+        texts += [""] * (n - len(texts))
+        images += [""] * (n - len(images))
+        query = Item.make("query", _IMAGE_MARKERS.sub("", raw.get("qry_text") or ""), _image(raw.get("qry_img_path"), image_root))
+        cands = [Item.make("target", _IMAGE_MARKERS.sub("", t or ""), _image(im, image_root)) for t, im in zip(texts, images)]
+        parsed.append((str(raw.get("id", i)), query, cands))
+    if pool == "positives":
+        positives = [c[0] for _, _, c in parsed]
+        parsed = [(rid, q, [c[0]] + [p for p in positives if p.key != c[0].key]) for rid, q, c in parsed]
+    for rid, query, cands in parsed:
+        for item in (query, *cands):
+            rset.items.setdefault(item.key, item)
+        rset.rows.append(Row(id=rid, query=query.key, candidates=tuple(c.key for c in cands)))
+    if not rset.rows:
+        raise DataError(f"{name}: no rows")
+    return rset
+
+
+def load_mmeb(
+    name: str, path: str | Path, image_root: str | Path | None = None, limit: int | None = None, pool: str = "rows"
+) -> RetrievalSet:
+    """Read an MMEB-format JSONL/parquet; image paths are relative to ``image_root`` or the file's folder."""
+    root = resolve_path(image_root) if image_root else resolve_path(path).parent
+    return build_set(name, read_rows(path), root, limit=limit, pool=pool)
