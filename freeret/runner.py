@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +16,7 @@ import lightning as L
 import torch
 
 from freeret.backbone import ModelSpec, load_backbone
+from freeret.backbone.loading import count_layers, resolve_checkpoint
 from freeret.data.datamodule import ItemDataModule, PromptCollator
 from freeret.data.datasets import load_dataset
 from freeret.embed.layers import LayerSpec
@@ -29,6 +31,8 @@ from freeret.retrieve.store import read_shards
 
 log = logging.getLogger(__name__)
 PIPELINES = ("embed",)
+# Our batch sampler yields every index by construction (plan_batches); Lightning cannot know that.
+warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
 
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,8 +50,9 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
 
-    backbone = load_backbone(spec)
-    layer.resolve(backbone.num_layers)
+    checkpoint = resolve_checkpoint(spec)
+    layer.resolve(count_layers(spec, checkpoint))  # fail on a bad layer index before loading weights
+    backbone = load_backbone(spec, checkpoint)
     embed_cfg = cfg.get("embed") or {}
     trainer_cfg = dict(cfg.get("trainer") or {})
     emb_dir = run_dir / "embeddings" / rset.name

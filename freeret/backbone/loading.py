@@ -99,13 +99,30 @@ def _hub_has(repo_id: str, revision: str | None) -> bool:
     return True
 
 
-def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu") -> Backbone:
-    """Load model + processor for ``spec`` and wrap them in a :class:`Backbone`."""
-    family = get_family(spec.family)
-    where, revision = resolve_checkpoint(spec)
+def _load_kwargs(spec: ModelSpec, revision: str | None) -> dict[str, Any]:
+    """from_pretrained kwargs: a hub revision only for hub ids; remote code only if the user asked."""
     kwargs: dict[str, Any] = {"revision": revision} if spec.source == "hub" and not spec.path else {}
     if spec.trust_remote_code:
         kwargs["trust_remote_code"] = True
+    return kwargs
+
+
+def count_layers(spec: ModelSpec, checkpoint: tuple[str, str | None]) -> int:
+    """Number of text decoder layers, read from the checkpoint's config alone (no weights)."""
+    from transformers import AutoConfig
+
+    where, revision = checkpoint
+    config = AutoConfig.from_pretrained(where, **_load_kwargs(spec, revision))
+    return int(config.get_text_config().num_hidden_layers)
+
+
+def load_backbone(
+    spec: ModelSpec, checkpoint: tuple[str, str | None] | None = None, device: str | torch.device = "cpu"
+) -> Backbone:
+    """Load model + processor for ``spec`` (from ``checkpoint`` if already resolved) as a :class:`Backbone`."""
+    family = get_family(spec.family)
+    where, revision = checkpoint or resolve_checkpoint(spec)
+    kwargs = _load_kwargs(spec, revision)
     try:
         processor, tokenizer = family.load_processor(
             where, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels, **kwargs

@@ -1,0 +1,219 @@
+"""Processors for vision-language backbones that work with PIL images and without torchvision.
+
+``AutoProcessor`` cannot be used here: it picks the torchvision ("fast") image
+processors and loads a video processor, and torchvision does not import beside
+the CPU torch build. ``load_processor`` assembles the processor from its parts
+instead: the tokenizer (``AutoTokenizer``, left padding), the family's PIL image
+processor, the processor options from ``processor_config.json`` and the chat
+template (``chat_template.jinja``/``chat_template.json``, else the tokenizer's).
+Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision and InternVL processors are built through
+small subclasses whose ``__init__`` takes no video processor.
+
+Prompt text (``IMAGE_TOKEN_CONTENT``): callers render a single user turn with the
+processor's own chat template, one ``{"type": "image"}`` entry per image before the
+text, via ``render_chat``::
+
+    processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TEXT}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+
+Text-only prompts drop the image entry. This works unchanged for every family in
+``FAMILIES``; the template writes the family's image placeholder (``<|image_pad|>``
+inside ``<|vision_start|>...<|vision_end|>``, ``<image>``, ``<IMG_CONTEXT>``), which
+the processor then expands to the right number of image tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from transformers import (
+    AutoTokenizer,
+    BatchFeature,
+    GotOcr2ImageProcessorPil,
+    Idefics3ImageProcessorPil,
+    Idefics3Processor,
+    InternVLProcessor,
+    LlavaOnevisionImageProcessorPil,
+    LlavaOnevisionProcessor,
+    ProcessorMixin,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
+)
+
+IMAGE_TOKEN_CONTENT: dict[str, str] = {"type": "image"}
+"""The content entry that stands for one image in a chat message (see the module docstring)."""
+
+
+class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+    """Qwen2-VL processor without a video processor."""
+
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any
+    ):
+        """Build from an image processor and a tokenizer."""
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor without a video processor."""
+
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any
+    ):
+        """Build from an image processor and a tokenizer."""
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class LlavaOnevisionImageOnlyProcessor(LlavaOnevisionProcessor):
+    """LLaVA-OneVision processor without a video processor."""
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        num_image_tokens: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        chat_template: str | None = None,
+        image_token: str = "<image>",
+        video_token: str = "<video>",
+        vision_aspect_ratio: str = "anyres_max_9",
+        **kwargs: Any,
+    ):
+        """Build from an image processor, a tokenizer and the checkpoint's processor options."""
+        super().__init__(
+            image_processor,
+            tokenizer,
+            None,
+            num_image_tokens=num_image_tokens,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            chat_template=chat_template,
+            image_token=image_token,
+            video_token=video_token,
+            vision_aspect_ratio=vision_aspect_ratio,
+            **kwargs,
+        )
+
+
+class InternVLImageOnlyProcessor(InternVLProcessor):
+    """InternVL processor without a video processor."""
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        image_seq_length: int = 256,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ):
+        """Build from an image processor, a tokenizer and the number of tokens per image tile."""
+        super().__init__(
+            image_processor, tokenizer, None, image_seq_length=image_seq_length, chat_template=chat_template, **kwargs
+        )
+
+
+@dataclass(frozen=True)
+class FamilyProcessor:
+    """How to build one family's processor: its processor class, PIL image processor class, image nesting."""
+
+    processor_class: type[ProcessorMixin]
+    image_processor_class: type
+    real_processor_name: str
+    nested_images: bool
+    pixel_limits: bool = False
+
+
+PROCESSORS: dict[str, FamilyProcessor] = {
+    "qwen2_vl": FamilyProcessor(
+        Qwen2VLImageOnlyProcessor, Qwen2VLImageProcessorPil, "Qwen2VLProcessor", nested_images=False, pixel_limits=True
+    ),
+    "qwen2_5_vl": FamilyProcessor(
+        Qwen2_5_VLImageOnlyProcessor,
+        Qwen2VLImageProcessorPil,
+        "Qwen2_5_VLProcessor",
+        nested_images=False,
+        pixel_limits=True,
+    ),
+    "idefics3": FamilyProcessor(Idefics3Processor, Idefics3ImageProcessorPil, "Idefics3Processor", nested_images=True),
+    "llava_onevision": FamilyProcessor(
+        LlavaOnevisionImageOnlyProcessor, LlavaOnevisionImageProcessorPil, "LlavaOnevisionProcessor", nested_images=True
+    ),
+    "internvl": FamilyProcessor(
+        InternVLImageOnlyProcessor, GotOcr2ImageProcessorPil, "InternVLProcessor", nested_images=False
+    ),
+}
+FAMILIES: tuple[str, ...] = tuple(PROCESSORS)
+
+
+def _family(family: str) -> FamilyProcessor:
+    """The processor recipe of ``family``; ValueError names the known families."""
+    try:
+        return PROCESSORS[family]
+    except KeyError:
+        raise ValueError(f"unknown vision-language family {family!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def load_processor(
+    family: str,
+    path: str | Path,
+    *,
+    revision: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    local_files_only: bool = False,
+) -> ProcessorMixin:
+    """Load ``family``'s processor from a hub id or folder with PIL image processing and a left-padding tokenizer.
+
+    ``min_pixels``/``max_pixels`` bound the resized image area of Qwen families (ValueError elsewhere).
+    Hub and file errors (``OSError`` and subclasses) propagate unchanged.
+    """
+    spec = _family(family)
+    if (min_pixels is not None or max_pixels is not None) and not spec.pixel_limits:
+        raise ValueError(f"min_pixels/max_pixels apply to Qwen families only, not {family!r}")
+    hub: dict[str, Any] = {"revision": revision, "local_files_only": local_files_only}
+    tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left", **hub)
+    tokenizer.padding_side = "left"
+    image_kwargs: dict[str, int] = {}
+    if min_pixels is not None:
+        image_kwargs["min_pixels"] = min_pixels
+    if max_pixels is not None:
+        image_kwargs["max_pixels"] = max_pixels
+    image_processor = spec.image_processor_class.from_pretrained(str(path), **hub, **image_kwargs)
+    processor_dict, _ = spec.processor_class.get_processor_dict(str(path), **hub)
+    if processor_dict.get("chat_template") is None and tokenizer.chat_template is not None:
+        processor_dict["chat_template"] = tokenizer.chat_template
+    return spec.processor_class.from_args_and_dict([image_processor, tokenizer], processor_dict)
+
+
+def render_chat(family: str, processor: ProcessorMixin, text: str, n_images: int) -> str:
+    """One user turn with ``n_images`` images before ``text``, rendered by the processor's chat template."""
+    _family(family)
+    content: list[dict[str, str]] = [dict(IMAGE_TOKEN_CONTENT) for _ in range(n_images)]
+    content.append({"type": "text", "text": text})
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def processor_inputs(
+    family: str,
+    processor: ProcessorMixin,
+    prompts: list[str],
+    images: list[list[Image.Image]] | None,
+) -> BatchFeature:
+    """Tokenize a batch of rendered prompts (left padded, PyTorch tensors) with one image list per prompt or none."""
+    spec = _family(family)
+    kwargs: dict[str, Any] = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
+    if images is None or not any(images):
+        return processor(text=list(prompts), **kwargs)
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(images)} image lists")
+    batch_images: list[Any] = [list(sample) for sample in images]
+    if not spec.nested_images:
+        batch_images = [image for sample in batch_images for image in sample]
+    return processor(images=batch_images, text=list(prompts), **kwargs)

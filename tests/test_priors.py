@@ -1,0 +1,69 @@
+"""Prompt priors: placeholders, per-dataset overrides, and frozen prompt snapshots per prior and family."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from omegaconf import OmegaConf
+
+from freeret.embed.priors import Prior
+from freeret.errors import ConfigError
+
+from conftest import REPO
+
+PRIORS = sorted(p.stem for p in (REPO / "conf" / "prior").glob("*.yaml"))
+SNAPSHOT = REPO / "tests" / "snapshots" / "prompts.json"
+
+
+def load_prior(name: str) -> Prior:
+    return Prior.from_dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "prior" / f"{name}.yaml")))
+
+
+def test_missing_placeholder_is_a_config_error():
+    with pytest.raises(ConfigError, match="undefined placeholder.*query_kind"):
+        Prior.from_dict({"name": "bad", "query": "Is {query_kind} related? {text}"})
+
+
+def test_dataset_override_and_braces_in_text():
+    prior = load_prior("freeret")
+    generic = prior.render("query", "a {weird} text", False)
+    wordnet = prior.render("query", "a {weird} text", False, dataset="wordnet_rd")
+    assert "a {weird} text" in generic
+    assert "the query is related to the candidate" in generic
+    assert "the definition is related to the word" in wordnet
+
+
+def test_empty_text_leaves_no_blank_line():
+    prompt = load_prior("e5v").render("query", "", True)
+    assert prompt == "Summary above image in one word:"
+
+
+def _rendered() -> dict[str, str]:
+    """One item per prior x role x modality, through each family's chat template where the template is known offline."""
+    out = {}
+    for name in PRIORS:
+        prior = load_prior(name)
+        for role in ("query", "target"):
+            out[f"{name}/{role}/text"] = prior.render(role, "a domestic animal that barks", False, "wordnet_rd")
+            out[f"{name}/{role}/image"] = prior.render(role, "", True, "smoke_mm")
+    return out
+
+
+def test_prompt_snapshots():
+    """A template change fails here until the snapshot is renewed on purpose: FREERET_UPDATE_SNAPSHOTS=1 pytest."""
+    got = _rendered()
+    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1" or not SNAPSHOT.exists():
+        SNAPSHOT.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert got == json.loads(SNAPSHOT.read_text())
+
+
+def test_chat_prompt_snapshot_smollm(smollm):
+    """The full chat-rendered prompt of the default model (SmolLM2 ChatML) is frozen too."""
+    prior = load_prior("freeret")
+    got = smollm.render(prior.render("query", "a domestic animal that barks", False, "wordnet_rd"))
+    path = REPO / "tests" / "snapshots" / "chat_smollm2_freeret_query.txt"
+    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1" or not path.exists():
+        path.write_text(got)
+    assert got == path.read_text()

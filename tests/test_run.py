@@ -1,0 +1,113 @@
+"""End to end through run.py: tiny VLMs on the image smoke set, the real SmolLM2 on a WordNet slice,
+the sweep, and the one-line errors; plus every config group composing and instantiating."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, compose
+from freeret.backbone import ModelSpec
+from freeret.backbone.tiny import TINY_FAMILIES
+from freeret.data.datasets import load_dataset
+from freeret.embed.layers import LayerSpec
+from freeret.embed.priors import Prior
+from freeret.errors import ConfigError
+from freeret.eval.loggers import make_logger
+
+QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+
+
+def run_py(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, env=full_env, cwd=tmp_path, timeout=600)
+
+
+def results(run_dir: Path, dataset: str) -> dict:
+    return json.loads((run_dir / "results" / f"{dataset}.json").read_text())
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "layer", "prior", "dataset", "pipeline", "trainer", "logger", "paths"])
+def test_every_config_group_composes_and_instantiates(group, tmp_path):
+    for option in options(group):
+        cfg = compose([f"{group}={option}"])
+        assert cfg[group] is not None
+        ModelSpec.from_dict(cfg.model)
+        LayerSpec.from_dict(cfg.layer)
+        Prior.from_dict(cfg.prior)
+        if group == "dataset" and option == "local":
+            with pytest.raises(ConfigError, match="dataset.path"):
+                load_dataset(cfg.dataset)
+        elif group == "dataset":
+            assert load_dataset(cfg.dataset).rows
+        if group == "logger":
+            make_logger(cfg.logger, tmp_path)
+
+
+def test_model_configs_cover_the_paper_families():
+    models = set(options("model"))
+    assert {"smollm2_135m", "gemma3_270m", "qwen2vl_2b", "qwen2vl_7b", "qwen25vl_3b", "qwen25vl_7b", "qwen25vl_32b",
+            "internvl3_2b", "internvl3_8b", "llava_ov_7b", "smolvlm_256m", "smolvlm_500m"} <= models
+    for family in TINY_FAMILIES:
+        assert any(ModelSpec.from_dict(compose([f"model={m}"]).model).family == family for m in models if m.startswith("tiny_"))
+
+
+@pytest.mark.parametrize("model", ["tiny_qwen2vl", "tiny_qwen25vl", "tiny_idefics3", "tiny_llava_ov", "tiny_internvl"])
+def test_tiny_vlm_end_to_end_on_images(model, tmp_path):
+    proc = run_py([f"model={model}", "dataset=smoke_mm", *QUIET], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = results(tmp_path, "smoke_mm")
+    assert res["counts"]["num_queries"] == 16 and res["counts"]["candidates_per_query"] == 8
+    assert 0.0 <= res["main_score"] <= 1.0
+    assert res["model"]["family"] == compose([f"model={model}"]).model.family
+    assert f"smoke_mm: hit@1={res['main_score']:.4f}" in proc.stdout
+
+
+def test_real_smollm2_wordnet_slice_beats_chance(tmp_path):
+    proc = run_py(["dataset.limit=100", "dataset.pool=positives", *QUIET], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = results(tmp_path, "wordnet_rd")
+    assert res["counts"]["candidates_per_query"] == 100  # chance hit@1 = 0.01
+    assert res["main_score"] >= 0.05
+    for key in ("revision", "dtype", "attn_implementation"):
+        assert res["model"][key]
+    assert res["environment"]["packages"]["transformers"]
+    assert res["layer"]["label"] == "attn_last" and res["prior"] == "freeret"
+
+
+def test_sweep_grid_fast(tmp_path):
+    """The README's sweep (-m layer=... prior=...) with the joblib launcher, on a tiny model."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "-m", "layer=attn_last,mlp_last", "prior=e5v,freeret", "model=tiny_qwen2vl",
+         "dataset=smoke_mm", *QUIET, f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    combos = {(r["layer"]["label"], r["prior"]) for r in (json.loads(p.read_text()) for p in sweep.glob("*/results/smoke_mm.json"))}
+    assert combos == {("attn_last", "e5v"), ("attn_last", "freeret"), ("mlp_last", "e5v"), ("mlp_last", "freeret")}
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["model=qwen2vl_7b", "prior=caption"], "Qwen/Qwen2-VL-7B-Instruct"),
+        (["model=qwen2vl_7b", "model.path=/nonexistent/ckpt"], "model.path=/nonexistent/ckpt"),
+        (["model=tiny_qwen2vl", "layer.index=-9"], "layer.index=-9 is out of range"),
+        (["dataset=local", "dataset.path=/nonexistent.jsonl"], "does not exist"),
+    ],
+)
+def test_errors_are_one_line(args, expected, tmp_path):
+    proc = run_py([*args, *QUIET], tmp_path, env={"HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
