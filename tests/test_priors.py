@@ -53,17 +53,28 @@ def _rendered() -> dict[str, str]:
 
 def test_prompt_snapshots():
     """A template change fails here until the snapshot is renewed on purpose: FREERET_UPDATE_SNAPSHOTS=1 pytest."""
-    got = _rendered()
-    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1" or not SNAPSHOT.exists():
-        SNAPSHOT.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    assert got == json.loads(SNAPSHOT.read_text())
+    _check_snapshot(SNAPSHOT, _rendered())
 
 
-def test_chat_prompt_snapshot_smollm(smollm):
-    """The full chat-rendered prompt of the default model (SmolLM2 ChatML) is frozen too."""
-    prior = load_prior("freeret")
-    got = smollm.render(prior.render("query", "a domestic animal that barks", False, "wordnet_rd"))
-    path = REPO / "tests" / "snapshots" / "chat_smollm2_freeret_query.txt"
+def _check_snapshot(path, got):
     if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1" or not path.exists():
-        path.write_text(got)
-    assert got == path.read_text()
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert got == json.loads(path.read_text())
+
+
+def test_chat_prompt_snapshots_per_family(smollm):
+    """The full prompt the model sees, per prior and family (real chat templates; tiny VLMs carry the real ones)."""
+    from freeret.backbone.families import get_family
+    from freeret.backbone.tiny import TINY_FAMILIES, tiny_checkpoint
+
+    processors = {"text": smollm.processor}
+    for family in TINY_FAMILIES:
+        processors[family], _ = get_family(family).load_processor(tiny_checkpoint(family))
+    got = {}
+    for name in PRIORS:
+        prior = load_prior(name)
+        for family, processor in processors.items():
+            has_image = family != "text"
+            text = prior.render("query", "a domestic animal that barks", has_image, "wordnet_rd")
+            got[f"{family}/{name}/query"] = get_family(family).render(processor, text, int(has_image), True, None)
+    _check_snapshot(REPO / "tests" / "snapshots" / "chat_prompts.json", got)
