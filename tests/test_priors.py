@@ -64,7 +64,7 @@ def _check_snapshot(path, got):
 
 def test_chat_prompt_snapshots_per_family(smollm):
     """The full prompt the model sees, per prior and family (real chat templates; tiny VLMs carry the real ones)."""
-    from freeret.backbone.families import get_family
+    from freeret.backbone.families import IMAGE, get_family
     from freeret.backbone.tiny import TINY_FAMILIES, tiny_checkpoint
 
     processors = {"text": smollm.processor}
@@ -76,5 +76,5 @@ def test_chat_prompt_snapshots_per_family(smollm):
         for family, processor in processors.items():
             has_image = family != "text"
             text = prior.render("query", "a domestic animal that barks", has_image, "wordnet_rd")
-            got[f"{family}/{name}/query"] = get_family(family).render(processor, text, int(has_image), True, None)
+            got[f"{family}/{name}/query"] = get_family(family).render(processor, [IMAGE] * has_image + [text], True, None)
     _check_snapshot(REPO / "tests" / "snapshots" / "chat_prompts.json", got)

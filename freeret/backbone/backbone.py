@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from freeret.backbone.capture import capture, decoder_parts, run_until_captured
-from freeret.backbone.families import Family
+from freeret.backbone.families import IMAGE, Family
 from freeret.embed.layers import LayerSpec
 
 if TYPE_CHECKING:
@@ -43,8 +43,12 @@ class Backbone:
         return next(self.model.parameters()).device
 
     def render(self, text: str, n_images: int = 0) -> str:
-        """The full prompt (chat template applied) whose last token is pooled."""
-        return self.family.render(self.processor, text, n_images, self.spec.chat_template, self.spec.system_prompt)
+        """The full prompt (chat template applied) for images followed by text; its last token is pooled."""
+        return self.render_parts([IMAGE] * n_images + [text])
+
+    def render_parts(self, parts: Sequence[Any]) -> str:
+        """The full prompt for interleaved texts and ``IMAGE`` slots."""
+        return self.family.render(self.processor, parts, self.spec.chat_template, self.spec.system_prompt)
 
     def inputs(self, prompts: list[str], images: list[list[Image.Image]] | None = None) -> dict[str, torch.Tensor]:
         """Left-padded model inputs for a batch of rendered prompts."""

@@ -6,7 +6,7 @@ A family's quirks live here and nowhere else. Add one with ``@register_family("n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -14,6 +14,16 @@ from PIL import Image
 from freeret.errors import ConfigError
 
 FAMILIES: dict[str, "Family"] = {}
+
+
+class _ImageSlot:
+    """Marks where an image goes among a prompt's text parts."""
+
+    def __repr__(self) -> str:
+        return "IMAGE"
+
+
+IMAGE = _ImageSlot()
 
 
 def register_family(name: str) -> Callable[[type["Family"]], type["Family"]]:
@@ -58,15 +68,21 @@ class Family:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer, tokenizer
 
-    def render(self, processor: Any, text: str, n_images: int, chat: bool, system: str | None) -> str:
-        """The full prompt string for one item; the embedding is read at its last token."""
+    def render(self, processor: Any, parts: Sequence[str | _ImageSlot], chat: bool, system: str | None) -> str:
+        """The full prompt for one user turn; ``parts`` are texts and ``IMAGE`` slots, in order.
+
+        The embedding is read at the prompt's last token; a reranker appends its answer cue.
+        """
+        n_images = sum(p is IMAGE for p in parts)
         if n_images and not self.multimodal:
             raise ConfigError(f"model family {self.name!r} is text-only but an item has an image")
         if not chat or getattr(processor, "chat_template", None) is None:
-            return text
-        content: Any = text
+            if n_images:
+                raise ConfigError(f"model family {self.name!r} needs its chat template to place images")
+            return "".join(p for p in parts if p is not IMAGE)
+        content: Any = "".join(p for p in parts if p is not IMAGE)
         if self.multimodal:
-            content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+            content = [{"type": "image"} if p is IMAGE else {"type": "text", "text": p} for p in parts if p is IMAGE or p]
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
         return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
