@@ -1,6 +1,8 @@
-"""One run from a plain config mapping: embed a dataset, score, write results.
+"""One run from a plain config mapping: embed a dataset, optionally rerank, score, write results.
 
 ``run.py`` composes the config with Hydra and calls :func:`run`; tests call it directly.
+Pipelines: ``embed`` (stage 1), ``two_stage`` (stage 1 + rerank of the top-K),
+``rag`` (two_stage, then the same model answers from the top documents).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
-from freeret.backbone import ModelSpec, load_backbone
+from freeret.backbone import Backbone, ModelSpec, load_backbone
 from freeret.backbone.loading import count_layers, resolve_checkpoint
 from freeret.data.datamodule import ItemDataModule, PromptCollator
 from freeret.data.datasets import load_dataset
+from freeret.data.retrieval_set import RetrievalSet
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
@@ -26,13 +29,65 @@ from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, TIE_RULE, retrieval_metrics
 from freeret.eval.results import environment, write_json
 from freeret.lit import EmbeddingWriter, EmbedModule
+from freeret.rerank.framing import Framing
+from freeret.rerank.scorer import PairScorer
+from freeret.rerank.stage import RerankConfig, RerankModule, RerankWriter, fused_ranking, read_rerank, rerank_loader, top_k_groups
 from freeret.retrieve.scoring import score_rows
 from freeret.retrieve.store import read_shards
 
 log = logging.getLogger(__name__)
-PIPELINES = ("embed",)
+PIPELINES = ("embed", "two_stage", "rag")
 # Our batch sampler yields every index by construction (plan_batches); Lightning cannot know that.
 warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # one query group per step, by design
+
+
+def make_trainer(cfg: Mapping[str, Any], callback, logger=None) -> L.Trainer:
+    """A predict-only Lightning Trainer from ``conf/trainer`` (extra keys pass through)."""
+    trainer_cfg = dict(cfg.get("trainer") or {})
+    return L.Trainer(
+        accelerator=trainer_cfg.pop("accelerator", "auto"),
+        devices=trainer_cfg.pop("devices", 1),
+        logger=logger or False,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=bool(trainer_cfg.pop("enable_progress_bar", True)),
+        **trainer_cfg,
+    )
+
+
+def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, prior: Prior, rset: RetrievalSet,
+                run_dir: Path) -> list[torch.Tensor]:
+    """Embed every unique item once (Lightning predict + shard writer); return per-row cosine scores."""
+    embed_cfg = cfg.get("embed") or {}
+    emb_dir = run_dir / "embeddings" / rset.name
+    shutil.rmtree(emb_dir, ignore_errors=True)
+    datamodule = ItemDataModule(
+        list(rset.items.values()),
+        PromptCollator(backbone, prior, rset.name),
+        batch_size=int(embed_cfg.get("batch_size", 32)),
+        num_workers=int(embed_cfg.get("num_workers", 0)),
+    )
+    writer = EmbeddingWriter(emb_dir, shard_size=int(embed_cfg.get("shard_size", 4096)))
+    make_trainer(cfg, writer).predict(EmbedModule(backbone, layer), datamodule=datamodule, return_predictions=False)
+    return score_rows(rset.rows, read_shards(emb_dir))
+
+
+def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankConfig, rset: RetrievalSet,
+                 embed_scores: list[torch.Tensor], run_dir: Path) -> list[torch.Tensor]:
+    """Rerank each row's top-K (Lightning predict + JSONL writer); return fused rank scores per row."""
+    out_dir = run_dir / "rerank" / rset.name
+    shutil.rmtree(out_dir, ignore_errors=True)
+    groups = top_k_groups(rset, embed_scores, rerank_cfg.top_k)
+    make_trainer(cfg, RerankWriter(out_dir)).predict(RerankModule(scorer), dataloaders=rerank_loader(groups),
+                                                     return_predictions=False)
+    records = read_rerank(out_dir)
+    return [
+        fused_ranking(scores, records[row.id]["positions"], torch.tensor(records[row.id]["probs"]),
+                      scorer.framing.match_index, rerank_cfg)
+        for row, scores in zip(rset.rows, embed_scores)
+    ]
 
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -41,9 +96,13 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     spec = ModelSpec.from_dict(cfg["model"])
     layer = LayerSpec.from_dict(cfg["layer"])
     prior = Prior.from_dict(cfg["prior"])
-    pipeline = (cfg.get("pipeline") or {}).get("name", "embed")
+    pipeline_cfg = dict(cfg.get("pipeline") or {"name": "embed"})
+    pipeline = pipeline_cfg.get("name", "embed")
     if pipeline not in PIPELINES:
         raise ConfigError(f"pipeline={pipeline!r} is not available; choose one of {', '.join(PIPELINES)}")
+    staged = pipeline != "embed"
+    framing = Framing.from_dict(cfg["framing"]) if staged else None
+    rerank_cfg = RerankConfig.from_dict(pipeline_cfg) if staged else None
     rset = load_dataset(cfg["dataset"])
     run_dir = Path(cfg.get("run_dir") or "outputs/run")
     L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
@@ -53,64 +112,73 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     checkpoint = resolve_checkpoint(spec)
     layer.resolve(count_layers(spec, checkpoint))  # fail on a bad layer index before loading weights
     backbone = load_backbone(spec, checkpoint)
-    embed_cfg = cfg.get("embed") or {}
-    trainer_cfg = dict(cfg.get("trainer") or {})
-    emb_dir = run_dir / "embeddings" / rset.name
-    shutil.rmtree(emb_dir, ignore_errors=True)
+    scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate)
+              if staged else None)  # built before stage 1: a bad framing fails before any embedding work
     logger = make_logger(cfg.get("logger"), run_dir)
 
-    datamodule = ItemDataModule(
-        list(rset.items.values()),
-        PromptCollator(backbone, prior, rset.name),
-        batch_size=int(embed_cfg.get("batch_size", 32)),
-        num_workers=int(embed_cfg.get("num_workers", 0)),
-    )
-    trainer = L.Trainer(
-        accelerator=trainer_cfg.pop("accelerator", "auto"),
-        devices=trainer_cfg.pop("devices", 1),
-        logger=logger or False,
-        callbacks=[EmbeddingWriter(emb_dir, shard_size=int(embed_cfg.get("shard_size", 4096)))],
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=bool(trainer_cfg.pop("enable_progress_bar", True)),
-        **trainer_cfg,
-    )
-    embed_start = time.perf_counter()
-    trainer.predict(EmbedModule(backbone, layer), datamodule=datamodule, return_predictions=False)
-    embed_seconds = time.perf_counter() - embed_start
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
+    embed_scores = embed_stage(cfg, backbone, layer, prior, rset, run_dir)
+    timing["embed_seconds"] = time.perf_counter() - t
+    metrics = {"embed": retrieval_metrics(embed_scores)}
+    final_scores = embed_scores
+    if staged:
+        t = time.perf_counter()
+        final_scores = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir)
+        timing["rerank_seconds"] = time.perf_counter() - t
+        metrics["rerank"] = retrieval_metrics(final_scores)
+    extra: dict[str, Any] = {}
+    if pipeline == "rag":
+        from freeret.rag import answer_stage
 
-    scores = score_rows(rset.rows, read_shards(emb_dir))
-    metrics = retrieval_metrics(scores)
+        t = time.perf_counter()
+        extra["rag"] = answer_stage(cfg, backbone, rset, final_scores, run_dir)
+        timing["rag_seconds"] = time.perf_counter() - t
+    timing["wall_seconds"] = time.perf_counter() - start
+
+    final = metrics["rerank" if staged else "embed"]
     payload = {
         "dataset": rset.name,
         "pipeline": pipeline,
         "main_score_name": MAIN_SCORE,
-        "main_score": metrics[MAIN_SCORE],
-        "metrics": {"embed": metrics},
+        "main_score": final[MAIN_SCORE],
+        "metrics": metrics,
         "tie_rule": TIE_RULE,
         "similarity": "cosine, fp32",
         "layer": {"label": layer.label, "point": layer.point, "index": layer.index,
                   "resolved_index": layer.resolve(backbone.num_layers), "apply_final_norm": layer.apply_final_norm},
         "prior": prior.name,
+        "framing": framing.name if framing else None,
+        "rerank": (
+            {**rerank_cfg.__dict__, "option_token_ids": scorer.option_ids,
+             "options": list(framing.options), "match": framing.match}
+            if staged else None
+        ),
         "model": backbone.metadata(),
         "counts": {**rset.summary(), "num_items_embedded": len(rset.items)},
-        "timing": {"wall_seconds": time.perf_counter() - start, "embed_seconds": embed_seconds},
+        "timing": timing,
         "environment": environment(),
         "config": dict(cfg),
+        **extra,
     }
     write_json(run_dir / "results" / f"{rset.name}.json", payload)
     if logger is not None:
         logger.log_hyperparams(dict(cfg))
-        logger.log_metrics({f"{rset.name}/{k}": v for k, v in metrics.items()})
+        logger.log_metrics({f"{rset.name}/{stage}/{k}": v for stage, m in metrics.items() for k, v in m.items()})
         logger.finalize("success")
     return payload
 
 
 def summary_line(payload: Mapping[str, Any]) -> str:
     """The one-line summary printed after a run."""
+    stages = payload["metrics"]
+    scores = " -> ".join(f"{stage} hit@1={m[MAIN_SCORE]:.4f}" for stage, m in stages.items())
+    framing = f" | framing={payload['framing']} top{payload['rerank']['top_k']}" if payload.get("framing") else ""
+    rag = ""
+    if payload.get("rag"):
+        rag = f" | RAG EM={payload['rag']['exact_match_with_retrieval']:.3f} (closed-book {payload['rag']['exact_match_closed_book']:.3f})"
     return (
-        f"{payload['dataset']}: hit@1={payload['main_score']:.4f} | layer={payload['layer']['label']} "
-        f"| prior={payload['prior']} | model={payload['model']['name']} "
-        f"| {payload['counts']['num_queries']} queries x {payload['counts']['candidates_per_query']} candidates "
-        f"| {payload['timing']['wall_seconds']:.0f}s"
+        f"{payload['dataset']}: {scores} | layer={payload['layer']['label']} | prior={payload['prior']}{framing} "
+        f"| model={payload['model']['name']} | {payload['counts']['num_queries']} queries x "
+        f"{payload['counts']['candidates_per_query']} candidates{rag} | {payload['timing']['wall_seconds']:.0f}s"
     )

@@ -70,7 +70,7 @@ def test_tiny_vlm_end_to_end_on_images(model, tmp_path):
     assert res["counts"]["num_queries"] == 16 and res["counts"]["candidates_per_query"] == 8
     assert 0.0 <= res["main_score"] <= 1.0
     assert res["model"]["family"] == compose([f"model={model}"]).model.family
-    assert f"smoke_mm: hit@1={res['main_score']:.4f}" in proc.stdout
+    assert f"smoke_mm: embed hit@1={res['main_score']:.4f}" in proc.stdout
 
 
 def test_real_smollm2_wordnet_slice_beats_chance(tmp_path):

@@ -1,0 +1,153 @@
+"""Pointwise pair scoring with the frozen model: probability of the "match" option.
+
+Two exact implementations of the same score:
+- ``naive``: one full forward per (query, candidate) prompt (the reference);
+- ``fast``: the query-side prefix runs once into a KV cache that every candidate
+  suffix reuses; suffixes run right-padded in batches with explicit positions, and the
+  LM head is applied only at each suffix's last token and only to the option rows.
+Pairs whose candidate has an image take the batched full-forward path (the prefix
+cache is reused only for text suffixes).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from freeret.backbone.backbone import Backbone
+from freeret.backbone.families import IMAGE
+from freeret.data.datamodule import load_image
+from freeret.data.retrieval_set import Item
+from freeret.rerank.framing import Framing
+from freeret.rerank.options import resolve_option_ids
+
+log = logging.getLogger(__name__)
+_SLOT = "\u2063CANDIDATE\u2063"  # stands for the candidate text while the prompt is split
+
+
+@dataclass
+class PairScores:
+    """Option probabilities (candidates x options) and which column means "match"."""
+
+    probs: torch.Tensor
+    match_index: int
+
+    @property
+    def match(self) -> torch.Tensor:
+        """P(match option) per candidate."""
+        return self.probs[:, self.match_index]
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        """Entropy of the option distribution per candidate (RetLLM's tie-breaker)."""
+        return -(self.probs * self.probs.clamp_min(1e-12).log()).sum(-1)
+
+
+class PairScorer:
+    """Scores a query against its candidates with a framing."""
+
+    def __init__(self, backbone: Backbone, framing: Framing, dataset: str | None = None, batch_size: int = 16,
+                 calibrate: bool = False) -> None:
+        self.bb, self.framing, self.batch_size, self.calibrate = backbone, framing, batch_size, calibrate
+        self.head, self.middle, self.tail = framing.split(dataset)
+        probe = self.prompt(Item.make("query", "q", None), Item.make("target", "c", None))
+        self.option_ids = resolve_option_ids(backbone.tokenizer, probe, framing.options, f"framing '{framing.name}'")
+        self.base = backbone.model.get_decoder() if not backbone.family.multimodal else backbone.model.model
+        head = backbone.model.get_output_embeddings()
+        self.head_rows = head.weight[self.option_ids].detach()
+        self.head_bias = head.bias[self.option_ids].detach() if getattr(head, "bias", None) is not None else None
+        self.softcap = getattr(backbone.model.config.get_text_config(), "final_logit_softcapping", None)
+
+    # -- prompts -----------------------------------------------------------------------------------
+    def _parts(self, query: Item, cand: Item, cand_text: str | None = None) -> list:
+        return [self.head, *([IMAGE] if query.image else []), query.text, self.middle,
+                *([IMAGE] if cand.image else []), cand.text if cand_text is None else cand_text, self.tail]
+
+    def prompt(self, query: Item, cand: Item) -> str:
+        """The whole prompt of one pair, ending at the answer position."""
+        return self.bb.render_parts(self._parts(query, cand)) + self.framing.answer_prefix
+
+    def split(self, query: Item) -> tuple[str, str]:
+        """(shared prefix, suffix template with the candidate slot); the prefix ends where the candidate line starts."""
+        text = self.bb.render_parts(self._parts(query, Item.make("target", "", None), _SLOT)) + self.framing.answer_prefix
+        cut = text.rfind("\n", 0, text.index(_SLOT)) + 1
+        return text[:cut], text[cut:]
+
+    # -- scoring -----------------------------------------------------------------------------------
+    def _option_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = hidden.float() @ self.head_rows.float().T
+        if self.head_bias is not None:
+            logits = logits + self.head_bias.float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    @torch.no_grad()
+    def naive(self, query: Item, cands: Sequence[Item], batch_size: int = 1) -> PairScores:
+        """Reference: full forward of each whole pair prompt (``batch_size`` pairs at a time, left-padded)."""
+        probs = []
+        for start in range(0, len(cands), batch_size):
+            chunk = cands[start : start + batch_size]
+            prompts = [self.prompt(query, c) for c in chunk]
+            images = [[load_image(p) for p in (query.image, c.image) if p] for c in chunk]
+            inputs = self.bb.inputs(prompts, images if any(images) else None)
+            inputs = {k: v.to(self.bb.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            hidden = self.base(**inputs, use_cache=False).last_hidden_state[:, -1]
+            probs.append(self._option_logits(hidden).softmax(-1))
+        return PairScores(torch.cat(probs), self.framing.match_index)
+
+    @torch.no_grad()
+    def fast(self, query: Item, cands: Sequence[Item]) -> PairScores:
+        """Prefix KV cache once per query, text suffixes in right-padded batches; image candidates via ``naive``."""
+        probs = torch.empty(len(cands), len(self.option_ids))
+        text_idx = [i for i, c in enumerate(cands) if not c.image]
+        image_idx = [i for i, c in enumerate(cands) if c.image]
+        if image_idx:
+            probs[image_idx] = self.naive(query, [cands[i] for i in image_idx], self.batch_size).probs
+        if text_idx:
+            probs[text_idx] = self._fast_text(query, [cands[i].text for i in text_idx])
+        return PairScores(probs, self.framing.match_index)
+
+    def _fast_text(self, query: Item, texts: Sequence[str]) -> torch.Tensor:
+        prefix, suffix_template = self.split(query)
+        inputs = self.bb.inputs([prefix], [[load_image(query.image)]] if query.image else None)
+        inputs = {k: v.to(self.bb.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        inputs.pop("position_ids", None)
+        cache = self.base(**inputs, use_cache=True).past_key_values
+        n_prefix = inputs["input_ids"].shape[1]
+        rope_deltas = getattr(self.base, "rope_deltas", None)  # M-RoPE (Qwen-VL): text after an image is shifted
+        tok = self.bb.tokenizer
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = [suffix_template.replace(_SLOT, t) for t in texts[start : start + self.batch_size]]
+            enc = tok(chunk, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
+            ids, mask = enc["input_ids"].to(self.bb.device), enc["attention_mask"].to(self.bb.device)
+            n, width = ids.shape
+            batch_cache = copy.deepcopy(cache)
+            batch_cache.batch_repeat_interleave(n)
+            positions = torch.arange(n_prefix, n_prefix + width, device=ids.device).expand(n, width)
+            if rope_deltas is not None and query.image:
+                positions = (positions + rope_deltas.to(ids.device)).unsqueeze(0).expand(3, n, width)
+            hidden = self.base(
+                input_ids=ids,
+                attention_mask=torch.cat([mask.new_ones(n, n_prefix), mask], dim=1),
+                position_ids=positions,
+                past_key_values=batch_cache,
+                use_cache=True,
+            ).last_hidden_state
+            last = hidden[torch.arange(n), mask.sum(1) - 1]
+            out.append(self._option_logits(last).softmax(-1).cpu())
+        return torch.cat(out)
+
+    def score(self, query: Item, cands: Sequence[Item]) -> PairScores:
+        """Fast scores, divided by the content-free option prior of this query when ``calibrate`` is on."""
+        if not self.calibrate:
+            return self.fast(query, cands)
+        empty = Item.make("target", "", None)
+        scores = self.fast(query, [*cands, empty])
+        calibrated = scores.probs[:-1] / scores.probs[-1]
+        return PairScores(calibrated / calibrated.sum(-1, keepdim=True), self.framing.match_index)

@@ -1,0 +1,143 @@
+"""Stage 2 under Lightning's prediction loop: rerank each query's top-K, then fuse with stage 1.
+
+One prediction batch is one query with its K candidates (the prefix cache is per query).
+The writer stores option probabilities per row as JSONL shards in the run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader
+
+from freeret.data.retrieval_set import Item, RetrievalSet
+from freeret.errors import ConfigError
+from freeret.rerank.scorer import PairScorer
+
+FUSIONS = ("rerank", "weighted")
+TIE_BREAKS = ("embed", "entropy")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """``conf/pipeline`` keys of stage 2."""
+
+    top_k: int = 50
+    batch_size: int = 16
+    calibrate: bool = False
+    fusion: str = "rerank"
+    fusion_weight: float = 0.5
+    tie_break: str = "embed"
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "RerankConfig":
+        """Pick stage-2 keys out of the pipeline mapping and check them."""
+        keys = {k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg}
+        rc = cls(**keys)
+        if rc.fusion not in FUSIONS:
+            raise ConfigError(f"pipeline.fusion={rc.fusion!r} is not one of {', '.join(FUSIONS)}")
+        if rc.tie_break not in TIE_BREAKS:
+            raise ConfigError(f"pipeline.tie_break={rc.tie_break!r} is not one of {', '.join(TIE_BREAKS)}")
+        if rc.top_k < 1:
+            raise ConfigError(f"pipeline.top_k must be >= 1, got {rc.top_k}")
+        return rc
+
+
+def top_k_groups(rset: RetrievalSet, embed_scores: Sequence[torch.Tensor], k: int) -> list[dict[str, Any]]:
+    """Per row: the positions (in the row's candidate list) of its top-k by embedding score."""
+    groups = []
+    for row, scores in zip(rset.rows, embed_scores):
+        order = torch.argsort(-scores, stable=True)[: min(k, len(scores))]
+        groups.append({"row": row.id, "positions": order.tolist(), "query": rset.items[row.query],
+                       "candidates": [rset.items[row.candidates[i]] for i in order.tolist()]})
+    return groups
+
+
+class RerankModule(L.LightningModule):
+    """``predict_step`` scores one query's top-K candidates with the framing."""
+
+    def __init__(self, scorer: PairScorer) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.model = scorer.bb.model
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # items hold paths and text; the scorer builds and moves its own tensors
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        scores = self.scorer.score(batch["query"], batch["candidates"])
+        return {"row": batch["row"], "positions": batch["positions"], "probs": scores.probs.tolist()}
+
+
+def rerank_loader(groups: list[dict[str, Any]]) -> DataLoader:
+    """One query group per prediction step."""
+    return DataLoader(groups, batch_size=None, collate_fn=lambda group: group)  # type: ignore[arg-type]
+
+
+class RerankWriter(BasePredictionWriter):
+    """Writes each row's option probabilities to JSONL shards (atomically, ``shard_rows`` rows each)."""
+
+    def __init__(self, out_dir: Path, shard_rows: int = 256) -> None:
+        super().__init__(write_interval="batch")
+        self.out_dir, self.shard_rows = Path(out_dir), shard_rows
+        self._rows: list[dict[str, Any]] = []
+        self._count = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        self._rows.append(prediction)
+        if len(self._rows) >= self.shard_rows:
+            self._flush(trainer.global_rank)
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        self._flush(trainer.global_rank)
+
+    def _flush(self, rank: int) -> None:
+        if not self._rows:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"rank{rank}-{self._count:05d}.jsonl"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
+        os.replace(tmp, path)
+        self._rows, self._count = [], self._count + 1
+
+
+def read_rerank(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Row id -> {positions, probs} from the writer's shards."""
+    rows: dict[str, dict[str, Any]] = {}
+    for shard in sorted(Path(out_dir).glob("*.jsonl")):
+        for line in shard.read_text().splitlines():
+            rec = json.loads(line)
+            rows[rec["row"]] = rec
+    return rows
+
+
+def fused_ranking(embed: torch.Tensor, positions: Sequence[int], probs: torch.Tensor, match_index: int,
+                  cfg: RerankConfig) -> torch.Tensor:
+    """Strict rank scores over the whole candidate list after stage 2.
+
+    The reranked top-K come first, ordered by the fused score; ties are broken by the
+    embedding score (``tie_break=embed``) or by the lowest option entropy (RetLLM), and
+    finally against the positive. The rest keep their stage-1 order.
+    """
+    n = len(embed)
+    p_match = probs[:, match_index]
+    fused = p_match if cfg.fusion == "rerank" else cfg.fusion_weight * p_match + (1 - cfg.fusion_weight) * embed[list(positions)]
+    if cfg.tie_break == "entropy":
+        secondary = (probs * probs.clamp_min(1e-12).log()).sum(-1)  # = -entropy: higher ranks first
+    else:
+        secondary = embed[list(positions)]
+    top = sorted(range(len(positions)), key=lambda j: (-float(fused[j]), -float(secondary[j]), positions[j] == 0))
+    head = [positions[j] for j in top]
+    in_head = set(head)
+    rest = sorted((i for i in range(n) if i not in in_head), key=lambda i: (-float(embed[i]), i == 0))
+    ranked = torch.empty(n)
+    ranked[torch.tensor(head + rest)] = torch.arange(n, 0, -1, dtype=torch.float)
+    return ranked
