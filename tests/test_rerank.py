@@ -1,0 +1,118 @@
+"""Stage 2: framings as data, option tokens in context, the fast path equal to the naive path, fusion rules."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from freeret.backbone import ModelSpec, load_backbone
+from freeret.data.retrieval_set import Item
+from freeret.errors import ConfigError
+from freeret.rerank.framing import Framing
+from freeret.rerank.scorer import PairScorer
+from freeret.rerank.stage import RerankConfig, fused_ranking
+
+FRAMINGS = sorted(p.stem for p in (REPO / "conf" / "framing").glob("*.yaml"))
+QUERY = Item.make("query", "a domestic animal that barks", None)
+CANDS = [Item.make("target", t, None) for t in
+         ["dog", "cat", "bicycle", "an old wooden ship with three tall masts and many sails", "tree", "x", "barking", "fish", "a"]]
+
+
+def load_framing(name: str) -> Framing:
+    return Framing.from_dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "framing" / f"{name}.yaml")))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen():
+    return load_backbone(ModelSpec(name="tiny_qwen2vl", family="qwen2_vl", source="tiny"))
+
+
+def test_framings_are_data_and_checked():
+    for name in FRAMINGS:
+        load_framing(name)
+    with pytest.raises(ConfigError, match="match='C' is not one of the options"):
+        Framing.from_dict({"name": "x", "template": "{query} {candidate}", "options": ["A", "B"], "match": "C"})
+    with pytest.raises(ConfigError, match="must come before"):
+        Framing.from_dict({"name": "x", "template": "{candidate} {query}", "options": ["A", "B"], "match": "A"})
+    with pytest.raises(ConfigError, match="distinct"):
+        Framing.from_dict({"name": "x", "template": "{query} {candidate}", "options": ["A", "A"], "match": "A"})
+
+
+def test_multi_token_option_is_refused(smollm):
+    bad = Framing.from_dict({"name": "wrong_bare", "template": "Q: {query}\nC: {candidate}\nRight or Wrong?",
+                             "options": ["Right", "Wrong"], "match": "Right"})
+    with pytest.raises(ConfigError, match="'Wrong' is not a single token"):
+        PairScorer(smollm, bad)
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_option_tokens_resolve_in_context(name, smollm, tiny_qwen):
+    framing = load_framing(name)
+    for bb in (smollm, tiny_qwen):
+        scorer = PairScorer(bb, framing)
+        decoded = [bb.tokenizer.decode([i]).strip() for i in scorer.option_ids]
+        assert decoded == list(framing.options)
+
+
+def test_framing_prompt_snapshots(smollm):
+    got = {name: PairScorer(smollm, load_framing(name)).prompt(QUERY, CANDS[0]) for name in FRAMINGS}
+    path = REPO / "tests" / "snapshots" / "framing_prompts.json"
+    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1" or not path.exists():
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert got == json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("name", ["mcq", "yes_no"])
+def test_fast_equals_naive_on_real_smollm2(name, smollm):
+    scorer = PairScorer(smollm, load_framing(name), batch_size=4)
+    prefix, suffix = scorer.split(QUERY)
+    tok = smollm.tokenizer
+    for cand in CANDS:  # prefix and suffix tokenised apart give the whole prompt's ids
+        whole = tok(scorer.prompt(QUERY, cand), add_special_tokens=False)["input_ids"]
+        parts = tok(prefix, add_special_tokens=False)["input_ids"] + tok(suffix.replace("\u2063CANDIDATE\u2063", cand.text), add_special_tokens=False)["input_ids"]
+        assert parts == whole
+    naive, fast = scorer.naive(QUERY, CANDS), scorer.fast(QUERY, CANDS)
+    assert torch.allclose(naive.probs, fast.probs, atol=1e-4)
+    assert torch.allclose(fast.probs.sum(-1), torch.ones(len(CANDS)))
+
+
+def test_fast_equals_naive_tiny_qwen2vl_with_query_image(tiny_qwen):
+    """An image in the shared prefix shifts M-RoPE positions: the suffix needs explicit 3D positions."""
+    from freeret.data.datasets import load_dataset
+
+    smoke = load_dataset({"name": "smoke_mm", "kind": "smoke"})
+    image_query = next(it for it in smoke.items.values() if it.role == "query" and it.image)
+    image_cands = [it for it in smoke.items.values() if it.role == "target" and it.image][:2]
+    scorer = PairScorer(tiny_qwen, load_framing("mcq"), batch_size=3)
+    cands = CANDS[:5] + image_cands
+    naive, fast = scorer.naive(image_query, cands), scorer.fast(image_query, cands)
+    assert torch.allclose(naive.probs, fast.probs, atol=1e-4)
+    text_only = scorer.fast(QUERY, CANDS[:3]).probs  # a later text-only query is not shifted by stale deltas
+    assert torch.allclose(text_only, scorer.naive(QUERY, CANDS[:3]).probs, atol=1e-4)
+
+
+def test_calibration_divides_out_the_empty_candidate_prior(smollm):
+    plain = PairScorer(smollm, load_framing("mcq"), batch_size=4)
+    calibrated = PairScorer(smollm, load_framing("mcq"), batch_size=4, calibrate=True)
+    prior = plain.fast(QUERY, [Item.make("target", "", None)]).probs[0]
+    expected = plain.fast(QUERY, CANDS).probs / prior
+    expected = expected / expected.sum(-1, keepdim=True)
+    assert torch.allclose(calibrated.score(QUERY, CANDS).probs, expected, atol=1e-5)
+
+
+def test_fused_ranking_rules():
+    embed = torch.tensor([0.5, 0.9, 0.8, 0.1, 0.7])  # positive (index 0) is 4th by cosine
+    positions = [1, 2, 4]  # top-3 by cosine, positive not among them
+    probs = torch.tensor([[0.2, 0.8], [0.9, 0.1], [0.9, 0.1]])
+    ranked = fused_ranking(embed, positions, probs, 0, RerankConfig(top_k=3))
+    order = torch.argsort(-ranked).tolist()
+    assert order == [2, 4, 1, 0, 3]  # tie 0.9/0.9 broken by cosine (0.8 > 0.7); the rest keep stage-1 order
+    ent = fused_ranking(embed, [0, 1], torch.tensor([[0.6, 0.4], [0.6, 0.4]]), 0, RerankConfig(top_k=2, tie_break="entropy"))
+    assert torch.argsort(-ent).tolist()[:2] == [1, 0]  # equal scores and entropies: the positive loses the tie
+    weighted = fused_ranking(embed, [1, 0], torch.tensor([[0.0, 1.0], [0.5, 0.5]]), 0, RerankConfig(top_k=2, fusion="weighted", fusion_weight=0.5))
+    assert torch.argsort(-weighted).tolist()[:2] == [0, 1]  # 0.5*0.5+0.5*0.5=0.5 beats 0.5*0+0.5*0.9=0.45
