@@ -29,6 +29,7 @@ from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, TIE_RULE, retrieval_metrics
 from freeret.eval.results import environment, write_json
 from freeret.lit import EmbeddingWriter, EmbedModule
+from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
 from freeret.rerank.stage import RerankConfig, RerankModule, RerankWriter, fused_ranking, read_rerank, rerank_loader, top_k_groups
@@ -104,6 +105,8 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     framing = Framing.from_dict(cfg["framing"]) if staged else None
     rerank_cfg = RerankConfig.from_dict(pipeline_cfg) if staged else None
     rset = load_dataset(cfg["dataset"])
+    if pipeline == "rag":
+        require_answers(rset)
     run_dir = Path(cfg.get("run_dir") or "outputs/run")
     L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     if cfg.get("threads"):
@@ -129,8 +132,6 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         metrics["rerank"] = retrieval_metrics(final_scores)
     extra: dict[str, Any] = {}
     if pipeline == "rag":
-        from freeret.rag import answer_stage
-
         t = time.perf_counter()
         extra["rag"] = answer_stage(cfg, backbone, rset, final_scores, run_dir)
         timing["rag_seconds"] = time.perf_counter() - t

@@ -24,6 +24,7 @@ QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 
 
 def run_py(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={tmp_path}"],
                           capture_output=True, text=True, env=full_env, cwd=tmp_path, timeout=600)

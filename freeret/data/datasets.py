@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from freeret.data.retrieval_set import RetrievalSet, load_mmeb
 from freeret.errors import ConfigError
 
-KINDS = ("mmeb", "smoke")
+KINDS = ("mmeb", "smoke", "wordnet_qa")
 
 
 def load_dataset(cfg: Mapping[str, Any]) -> RetrievalSet:
@@ -20,6 +20,11 @@ def load_dataset(cfg: Mapping[str, Any]) -> RetrievalSet:
         from freeret.data.smoke import build_smoke_set
 
         return load_mmeb(name, build_smoke_set(), limit=limit, pool=pool)
+    if kind == "wordnet_qa":
+        from freeret.data.retrieval_set import build_set, resolve_path
+        from freeret.data.wordnet_qa import wordnet_qa_rows
+
+        return build_set(name, wordnet_qa_rows(cfg["path"]), resolve_path(cfg["path"]).parent, limit=limit, pool=pool)
     if kind == "mmeb":
         if not cfg.get("path") or cfg["path"] == "???":
             raise ConfigError(f"dataset '{name}' needs dataset.path=FILE (.jsonl, .jsonl.gz or .parquet in the MMEB row format)")
