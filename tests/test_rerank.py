@@ -116,3 +116,26 @@ def test_fused_ranking_rules():
     assert torch.argsort(-ent).tolist()[:2] == [1, 0]  # equal scores and entropies: the positive loses the tie
     weighted = fused_ranking(embed, [1, 0], torch.tensor([[0.0, 1.0], [0.5, 0.5]]), 0, RerankConfig(top_k=2, fusion="weighted", fusion_weight=0.5))
     assert torch.argsort(-weighted).tolist()[:2] == [0, 1]  # 0.5*0.5+0.5*0.5=0.5 beats 0.5*0+0.5*0.9=0.45
+
+
+@pytest.mark.parametrize("model, family", [("tiny_qwen2vl", "qwen2_vl"), ("tiny_qwen25vl", "qwen2_5_vl"),
+                                           ("tiny_idefics3", "idefics3"), ("tiny_llava_ov", "llava_onevision"),
+                                           ("tiny_internvl", "internvl")])
+def test_vision_features_computed_once_per_image(model, family):
+    """Cached vision features give the same scores as running the tower in every prompt."""
+    from freeret.data.datasets import load_dataset
+
+    bb = load_backbone(ModelSpec(name=model, family=family, source="tiny"))
+    smoke = load_dataset({"name": "smoke_mm", "kind": "smoke"})
+    image_cands = [it for it in smoke.items.values() if it.role == "target" and it.image][:3]
+    image_query = next(it for it in smoke.items.values() if it.role == "query" and it.image)
+    cached = PairScorer(bb, load_framing("mcq"), batch_size=2)
+    plain = PairScorer(bb, load_framing("mcq"), batch_size=2, vision_cache_items=0)
+    for query in (QUERY, image_query, QUERY):
+        got = cached.fast(query, image_cands + CANDS[:2]).probs
+        assert torch.allclose(got, plain.fast(query, image_cands + CANDS[:2]).probs, atol=1e-5)
+    unique = {it.image for it in image_cands} | {image_query.image}
+    # each image file through the tower once (LLaVA-OV: once per images-per-prompt count: 1 alone, 2 beside the query's)
+    expected = len(image_cands) + len(unique) if bb.family.image_count_dependent else len(unique)
+    assert cached.vision.misses == expected
+    assert cached.vision.hits >= 3 * len(image_cands) - len(unique)

@@ -47,6 +47,7 @@ class Family:
     """Base adapter: a text-only causal LM (Llama, Qwen2, Gemma3, ...)."""
 
     multimodal = False
+    image_count_dependent = False  # vision features change with the number of images in a prompt
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -130,3 +131,4 @@ class VisionFamily(Family):
 # These families differ only in their processors, whose quirks live in processors.py.
 for _name in ("qwen2_vl", "qwen2_5_vl", "idefics3", "llava_onevision", "internvl"):
     FAMILIES[_name] = VisionFamily(_name)
+FAMILIES["llava_onevision"].image_count_dependent = True  # any-resolution tiles only for single-image prompts

@@ -6,7 +6,8 @@ Two exact implementations of the same score:
   suffix reuses; suffixes run right-padded in batches with explicit positions, and the
   LM head is applied only at each suffix's last token and only to the option rows.
 Pairs whose candidate has an image take the batched full-forward path (the prefix
-cache is reused only for text suffixes).
+cache is reused only for text suffixes); every image's vision features are computed
+once and reused across prompts (:class:`VisionFeatureCache`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import IMAGE
+from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.datamodule import load_image
 from freeret.data.retrieval_set import Item
 from freeret.rerank.framing import Framing
@@ -51,8 +53,10 @@ class PairScorer:
     """Scores a query against its candidates with a framing."""
 
     def __init__(self, backbone: Backbone, framing: Framing, dataset: str | None = None, batch_size: int = 16,
-                 calibrate: bool = False) -> None:
+                 calibrate: bool = False, vision_cache_items: int = 512) -> None:
         self.bb, self.framing, self.batch_size, self.calibrate = backbone, framing, batch_size, calibrate
+        self.vision = (VisionFeatureCache(backbone, vision_cache_items)
+                       if backbone.family.multimodal and vision_cache_items > 0 else None)
         self.head, self.middle, self.tail = framing.split(dataset)
         probe = self.prompt(Item.make("query", "q", None), Item.make("target", "c", None))
         self.option_ids = resolve_option_ids(backbone.tokenizer, probe, framing.options, f"framing '{framing.name}'")
@@ -86,6 +90,14 @@ class PairScorer:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    def _with_images(self, prompts: list[str], paths: list[list[str]]) -> dict:
+        """Model inputs on the device; images go through the vision cache when there is one."""
+        images = [[load_image(p) for p in row] for row in paths]
+        inputs = self.bb.inputs(prompts, images if any(images) else None)
+        if self.vision is not None and any(images):
+            inputs = self.vision.apply(inputs, paths, images)
+        return {k: v.to(self.bb.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
     @torch.no_grad()
     def naive(self, query: Item, cands: Sequence[Item], batch_size: int = 1) -> PairScores:
         """Reference: full forward of each whole pair prompt (``batch_size`` pairs at a time, left-padded)."""
@@ -93,9 +105,8 @@ class PairScorer:
         for start in range(0, len(cands), batch_size):
             chunk = cands[start : start + batch_size]
             prompts = [self.prompt(query, c) for c in chunk]
-            images = [[load_image(p) for p in (query.image, c.image) if p] for c in chunk]
-            inputs = self.bb.inputs(prompts, images if any(images) else None)
-            inputs = {k: v.to(self.bb.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            paths = [[p for p in (query.image, c.image) if p] for c in chunk]
+            inputs = self._with_images(prompts, paths)
             hidden = self.base(**inputs, use_cache=False).last_hidden_state[:, -1]
             probs.append(self._option_logits(hidden).softmax(-1))
         return PairScores(torch.cat(probs), self.framing.match_index)
@@ -114,8 +125,7 @@ class PairScorer:
 
     def _fast_text(self, query: Item, texts: Sequence[str]) -> torch.Tensor:
         prefix, suffix_template = self.split(query)
-        inputs = self.bb.inputs([prefix], [[load_image(query.image)]] if query.image else None)
-        inputs = {k: v.to(self.bb.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        inputs = self._with_images([prefix], [[query.image] if query.image else []])
         inputs.pop("position_ids", None)
         cache = self.base(**inputs, use_cache=True).past_key_values
         n_prefix = inputs["input_ids"].shape[1]

@@ -1,0 +1,56 @@
+"""Context-free option bias of each framing: P(option) when query and candidate carry no content.
+
+    python experiments/option_bias.py --model smollm2_135m
+A neutral framing should sit near 1/len(options). Writes JSON and a bar plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from _common import REPO, conf, save
+from freeret.backbone import ModelSpec, load_backbone
+from freeret.data.retrieval_set import Item
+from freeret.rerank.framing import Framing
+from freeret.rerank.scorer import PairScorer
+
+CONTENT_FREE = ["", "N/A", "[MASK]"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2_135m")
+    ap.add_argument("--framings", nargs="+", default=["mcq", "yes_no", "true_false", "right_wrong"])
+    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "option_bias.json")
+    args = ap.parse_args()
+    backbone = load_backbone(ModelSpec.from_dict(conf("model", args.model)))
+    results = {}
+    for name in args.framings:
+        framing = Framing.from_dict(conf("framing", name))
+        scorer = PairScorer(backbone, framing)
+        probs = sum(scorer.naive(Item.make("query", text, None), [Item.make("target", text, None)]).probs[0]
+                    for text in CONTENT_FREE) / len(CONTENT_FREE)
+        results[name] = {opt: float(p) for opt, p in zip(framing.options, probs)}
+        print(f"{name:12s} " + "  ".join(f"P({o})={p:.3f}" for o, p in results[name].items()))
+    save(args.out, {"model": backbone.metadata(), "content_free_inputs": CONTENT_FREE, "bias": results})
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    names = list(results)
+    ax.bar(range(len(names)), [list(results[n].values())[0] for n in names], color="tab:blue", label="match option")
+    ax.axhline(0.5, color="grey", ls="--", lw=1, label="neutral (0.5)")
+    ax.set_xticks(range(len(names)), [f"{n}\n({'/'.join(results[n])})" for n in names], fontsize=8)
+    ax.set_ylabel("P(match option), content-free")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Context-free option bias, {args.model}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out.with_suffix(".png"), dpi=120)
+
+
+if __name__ == "__main__":
+    main()
