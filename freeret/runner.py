@@ -115,8 +115,8 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     checkpoint = resolve_checkpoint(spec)
     layer.resolve(count_layers(spec, checkpoint))  # fail on a bad layer index before loading weights
     backbone = load_backbone(spec, checkpoint)
-    scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate)
-              if staged else None)  # built before stage 1: a bad framing fails before any embedding work
+    scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
+                         rerank_cfg.vision_cache_items) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
     logger = make_logger(cfg.get("logger"), run_dir)
 
     timing: dict[str, float] = {}

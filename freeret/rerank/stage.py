@@ -35,6 +35,7 @@ class RerankConfig:
     fusion: str = "rerank"
     fusion_weight: float = 0.5
     tie_break: str = "embed"
+    vision_cache_items: int = 512
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "RerankConfig":
