@@ -19,6 +19,8 @@ from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 from freeret.eval.loggers import make_logger
+from freeret.rerank.framing import Framing
+from freeret.rerank.stage import RerankConfig
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 
@@ -38,7 +40,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["model", "layer", "prior", "dataset", "pipeline", "trainer", "logger", "paths"])
+@pytest.mark.parametrize("group", ["model", "layer", "prior", "dataset", "pipeline", "framing", "rerank", "trainer", "logger", "paths"])
 def test_every_config_group_composes_and_instantiates(group, tmp_path):
     for option in options(group):
         cfg = compose([f"{group}={option}"])
@@ -46,6 +48,8 @@ def test_every_config_group_composes_and_instantiates(group, tmp_path):
         ModelSpec.from_dict(cfg.model)
         LayerSpec.from_dict(cfg.layer)
         Prior.from_dict(cfg.prior)
+        Framing.from_dict(cfg.framing)
+        RerankConfig.from_dict(cfg.pipeline)
         if group == "dataset" and option == "local":
             with pytest.raises(ConfigError, match="dataset.path"):
                 load_dataset(cfg.dataset)
