@@ -44,7 +44,7 @@ def options(group: str) -> list[str]:
 def test_every_config_group_composes_and_instantiates(group, tmp_path):
     for option in options(group):
         cfg = compose([f"{group}={option}"])
-        assert cfg[group] is not None
+        assert group == "rerank" or cfg[group] is not None  # rerank presets are global (no key of their own)
         ModelSpec.from_dict(cfg.model)
         LayerSpec.from_dict(cfg.layer)
         Prior.from_dict(cfg.prior)
