@@ -35,13 +35,15 @@ def main() -> None:
     ap.add_argument("--prior", default="e5v")
     ap.add_argument("--framings", nargs="+", default=["mcq", "yes_no", "true_false", "right_wrong"])
     ap.add_argument("--limit", type=int, default=100, help="first N queries (each keeps its full candidate list)")
+    ap.add_argument("--pool", default="rows", choices=["rows", "positives"], help="positives: a cheap small pool")
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "framings" / "compare_framings.json")
     args = ap.parse_args()
 
     cfg = {"trainer": {"accelerator": "auto", "devices": 1, "enable_progress_bar": True}, "embed": {"batch_size": 32}}
     backbone = load_backbone(ModelSpec.from_dict(conf("model", args.model)))
-    rset = load_dataset({"name": "wordnet_rd", "path": "data/wordnet_rd/wordnet_rd.jsonl.gz", "limit": args.limit})
+    rset = load_dataset({"name": "wordnet_rd", "path": "data/wordnet_rd/wordnet_rd.jsonl.gz", "limit": args.limit,
+                         "pool": args.pool})
     run_dir = args.out.parent
     t = time.perf_counter()
     embed_scores = embed_stage(cfg, backbone, LayerSpec.from_dict(conf("layer", args.layer)),
