@@ -22,3 +22,27 @@ def save(out: Path, payload: dict[str, Any]) -> None:
 
     write_json(out, {**payload, "environment": environment()})
     print(f"wrote {out}")
+
+
+def bar_chart(out: Path, labels: list[str], series: dict[str, list[float]], ylabel: str, title: str,
+              hline: float | None = None) -> None:
+    """Grouped bar chart saved as PNG beside the JSON (one colour per series)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    width = 0.8 / len(series)
+    for j, (name, values) in enumerate(series.items()):
+        ax.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(labels))], values, width, label=name)
+    if hline is not None:
+        ax.axhline(hline, color="grey", ls="--", lw=1)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    print(f"wrote {out.with_suffix('.png')}")

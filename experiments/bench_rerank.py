@@ -10,13 +10,9 @@ import argparse
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 
-from _common import REPO, conf, save
+from _common import REPO, bar_chart, conf, save
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.datasets import load_dataset
 from freeret.rerank.framing import Framing
@@ -58,17 +54,10 @@ def main() -> None:
               f"speed-up x{rec['speedup']:.2f} | max |score diff| {max_diff:.2e}")
     save(args.out, {"model": backbone.metadata(), "framing": args.framing, "batch_size": args.batch_size,
                     "threads": torch.get_num_threads(), "results": rows})
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], [r["naive_pairs_per_s"] for r in rows], 0.4, label="naive (one forward per pair)")
-    ax.bar([x + 0.2 for x in xs], [r["fast_pairs_per_s"] for r in rows], 0.4, label="fast (shared prefix cache)")
-    ax.set_xticks(list(xs), [f"K={r['k']}" for r in rows])
-    ax.set_ylabel("pairs / second")
-    ax.set_title(f"Rerank throughput, {args.model}, {torch.get_num_threads()} CPU threads")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"), dpi=120)
-
+    bar_chart(args.out, [f"K={r['k']}" for r in rows],
+              {"naive (one forward per pair)": [r["naive_pairs_per_s"] for r in rows],
+               "fast (shared prefix cache)": [r["fast_pairs_per_s"] for r in rows]},
+              "pairs / second", f"Rerank throughput, {args.model}, {torch.get_num_threads()} CPU threads")
 
 if __name__ == "__main__":
     main()

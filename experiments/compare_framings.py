@@ -11,12 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-from _common import REPO, conf, save
+from _common import REPO, bar_chart, conf, save
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.datasets import load_dataset
 from freeret.embed.layers import LayerSpec
@@ -61,16 +56,9 @@ def main() -> None:
     save(args.out, {"model": backbone.metadata(), "layer": args.layer, "prior": args.prior, "top_k": args.k,
                     "queries": len(rset.rows), "candidates_per_query": rset.summary()["candidates_per_query"],
                     "results": results})
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    names = list(results)
-    ax.bar(range(len(names)), [results[n]["metrics"]["hit@1"] for n in names],
-           color=["grey"] + ["tab:blue"] * (len(names) - 1))
-    ax.set_xticks(range(len(names)), ["embed only" if n == "embed" else n for n in names])
-    ax.set_ylabel("hit@1")
-    ax.set_title(f"{args.model}: stage 1 vs rerank top-{args.k}, {len(rset.rows)} queries")
-    fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"), dpi=120)
-
+    bar_chart(args.out, ["embed only" if n == "embed" else n for n in results],
+              {"hit@1": [r["metrics"]["hit@1"] for r in results.values()]},
+              "hit@1", f"{args.model}: stage 1 vs rerank of the top-{args.k}, {len(rset.rows)} queries")
 
 if __name__ == "__main__":
     main()

@@ -9,12 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-from _common import REPO, conf, save
+from _common import REPO, bar_chart, conf, save
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.retrieval_set import Item
 from freeret.rerank.framing import Framing
@@ -39,18 +34,9 @@ def main() -> None:
         results[name] = {opt: float(p) for opt, p in zip(framing.options, probs)}
         print(f"{name:12s} " + "  ".join(f"P({o})={p:.3f}" for o, p in results[name].items()))
     save(args.out, {"model": backbone.metadata(), "content_free_inputs": CONTENT_FREE, "bias": results})
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    names = list(results)
-    ax.bar(range(len(names)), [list(results[n].values())[0] for n in names], color="tab:blue", label="match option")
-    ax.axhline(0.5, color="grey", ls="--", lw=1, label="neutral (0.5)")
-    ax.set_xticks(range(len(names)), [f"{n}\n({'/'.join(results[n])})" for n in names], fontsize=8)
-    ax.set_ylabel("P(match option), content-free")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Context-free option bias, {args.model}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"), dpi=120)
-
+    bar_chart(args.out, [f"{n}\n({'/'.join(results[n])})" for n in results],
+              {"P(match option)": [list(results[n].values())[0] for n in results]},
+              "P(match option), content-free", f"Context-free option bias, {args.model} (dashed: neutral)", hline=0.5)
 
 if __name__ == "__main__":
     main()

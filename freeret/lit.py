@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -26,27 +26,56 @@ class EmbedModule(L.LightningModule):
         return {"keys": batch["keys"], "embeddings": self.backbone.embed(batch["inputs"], self.layer)}
 
 
-class EmbeddingWriter(BasePredictionWriter):
-    """Buffers predictions and writes a shard every ``shard_size`` items (and at the end)."""
+class BufferedShardWriter(BasePredictionWriter):
+    """Buffers per-batch predictions and writes a shard every ``shard_size`` units (and at the end).
 
-    def __init__(self, out_dir: Path, shard_size: int = 4096) -> None:
+    Subclasses say how big a prediction is and how a buffer becomes a file.
+    """
+
+    suffix = ".bin"
+
+    def __init__(self, out_dir: Path, shard_size: int) -> None:
         super().__init__(write_interval="batch")
         self.out_dir, self.shard_size = Path(out_dir), shard_size
-        self._keys: list[str] = []
-        self._embs: list[torch.Tensor] = []
+        self._buffer: list[Any] = []
+        self._size = 0
         self._count = 0
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices: Sequence[int] | None, batch, batch_idx, dataloader_idx) -> None:
-        self._keys += list(prediction["keys"])
-        self._embs.append(prediction["embeddings"].detach().cpu())
-        if len(self._keys) >= self.shard_size:
+    def size(self, prediction: Any) -> int:
+        """How many units (items, rows) one prediction holds."""
+        return 1
+
+    def write(self, path: Path, predictions: list[Any]) -> None:
+        """Write one shard (atomically)."""
+        raise NotImplementedError
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        self._buffer.append(prediction)
+        self._size += self.size(prediction)
+        if self._size >= self.shard_size:
             self._flush(trainer.global_rank)
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         self._flush(trainer.global_rank)
 
     def _flush(self, rank: int) -> None:
-        if not self._keys:
+        if not self._buffer:
             return
-        write_shard(self.out_dir / f"rank{rank}-{self._count:05d}.safetensors", self._keys, torch.cat(self._embs))
-        self._keys, self._embs, self._count = [], [], self._count + 1
+        self.write(self.out_dir / f"rank{rank}-{self._count:05d}{self.suffix}", self._buffer)
+        self._buffer, self._size, self._count = [], 0, self._count + 1
+
+
+class EmbeddingWriter(BufferedShardWriter):
+    """Embedding shards: safetensors with the item keys in the metadata."""
+
+    suffix = ".safetensors"
+
+    def __init__(self, out_dir: Path, shard_size: int = 4096) -> None:
+        super().__init__(out_dir, shard_size)
+
+    def size(self, prediction: dict[str, Any]) -> int:
+        return len(prediction["keys"])
+
+    def write(self, path: Path, predictions: list[dict[str, Any]]) -> None:
+        keys = [k for p in predictions for k in p["keys"]]
+        write_shard(path, keys, torch.cat([p["embeddings"].detach().cpu() for p in predictions]))

@@ -14,11 +14,11 @@ from typing import Any, Mapping, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.errors import ConfigError
+from freeret.lit import BufferedShardWriter
 from freeret.rerank.scorer import PairScorer
 
 FUSIONS = ("rerank", "weighted")
@@ -82,32 +82,19 @@ def rerank_loader(groups: list[dict[str, Any]]) -> DataLoader:
     return DataLoader(groups, batch_size=None, collate_fn=lambda group: group)  # type: ignore[arg-type]
 
 
-class RerankWriter(BasePredictionWriter):
-    """Writes each row's option probabilities to JSONL shards (atomically, ``shard_rows`` rows each)."""
+class RerankWriter(BufferedShardWriter):
+    """Each row's option probabilities as JSONL shards of ``shard_size`` rows."""
 
-    def __init__(self, out_dir: Path, shard_rows: int = 256) -> None:
-        super().__init__(write_interval="batch")
-        self.out_dir, self.shard_rows = Path(out_dir), shard_rows
-        self._rows: list[dict[str, Any]] = []
-        self._count = 0
+    suffix = ".jsonl"
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
-        self._rows.append(prediction)
-        if len(self._rows) >= self.shard_rows:
-            self._flush(trainer.global_rank)
+    def __init__(self, out_dir: Path, shard_size: int = 256) -> None:
+        super().__init__(out_dir, shard_size)
 
-    def on_predict_epoch_end(self, trainer, pl_module) -> None:
-        self._flush(trainer.global_rank)
-
-    def _flush(self, rank: int) -> None:
-        if not self._rows:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"rank{rank}-{self._count:05d}.jsonl"
+    def write(self, path: Path, predictions: list[dict[str, Any]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in predictions))
         os.replace(tmp, path)
-        self._rows, self._count = [], self._count + 1
 
 
 def read_rerank(out_dir: Path) -> dict[str, dict[str, Any]]:
