@@ -117,11 +117,21 @@ class PairScorer:
         probs = torch.empty(len(cands), len(self.option_ids))
         text_idx = [i for i, c in enumerate(cands) if not c.image]
         image_idx = [i for i, c in enumerate(cands) if c.image]
-        if image_idx:
-            probs[image_idx] = self.naive(query, [cands[i] for i in image_idx], self.batch_size).probs
-        if text_idx:
+        if text_idx and not self._split_is_exact(query, cands[text_idx[0]]):
+            log.warning("prefix/suffix tokenisation differs from the whole prompt for query %s: scoring it naively",
+                        query.key)
+            image_idx, text_idx = image_idx + text_idx, []  # the naive (full-forward) path below takes them all
+        elif text_idx:
             probs[text_idx] = self._fast_text(query, [cands[i].text for i in text_idx])
+        if image_idx:  # candidates with images, or a query whose prompt does not split cleanly
+            probs[image_idx] = self.naive(query, [cands[i] for i in image_idx], self.batch_size).probs
         return PairScores(probs, self.framing.match_index)
+
+    def _split_is_exact(self, query: Item, cand: Item) -> bool:
+        """True when tokenising prefix and suffix apart gives the whole prompt's ids (checked once per query)."""
+        prefix, suffix = self.split(query)
+        tok = lambda text: self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return tok(prefix) + tok(suffix.replace(_SLOT, cand.text)) == tok(self.prompt(query, cand))
 
     def _fast_text(self, query: Item, texts: Sequence[str]) -> torch.Tensor:
         prefix, suffix_template = self.split(query)
