@@ -41,6 +41,7 @@ PIPELINES = ("embed", "two_stage", "rag")
 # Our batch sampler yields every index by construction (plan_batches); Lightning cannot know that.
 warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
 warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # one query group per step, by design
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning internals on recent torch
 
 
 def make_trainer(cfg: Mapping[str, Any], callback, logger=None) -> L.Trainer:
