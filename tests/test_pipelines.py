@@ -15,8 +15,9 @@ from test_run import QUIET, results, run_py
 SLICE = ["dataset.pool=positives", *QUIET]
 
 
-def test_two_stage_tiny_vlm_on_images(tmp_path):
-    proc = run_py(["model=tiny_qwen2vl", "dataset=smoke_mm", "pipeline=two_stage", "pipeline.top_k=3", *QUIET], tmp_path)
+@pytest.mark.parametrize("model", ["tiny_qwen2vl", "tiny_qwen25vl", "tiny_idefics3", "tiny_llava_ov", "tiny_internvl"])
+def test_two_stage_tiny_vlm_on_images(model, tmp_path):
+    proc = run_py([f"model={model}", "dataset=smoke_mm", "pipeline=two_stage", "pipeline.top_k=3", *QUIET], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = results(tmp_path, "smoke_mm")
     assert set(res["metrics"]) == {"embed", "rerank"} and res["framing"] == "mcq"

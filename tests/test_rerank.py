@@ -50,13 +50,23 @@ def test_multi_token_option_is_refused(smollm):
         PairScorer(smollm, bad)
 
 
+TINY = [("tiny_qwen2vl", "qwen2_vl"), ("tiny_qwen25vl", "qwen2_5_vl"), ("tiny_idefics3", "idefics3"),
+        ("tiny_llava_ov", "llava_onevision"), ("tiny_internvl", "internvl")]
+
+
+@pytest.fixture(scope="module")
+def tiny_backbones():
+    return [load_backbone(ModelSpec(name=m, family=f, source="tiny")) for m, f in TINY]
+
+
 @pytest.mark.parametrize("name", FRAMINGS)
-def test_option_tokens_resolve_in_context(name, smollm, tiny_qwen):
+def test_option_tokens_resolve_in_context(name, smollm, tiny_backbones):
+    """Each family's chat template puts a different context before the answer; the ids must decode to the labels."""
     framing = load_framing(name)
-    for bb in (smollm, tiny_qwen):
+    for bb in (smollm, *tiny_backbones):
         scorer = PairScorer(bb, framing)
         decoded = [bb.tokenizer.decode([i]).strip() for i in scorer.option_ids]
-        assert decoded == list(framing.options)
+        assert decoded == list(framing.options), bb.spec.family
 
 
 def test_framing_prompt_snapshots(smollm):
@@ -118,9 +128,7 @@ def test_fused_ranking_rules():
     assert torch.argsort(-weighted).tolist()[:2] == [0, 1]  # 0.5*0.5+0.5*0.5=0.5 beats 0.5*0+0.5*0.9=0.45
 
 
-@pytest.mark.parametrize("model, family", [("tiny_qwen2vl", "qwen2_vl"), ("tiny_qwen25vl", "qwen2_5_vl"),
-                                           ("tiny_idefics3", "idefics3"), ("tiny_llava_ov", "llava_onevision"),
-                                           ("tiny_internvl", "internvl")])
+@pytest.mark.parametrize("model, family", TINY)
 def test_vision_features_computed_once_per_image(model, family):
     """Cached vision features give the same scores as running the tower in every prompt."""
     from freeret.data.datasets import load_dataset
@@ -139,3 +147,10 @@ def test_vision_features_computed_once_per_image(model, family):
     expected = len(image_cands) + len(unique) if bb.family.image_count_dependent else len(unique)
     assert cached.vision.misses == expected
     assert cached.vision.hits >= 3 * len(image_cands) - len(unique)
+
+
+def test_dataset_specific_framing_variant(smollm):
+    scorer = PairScorer(smollm, load_framing("mcq"), dataset="imagenet_1k")
+    prompt = scorer.prompt(QUERY, CANDS[0])
+    assert "Object: dog\nA. Yes, the object is present" in prompt
+    assert "Candidate:" not in prompt
