@@ -83,9 +83,10 @@ class PairScorer:
 
     # -- scoring -----------------------------------------------------------------------------------
     def _option_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = hidden.float() @ self.head_rows.float().T
+        # the trainer may move the model after this scorer was built: follow the hidden state's device
+        logits = hidden.float() @ self.head_rows.to(hidden.device).float().T
         if self.head_bias is not None:
-            logits = logits + self.head_bias.float()
+            logits = logits + self.head_bias.to(hidden.device).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
