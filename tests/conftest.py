@@ -43,3 +43,13 @@ def compose(overrides: list[str] | None = None):
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides or [], return_hydra_config=False)
+
+
+def check_snapshot(path: Path, got) -> None:
+    """Compare with a frozen JSON snapshot; renew on purpose with FREERET_UPDATE_SNAPSHOTS=1."""
+    import json
+
+    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1":
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert path.exists(), f"missing snapshot {path.name}: create it with FREERET_UPDATE_SNAPSHOTS=1"
+    assert got == json.loads(path.read_text())

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 from omegaconf import OmegaConf
 
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 
-from conftest import REPO
+from conftest import REPO, check_snapshot
 
 PRIORS = sorted(p.stem for p in (REPO / "conf" / "prior").glob("*.yaml"))
 SNAPSHOT = REPO / "tests" / "snapshots" / "prompts.json"
@@ -53,13 +50,7 @@ def _rendered() -> dict[str, str]:
 
 def test_prompt_snapshots():
     """A template change fails here until the snapshot is renewed on purpose: FREERET_UPDATE_SNAPSHOTS=1 pytest."""
-    _check_snapshot(SNAPSHOT, _rendered())
-
-
-def _check_snapshot(path, got):
-    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1" or not path.exists():
-        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    assert got == json.loads(path.read_text())
+    check_snapshot(SNAPSHOT, _rendered())
 
 
 def test_chat_prompt_snapshots_per_family(smollm):
@@ -77,4 +68,4 @@ def test_chat_prompt_snapshots_per_family(smollm):
             has_image = family != "text"
             text = prior.render("query", "a domestic animal that barks", has_image, "wordnet_rd")
             got[f"{family}/{name}/query"] = get_family(family).render(processor, [IMAGE] * has_image + [text], True, None)
-    _check_snapshot(REPO / "tests" / "snapshots" / "chat_prompts.json", got)
+    check_snapshot(REPO / "tests" / "snapshots" / "chat_prompts.json", got)

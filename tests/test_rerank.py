@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from conftest import REPO, check_snapshot
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.retrieval_set import Item
 from freeret.errors import ConfigError
@@ -71,10 +68,7 @@ def test_option_tokens_resolve_in_context(name, smollm, tiny_backbones):
 
 def test_framing_prompt_snapshots(smollm):
     got = {name: PairScorer(smollm, load_framing(name)).prompt(QUERY, CANDS[0]) for name in FRAMINGS}
-    path = REPO / "tests" / "snapshots" / "framing_prompts.json"
-    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1" or not path.exists():
-        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    assert got == json.loads(path.read_text())
+    check_snapshot(REPO / "tests" / "snapshots" / "framing_prompts.json", got)
 
 
 @pytest.mark.parametrize("name", ["mcq", "yes_no"])
