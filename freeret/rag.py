@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import RetrievalSet
 from freeret.errors import ConfigError
+from freeret.eval.results import write_text_atomic
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -84,9 +85,7 @@ def answer_stage(cfg: Mapping[str, Any], backbone: Backbone, rset: RetrievalSet,
                         "retrieved": docs, "positive_retrieved": positive in docs,
                         "generated_with_retrieval": rag, "generated_closed_book": cb,
                         "em_with_retrieval": exact_match(rag, row.answer), "em_closed_book": exact_match(cb, row.answer)})
-    out = run_dir / "rag" / f"{rset.name}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = write_text_atomic(run_dir / "rag" / f"{rset.name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     n = len(records)
     return {
         "exact_match_with_retrieval": sum(r["em_with_retrieval"] for r in records) / n,

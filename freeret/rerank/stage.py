@@ -7,7 +7,6 @@ The writer stores option probabilities per row as JSONL shards in the run dir.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,7 +18,8 @@ from torch.utils.data import DataLoader
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.errors import ConfigError
 from freeret.lit import BufferedShardWriter
-from freeret.rerank.scorer import PairScorer
+from freeret.eval.results import write_text_atomic
+from freeret.rerank.scorer import PairScorer, PairScores
 
 FUSIONS = ("rerank", "weighted")
 TIE_BREAKS = ("embed", "entropy")
@@ -91,10 +91,7 @@ class RerankWriter(BufferedShardWriter):
         super().__init__(out_dir, shard_size)
 
     def write(self, path: Path, predictions: list[dict[str, Any]]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in predictions))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in predictions))
 
 
 def read_rerank(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -116,10 +113,11 @@ def fused_ranking(embed: torch.Tensor, positions: Sequence[int], probs: torch.Te
     finally against the positive. The rest keep their stage-1 order.
     """
     n = len(embed)
-    p_match = probs[:, match_index]
+    scores = PairScores(probs, match_index)
+    p_match = scores.match
     fused = p_match if cfg.fusion == "rerank" else cfg.fusion_weight * p_match + (1 - cfg.fusion_weight) * embed[list(positions)]
     if cfg.tie_break == "entropy":
-        secondary = (probs * probs.clamp_min(1e-12).log()).sum(-1)  # = -entropy: higher ranks first
+        secondary = -scores.entropy  # lower entropy ranks first
     else:
         secondary = embed[list(positions)]
     top = sorted(range(len(positions)), key=lambda j: (-float(fused[j]), -float(secondary[j]), positions[j] == 0))
