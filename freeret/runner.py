@@ -38,6 +38,7 @@ from freeret.retrieve.store import read_shards
 
 log = logging.getLogger(__name__)
 PIPELINES = ("embed", "two_stage", "rag")
+TASK_KEYS = ("meta_task", "split", "benchmark")  # dataset-config facts that make_tables groups by
 # Our batch sampler yields every index by construction (plan_batches); Lightning cannot know that.
 warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
 warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # one query group per step, by design
@@ -92,8 +93,18 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankC
     ]
 
 
-def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Run the configured pipeline; returns the results payload also written to ``results/<dataset>.json``."""
+def load_model(spec: ModelSpec, layer: LayerSpec) -> Backbone:
+    """Resolve the checkpoint, check the layer index against its config, then load the weights."""
+    checkpoint = resolve_checkpoint(spec)
+    layer.resolve(count_layers(spec, checkpoint))  # fail on a bad layer index before loading weights
+    return load_backbone(spec, checkpoint)
+
+
+def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, Any]:
+    """Run the configured pipeline on ``cfg['dataset']``; returns the payload also written to ``results/<dataset>.json``.
+
+    A ``backbone`` already loaded for the same ``cfg['model']`` is reused (benchmarks run many datasets).
+    """
     start = time.perf_counter()
     spec = ModelSpec.from_dict(cfg["model"])
     layer = LayerSpec.from_dict(cfg["layer"])
@@ -113,9 +124,10 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
 
-    checkpoint = resolve_checkpoint(spec)
-    layer.resolve(count_layers(spec, checkpoint))  # fail on a bad layer index before loading weights
-    backbone = load_backbone(spec, checkpoint)
+    if backbone is None:
+        backbone = load_model(spec, layer)
+    else:
+        layer.resolve(backbone.num_layers)
     scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
                          rerank_cfg.vision_cache_items) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
     logger = make_logger(cfg.get("logger"), run_dir)
@@ -149,6 +161,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "similarity": "cosine, fp32",
         "layer": {"label": layer.label, "point": layer.point, "index": layer.index,
                   "resolved_index": layer.resolve(backbone.num_layers), "apply_final_norm": layer.apply_final_norm},
+        "task": {key: cfg["dataset"].get(key) for key in TASK_KEYS},
         "prior": prior.name,
         "framing": framing.name if framing else None,
         "rerank": (
