@@ -26,7 +26,7 @@ from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 from freeret.eval.loggers import make_logger
-from freeret.eval.metrics import MAIN_SCORE, TIE_RULE, retrieval_metrics
+from freeret.eval.metrics import MAIN_SCORE, METRICS, TIE_RULE, retrieval_metrics
 from freeret.eval.results import environment, write_json
 from freeret.lit import EmbeddingWriter, EmbedModule
 from freeret.rag import answer_stage, require_answers
@@ -116,6 +116,9 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
     staged = pipeline != "embed"
     framing = Framing.from_dict(cfg["framing"]) if staged else None
     rerank_cfg = RerankConfig.from_dict(pipeline_cfg) if staged else None
+    main_name = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
+    if main_name not in METRICS:
+        raise ConfigError(f"dataset.main_metric={main_name!r} is not one of {', '.join(METRICS)}")
     rset = load_dataset(cfg["dataset"])
     if pipeline == "rag":
         require_answers(rset)
@@ -136,13 +139,14 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
     t = time.perf_counter()
     embed_scores = embed_stage(cfg, backbone, layer, prior, rset, run_dir)
     timing["embed_seconds"] = time.perf_counter() - t
-    metrics = {"embed": retrieval_metrics(embed_scores)}
+    n_positives = [row.n_positive for row in rset.rows]
+    metrics = {"embed": retrieval_metrics(embed_scores, n_positives)}
     final_scores = embed_scores
     if staged:
         t = time.perf_counter()
         final_scores = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir)
         timing["rerank_seconds"] = time.perf_counter() - t
-        metrics["rerank"] = retrieval_metrics(final_scores)
+        metrics["rerank"] = retrieval_metrics(final_scores, n_positives)
     extra: dict[str, Any] = {}
     if pipeline == "rag":
         t = time.perf_counter()
@@ -154,8 +158,8 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
     payload = {
         "dataset": rset.name,
         "pipeline": pipeline,
-        "main_score_name": MAIN_SCORE,
-        "main_score": final[MAIN_SCORE],
+        "main_score_name": main_name,
+        "main_score": final[main_name],
         "metrics": metrics,
         "tie_rule": TIE_RULE,
         "similarity": "cosine, fp32",
@@ -187,7 +191,8 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
 def summary_line(payload: Mapping[str, Any]) -> str:
     """The one-line summary printed after a run."""
     stages = payload["metrics"]
-    scores = " -> ".join(f"{stage} hit@1={m[MAIN_SCORE]:.4f}" for stage, m in stages.items())
+    name = payload.get("main_score_name", MAIN_SCORE)
+    scores = " -> ".join(f"{stage} {name}={m[name]:.4f}" for stage, m in stages.items())
     framing = f" | framing={payload['framing']} top{payload['rerank']['top_k']}" if payload.get("framing") else ""
     rag = ""
     if payload.get("rag"):

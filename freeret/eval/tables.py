@@ -22,8 +22,9 @@ import yaml
 from freeret.errors import DataError
 
 SETTING_KEYS = ("model", "layer", "prior", "pipeline", "framing", "top_k")
-META_ORDER = ("classification", "vqa", "retrieval", "grounding", "qa")
-META_LABELS = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval", "grounding": "Grounding", "qa": "QA"}
+META_ORDER = ("classification", "vqa", "retrieval", "grounding", "qa", "video", "visdoc")
+META_LABELS = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval", "grounding": "Grounding",
+               "qa": "QA", "video": "Video", "visdoc": "VisDoc"}
 
 
 def setting_of(payload: Mapping[str, Any]) -> dict[str, Any]:
