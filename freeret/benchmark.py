@@ -11,6 +11,7 @@ import logging
 from typing import Any, Callable, Mapping
 
 from freeret.backbone import Backbone, ModelSpec
+from freeret.data.mmeb import locate
 from freeret.embed.layers import LayerSpec
 from freeret.errors import ConfigError
 from freeret.runner import load_model, run
@@ -51,6 +52,9 @@ def run_all(cfg: Mapping[str, Any], on_result: Callable[[dict[str, Any]], None] 
     """Run the pipeline on every dataset of the run with one loaded model; returns the payloads."""
     datasets = dataset_configs(cfg)
     backbone: Backbone | None = None
+    for dataset in datasets:  # missing data fails in one line before a (possibly large) model loads
+        if dataset.get("kind") == "mmeb_subset":
+            locate(dataset)
     if len(datasets) > 1:
         backbone = load_model(ModelSpec.from_dict(cfg["model"]), LayerSpec.from_dict(cfg["layer"]))
     payloads = []

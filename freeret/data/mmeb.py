@@ -76,10 +76,9 @@ def _check_images(rset: RetrievalSet, image_root: Path, subset: str) -> None:
         )
 
 
-def load_mmeb_subset(cfg: Mapping[str, Any]) -> RetrievalSet:
-    """The RetrievalSet of one ``conf/dataset/mmeb`` entry."""
+def locate(cfg: Mapping[str, Any]) -> tuple[Path, list[Path]]:
+    """(root, files) of one subset: local, else fetched from the hub; one-line DataError when neither works."""
     subset = str(cfg.get("subset") or cfg["name"])
-    name = str(cfg.get("name", subset))
     if cfg.get("source") == "fixture":
         from freeret.data.mmeb_fixture import build_mmeb_fixture
 
@@ -89,7 +88,7 @@ def load_mmeb_subset(cfg: Mapping[str, Any]) -> RetrievalSet:
     else:
         root = resolve_path(str(cfg.get("root") or "data/mmeb"))
     files = _local_files(root, subset)
-    if not files and cfg.get("source") != "fixture" and cfg.get("source") != "local":
+    if not files and cfg.get("source") not in ("fixture", "local"):
         files = _from_hub(str(cfg.get("hf_repo") or "TIGER-Lab/MMEB-eval"), subset, root)
     if not files:
         raise DataError(
@@ -97,7 +96,15 @@ def load_mmeb_subset(cfg: Mapping[str, Any]) -> RetrievalSet:
             f"(from TIGER-Lab/MMEB-eval) or {root}/{subset}.jsonl there with its images in {root}/eval_images, "
             f"or set paths.mmeb_root=DIR (or run the offline check: mode=fast)"
         )
+    return root, files
+
+
+def load_mmeb_subset(cfg: Mapping[str, Any]) -> RetrievalSet:
+    """The RetrievalSet of one ``conf/dataset/mmeb`` entry."""
+    subset = str(cfg.get("subset") or cfg["name"])
+    root, files = locate(cfg)
     image_root = resolve_path(cfg["image_root"]) if cfg.get("image_root") else root / "eval_images"
-    rset = build_set(name, _rows(files, cfg), image_root, limit=cfg.get("limit"), pool=str(cfg.get("pool", "rows")))
+    rset = build_set(str(cfg.get("name", subset)), _rows(files, cfg), image_root, limit=cfg.get("limit"),
+                     pool=str(cfg.get("pool", "rows")))
     _check_images(rset, image_root, subset)
     return rset
