@@ -1,0 +1,92 @@
+"""Run integrity: a SIGKILLed run resumes from its finished shards, a torn shard is recomputed, the cache skips
+finished work, and the same config twice gives the same results file (apart from timings)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from conftest import REPO, compose
+from freeret.runner import run
+
+QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+
+
+def comparable(payload: dict) -> dict:
+    """A results payload without what may differ between identical runs: timings and the run dir."""
+    out = copy.deepcopy(payload)
+    out.pop("timing")
+    out["config"].pop("run_dir", None)
+    return out
+
+
+def run_in_process(run_dir: Path, overrides: list[str]) -> dict:
+    cfg = OmegaConf.to_container(compose(["model=tiny_qwen2vl", "dataset=smoke_mm", *QUIET, *overrides]), resolve=True)
+    cfg["run_dir"] = str(run_dir)
+    run(cfg)
+    return json.loads((run_dir / "results" / "smoke_mm.json").read_text())  # the file, not the in-memory dict
+
+
+def test_same_config_twice_gives_identical_results(tmp_path):
+    a = run_in_process(tmp_path / "a", ["embed.cache=false"])
+    b = run_in_process(tmp_path / "b", ["embed.cache=false"])
+    assert a["timing"]["embed_items_computed"] == b["timing"]["embed_items_computed"] == 32
+    assert comparable(a) == comparable(b)
+
+
+def test_cache_skips_finished_work_and_a_torn_shard_is_recomputed(tmp_path):
+    args = [f"embed.cache_dir={tmp_path / 'cache'}", "embed.batch_size=4", "embed.shard_size=4"]
+    first = run_in_process(tmp_path / "r1", args)
+    assert first["timing"]["embed_items_computed"] == 32
+    second = run_in_process(tmp_path / "r2", args)  # another run dir, same vectors: nothing to embed
+    assert second["timing"]["embed_items_computed"] == 0 and second["timing"]["embed_items_reused"] == 32
+    store = Path(second["timing"]["embed_store"])
+    victim = sorted(store.glob("*.safetensors"))[2]
+    victim.write_bytes(victim.read_bytes()[:-100])  # torn: a crash mid-write on a filesystem without atomic rename
+    third = run_in_process(tmp_path / "r3", args)
+    assert third["timing"]["embed_shards_dropped"] == 1 and third["timing"]["embed_items_computed"] == 4
+    assert comparable(first) == comparable(second) == comparable(third)
+
+
+def start(run_dir: Path, args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=run_dir.parent)
+
+
+def test_sigkill_mid_prediction_resumes_from_finished_shards(tmp_path):
+    """Tiny Qwen2-VL on the image set, one shard per batch of 2: kill -9 once 2 shards exist, rerun, compare."""
+    args = ["model=tiny_qwen2vl", "dataset=smoke_mm", "embed.cache=false", "embed.batch_size=2", "embed.shard_size=2",
+            *QUIET]
+    whole = start(tmp_path / "whole", args)
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
+    expected = json.loads((tmp_path / "whole" / "results" / "smoke_mm.json").read_text())
+
+    run_dir = tmp_path / "killed"
+    proc = start(run_dir, args)
+    deadline = time.time() + 300
+    while len(list(run_dir.glob("embeddings/*/*/rank0-*.safetensors"))) < 2:
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (run_dir / "results").exists()
+    finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run_dir.glob("embeddings/*/*/*.safetensors")}
+    done_items = 2 * len(finished)
+    assert 2 <= len(finished) < 16
+
+    again = start(run_dir, args)
+    assert again.wait(timeout=600) == 0, again.stderr.read()[-3000:]
+    resumed = json.loads((run_dir / "results" / "smoke_mm.json").read_text())
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns) == stat for p, stat in finished.items())  # reused untouched
+    assert resumed["timing"]["embed_items_reused"] == done_items
+    assert resumed["timing"]["embed_items_computed"] == 32 - done_items  # none of the finished shards recomputed
+    assert comparable(resumed) == comparable(expected)
