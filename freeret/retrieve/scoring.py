@@ -53,9 +53,9 @@ def score_store(rows: Sequence[Row], store: ShardStore, key_of: Mapping[str, str
     shard_of = torch.full((len(rows), width), -1, dtype=torch.int32)
     pos_of = torch.zeros((len(rows), width), dtype=torch.int64)
     for i, r in enumerate(rows):
-        where = [store.index[sk(k)] for k in r.candidates]
-        shard_of[i, : len(where)] = torch.tensor([w[0] for w in where], dtype=torch.int32)
-        pos_of[i, : len(where)] = torch.tensor([w[1] for w in where])
+        packed = torch.tensor([store.index[sk(k)] for k in r.candidates], dtype=torch.int64)
+        shard_of[i, : len(packed)] = (packed >> 32).to(torch.int32)
+        pos_of[i, : len(packed)] = packed & 0xFFFFFFFF
     out = torch.zeros(len(rows), width)
     for n, emb in store.iter_shards():
         hit = shard_of == n

@@ -24,7 +24,7 @@ FORMAT = "freeret-shard-2"
 
 
 def _digest(emb: torch.Tensor) -> str:
-    return hashlib.sha256(emb.numpy().tobytes()).hexdigest()
+    return hashlib.sha256(memoryview(emb.contiguous().numpy()).cast("B")).hexdigest()
 
 
 def shard_name(keys: Sequence[str], rank: int = 0) -> str:
@@ -76,7 +76,7 @@ class ShardStore:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.shards: list[Shard] = []
-        self.index: dict[str, tuple[int, int]] = {}  # key -> (shard number, row in shard)
+        self.index: dict[str, int] = {}  # key -> shard number << 32 | row in shard (ints, not tuples: less memory)
         self.dropped: list[Path] = []
 
     def scan(self, verify: bool = True) -> "ShardStore":
@@ -96,8 +96,13 @@ class ShardStore:
             n = len(self.shards)
             self.shards.append(Shard(path, tuple(keys)))
             for row, key in enumerate(keys):
-                self.index.setdefault(key, (n, row))
+                self.index.setdefault(key, n << 32 | row)
         return self
+
+    def locate(self, key: str) -> tuple[int, int]:
+        """(shard number, row in shard) of a key."""
+        packed = self.index[key]
+        return packed >> 32, packed & 0xFFFFFFFF
 
     def __contains__(self, key: str) -> bool:
         return key in self.index
@@ -118,7 +123,7 @@ class ShardStore:
     def gather(self, keys: Iterable[str]) -> torch.Tensor:
         """Embeddings of ``keys`` in order, reading each shard once."""
         keys = list(keys)
-        where = [self.index[k] for k in keys]
+        where = [self.locate(k) for k in keys]
         by_shard: dict[int, list[int]] = {}
         for i, (n, _) in enumerate(where):
             by_shard.setdefault(n, []).append(i)
