@@ -41,10 +41,10 @@ def worker(n: int, mode: str, ks: list[int], queries: int, shard_size: int, fold
     out = {"n": n, "mode": mode, "write_s": time.perf_counter() - t}
     q = torch.randn(queries, DIM, generator=gen)
     cands = torch.randint(0, n, (queries, min(1000, n)), generator=gen).tolist()
-    rows = [Row(f"r{i}", f"t-{i:07d}", tuple(f"t-{j:07d}" for j in c)) for i, c in enumerate(cands)]
+    rows = [Row(f"r{i}", f"t-{i:07d}", tuple(f"t-{j:07d}" for j in c)) for i, c in enumerate(cands)]  # fixed size
     t = time.perf_counter()
     if mode == "stream":
-        store = ShardStore(folder).scan()
+        store = ShardStore(folder).scan(want={k for r in rows for k in (r.query, *r.candidates)})
         out["scan_s"] = time.perf_counter() - t
         out["search_s"] = {}
         for k in ks:

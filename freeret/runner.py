@@ -78,7 +78,7 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
     signature = vector_signature(backbone, layer, _checkpoint_path(backbone.spec))
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
     key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in rset.items.values()}
-    store = ShardStore(folder).scan()
+    store = ShardStore(folder).scan(want=key_of.values())
     dropped = len(store.dropped)
     pending: dict[str, Item] = {}
     for item in rset.items.values():
@@ -99,7 +99,7 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
             trainer.strategy.barrier()  # every rank's shards are on disk before rank 0 reads them
             if trainer.global_rank != 0:
                 sys.exit(0)  # DDP worker: its share is written; rank 0 merges, scores and reports
-        store.scan()
+        store.scan(want=key_of.values())
     if stats is not None:
         stats.update(embed_items_computed=len(pending), embed_items_reused=len(set(key_of.values())) - len(pending),
                      embed_shards_dropped=dropped, embed_store=str(folder))

@@ -12,12 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose
+from freeret.retrieve.store import check_shard
 from freeret.runner import run
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+# one shard per batch of 2 prompts, in the run dir: 16 shards for the 32 items of the image smoke set
+ARGS = ["model=tiny_qwen2vl", "dataset=smoke_mm", "embed.cache=false", "embed.batch_size=2", "embed.shard_size=2", *QUIET]
 
 
 def comparable(payload: dict) -> dict:
@@ -29,21 +33,26 @@ def comparable(payload: dict) -> dict:
 
 
 def run_in_process(run_dir: Path, overrides: list[str]) -> dict:
-    cfg = OmegaConf.to_container(compose(["model=tiny_qwen2vl", "dataset=smoke_mm", *QUIET, *overrides]), resolve=True)
+    cfg = OmegaConf.to_container(compose([*ARGS, *overrides]), resolve=True)
     cfg["run_dir"] = str(run_dir)
     run(cfg)
     return json.loads((run_dir / "results" / "smoke_mm.json").read_text())  # the file, not the in-memory dict
 
 
-def test_same_config_twice_gives_identical_results(tmp_path):
-    a = run_in_process(tmp_path / "a", ["embed.cache=false"])
-    b = run_in_process(tmp_path / "b", ["embed.cache=false"])
-    assert a["timing"]["embed_items_computed"] == b["timing"]["embed_items_computed"] == 32
-    assert comparable(a) == comparable(b)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """One uninterrupted single-process run with ARGS."""
+    return run_in_process(tmp_path_factory.mktemp("reference"), [])
+
+
+def test_same_config_twice_gives_identical_results(tmp_path, reference):
+    again = run_in_process(tmp_path, [])
+    assert reference["timing"]["embed_items_computed"] == again["timing"]["embed_items_computed"] == 32
+    assert comparable(again) == comparable(reference)
 
 
 def test_cache_skips_finished_work_and_a_torn_shard_is_recomputed(tmp_path):
-    args = [f"embed.cache_dir={tmp_path / 'cache'}", "embed.batch_size=4", "embed.shard_size=4"]
+    args = ["embed.cache=true", f"embed.cache_dir={tmp_path / 'cache'}", "embed.batch_size=4", "embed.shard_size=4"]
     first = run_in_process(tmp_path / "r1", args)
     assert first["timing"]["embed_items_computed"] == 32
     second = run_in_process(tmp_path / "r2", args)  # another run dir, same vectors: nothing to embed
@@ -62,16 +71,11 @@ def start(run_dir: Path, args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=run_dir.parent)
 
 
-def test_sigkill_mid_prediction_resumes_from_finished_shards(tmp_path):
-    """Tiny Qwen2-VL on the image set, one shard per batch of 2: kill -9 once 2 shards exist, rerun, compare."""
-    args = ["model=tiny_qwen2vl", "dataset=smoke_mm", "embed.cache=false", "embed.batch_size=2", "embed.shard_size=2",
-            *QUIET]
-    whole = start(tmp_path / "whole", args)
-    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
-    expected = json.loads((tmp_path / "whole" / "results" / "smoke_mm.json").read_text())
-
+def test_sigkill_mid_prediction_resumes_from_finished_shards(tmp_path, reference):
+    """kill -9 once 2 of the 16 shards exist, rerun with the same config and run dir, compare."""
     run_dir = tmp_path / "killed"
-    proc = start(run_dir, args)
+    run_dir.mkdir()
+    proc = start(run_dir, ARGS)
     deadline = time.time() + 300
     while len(list(run_dir.glob("embeddings/*/*/rank0-*.safetensors"))) < 2:
         assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
@@ -83,10 +87,27 @@ def test_sigkill_mid_prediction_resumes_from_finished_shards(tmp_path):
     done_items = 2 * len(finished)
     assert 2 <= len(finished) < 16
 
-    again = start(run_dir, args)
+    again = start(run_dir, ARGS)
     assert again.wait(timeout=600) == 0, again.stderr.read()[-3000:]
     resumed = json.loads((run_dir / "results" / "smoke_mm.json").read_text())
     assert all((p.stat().st_ino, p.stat().st_mtime_ns) == stat for p, stat in finished.items())  # reused untouched
     assert resumed["timing"]["embed_items_reused"] == done_items
     assert resumed["timing"]["embed_items_computed"] == 32 - done_items  # none of the finished shards recomputed
-    assert comparable(resumed) == comparable(expected)
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_ddp_two_cpu_processes_write_rank_shards_that_merge(tmp_path, reference):
+    """trainer=ddp (2 processes, gloo): each rank writes its own shards; rank 0 scores the union."""
+    run_dir = tmp_path / "ddp"
+    run_dir.mkdir()
+    proc = start(run_dir, [*ARGS, "trainer=ddp", "trainer.enable_progress_bar=false"])
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    res = json.loads((run_dir / "results" / "smoke_mm.json").read_text())
+    keys = {rank: [k for p in run_dir.glob(f"embeddings/*/*/rank{rank}-*.safetensors") for k in check_shard(p)]
+            for rank in (0, 1)}
+    assert keys[0] and keys[1] and not set(keys[0]) & set(keys[1])  # disjoint shares, both ranks worked
+    assert len(set(keys[0]) | set(keys[1])) == 32 == res["timing"]["embed_items_computed"]
+    single, multi = comparable(reference), comparable(res)
+    for payload in (single, multi):  # the trainer and the threads per process differ, nothing else may
+        payload["config"].pop("trainer"), payload["environment"].pop("cpu_threads")
+    assert multi == single  # same batches, same vectors, same scores and metrics

@@ -86,5 +86,5 @@ def search_store(queries: torch.Tensor, store: ShardStore, k: int) -> tuple[torc
         ids = (torch.arange(emb.shape[0]) + (n << 32)).expand_as(sims)
         best, top = torch.cat([best, sims], 1).topk(min(k, best.shape[1] + sims.shape[1]), dim=1)
         best_ids = torch.cat([best_ids, ids], 1).gather(1, top)
-    keys = [[store.shards[i >> 32].keys[i & 0xFFFFFFFF] for i in row] for row in best_ids.tolist()]
-    return best, keys
+    shard_keys = {n: store.shards[n].keys for n in {i >> 32 for row in best_ids.tolist() for i in row}}
+    return best, [[shard_keys[i >> 32][i & 0xFFFFFFFF] for i in row] for row in best_ids.tolist()]

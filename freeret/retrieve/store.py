@@ -64,10 +64,15 @@ def check_shard(path: Path) -> list[str] | None:
 
 @dataclass(frozen=True)
 class Shard:
-    """One verified shard file and the keys it holds, in order."""
+    """One verified shard file and its size (its keys are re-read from the header when needed)."""
 
     path: Path
-    keys: tuple[str, ...]
+    count: int
+
+    @property
+    def keys(self) -> list[str]:
+        """The shard's keys, in row order."""
+        return _keys(self.path) or []
 
 
 class ShardStore:
@@ -79,8 +84,12 @@ class ShardStore:
         self.index: dict[str, int] = {}  # key -> shard number << 32 | row in shard (ints, not tuples: less memory)
         self.dropped: list[Path] = []
 
-    def scan(self, verify: bool = True) -> "ShardStore":
-        """Index every whole shard; delete torn ones (and stale temporaries) so they are recomputed."""
+    def scan(self, verify: bool = True, want: Iterable[str] | None = None) -> "ShardStore":
+        """Index every whole shard; delete torn ones (and stale temporaries) so they are recomputed.
+
+        With ``want``, only those keys are indexed: memory follows the dataset, not the size of a shared cache.
+        """
+        wanted = set(want) if want is not None else None
         self.shards, self.index, self.dropped = [], {}, []
         if not self.folder.exists():
             return self
@@ -94,9 +103,10 @@ class ShardStore:
                 self.dropped.append(path)
                 continue
             n = len(self.shards)
-            self.shards.append(Shard(path, tuple(keys)))
+            self.shards.append(Shard(path, len(keys)))
             for row, key in enumerate(keys):
-                self.index.setdefault(key, n << 32 | row)
+                if wanted is None or key in wanted:
+                    self.index.setdefault(key, n << 32 | row)
         return self
 
     def locate(self, key: str) -> tuple[int, int]:
