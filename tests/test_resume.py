@@ -111,3 +111,16 @@ def test_ddp_two_cpu_processes_write_rank_shards_that_merge(tmp_path, reference)
     for payload in (single, multi):  # the trainer and the threads per process differ, nothing else may
         payload["config"].pop("trainer"), payload["environment"].pop("cpu_threads")
     assert multi == single  # same batches, same vectors, same scores and metrics
+
+
+def test_slurm_launcher_config_composes_for_a_sweep():
+    """The README's cluster command: hydra/launcher=slurm resolves to submitit's SLURM launcher."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True,
+                            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "embed.cache_dir=/shared/emb"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and cfg.embed.cache_dir == "/shared/emb"

@@ -120,3 +120,11 @@ def test_signature_tracks_model_layer_dtype_and_versions(monkeypatch):
     assert signature_id(vector_signature(bb, LayerSpec("attn", -1))) != signature_id(base)
     for key in ("revision", "dtype", "min_pixels", "max_pixels", "hf_id"):
         assert key in base["model"]
+
+
+def test_scan_can_index_only_the_keys_a_run_needs(tmp_path):
+    keys, emb = make_store(tmp_path, n=21, per_shard=7)
+    store = ShardStore(tmp_path).scan(want={"k3", "k15", "absent"})
+    assert set(store.index) == {"k3", "k15"} and len(store.shards) == 3
+    assert torch.equal(store.gather(["k15", "k3"]), emb[[15, 3]])
+    assert sorted(tuple(s.keys) for s in store.shards) == sorted(tuple(keys[lo : lo + 7]) for lo in (0, 7, 14))
