@@ -38,7 +38,7 @@ def worker(n: int, mode: str, ks: list[int], queries: int, shard_size: int, fold
     for lo in range(0, n, shard_size):
         keys = [f"t-{i:07d}" for i in range(lo, min(n, lo + shard_size))]
         write_shard(folder / shard_name(keys), keys, torch.randn(len(keys), DIM, generator=gen))
-    out = {"n": n, "mode": mode, "write_s": time.perf_counter() - t}
+    out = {"n": n, "mode": mode, "write_s": time.perf_counter() - t, "peak_rss_mb_after": {"write": peak_mb()}}
     q = torch.randn(queries, DIM, generator=gen)
     cands = torch.randint(0, n, (queries, min(1000, n)), generator=gen).tolist()
     rows = [Row(f"r{i}", f"t-{i:07d}", tuple(f"t-{j:07d}" for j in c)) for i, c in enumerate(cands)]  # fixed size
@@ -46,11 +46,13 @@ def worker(n: int, mode: str, ks: list[int], queries: int, shard_size: int, fold
     if mode == "stream":
         store = ShardStore(folder).scan(want={k for r in rows for k in (r.query, *r.candidates)})
         out["scan_s"] = time.perf_counter() - t
+        out["peak_rss_mb_after"]["scan"] = peak_mb()
         out["search_s"] = {}
         for k in ks:
             t = time.perf_counter()
             search_store(q, store, k)
             out["search_s"][str(k)] = time.perf_counter() - t
+        out["peak_rss_mb_after"]["search"] = peak_mb()
         t = time.perf_counter()
         score_store(rows, store)
     else:
@@ -66,8 +68,13 @@ def worker(n: int, mode: str, ks: list[int], queries: int, shard_size: int, fold
         t = time.perf_counter()
         score_rows(rows, emb)
     out["score_rows_s"] = time.perf_counter() - t
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = out["peak_rss_mb_after"]["score_rows"] = peak_mb()
     return out
+
+
+def peak_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
