@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Sequence
 
 import lightning as L
 import torch
@@ -92,13 +92,27 @@ class EmbeddingWriter(BufferedShardWriter):
         write_shard(path, keys, torch.cat([p["embeddings"].detach().cpu() for p in predictions]))
 
 
+def pending_batches(items: list[Any], batch_size: int, done: Collection[str] = ()) -> list[list[int]]:
+    """The planned batches of *all* items that hold an item not done yet.
+
+    Planning over every item (not only the missing ones) keeps each batch's composition, hence its padding and
+    its vectors bit for bit, the same in a resumed run as in an uninterrupted one; a partly done batch reruns whole.
+    """
+    return [b for b in plan_batches(items, batch_size) if any(items[i].key not in done for i in b)]
+
+
 class RankedItemDataModule(ItemDataModule):
-    """Planned item batches split across ranks (every ``world_size``-th batch): each DDP process embeds a
+    """Pending planned batches split across ranks (every ``world_size``-th batch): each DDP process embeds a
     disjoint share and its writer stores the items' keys from the batch, never batch indices."""
+
+    def __init__(self, items: Sequence[Any], collate: Any, batch_size: int = 32, num_workers: int = 0,
+                 done: Collection[str] = ()) -> None:
+        super().__init__(items, collate, batch_size, num_workers)
+        self.done = done
 
     def predict_dataloader(self) -> DataLoader:
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        batches = plan_batches(self.items, self.batch_size)[rank::world]
+        batches = pending_batches(self.items, self.batch_size, self.done)[rank::world]
         return DataLoader(self.items, batch_sampler=PlannedBatches(batches), collate_fn=self.collate,  # type: ignore[arg-type]
                           num_workers=self.num_workers)

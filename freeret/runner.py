@@ -31,7 +31,7 @@ from freeret.errors import ConfigError
 from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, TIE_RULE, retrieval_metrics
 from freeret.eval.results import environment, write_json
-from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule
+from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, pending_batches
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
@@ -80,18 +80,18 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
     key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in rset.items.values()}
     store = ShardStore(folder).scan(want=key_of.values())
     dropped = len(store.dropped)
-    pending: dict[str, Item] = {}
+    unique: dict[str, Item] = {}  # one item per vector key (the same bytes under two paths are one vector)
     for item in rset.items.values():
-        if key_of[item.key] not in store:
-            pending.setdefault(key_of[item.key], dataclasses.replace(item, key=key_of[item.key]))
-    if pending:
+        unique.setdefault(key_of[item.key], dataclasses.replace(item, key=key_of[item.key]))
+    items = list(unique.values())
+    batch_size = int(embed_cfg.get("batch_size", 32))
+    computed = sum(len(b) for b in pending_batches(items, batch_size, store.index))
+    if computed:
         trainer_cfg = cfg.get("trainer") or {}
         if str(trainer_cfg.get("strategy", "")).startswith("ddp") and (cfg.get("pipeline") or {}).get("name", "embed") != "embed":
             raise ConfigError("trainer=ddp runs the embedding stage only (pipeline=embed); rerank runs in one process")
-        datamodule = RankedItemDataModule(
-            list(pending.values()), collate,
-            batch_size=int(embed_cfg.get("batch_size", 32)), num_workers=int(embed_cfg.get("num_workers", 0)),
-        )
+        datamodule = RankedItemDataModule(items, collate, batch_size=batch_size,
+                                          num_workers=int(embed_cfg.get("num_workers", 0)), done=set(store.index))
         writer = EmbeddingWriter(folder, shard_size=int(embed_cfg.get("shard_size", 4096)))
         trainer = make_trainer(cfg, writer)
         trainer.predict(EmbedModule(backbone, layer), datamodule=datamodule, return_predictions=False)
@@ -101,7 +101,7 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
                 sys.exit(0)  # DDP worker: its share is written; rank 0 merges, scores and reports
         store.scan(want=key_of.values())
     if stats is not None:
-        stats.update(embed_items_computed=len(pending), embed_items_reused=len(set(key_of.values())) - len(pending),
+        stats.update(embed_items_computed=computed, embed_items_reused=len(items) - computed,
                      embed_shards_dropped=dropped, embed_store=str(folder))
     return score_store(rset.rows, store, key_of)
 

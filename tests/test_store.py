@@ -128,3 +128,14 @@ def test_scan_can_index_only_the_keys_a_run_needs(tmp_path):
     assert set(store.index) == {"k3", "k15"} and len(store.shards) == 3
     assert torch.equal(store.gather(["k15", "k3"]), emb[[15, 3]])
     assert sorted(tuple(s.keys) for s in store.shards) == sorted(tuple(keys[lo : lo + 7]) for lo in (0, 7, 14))
+
+
+def test_resume_plans_the_same_batches_minus_finished_ones():
+    """Batches are planned over all items, so a resumed batch has the same members (and padding) as before."""
+    from freeret.lit import pending_batches
+
+    items = [Item.make("target" if i % 3 else "query", "x" * (i % 7 + 1), None) for i in range(40)]
+    full = pending_batches(items, 4)
+    done = {items[i].key for b in full[:3] for i in b} | {items[full[5][0]].key}  # 3 whole batches, 1 partly
+    resumed = pending_batches(items, 4, done)
+    assert resumed == full[3:] and full[5] in resumed
