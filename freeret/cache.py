@@ -2,7 +2,7 @@
 
 A store folder is named by a *vector signature*: a hash of everything that shapes a vector besides the item
 (model id, path, revision and weight files, the sub-layer, dtype, pixel limits, transformers and torch
-versions, the shard format). Inside it, each vector is keyed by a hash of the item's role, the full prompt
+versions, a hash of FreeRet's backbone/embed source, the shard format). Inside it, each vector is keyed by a hash of the item's role, the full prompt
 actually rendered (the prior's template and the chat template included) and the image's bytes.
 """
 
@@ -36,6 +36,17 @@ def _weights_fingerprint(path: str | None) -> list[Any] | None:
     return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(path).iterdir() if p.is_file())
 
 
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the source that turns inputs into vectors (backbone and embed packages): a code change that could
+    move a vector (a hook, a processor, a pooling rule) gets a new signature instead of stale cached vectors."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted([*(root / "backbone").glob("*.py"), *(root / "embed").glob("*.py")]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def vector_signature(backbone: Backbone, layer: LayerSpec, checkpoint: str | None = None) -> dict[str, Any]:
     """Everything besides the item that shapes a vector (the prompt, hence the prior, is in the item key)."""
     meta = backbone.metadata()
@@ -46,6 +57,7 @@ def vector_signature(backbone: Backbone, layer: LayerSpec, checkpoint: str | Non
         "weights": _weights_fingerprint(checkpoint or meta.get("path")),
         "layer": {"point": layer.point, "index": layer.resolve(backbone.num_layers),
                   "apply_final_norm": layer.apply_final_norm},
+        "code": code_fingerprint(),
         "transformers": _version("transformers"),
         "torch": _version("torch"),
     }

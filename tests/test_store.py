@@ -118,6 +118,9 @@ def test_signature_tracks_model_layer_dtype_and_versions(monkeypatch):
     assert signature_id(vector_signature(bb, LayerSpec("mlp", -1))) != signature_id(base)
     monkeypatch.setattr("freeret.cache._version", lambda name: "0.0-other")
     assert signature_id(vector_signature(bb, LayerSpec("attn", -1))) != signature_id(base)
+    monkeypatch.undo()
+    monkeypatch.setattr("freeret.cache.code_fingerprint", lambda: "edited-capture-code")
+    assert signature_id(vector_signature(bb, LayerSpec("attn", -1))) != signature_id(base)
     for key in ("revision", "dtype", "min_pixels", "max_pixels", "hf_id"):
         assert key in base["model"]
 
