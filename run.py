@@ -3,6 +3,7 @@
     python run.py                                   # embedded SmolLM2 on the WordNet set
     python run.py model=qwen2vl_7b prior=caption    # a real MLLM (weights from the HF cache or model.path=DIR)
     python run.py -m layer=attn_last,mlp_last prior=e5v,freeret
+    python run.py -m experiment=mmeb_table1 model=qwen25vl_7b   # a whole benchmark, model loaded once
 """
 
 from __future__ import annotations
@@ -14,23 +15,23 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from freeret.errors import FreeRetError
-from freeret.runner import run, summary_line
+from freeret.benchmark import run_all
+from freeret.runner import summary_line
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Run one configuration; print a one-line summary; return the main score (for sweepers)."""
+    """Run one configuration (one dataset or a benchmark); print a line per dataset; return the mean main score."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config["run_dir"] = HydraConfig.get().runtime.output_dir
     try:
-        payload = run(config)
+        payloads = run_all(config, on_result=lambda p: print(summary_line(p), flush=True))
     except FreeRetError as exc:
         if cfg.get("debug"):
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(summary_line(payload))
-    return float(payload["main_score"])
+    return sum(float(p["main_score"]) for p in payloads) / len(payloads)
 
 
 if __name__ == "__main__":

@@ -77,9 +77,18 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def visual_digest(path: str) -> str:
+    """Hash of an image or video file's bytes, or of a frame folder's file names and bytes."""
+    p = Path(path)
+    if p.is_dir():
+        parts = [(f.name, _file_digest(str(f))) for f in sorted(p.iterdir()) if f.is_file()]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    return _file_digest(str(p))
+
+
 def item_cache_key(item: Item, prompt: str) -> str:
-    """Content key of one vector: role, rendered prompt and image bytes (not the image's path)."""
-    image = _file_digest(item.image) if item.image else None
+    """Content key of one vector: role, rendered prompt and image/video bytes (not their path)."""
+    image = visual_digest(item.image) if item.image else None
     digest = hashlib.sha256(json.dumps([item.role, prompt, image]).encode()).hexdigest()[:24]
     return f"{item.role[0]}-{digest}"
 

@@ -29,7 +29,7 @@ from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 from freeret.eval.loggers import make_logger
-from freeret.eval.metrics import MAIN_SCORE, TIE_RULE, retrieval_metrics
+from freeret.eval.metrics import MAIN_SCORE, METRICS, TIE_RULE, retrieval_metrics
 from freeret.eval.results import environment, write_json
 from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, pending_batches
 from freeret.rag import answer_stage, require_answers
@@ -41,6 +41,7 @@ from freeret.retrieve.store import ShardStore
 
 log = logging.getLogger(__name__)
 PIPELINES = ("embed", "two_stage", "rag")
+TASK_KEYS = ("meta_task", "split", "benchmark")  # dataset-config facts that make_tables groups by
 # Our batch sampler yields every index by construction (plan_batches); Lightning cannot know that.
 warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
 warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # one query group per step, by design
@@ -122,8 +123,18 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankC
     ]
 
 
-def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Run the configured pipeline; returns the results payload also written to ``results/<dataset>.json``."""
+def load_model(spec: ModelSpec, layer: LayerSpec) -> Backbone:
+    """Resolve the checkpoint, check the layer index against its config, then load the weights."""
+    checkpoint = resolve_checkpoint(spec)
+    layer.resolve(count_layers(spec, checkpoint))  # fail on a bad layer index before loading weights
+    return load_backbone(spec, checkpoint)
+
+
+def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, Any]:
+    """Run the configured pipeline on ``cfg['dataset']``; returns the payload also written to ``results/<dataset>.json``.
+
+    A ``backbone`` already loaded for the same ``cfg['model']`` is reused (benchmarks run many datasets).
+    """
     start = time.perf_counter()
     spec = ModelSpec.from_dict(cfg["model"])
     layer = LayerSpec.from_dict(cfg["layer"])
@@ -135,6 +146,9 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     staged = pipeline != "embed"
     framing = Framing.from_dict(cfg["framing"]) if staged else None
     rerank_cfg = RerankConfig.from_dict(pipeline_cfg) if staged else None
+    main_name = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
+    if main_name not in METRICS:
+        raise ConfigError(f"dataset.main_metric={main_name!r} is not one of {', '.join(METRICS)}")
     rset = load_dataset(cfg["dataset"])
     if pipeline == "rag":
         require_answers(rset)
@@ -143,9 +157,10 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
 
-    checkpoint = resolve_checkpoint(spec)
-    layer.resolve(count_layers(spec, checkpoint))  # fail on a bad layer index before loading weights
-    backbone = load_backbone(spec, checkpoint)
+    if backbone is None:
+        backbone = load_model(spec, layer)
+    else:
+        layer.resolve(backbone.num_layers)
     scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
                          rerank_cfg.vision_cache_items) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
     logger = make_logger(cfg.get("logger"), run_dir)
@@ -154,13 +169,14 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     t = time.perf_counter()
     embed_scores = embed_stage(cfg, backbone, layer, prior, rset, run_dir, stats=timing)
     timing["embed_seconds"] = time.perf_counter() - t
-    metrics = {"embed": retrieval_metrics(embed_scores)}
+    n_positives = [row.n_positive for row in rset.rows]
+    metrics = {"embed": retrieval_metrics(embed_scores, n_positives)}
     final_scores = embed_scores
     if staged:
         t = time.perf_counter()
         final_scores = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir)
         timing["rerank_seconds"] = time.perf_counter() - t
-        metrics["rerank"] = retrieval_metrics(final_scores)
+        metrics["rerank"] = retrieval_metrics(final_scores, n_positives)
     extra: dict[str, Any] = {}
     if pipeline == "rag":
         t = time.perf_counter()
@@ -172,13 +188,14 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     payload = {
         "dataset": rset.name,
         "pipeline": pipeline,
-        "main_score_name": MAIN_SCORE,
-        "main_score": final[MAIN_SCORE],
+        "main_score_name": main_name,
+        "main_score": final[main_name],
         "metrics": metrics,
         "tie_rule": TIE_RULE,
         "similarity": "cosine, fp32",
         "layer": {"label": layer.label, "point": layer.point, "index": layer.index,
                   "resolved_index": layer.resolve(backbone.num_layers), "apply_final_norm": layer.apply_final_norm},
+        "task": {key: cfg["dataset"].get(key) for key in TASK_KEYS},
         "prior": prior.name,
         "framing": framing.name if framing else None,
         "rerank": (
@@ -204,7 +221,8 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def summary_line(payload: Mapping[str, Any]) -> str:
     """The one-line summary printed after a run."""
     stages = payload["metrics"]
-    scores = " -> ".join(f"{stage} hit@1={m[MAIN_SCORE]:.4f}" for stage, m in stages.items())
+    name = payload.get("main_score_name", MAIN_SCORE)
+    scores = " -> ".join(f"{stage} {name}={m[name]:.4f}" for stage, m in stages.items())
     framing = f" | framing={payload['framing']} top{payload['rerank']['top_k']}" if payload.get("framing") else ""
     rag = ""
     if payload.get("rag"):

@@ -92,6 +92,12 @@ def test_item_cache_key_is_content_not_path(tmp_path):
     assert item_cache_key(dataclasses.replace(item, image=str(c)), "prompt") != key
     assert item_cache_key(item, "another prompt (prior or chat template)") != key
     assert item_cache_key(dataclasses.replace(item, role="target"), "prompt") != key
+    frames = tmp_path / "clip"  # a video as a folder of frames (MMEB-V2)
+    frames.mkdir()
+    (frames / "0.png").write_bytes(b"f0")
+    clip = item_cache_key(dataclasses.replace(item, image=str(frames)), "prompt")
+    (frames / "1.png").write_bytes(b"f1")
+    assert item_cache_key(dataclasses.replace(item, image=str(frames)), "prompt") != clip
 
 
 def test_store_dir_is_per_signature(tmp_path):

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
+from freeret.data.visual import frame_count, load_image, load_visual  # noqa: F401 - load_image re-exported
 from freeret.embed.priors import Prior
 
 
@@ -42,26 +43,20 @@ class PlannedBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
-def load_image(path: str) -> Image.Image:
-    """Open an image as RGB."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
-
-
 class PromptCollator:
     """Turns a list of items into model inputs with the prior's prompts."""
 
     def __init__(self, backbone: Backbone, prior: Prior, dataset: str | None) -> None:
         self.backbone, self.prior, self.dataset = backbone, prior, dataset
 
-    def prompt(self, item: Item) -> str:
-        """The full prompt string for one item."""
+    def prompt(self, item: Item, n_images: int | None = None) -> str:
+        """The full prompt string for one item (a video clip puts one image per sampled frame)."""
         text = self.prior.render(item.role, item.text, item.image is not None, self.dataset)
-        return self.backbone.render(text, n_images=int(item.image is not None))
+        return self.backbone.render(text, n_images=frame_count(item.image) if n_images is None else n_images)
 
     def __call__(self, items: list[Item]) -> dict[str, Any]:
-        prompts = [self.prompt(it) for it in items]
-        images = [[load_image(it.image)] for it in items] if items[0].image is not None else None
+        images = [load_visual(it.image) for it in items] if items[0].image is not None else None
+        prompts = [self.prompt(it, len(images[i]) if images else 0) for i, it in enumerate(items)]
         return {"keys": [it.key for it in items], "inputs": self.backbone.inputs(prompts, images)}
 
 

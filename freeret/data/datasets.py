@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from freeret.data.retrieval_set import RetrievalSet, load_mmeb
 from freeret.errors import ConfigError
 
-KINDS = ("mmeb", "smoke", "wordnet_qa")
+KINDS = ("mmeb", "mmeb_subset", "mmeb_v2_video", "visdoc", "smoke", "wordnet_qa")
 
 
 def load_dataset(cfg: Mapping[str, Any]) -> RetrievalSet:
@@ -25,6 +25,18 @@ def load_dataset(cfg: Mapping[str, Any]) -> RetrievalSet:
         from freeret.data.wordnet_qa import wordnet_qa_rows
 
         return build_set(name, wordnet_qa_rows(cfg["path"]), resolve_path(cfg["path"]).parent, limit=limit, pool=pool)
+    if kind == "mmeb_subset":
+        from freeret.data.mmeb import load_mmeb_subset
+
+        return load_mmeb_subset(cfg)
+    if kind == "mmeb_v2_video":
+        from freeret.data.mmeb_v2 import load_video_task
+
+        return load_video_task(cfg)
+    if kind == "visdoc":
+        from freeret.data.mmeb_v2 import load_visdoc_task
+
+        return load_visdoc_task(cfg)
     if kind == "mmeb":
         if not cfg.get("path") or cfg["path"] == "???":
             raise ConfigError(f"dataset '{name}' needs dataset.path=FILE (.jsonl, .jsonl.gz or .parquet in the MMEB row format)")

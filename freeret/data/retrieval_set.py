@@ -46,6 +46,7 @@ class Row:
     query: str
     candidates: tuple[str, ...]
     answer: str | None = None  # a reference answer (RAG question sets); MMEB rows have none
+    n_positive: int = 1  # the first n candidates are relevant (visual-document sets may have several)
 
 
 @dataclass
@@ -127,6 +128,7 @@ def build_set(
         raise DataError(f"dataset.pool must be 'rows' or 'positives', got {pool!r}")
     rset = RetrievalSet(name=name, rows=[])
     parsed: list[tuple[str, Item, list[Item], str | None]] = []
+    n_pos: dict[str, int] = {}
     for i, raw in enumerate(raw_rows):
         if limit is not None and len(parsed) >= limit:
             break
@@ -141,13 +143,15 @@ def build_set(
         query = Item.make("query", _IMAGE_MARKERS.sub("", raw.get("qry_text") or ""), _image(raw.get("qry_img_path"), image_root))
         cands = [Item.make("target", _IMAGE_MARKERS.sub("", t or ""), _image(im, image_root)) for t, im in zip(texts, images)]
         parsed.append((str(raw.get("id", i)), query, cands, raw.get("answer")))
+        n_pos[str(raw.get("id", i))] = int(raw.get("n_positive") or 1)
     if pool == "positives":
         positives = [c[0] for _, _, c, _ in parsed]
         parsed = [(rid, q, [c[0]] + [p for p in positives if p.key != c[0].key], a) for rid, q, c, a in parsed]
     for rid, query, cands, answer in parsed:
         for item in (query, *cands):
             rset.items.setdefault(item.key, item)
-        rset.rows.append(Row(id=rid, query=query.key, candidates=tuple(c.key for c in cands), answer=answer))
+        rset.rows.append(Row(id=rid, query=query.key, candidates=tuple(c.key for c in cands), answer=answer,
+                             n_positive=n_pos[rid]))
     if not rset.rows:
         raise DataError(f"{name}: no rows")
     return rset

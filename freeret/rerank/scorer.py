@@ -22,7 +22,7 @@ import torch
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import IMAGE
 from freeret.backbone.vision_cache import VisionFeatureCache
-from freeret.data.datamodule import load_image
+from freeret.data.visual import frame_count, load_visual
 from freeret.data.retrieval_set import Item
 from freeret.rerank.framing import Framing
 from freeret.rerank.options import resolve_option_ids
@@ -68,8 +68,8 @@ class PairScorer:
 
     # -- prompts -----------------------------------------------------------------------------------
     def _parts(self, query: Item, cand: Item, cand_text: str | None = None) -> list:
-        return [self.head, *([IMAGE] if query.image else []), query.text, self.middle,
-                *([IMAGE] if cand.image else []), cand.text if cand_text is None else cand_text, self.tail]
+        return [self.head, *([IMAGE] * frame_count(query.image)), query.text, self.middle,
+                *([IMAGE] * frame_count(cand.image)), cand.text if cand_text is None else cand_text, self.tail]
 
     def prompt(self, query: Item, cand: Item) -> str:
         """The whole prompt of one pair, ending at the answer position."""
@@ -93,10 +93,12 @@ class PairScorer:
 
     def _with_images(self, prompts: list[str], paths: list[list[str]]) -> dict:
         """Model inputs on the device; images go through the vision cache when there is one."""
-        images = [[load_image(p) for p in row] for row in paths]
+        visuals = [[(p, load_visual(p)) for p in row] for row in paths]
+        images = [[im for _, ims in row for im in ims] for row in visuals]
         inputs = self.bb.inputs(prompts, images if any(images) else None)
         if self.vision is not None and any(images):
-            inputs = self.vision.apply(inputs, paths, images)
+            keys = [[p if len(ims) == 1 else f"{p}#frame{i}" for p, ims in row for i in range(len(ims))] for row in visuals]
+            inputs = self.vision.apply(inputs, keys, images)
         return {k: v.to(self.bb.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
     @torch.no_grad()

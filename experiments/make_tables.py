@@ -1,0 +1,50 @@
+"""Results JSON -> paper-style Markdown and CSV tables, published numbers side by side.
+
+    python experiments/make_tables.py multirun/2026-11-23/10-00-00            # print Markdown, write tables/
+    python experiments/make_tables.py RUN_DIR --paper data/paper/freeret.yaml --out RUN_DIR/tables
+
+Rows are settings (model, layer, prior, pipeline, framing, top-K); columns the meta-task means
+(Classification / VQA / Retrieval / Grounding, or the WordNet meta-tasks), IND / OOD and Overall, hit@1 in %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
+
+from freeret.errors import FreeRetError  # noqa: E402
+from freeret.eval.results import write_text_atomic  # noqa: E402
+from freeret.eval.tables import build_tables, load_paper, load_results, per_dataset_csv, to_csv, to_markdown  # noqa: E402
+from freeret.paths import repo_root  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the tables and write <out>/<benchmark>.md, .csv and _datasets.csv."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run or multirun folder holding results/*.json")
+    parser.add_argument("--paper", type=Path, nargs="*", default=[repo_root() / "data/paper/freeret.yaml"],
+                        help="YAML files of published numbers")
+    parser.add_argument("--out", type=Path, default=None, help="where to write tables (default RUN_DIR/tables)")
+    args = parser.parse_args(argv)
+    try:
+        tables = build_tables(load_results(args.run_dir))
+    except FreeRetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    paper = load_paper(args.paper)
+    out = args.out or args.run_dir / "tables"
+    for table in tables:
+        md = to_markdown(table, paper.get(table.benchmark))
+        print(md)
+        write_text_atomic(out / f"{table.benchmark}.md", md)
+        write_text_atomic(out / f"{table.benchmark}.csv", to_csv(table, paper.get(table.benchmark)))
+        write_text_atomic(out / f"{table.benchmark}_datasets.csv", per_dataset_csv(table))
+    print(f"tables written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

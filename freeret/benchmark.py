@@ -1,0 +1,63 @@
+"""Many datasets in one run: the model loads once, each dataset writes its own ``results/<name>.json``.
+
+An experiment config (``conf/experiment``) fills ``benchmark.datasets`` with dataset configs;
+without it a run is the single ``dataset``. ``benchmark.limit`` / ``max_per_task`` / ``source``
+shrink a benchmark for the offline fast mode (``conf/mode/fast.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Mapping
+
+from freeret.backbone import Backbone, ModelSpec
+from freeret.embed.layers import LayerSpec
+from freeret.errors import ConfigError
+from freeret.runner import load_model, run
+
+log = logging.getLogger(__name__)
+
+
+def dataset_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The dataset configs this run covers, in config order, with the benchmark-wide overrides applied."""
+    bench = cfg.get("benchmark") or {}
+    datasets = [dict(d) for d in (bench.get("datasets") or {}).values()] or [dict(cfg["dataset"])]
+    only = bench.get("only")
+    if only:
+        names = {d.get("name") for d in datasets}
+        unknown = sorted(set(only) - names)
+        if unknown:
+            raise ConfigError(f"benchmark.only names unknown dataset(s) {', '.join(unknown)}; this run has {', '.join(sorted(names))}")
+        datasets = [d for d in datasets if d.get("name") in set(only)]
+    per_task = bench.get("max_per_task")
+    if per_task:
+        seen: dict[Any, int] = {}
+        kept = []
+        for d in datasets:
+            task = d.get("meta_task")
+            if seen.get(task, 0) < int(per_task):
+                kept.append(d)
+                seen[task] = seen.get(task, 0) + 1
+        datasets = kept
+    for d in datasets:
+        if bench.get("limit") is not None:
+            d["limit"] = int(bench["limit"])
+        if bench.get("source") and d.get("kind") in ("mmeb_subset", "mmeb_v2_video", "visdoc"):
+            d["source"] = bench["source"]
+    return datasets
+
+
+def run_all(cfg: Mapping[str, Any], on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run the pipeline on every dataset of the run with one loaded model; returns the payloads."""
+    datasets = dataset_configs(cfg)
+    backbone: Backbone | None = None
+    if len(datasets) > 1:
+        backbone = load_model(ModelSpec.from_dict(cfg["model"]), LayerSpec.from_dict(cfg["layer"]))
+    payloads = []
+    for i, dataset in enumerate(datasets, 1):
+        log.info("dataset %d/%d: %s", i, len(datasets), dataset.get("name"))
+        payload = run({**cfg, "dataset": dataset}, backbone=backbone)
+        payloads.append(payload)
+        if on_result:
+            on_result(payload)
+    return payloads

@@ -1,0 +1,103 @@
+"""MMEB-eval subsets: find one locally (or fetch it from the hub), read it into a RetrievalSet.
+
+Local layouts, tried in order under ``root`` (``paths.mmeb_root``):
+``<root>/<Subset>/*.parquet`` (a snapshot of ``TIGER-Lab/MMEB-eval``), ``<root>/<Subset>.parquet``,
+``<root>/<Subset>.jsonl`` or ``.jsonl.gz``. Images are read from ``image_root`` (default
+``<root>/eval_images``, where the dataset's ``images.zip`` unpacks). ``source: fixture`` reads a
+generated miniature instead (:mod:`freeret.data.mmeb_fixture`), for the offline fast mode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from freeret.data.retrieval_set import RetrievalSet, build_set, read_rows, resolve_path
+from freeret.errors import DataError
+
+
+def _local_files(root: Path, subset: str) -> list[Path]:
+    folder = root / subset
+    if folder.is_dir():
+        found = sorted(folder.glob("*.parquet")) or sorted(folder.glob("*.jsonl")) or sorted(folder.glob("*.jsonl.gz"))
+        if found:
+            return found
+    for suffix in (".parquet", ".jsonl", ".jsonl.gz"):
+        if (root / f"{subset}{suffix}").exists():
+            return [root / f"{subset}{suffix}"]
+    return []
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _from_hub(repo: str, subset: str, root: Path) -> list[Path]:
+    """Download one subset's parquet files into ``root`` (the hub layout); [] if the hub cannot serve it."""
+    if _hub_offline():
+        return []
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo, repo_type="dataset", allow_patterns=[f"{subset}/*"], local_dir=str(root))
+    except Exception:  # noqa: BLE001 - no network, no such repo: the caller explains what to do
+        return []
+    return _local_files(root, subset)
+
+
+def _strip(text: str | None, instruction: str) -> str | None:
+    """``text`` without a leading instruction (MMEB writes it before the content)."""
+    if not text or not instruction:
+        return text
+    body = text.replace("<|image_1|>", "").lstrip()
+    return body[len(instruction):].lstrip() if body.startswith(instruction) else text
+
+
+def _rows(files: list[Path], cfg: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    for path in files:
+        for raw in read_rows(path):
+            if cfg.get("strip_instruction"):
+                raw = dict(raw)
+                raw["qry_text"] = _strip(raw.get("qry_text"), str(cfg.get("query_instruction") or ""))
+                texts = raw.get("tgt_text")
+                if isinstance(texts, (list, tuple)):
+                    raw["tgt_text"] = [_strip(t, str(cfg.get("target_instruction") or "")) for t in texts]
+            yield raw
+
+
+def _check_images(rset: RetrievalSet, image_root: Path, subset: str) -> None:
+    """Fail in one line when the images are missing as a whole (a missing zip), not item by item."""
+    paths = [it.image for it in rset.items.values() if it.image]
+    if paths and not any(Path(p).exists() for p in paths[:50]):
+        raise DataError(
+            f"MMEB {subset}: images not found (first: {paths[0]}); unzip images.zip from TIGER-Lab/MMEB-eval so that "
+            f"{image_root} holds them, or set dataset.image_root=DIR"
+        )
+
+
+def load_mmeb_subset(cfg: Mapping[str, Any]) -> RetrievalSet:
+    """The RetrievalSet of one ``conf/dataset/mmeb`` entry."""
+    subset = str(cfg.get("subset") or cfg["name"])
+    name = str(cfg.get("name", subset))
+    if cfg.get("source") == "fixture":
+        from freeret.data.mmeb_fixture import build_mmeb_fixture
+
+        root = build_mmeb_fixture(cfg)
+    elif cfg.get("source") not in (None, "local", "hub"):
+        raise DataError(f"dataset.source must be null, local, hub or fixture, got {cfg.get('source')!r}")
+    else:
+        root = resolve_path(str(cfg.get("root") or "data/mmeb"))
+    files = _local_files(root, subset)
+    if not files and cfg.get("source") != "fixture" and cfg.get("source") != "local":
+        files = _from_hub(str(cfg.get("hf_repo") or "TIGER-Lab/MMEB-eval"), subset, root)
+    if not files:
+        raise DataError(
+            f"MMEB {subset} not found under {root} and the hub cannot be reached; put {root}/{subset}/test-*.parquet "
+            f"(from TIGER-Lab/MMEB-eval) or {root}/{subset}.jsonl there with its images in {root}/eval_images, "
+            f"or set paths.mmeb_root=DIR (or run the offline check: mode=fast)"
+        )
+    image_root = resolve_path(cfg["image_root"]) if cfg.get("image_root") else root / "eval_images"
+    rset = build_set(name, _rows(files, cfg), image_root, limit=cfg.get("limit"), pool=str(cfg.get("pool", "rows")))
+    _check_images(rset, image_root, subset)
+    return rset

@@ -1,0 +1,1 @@
+"""Adapters that expose FreeRet to other evaluation frameworks."""

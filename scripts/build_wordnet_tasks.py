@@ -1,0 +1,37 @@
+"""Build the WordNet meta-task benchmark (5 sets, gzip JSONL) from WordNet 3.0.
+
+    python scripts/build_wordnet_tasks.py --n 100 --seed 0 --out data/wordnet_tasks
+
+Byte-reproducible like build_wordnet_rd.py (sorted keys, gzip mtime=0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
+
+from freeret.data.wordnet_tasks import BUILDERS, build_task  # noqa: E402
+from freeret.paths import repo_root  # noqa: E402
+from scripts.build_wordnet_rd import write_jsonl_gz  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write every task's rows and print count and sha256 per file."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100, help="queries per task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("data/wordnet_tasks"))
+    args = parser.parse_args(argv)
+    out = args.out if args.out.is_absolute() else repo_root() / args.out
+    for task in BUILDERS:
+        rows = build_task(task, args.n, args.seed)
+        path = out / f"{task}.jsonl.gz"
+        sha = write_jsonl_gz(rows, path)
+        print(f"{task}: {len(rows)} rows x {len(rows[0]['tgt_text'])} candidates  {path.stat().st_size} bytes  sha256 {sha}")
+
+
+if __name__ == "__main__":
+    main()
