@@ -49,6 +49,15 @@ def test_torn_or_corrupt_shard_is_detected_and_deleted(tmp_path, damage):
     assert len(store) == 14 and len(store.shards) == 2
 
 
+def test_only_shards_a_run_uses_are_checksummed(tmp_path, monkeypatch):
+    keys, _ = make_store(tmp_path, n=21, per_shard=7)
+    checked: list[Path] = []
+    real = store_mod.check_shard
+    monkeypatch.setattr(store_mod, "check_shard", lambda p: checked.append(p) or real(p))
+    ShardStore(tmp_path).scan(want={"k3"})
+    assert len(checked) == 1 and "k3" in real(checked[0])
+
+
 def test_stale_temporary_files_are_removed(tmp_path):
     make_store(tmp_path, n=7, per_shard=7)
     (tmp_path / ".rank0-x.safetensors.123.tmp").write_bytes(b"half")

@@ -87,7 +87,8 @@ class ShardStore:
     def scan(self, verify: bool = True, want: Iterable[str] | None = None) -> "ShardStore":
         """Index every whole shard; delete torn ones (and stale temporaries) so they are recomputed.
 
-        With ``want``, only those keys are indexed: memory follows the dataset, not the size of a shared cache.
+        With ``want``, only those keys are indexed and only shards holding one are checksummed: memory and
+        start-up time follow the dataset, not the size of a shared cache.
         """
         wanted = set(want) if want is not None else None
         self.shards, self.index, self.dropped = [], {}, []
@@ -96,7 +97,9 @@ class ShardStore:
         for tmp in self.folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
         for path in sorted(self.folder.glob("*.safetensors")):
-            keys = check_shard(path) if verify else _keys(path)
+            keys = _keys(path)  # the header only; the checksum is read for shards this run will use
+            if keys is not None and verify and (wanted is None or not wanted.isdisjoint(keys)):
+                keys = check_shard(path)
             if keys is None:
                 log.warning("shard %s is torn or corrupt: deleted, its items will be recomputed", path.name)
                 path.unlink(missing_ok=True)
