@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from torch.utils.data import DataLoader
+
 from freeret.backbone.backbone import Backbone
+from freeret.data.datamodule import ItemDataModule, PlannedBatches, plan_batches
 from freeret.embed.layers import LayerSpec
-from freeret.retrieve.store import write_shard
+from freeret.retrieve.store import shard_name, write_shard
 
 
 class EmbedModule(L.LightningModule):
@@ -49,6 +52,10 @@ class BufferedShardWriter(BasePredictionWriter):
         """Write one shard (atomically)."""
         raise NotImplementedError
 
+    def shard_path(self, rank: int, predictions: list[Any]) -> Path:
+        """Where the next shard goes (rank and running count by default)."""
+        return self.out_dir / f"rank{rank}-{self._count:05d}{self.suffix}"
+
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         self._buffer.append(prediction)
         self._size += self.size(prediction)
@@ -61,7 +68,7 @@ class BufferedShardWriter(BasePredictionWriter):
     def _flush(self, rank: int) -> None:
         if not self._buffer:
             return
-        self.write(self.out_dir / f"rank{rank}-{self._count:05d}{self.suffix}", self._buffer)
+        self.write(self.shard_path(rank, self._buffer), self._buffer)
         self._buffer, self._size, self._count = [], 0, self._count + 1
 
 
@@ -76,6 +83,36 @@ class EmbeddingWriter(BufferedShardWriter):
     def size(self, prediction: dict[str, Any]) -> int:
         return len(prediction["keys"])
 
+    def shard_path(self, rank: int, predictions: list[dict[str, Any]]) -> Path:
+        # named by content: a rerun or resume appends new shards and never overwrites a finished one
+        return self.out_dir / shard_name([k for p in predictions for k in p["keys"]], rank)
+
     def write(self, path: Path, predictions: list[dict[str, Any]]) -> None:
         keys = [k for p in predictions for k in p["keys"]]
         write_shard(path, keys, torch.cat([p["embeddings"].detach().cpu() for p in predictions]))
+
+
+def pending_batches(items: list[Any], batch_size: int, done: Collection[str] = ()) -> list[list[int]]:
+    """The planned batches of *all* items that hold an item not done yet.
+
+    Planning over every item (not only the missing ones) keeps each batch's composition, hence its padding and
+    its vectors bit for bit, the same in a resumed run as in an uninterrupted one; a partly done batch reruns whole.
+    """
+    return [b for b in plan_batches(items, batch_size) if any(items[i].key not in done for i in b)]
+
+
+class RankedItemDataModule(ItemDataModule):
+    """Pending planned batches split across ranks (every ``world_size``-th batch): each DDP process embeds a
+    disjoint share and its writer stores the items' keys from the batch, never batch indices."""
+
+    def __init__(self, items: Sequence[Any], collate: Any, batch_size: int = 32, num_workers: int = 0,
+                 done: Collection[str] = ()) -> None:
+        super().__init__(items, collate, batch_size, num_workers)
+        self.done = done
+
+    def predict_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batches = pending_batches(self.items, self.batch_size, self.done)[rank::world]
+        return DataLoader(self.items, batch_sampler=PlannedBatches(batches), collate_fn=self.collate,  # type: ignore[arg-type]
+                          num_workers=self.num_workers)

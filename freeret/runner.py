@@ -7,8 +7,10 @@ Pipelines: ``embed`` (stage 1), ``two_stage`` (stage 1 + rerank of the top-K),
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,22 +21,23 @@ import torch
 
 from freeret.backbone import Backbone, ModelSpec, load_backbone
 from freeret.backbone.loading import count_layers, resolve_checkpoint
-from freeret.data.datamodule import ItemDataModule, PromptCollator
+from freeret.cache import item_cache_key, store_dir, vector_signature
+from freeret.data.datamodule import PromptCollator
 from freeret.data.datasets import load_dataset
-from freeret.data.retrieval_set import RetrievalSet
+from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, METRICS, TIE_RULE, retrieval_metrics
 from freeret.eval.results import environment, write_json
-from freeret.lit import EmbeddingWriter, EmbedModule
+from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, pending_batches
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
 from freeret.rerank.stage import RerankConfig, RerankModule, RerankWriter, fused_ranking, read_rerank, rerank_loader, top_k_groups
-from freeret.retrieve.scoring import score_rows
-from freeret.retrieve.store import read_shards
+from freeret.retrieve.scoring import score_store
+from freeret.retrieve.store import ShardStore
 
 log = logging.getLogger(__name__)
 PIPELINES = ("embed", "two_stage", "rag")
@@ -60,21 +63,48 @@ def make_trainer(cfg: Mapping[str, Any], callback, logger=None) -> L.Trainer:
     )
 
 
+def _checkpoint_path(spec: ModelSpec) -> str | None:
+    """The local checkpoint folder (for the cache signature's weight fingerprint); None for hub ids."""
+    if spec.path or spec.source in ("embedded", "tiny"):
+        return resolve_checkpoint(spec)[0]
+    return None
+
+
 def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, prior: Prior, rset: RetrievalSet,
-                run_dir: Path) -> list[torch.Tensor]:
-    """Embed every unique item once (Lightning predict + shard writer); return per-row cosine scores."""
+                run_dir: Path, stats: dict[str, Any] | None = None) -> list[torch.Tensor]:
+    """Embed every unique item not already in the store (Lightning predict + shard writer); return per-row
+    cosine scores streamed from the shards. ``stats`` (if given) receives how many items were computed/reused."""
     embed_cfg = cfg.get("embed") or {}
-    emb_dir = run_dir / "embeddings" / rset.name
-    shutil.rmtree(emb_dir, ignore_errors=True)
-    datamodule = ItemDataModule(
-        list(rset.items.values()),
-        PromptCollator(backbone, prior, rset.name),
-        batch_size=int(embed_cfg.get("batch_size", 32)),
-        num_workers=int(embed_cfg.get("num_workers", 0)),
-    )
-    writer = EmbeddingWriter(emb_dir, shard_size=int(embed_cfg.get("shard_size", 4096)))
-    make_trainer(cfg, writer).predict(EmbedModule(backbone, layer), datamodule=datamodule, return_predictions=False)
-    return score_rows(rset.rows, read_shards(emb_dir))
+    collate = PromptCollator(backbone, prior, rset.name)
+    signature = vector_signature(backbone, layer, _checkpoint_path(backbone.spec))
+    folder = store_dir(embed_cfg, run_dir, rset.name, signature)
+    key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in rset.items.values()}
+    store = ShardStore(folder).scan(want=key_of.values())
+    dropped = len(store.dropped)
+    unique: dict[str, Item] = {}  # one item per vector key (the same bytes under two paths are one vector)
+    for item in rset.items.values():
+        unique.setdefault(key_of[item.key], dataclasses.replace(item, key=key_of[item.key]))
+    items = list(unique.values())
+    batch_size = int(embed_cfg.get("batch_size", 32))
+    computed = sum(len(b) for b in pending_batches(items, batch_size, store.index))
+    if computed:
+        trainer_cfg = cfg.get("trainer") or {}
+        if str(trainer_cfg.get("strategy", "")).startswith("ddp") and (cfg.get("pipeline") or {}).get("name", "embed") != "embed":
+            raise ConfigError("trainer=ddp runs the embedding stage only (pipeline=embed); rerank runs in one process")
+        datamodule = RankedItemDataModule(items, collate, batch_size=batch_size,
+                                          num_workers=int(embed_cfg.get("num_workers", 0)), done=set(store.index))
+        writer = EmbeddingWriter(folder, shard_size=int(embed_cfg.get("shard_size", 4096)))
+        trainer = make_trainer(cfg, writer)
+        trainer.predict(EmbedModule(backbone, layer), datamodule=datamodule, return_predictions=False)
+        if trainer.world_size > 1:
+            trainer.strategy.barrier()  # every rank's shards are on disk before rank 0 reads them
+            if trainer.global_rank != 0:
+                sys.exit(0)  # DDP worker: its share is written; rank 0 merges, scores and reports
+        store.scan(want=key_of.values())
+    if stats is not None:
+        stats.update(embed_items_computed=computed, embed_items_reused=len(items) - computed,
+                     embed_shards_dropped=dropped, embed_store=str(folder))
+    return score_store(rset.rows, store, key_of)
 
 
 def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankConfig, rset: RetrievalSet,
@@ -137,7 +167,7 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
 
     timing: dict[str, float] = {}
     t = time.perf_counter()
-    embed_scores = embed_stage(cfg, backbone, layer, prior, rset, run_dir)
+    embed_scores = embed_stage(cfg, backbone, layer, prior, rset, run_dir, stats=timing)
     timing["embed_seconds"] = time.perf_counter() - t
     n_positives = [row.n_positive for row in rset.rows]
     metrics = {"embed": retrieval_metrics(embed_scores, n_positives)}

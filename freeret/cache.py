@@ -1,0 +1,110 @@
+"""Content-keyed embedding cache: which vectors are already on disk, so reruns, resumes and sweeps skip them.
+
+A store folder is named by a *vector signature*: a hash of everything that shapes a vector besides the item
+(model id, path, revision and weight files, the sub-layer, dtype, pixel limits, transformers and torch
+versions, a hash of FreeRet's backbone/embed source, the shard format). Inside it, each vector is keyed by a hash of the item's role, the full prompt
+actually rendered (the prior's template and the chat template included) and the image's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Mapping
+
+from freeret.backbone.backbone import Backbone
+from freeret.data.retrieval_set import Item
+from freeret.embed.layers import LayerSpec
+from freeret.paths import cache_dir
+from freeret.retrieve.store import FORMAT
+
+
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _weights_fingerprint(path: str | None) -> list[Any] | None:
+    """Names, sizes and mtimes of a local checkpoint's files (a retrained folder gets a new signature)."""
+    if not path or not Path(path).is_dir():
+        return None
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(path).iterdir() if p.is_file())
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the source that turns inputs into vectors (backbone and embed packages): a code change that could
+    move a vector (a hook, a processor, a pooling rule) gets a new signature instead of stale cached vectors."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted([*(root / "backbone").glob("*.py"), *(root / "embed").glob("*.py")]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def vector_signature(backbone: Backbone, layer: LayerSpec, checkpoint: str | None = None) -> dict[str, Any]:
+    """Everything besides the item that shapes a vector (the prompt, hence the prior, is in the item key)."""
+    meta = backbone.metadata()
+    return {
+        "format": FORMAT,
+        "model": {k: meta.get(k) for k in ("name", "family", "source", "hf_id", "path", "revision", "dtype",
+                                           "attn_implementation", "num_layers", "min_pixels", "max_pixels")},
+        "weights": _weights_fingerprint(checkpoint or meta.get("path")),
+        "layer": {"point": layer.point, "index": layer.resolve(backbone.num_layers),
+                  "apply_final_norm": layer.apply_final_norm},
+        "code": code_fingerprint(),
+        "transformers": _version("transformers"),
+        "torch": _version("torch"),
+    }
+
+
+def signature_id(signature: Mapping[str, Any]) -> str:
+    """A short stable hash of a signature (the store folder name)."""
+    return hashlib.sha256(json.dumps(signature, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@lru_cache(maxsize=65536)
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def visual_digest(path: str) -> str:
+    """Hash of an image or video file's bytes, or of a frame folder's file names and bytes."""
+    p = Path(path)
+    if p.is_dir():
+        parts = [(f.name, _file_digest(str(f))) for f in sorted(p.iterdir()) if f.is_file()]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    return _file_digest(str(p))
+
+
+def item_cache_key(item: Item, prompt: str) -> str:
+    """Content key of one vector: role, rendered prompt and image/video bytes (not their path)."""
+    image = visual_digest(item.image) if item.image else None
+    digest = hashlib.sha256(json.dumps([item.role, prompt, image]).encode()).hexdigest()[:24]
+    return f"{item.role[0]}-{digest}"
+
+
+def store_dir(embed_cfg: Mapping[str, Any], run_dir: Path, dataset: str, signature: Mapping[str, Any]) -> Path:
+    """Where a run's vectors live: the shared cache (``embed.cache=true``) or the run dir, per signature."""
+    sig = signature_id(signature)
+    if embed_cfg.get("cache", True):
+        root = Path(embed_cfg["cache_dir"]).expanduser() if embed_cfg.get("cache_dir") else cache_dir() / "embeddings"
+        folder = root / sig
+    else:
+        folder = run_dir / "embeddings" / dataset / sig
+    folder.mkdir(parents=True, exist_ok=True)
+    sig_file = folder / "signature.json"
+    if not sig_file.exists():
+        from freeret.eval.results import write_json
+
+        write_json(sig_file, dict(signature))
+    return folder

@@ -1,0 +1,126 @@
+"""Run integrity: a SIGKILLed run resumes from its finished shards, a torn shard is recomputed, the cache skips
+finished work, and the same config twice gives the same results file (apart from timings)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO, compose
+from freeret.retrieve.store import check_shard
+from freeret.runner import run
+
+QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+# one shard per batch of 2 prompts, in the run dir: 16 shards for the 32 items of the image smoke set
+ARGS = ["model=tiny_qwen2vl", "dataset=smoke_mm", "embed.cache=false", "embed.batch_size=2", "embed.shard_size=2", *QUIET]
+
+
+def comparable(payload: dict) -> dict:
+    """A results payload without what may differ between identical runs: timings and the run dir."""
+    out = copy.deepcopy(payload)
+    out.pop("timing")
+    out["config"].pop("run_dir", None)
+    return out
+
+
+def run_in_process(run_dir: Path, overrides: list[str]) -> dict:
+    cfg = OmegaConf.to_container(compose([*ARGS, *overrides]), resolve=True)
+    cfg["run_dir"] = str(run_dir)
+    run(cfg)
+    return json.loads((run_dir / "results" / "smoke_mm.json").read_text())  # the file, not the in-memory dict
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """One uninterrupted single-process run with ARGS."""
+    return run_in_process(tmp_path_factory.mktemp("reference"), [])
+
+
+def test_same_config_twice_gives_identical_results(tmp_path, reference):
+    again = run_in_process(tmp_path, [])
+    assert reference["timing"]["embed_items_computed"] == again["timing"]["embed_items_computed"] == 32
+    assert comparable(again) == comparable(reference)
+
+
+def test_cache_skips_finished_work_and_a_torn_shard_is_recomputed(tmp_path):
+    args = ["embed.cache=true", f"embed.cache_dir={tmp_path / 'cache'}", "embed.batch_size=4", "embed.shard_size=4"]
+    first = run_in_process(tmp_path / "r1", args)
+    assert first["timing"]["embed_items_computed"] == 32
+    second = run_in_process(tmp_path / "r2", args)  # another run dir, same vectors: nothing to embed
+    assert second["timing"]["embed_items_computed"] == 0 and second["timing"]["embed_items_reused"] == 32
+    store = Path(second["timing"]["embed_store"])
+    victim = sorted(store.glob("*.safetensors"))[2]
+    victim.write_bytes(victim.read_bytes()[:-100])  # torn: a crash mid-write on a filesystem without atomic rename
+    third = run_in_process(tmp_path / "r3", args)
+    assert third["timing"]["embed_shards_dropped"] == 1 and third["timing"]["embed_items_computed"] == 4
+    assert comparable(first) == comparable(second) == comparable(third)
+
+
+def start(run_dir: Path, args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=run_dir.parent)
+
+
+def test_sigkill_mid_prediction_resumes_from_finished_shards(tmp_path, reference):
+    """kill -9 once 2 of the 16 shards exist, rerun with the same config and run dir, compare."""
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    proc = start(run_dir, ARGS)
+    deadline = time.time() + 300
+    while len(list(run_dir.glob("embeddings/*/*/rank0-*.safetensors"))) < 2:
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (run_dir / "results").exists()
+    finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run_dir.glob("embeddings/*/*/*.safetensors")}
+    done_items = 2 * len(finished)
+    assert 2 <= len(finished) < 16
+
+    again = start(run_dir, ARGS)
+    assert again.wait(timeout=600) == 0, again.stderr.read()[-3000:]
+    resumed = json.loads((run_dir / "results" / "smoke_mm.json").read_text())
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns) == stat for p, stat in finished.items())  # reused untouched
+    assert resumed["timing"]["embed_items_reused"] == done_items
+    assert resumed["timing"]["embed_items_computed"] == 32 - done_items  # none of the finished shards recomputed
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_ddp_two_cpu_processes_write_rank_shards_that_merge(tmp_path, reference):
+    """trainer=ddp (2 processes, gloo): each rank writes its own shards; rank 0 scores the union."""
+    run_dir = tmp_path / "ddp"
+    run_dir.mkdir()
+    proc = start(run_dir, [*ARGS, "trainer=ddp", "trainer.enable_progress_bar=false"])
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    res = json.loads((run_dir / "results" / "smoke_mm.json").read_text())
+    keys = {rank: [k for p in run_dir.glob(f"embeddings/*/*/rank{rank}-*.safetensors") for k in check_shard(p)]
+            for rank in (0, 1)}
+    assert keys[0] and keys[1] and not set(keys[0]) & set(keys[1])  # disjoint shares, both ranks worked
+    assert len(set(keys[0]) | set(keys[1])) == 32 == res["timing"]["embed_items_computed"]
+    single, multi = comparable(reference), comparable(res)
+    for payload in (single, multi):  # the trainer and the threads per process differ, nothing else may
+        payload["config"].pop("trainer"), payload["environment"].pop("cpu_threads")
+    assert multi == single  # same batches, same vectors, same scores and metrics
+
+
+def test_slurm_launcher_config_composes_for_a_sweep():
+    """The README's cluster command: hydra/launcher=slurm resolves to submitit's SLURM launcher."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True,
+                            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "embed.cache_dir=/shared/emb"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and cfg.embed.cache_dir == "/shared/emb"

@@ -1,0 +1,159 @@
+"""Embedding store: checksummed atomic shards, torn ones detected, streamed scoring equal to in-memory scoring,
+and cache keys that change with everything that shapes a vector (and nothing else)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from freeret.cache import item_cache_key, signature_id, store_dir
+from freeret.data.retrieval_set import Item, Row
+from freeret.retrieve import store as store_mod
+from freeret.retrieve.scoring import score_rows, score_store, search_store
+from freeret.retrieve.store import ShardStore, check_shard, shard_name, write_shard
+
+
+def make_store(folder: Path, n: int = 50, dim: int = 8, per_shard: int = 7) -> tuple[list[str], torch.Tensor]:
+    keys = [f"k{i}" for i in range(n)]
+    emb = torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
+    for lo in range(0, n, per_shard):
+        write_shard(folder / shard_name(keys[lo : lo + per_shard]), keys[lo : lo + per_shard], emb[lo : lo + per_shard])
+    return keys, emb
+
+
+def test_shard_carries_count_and_checksum(tmp_path):
+    keys, _ = make_store(tmp_path, n=5, per_shard=5)
+    (path,) = tmp_path.glob("*.safetensors")
+    assert check_shard(path) == keys
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_torn_or_corrupt_shard_is_detected_and_deleted(tmp_path, damage):
+    make_store(tmp_path, n=21, per_shard=7)
+    victim = sorted(tmp_path.glob("*.safetensors"))[1]
+    data = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        victim.write_bytes(bytes(data[: len(data) - 13]))
+    else:  # same length, one tensor byte changed: only the checksum sees it
+        data[-5] ^= 0xFF
+        victim.write_bytes(bytes(data))
+    assert check_shard(victim) is None
+    store = ShardStore(tmp_path).scan()
+    assert store.dropped == [victim] and not victim.exists()
+    assert len(store) == 14 and len(store.shards) == 2
+
+
+def test_only_shards_a_run_uses_are_checksummed(tmp_path, monkeypatch):
+    keys, _ = make_store(tmp_path, n=21, per_shard=7)
+    checked: list[Path] = []
+    real = store_mod.check_shard
+    monkeypatch.setattr(store_mod, "check_shard", lambda p: checked.append(p) or real(p))
+    ShardStore(tmp_path).scan(want={"k3"})
+    assert len(checked) == 1 and "k3" in real(checked[0])
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    make_store(tmp_path, n=7, per_shard=7)
+    (tmp_path / ".rank0-x.safetensors.123.tmp").write_bytes(b"half")
+    store = ShardStore(tmp_path).scan()
+    assert len(store) == 7 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_streamed_scores_equal_in_memory_scores_reading_each_shard_once(tmp_path, monkeypatch):
+    keys, emb = make_store(tmp_path)
+    rows = [Row(f"r{i}", keys[i], tuple(keys[(i * 3 + j) % 50] for j in range(10 + i % 3))) for i in range(20)]
+    store = ShardStore(tmp_path).scan()
+    loads: list[int] = []
+    real_load = ShardStore.load
+    monkeypatch.setattr(ShardStore, "load", lambda self, n: loads.append(n) or real_load(self, n))
+    streamed = score_store(rows, store, budget=30)  # tiny budget: several row chunks per shard
+    expected = score_rows(rows, dict(zip(keys, emb)))
+    assert all(s.shape == e.shape and torch.allclose(s, e, atol=1e-6) for s, e in zip(streamed, expected))
+    candidate_loads = loads[-len(store.shards):]
+    assert sorted(candidate_loads) == list(range(len(store.shards)))  # one pass over shards, one at a time
+
+
+def test_streamed_top_k_search_equals_dense(tmp_path):
+    keys, emb = make_store(tmp_path)
+    scores, found = search_store(emb[:4], ShardStore(tmp_path).scan(), k=5)
+    dense = (F.normalize(emb[:4], dim=-1) @ F.normalize(emb, dim=-1).T).topk(5)
+    assert torch.allclose(scores, dense.values)
+    assert found == [[keys[i] for i in row] for row in dense.indices.tolist()]
+
+
+def test_shard_names_come_from_keys_so_reruns_never_overwrite():
+    assert shard_name(["a", "b"]) == shard_name(["a", "b"]) != shard_name(["a", "c"])
+    assert shard_name(["a"], rank=1).startswith("rank1-")
+
+
+def test_item_cache_key_is_content_not_path(tmp_path):
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    a.write_bytes(b"same"), b.write_bytes(b"same"), c.write_bytes(b"other")
+    item = Item.make("query", "text", str(a))
+    key = item_cache_key(item, "prompt")
+    assert item_cache_key(dataclasses.replace(item, image=str(b)), "prompt") == key  # same bytes elsewhere
+    assert item_cache_key(dataclasses.replace(item, image=str(c)), "prompt") != key
+    assert item_cache_key(item, "another prompt (prior or chat template)") != key
+    assert item_cache_key(dataclasses.replace(item, role="target"), "prompt") != key
+    frames = tmp_path / "clip"  # a video as a folder of frames (MMEB-V2)
+    frames.mkdir()
+    (frames / "0.png").write_bytes(b"f0")
+    clip = item_cache_key(dataclasses.replace(item, image=str(frames)), "prompt")
+    (frames / "1.png").write_bytes(b"f1")
+    assert item_cache_key(dataclasses.replace(item, image=str(frames)), "prompt") != clip
+
+
+def test_store_dir_is_per_signature(tmp_path):
+    sig = {"model": {"name": "m", "revision": "r1", "dtype": "float32"}, "layer": {"point": "attn", "index": 3}}
+    changed = [{**sig, "model": {**sig["model"], k: v}} for k, v in (("revision", "r2"), ("dtype", "bfloat16"))]
+    changed.append({**sig, "layer": {"point": "mlp", "index": 3}})
+    ids = {signature_id(s) for s in [sig, *changed]}
+    assert len(ids) == 4
+    shared = store_dir({"cache": True, "cache_dir": str(tmp_path / "c")}, tmp_path / "run", "ds", sig)
+    assert shared == tmp_path / "c" / signature_id(sig)
+    assert json.loads((shared / "signature.json").read_text()) == sig
+    local = store_dir({"cache": False}, tmp_path / "run", "ds", sig)
+    assert local == tmp_path / "run" / "embeddings" / "ds" / signature_id(sig)
+
+
+def test_signature_tracks_model_layer_dtype_and_versions(monkeypatch):
+    from freeret.backbone import ModelSpec, load_backbone
+    from freeret.cache import vector_signature
+    from freeret.embed.layers import LayerSpec
+
+    bb = load_backbone(ModelSpec.from_dict({"name": "tiny_qwen2vl", "family": "qwen2_vl", "source": "tiny"}))
+    base = vector_signature(bb, LayerSpec("attn", -1))
+    assert vector_signature(bb, LayerSpec("attn", -1)) == base
+    assert signature_id(vector_signature(bb, LayerSpec("mlp", -1))) != signature_id(base)
+    monkeypatch.setattr("freeret.cache._version", lambda name: "0.0-other")
+    assert signature_id(vector_signature(bb, LayerSpec("attn", -1))) != signature_id(base)
+    monkeypatch.undo()
+    monkeypatch.setattr("freeret.cache.code_fingerprint", lambda: "edited-capture-code")
+    assert signature_id(vector_signature(bb, LayerSpec("attn", -1))) != signature_id(base)
+    for key in ("revision", "dtype", "min_pixels", "max_pixels", "hf_id"):
+        assert key in base["model"]
+
+
+def test_scan_can_index_only_the_keys_a_run_needs(tmp_path):
+    keys, emb = make_store(tmp_path, n=21, per_shard=7)
+    store = ShardStore(tmp_path).scan(want={"k3", "k15", "absent"})
+    assert set(store.index) == {"k3", "k15"} and len(store.shards) == 3
+    assert torch.equal(store.gather(["k15", "k3"]), emb[[15, 3]])
+    assert sorted(tuple(s.keys) for s in store.shards) == sorted(tuple(keys[lo : lo + 7]) for lo in (0, 7, 14))
+
+
+def test_resume_plans_the_same_batches_minus_finished_ones():
+    """Batches are planned over all items, so a resumed batch has the same members (and padding) as before."""
+    from freeret.lit import pending_batches
+
+    items = [Item.make("target" if i % 3 else "query", "x" * (i % 7 + 1), None) for i in range(40)]
+    full = pending_batches(items, 4)
+    done = {items[i].key for b in full[:3] for i in b} | {items[full[5][0]].key}  # 3 whole batches, 1 partly
+    resumed = pending_batches(items, 4, done)
+    assert resumed == full[3:] and full[5] in resumed
