@@ -22,13 +22,15 @@ from freeret.backbone.loading import count_layers, resolve_checkpoint
 from freeret.data.datamodule import ItemDataModule, PromptCollator
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import RetrievalSet
+from freeret.data.validate import check_set, fold_misses, set_image_limit, usable_rows
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
-from freeret.errors import ConfigError
+from freeret.errors import ConfigError, DataError
 from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, TIE_RULE, retrieval_metrics
 from freeret.eval.results import environment, write_json
 from freeret.lit import EmbeddingWriter, EmbedModule
+from freeret.preflight import check_framing, context_length, load_text_side, text_budget
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
@@ -115,6 +117,19 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     checkpoint = resolve_checkpoint(spec)
     layer.resolve(count_layers(spec, checkpoint))  # fail on a bad layer index before loading weights
+    # Bad input is recorded (errors.jsonl) and its rows count as misses; strict=true stops at the first one.
+    side = load_text_side(spec, checkpoint)  # tokenizer only: framing and text length are checked before weights
+    if staged:
+        check_framing(side, framing, rset.name)
+    set_image_limit((cfg.get("images") or {}).get("max_pixels"))
+    budget = text_budget(side, prior, rset.name, context_length(spec, checkpoint, side),
+                         any(it.image for it in rset.items.values()))
+    report = check_set(rset, bool(cfg.get("strict", False)), None, side.count_tokens, side.cut_tokens, budget)
+    report.write(run_dir)
+    rset, missed = usable_rows(rset, report.failed_items)
+    n_missed = len(missed) + report.bad_rows
+    if not rset.rows:
+        raise DataError(f"{rset.name}: no row can be scored ({n_missed} failed); the reasons are in {run_dir / 'errors.jsonl'}")
     backbone = load_backbone(spec, checkpoint)
     scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
                          rerank_cfg.vision_cache_items) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
@@ -124,13 +139,13 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     t = time.perf_counter()
     embed_scores = embed_stage(cfg, backbone, layer, prior, rset, run_dir)
     timing["embed_seconds"] = time.perf_counter() - t
-    metrics = {"embed": retrieval_metrics(embed_scores)}
+    metrics = {"embed": fold_misses(retrieval_metrics(embed_scores), len(rset.rows), n_missed)}
     final_scores = embed_scores
     if staged:
         t = time.perf_counter()
         final_scores = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir)
         timing["rerank_seconds"] = time.perf_counter() - t
-        metrics["rerank"] = retrieval_metrics(final_scores)
+        metrics["rerank"] = fold_misses(retrieval_metrics(final_scores), len(rset.rows), n_missed)
     extra: dict[str, Any] = {}
     if pipeline == "rag":
         t = time.perf_counter()
@@ -157,7 +172,8 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
             if staged else None
         ),
         "model": backbone.metadata(),
-        "counts": {**rset.summary(), "num_items_embedded": len(rset.items)},
+        "counts": {**rset.summary(), "num_items_embedded": len(rset.items), **report.counts(),
+                   "num_queries": len(rset.rows) + n_missed, "scored_queries": len(rset.rows), "failed_queries": n_missed},
         "timing": timing,
         "environment": environment(),
         "config": dict(cfg),
@@ -177,6 +193,9 @@ def summary_line(payload: Mapping[str, Any]) -> str:
     scores = " -> ".join(f"{stage} hit@1={m[MAIN_SCORE]:.4f}" for stage, m in stages.items())
     framing = f" | framing={payload['framing']} top{payload['rerank']['top_k']}" if payload.get("framing") else ""
     rag = ""
+    failed = payload["counts"].get("failed_queries", 0)
+    if failed:
+        rag += f" | {failed} failed queries counted as misses (errors.jsonl)"
     if payload.get("rag"):
         rag = f" | RAG EM={payload['rag']['exact_match_with_retrieval']:.3f} (closed-book {payload['rag']['exact_match_closed_book']:.3f})"
     return (

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
+from freeret.data.validate import open_image
 from freeret.embed.priors import Prior
 
 
@@ -43,9 +44,8 @@ class PlannedBatches(Sampler[list[int]]):
 
 
 def load_image(path: str) -> Image.Image:
-    """Open an image as RGB."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    """Open an image as 8-bit RGB, guarded and resized as in :func:`freeret.data.validate.open_image`."""
+    return open_image(path)
 
 
 class PromptCollator:
