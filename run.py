@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,6 +17,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from freeret.errors import FreeRetError
 from freeret.runner import run, summary_line
+
+
+CONF = Path(__file__).resolve().parent / "conf"
+_CHOICE = re.compile(r"^\+{0,2}(\w+)=([\w.,-]+)$")
+
+
+def unknown_choice(args: list[str]) -> str | None:
+    """One line naming a config-group choice (``model=...``, ``dataset=...``) that has no YAML, else None."""
+    for arg in args:
+        match = _CHOICE.match(arg)
+        if not match or not (CONF / match[1]).is_dir():
+            continue
+        group = match[1]
+        for name in match[2].split(","):
+            if not (CONF / group / f"{name}.yaml").is_file():
+                known = ", ".join(sorted(p.stem for p in (CONF / group).glob("*.yaml")))
+                return (f"{group}={name} is not a known {group} (no conf/{group}/{name}.yaml); "
+                        f"choose one of: {known}, or add that file")
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -34,4 +55,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    problem = unknown_choice(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -20,6 +20,7 @@ from freeret.paths import repo_root
 
 # MMEB-eval marks where the image goes with phi-3-v tokens; our chat templates place images themselves.
 _IMAGE_MARKERS = re.compile(r"<\|image_\d+\|>\s*")
+_ID = re.compile(r'"id"\s*:\s*"([^"]{0,200})"')
 BAD_ROW = "__bad_row__"  # key of the placeholder ``read_rows`` yields for a line it cannot read
 
 
@@ -80,9 +81,13 @@ def resolve_path(path: str | Path) -> Path:
     return repo_root() / p
 
 
-def bad_row(where: str, reason: str) -> dict[str, Any]:
+def bad_row(where: str, reason: str, raw: bytes = b"") -> dict[str, Any]:
     """A placeholder row for a line that could not be read; ``build_set`` records it instead of failing."""
-    return {BAD_ROW: reason, "where": where}
+    row: dict[str, Any] = {BAD_ROW: reason, "__where__": where}
+    found = _ID.search(raw.decode("utf-8", errors="replace"))
+    if found:
+        row["id"] = found[1]  # best effort, so the record names the row
+    return row
 
 
 def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -102,14 +107,14 @@ def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield bad_row(where, f"not valid UTF-8 (byte {exc.start})")
+                yield bad_row(where, f"not valid UTF-8 (byte {exc.start})", raw)
                 continue
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield bad_row(where, f"not valid JSON ({exc.msg})")
+                yield bad_row(where, f"not valid JSON ({exc.msg})", raw)
                 continue
             if not isinstance(row, dict):
                 yield bad_row(where, f"not a JSON object (got {type(row).__name__})")
