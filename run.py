@@ -16,7 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from freeret.errors import FreeRetError
-from freeret.runner import run, summary_line
 
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -41,6 +40,8 @@ def unknown_choice(args: list[str]) -> str | None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Run one configuration; print a one-line summary; return the main score (for sweepers)."""
+    from freeret.runner import run, summary_line  # heavy imports (torch, lightning) after the cheap checks
+
     config = OmegaConf.to_container(cfg, resolve=True)
     config["run_dir"] = HydraConfig.get().runtime.output_dir
     try:

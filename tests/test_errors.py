@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, compose
 from freeret.backbone.loading import ModelSpec, _load_kwargs
 from freeret.data.retrieval_set import load_mmeb
 from freeret.data.validate import ImageProblem, check_set, fold_misses, open_image, usable_rows
 from freeret.embed.priors import Prior
-from freeret.errors import ConfigError, DataError
+from freeret.errors import ConfigError, DataError, FreeRetError
 from test_run import QUIET, results, run_py
 
 BAD_IMAGES = {  # file -> words the recorded reason must contain
@@ -183,15 +183,49 @@ def test_bad_corpus_end_to_end(tmp_path):
     assert f"{MISSED} failed queries counted as misses" in proc.stdout
 
 
-def test_bad_corpus_strict_is_one_line(tmp_path):
+def test_bad_corpus_strict_stops_before_weights(tmp_path, monkeypatch):
     data = make_corpus(tmp_path / "data")
-    proc = run_py(["model=tiny_qwen2vl", "dataset=local", f"dataset.path={data}", "strict=true", *QUIET], tmp_path / "run")
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
-    assert re.match(r"error: .*bad.jsonl:3: not valid UTF-8 .*strict=true", lines[0])
+    with pytest.raises(DataError, match=r"bad.jsonl:3: not valid UTF-8 .*strict=true"):
+        run_in_process(["model=tiny_qwen2vl", "dataset=local", f"dataset.path={data}", "strict=true"], tmp_path, monkeypatch)
 
 
 # -- one-line errors before any weights load ----------------------------------------------------------
+
+
+def run_in_process(overrides: list[str], tmp_path: Path, monkeypatch) -> dict:
+    """runner.run on the composed config, with weight loading turned into a test failure."""
+    from omegaconf import OmegaConf
+
+    from freeret import runner
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the error")
+
+    monkeypatch.setattr(runner, "load_backbone", no_weights)
+    cfg = OmegaConf.to_container(compose([*overrides, *QUIET]), resolve=True)
+    return runner.run({**cfg, "run_dir": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["model=tiny_qwen2vl", "model.family=nope"], "unknown model family 'nope'"),
+        (["model=tiny_qwen2vl", "dataset=smoke_mm", "layer.index=40"], "layer.index=40 is out of range"),
+        (["model=tiny_qwen2vl", "prior.query=no item here"], "has no {text} placeholder"),
+        (["model=tiny_qwen2vl", "prior.query='{text} {nope}'"], "undefined placeholder(s) nope"),
+        (["model=tiny_qwen2vl", "dataset=smoke_mm", "pipeline=two_stage", "framing.options=[Maybe,Maybe]"],
+         "two distinct labels"),
+        (["model=tiny_qwen2vl", "dataset=smoke_mm", "pipeline=two_stage", "framing.options=[xyzzyq,B]",
+          "framing.match=xyzzyq"], "is not a single token"),
+        (["model=qwen2vl_7b", "dataset=smoke_mm"], "is not in the local HF cache"),
+        (["model=tiny_qwen2vl", "dataset=local", "dataset.path=/nonexistent.jsonl"], "does not exist"),
+    ],
+)
+def test_config_errors_come_before_weights(args, expected, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(FreeRetError) as info:
+        run_in_process(args, tmp_path, monkeypatch)
+    assert expected in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -199,26 +233,18 @@ def test_bad_corpus_strict_is_one_line(tmp_path):
     [
         (["model=nope"], "model=nope is not a known model"),
         (["-m", "dataset=smoke_mm,nope"], "dataset=nope is not a known dataset"),
-        (["model=tiny_qwen2vl", "model.family=nope"], "unknown model family 'nope'"),
-        (["model=tiny_qwen2vl", "layer.index=40"], "layer.index=40 is out of range"),
-        (["model=tiny_qwen2vl", "prior.query=no item here"], "has no {text} placeholder"),
-        (["model=tiny_qwen2vl", "prior.query={text} {nope}"], "undefined placeholder(s) nope"),
-        (["model=tiny_qwen2vl", "dataset=smoke_mm", "pipeline=two_stage", "framing.options=[Maybe,Maybe]"],
-         "two distinct labels"),
-        (["model=smollm2_135m", "dataset.limit=2", "pipeline=two_stage", "framing=right_wrong",
-          "framing.answer_prefix=Answer:"], "framing 'right_wrong'"),
-    ],
+    ],  # errors raised inside run() are printed as one line by run.py: test_run.py::test_errors_are_one_line
 )
-def test_config_errors_are_one_line_before_weights(args, expected, tmp_path):
+def test_errors_are_one_line_without_traceback(args, expected, tmp_path):
     proc = run_py([*args, *QUIET], tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and "Loading weights" not in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    proc = run_py(["model=tiny_qwen2vl", "prior.query=no item here", "debug=true", *QUIET], tmp_path)
+    proc = run_py(["model=tiny_qwen2vl", "dataset=smoke_mm", "prior.query=no item here", "debug=true", *QUIET], tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
