@@ -193,13 +193,16 @@ def summary_line(payload: Mapping[str, Any]) -> str:
     scores = " -> ".join(f"{stage} hit@1={m[MAIN_SCORE]:.4f}" for stage, m in stages.items())
     framing = f" | framing={payload['framing']} top{payload['rerank']['top_k']}" if payload.get("framing") else ""
     rag = ""
-    failed = payload["counts"].get("failed_queries", 0)
-    if failed:
-        rag += f" | {failed} failed queries counted as misses (errors.jsonl)"
     if payload.get("rag"):
         rag = f" | RAG EM={payload['rag']['exact_match_with_retrieval']:.3f} (closed-book {payload['rag']['exact_match_closed_book']:.3f})"
     return (
         f"{payload['dataset']}: {scores} | layer={payload['layer']['label']} | prior={payload['prior']}{framing} "
         f"| model={payload['model']['name']} | {payload['counts']['num_queries']} queries x "
-        f"{payload['counts']['candidates_per_query']} candidates{rag} | {payload['timing']['wall_seconds']:.0f}s"
+        f"{payload['counts']['candidates_per_query']} candidates{rag}{failed_note(payload)} | {payload['timing']['wall_seconds']:.0f}s"
     )
+
+
+def failed_note(payload: Mapping[str, Any]) -> str:
+    """The summary line's note on failed queries (empty when none failed)."""
+    failed = payload["counts"].get("failed_queries", 0)
+    return f" | {failed} failed queries counted as misses (errors.jsonl)" if failed else ""

@@ -305,3 +305,14 @@ def test_the_network_is_blocked_in_tests_and_their_subprocesses():
     code = "import socket; socket.create_connection(('192.0.2.1', 80), timeout=1)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "test tried to reach the network" in proc.stderr
+
+
+def test_summary_line_reports_failed_queries_with_rag():
+    from freeret.runner import summary_line
+
+    payload = {"dataset": "d", "metrics": {"embed": {"hit@1": 0.5}}, "layer": {"label": "attn_last"}, "prior": "p",
+               "framing": None, "model": {"name": "m"}, "counts": {"num_queries": 4, "candidates_per_query": 2,
+               "failed_queries": 3}, "timing": {"wall_seconds": 1.0},
+               "rag": {"exact_match_with_retrieval": 0.1, "exact_match_closed_book": 0.0}}
+    line = summary_line(payload)
+    assert "RAG EM=0.100" in line and "3 failed queries counted as misses" in line
