@@ -25,13 +25,15 @@ from freeret.cache import item_cache_key, store_dir, vector_signature
 from freeret.data.datamodule import PromptCollator
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item, RetrievalSet
+from freeret.data.validate import check_set, fold_misses, set_image_limit, usable_rows
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
-from freeret.errors import ConfigError
+from freeret.errors import ConfigError, DataError
 from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, METRICS, TIE_RULE, retrieval_metrics
 from freeret.eval.results import environment, write_json
 from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, pending_batches
+from freeret.preflight import check_framing, context_length, load_text_side, text_budget
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
@@ -157,10 +159,24 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
 
+    checkpoint = resolve_checkpoint(spec)
+    # fail on a bad layer index before loading weights
+    layer.resolve(count_layers(spec, checkpoint) if backbone is None else backbone.num_layers)
+    # Bad input is recorded (errors.jsonl) and its rows count as misses; strict=true stops at the first one.
+    side = load_text_side(spec, checkpoint)  # tokenizer only: framing and text length are checked before weights
+    if staged:
+        check_framing(side, framing, rset.name)
+    set_image_limit((cfg.get("images") or {}).get("max_pixels"))
+    budget = text_budget(side, prior, rset.name, context_length(spec, checkpoint, side),
+                         any(it.image for it in rset.items.values()))
+    report = check_set(rset, bool(cfg.get("strict", False)), None, side.count_tokens, side.cut_tokens, budget)
+    report.write(run_dir, rset.name)
+    rset, missed = usable_rows(rset, report.failed_items)
+    n_missed = len(missed) + report.bad_rows
+    if not rset.rows:
+        raise DataError(f"{rset.name}: no row can be scored ({n_missed} failed); the reasons are in {run_dir / 'errors.jsonl'}")
     if backbone is None:
-        backbone = load_model(spec, layer)
-    else:
-        layer.resolve(backbone.num_layers)
+        backbone = load_backbone(spec, checkpoint)
     scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
                          rerank_cfg.vision_cache_items) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
     logger = make_logger(cfg.get("logger"), run_dir)
@@ -170,13 +186,13 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
     embed_scores = embed_stage(cfg, backbone, layer, prior, rset, run_dir, stats=timing)
     timing["embed_seconds"] = time.perf_counter() - t
     n_positives = [row.n_positive for row in rset.rows]
-    metrics = {"embed": retrieval_metrics(embed_scores, n_positives)}
+    metrics = {"embed": fold_misses(retrieval_metrics(embed_scores, n_positives), len(rset.rows), n_missed)}
     final_scores = embed_scores
     if staged:
         t = time.perf_counter()
         final_scores = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir)
         timing["rerank_seconds"] = time.perf_counter() - t
-        metrics["rerank"] = retrieval_metrics(final_scores, n_positives)
+        metrics["rerank"] = fold_misses(retrieval_metrics(final_scores, n_positives), len(rset.rows), n_missed)
     extra: dict[str, Any] = {}
     if pipeline == "rag":
         t = time.perf_counter()
@@ -204,7 +220,8 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
             if staged else None
         ),
         "model": backbone.metadata(),
-        "counts": {**rset.summary(), "num_items_embedded": len(rset.items)},
+        "counts": {**rset.summary(), "num_items_embedded": len(rset.items), **report.counts(),
+                   "num_queries": len(rset.rows) + n_missed, "scored_queries": len(rset.rows), "failed_queries": n_missed},
         "timing": timing,
         "environment": environment(),
         "config": dict(cfg),
@@ -230,5 +247,11 @@ def summary_line(payload: Mapping[str, Any]) -> str:
     return (
         f"{payload['dataset']}: {scores} | layer={payload['layer']['label']} | prior={payload['prior']}{framing} "
         f"| model={payload['model']['name']} | {payload['counts']['num_queries']} queries x "
-        f"{payload['counts']['candidates_per_query']} candidates{rag} | {payload['timing']['wall_seconds']:.0f}s"
+        f"{payload['counts']['candidates_per_query']} candidates{rag}{failed_note(payload)} | {payload['timing']['wall_seconds']:.0f}s"
     )
+
+
+def failed_note(payload: Mapping[str, Any]) -> str:
+    """The summary line's note on failed queries (empty when none failed)."""
+    failed = payload["counts"].get("failed_queries", 0)
+    return f" | {failed} failed queries counted as misses (errors.jsonl)" if failed else ""

@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+
+from netguard import guards
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parent.parent
+# Python subprocesses (run.py in end-to-end tests) import tests/offline/sitecustomize.py, which blocks them too.
+os.environ["FREERET_NO_NETWORK"] = "1"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO / "tests" / "offline"), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """Tests are offline: any connection outside loopback fails loudly."""
-    real_connect = socket.socket.connect
-
-    def guarded(self, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/")):
-            raise RuntimeError(f"test tried to reach the network: {address}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
+    """Tests are offline: any connection, send or name lookup outside loopback fails loudly."""
+    for (owner, name), fn in guards().items():
+        monkeypatch.setattr(owner, name, fn)
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ def test_errors_are_clear(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_mmeb("t", tmp_path / "missing.jsonl")
     (tmp_path / "bad.jsonl").write_text("{not json}\n")
-    with pytest.raises(DataError, match="bad.jsonl:1"):
+    with pytest.raises(DataError, match="no usable rows.*bad.jsonl:1: not valid JSON"):
         load_mmeb("t", tmp_path / "bad.jsonl")
     with pytest.raises(ConfigError, match="dataset.path"):
         load_dataset({"name": "local", "kind": "mmeb", "path": "???"})

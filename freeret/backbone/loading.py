@@ -102,8 +102,7 @@ def _hub_has(repo_id: str, revision: str | None) -> bool:
 def _load_kwargs(spec: ModelSpec, revision: str | None) -> dict[str, Any]:
     """from_pretrained kwargs: a hub revision only for hub ids; remote code only if the user asked."""
     kwargs: dict[str, Any] = {"revision": revision} if spec.source == "hub" and not spec.path else {}
-    if spec.trust_remote_code:
-        kwargs["trust_remote_code"] = True
+    kwargs["trust_remote_code"] = spec.trust_remote_code is True  # always explicit; true only when the config says so
     return kwargs
 
 

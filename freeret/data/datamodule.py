@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import lightning as L
-from PIL import Image
 from torch.utils.data import DataLoader, Sampler
 
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
-from freeret.data.visual import frame_count, load_image, load_visual  # noqa: F401 - load_image re-exported
+from freeret.data.visual import frame_count, load_visual
 from freeret.embed.priors import Prior
 
 

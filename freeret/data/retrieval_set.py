@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from freeret.paths import repo_root
 
 # MMEB-eval marks where the image goes with phi-3-v tokens; our chat templates place images themselves.
 _IMAGE_MARKERS = re.compile(r"<\|image_\d+\|>\s*")
+_ID = re.compile(r'"id"\s*:\s*"([^"]{0,200})"')
+BAD_ROW = "__bad_row__"  # key of the placeholder ``read_rows`` yields for a line it cannot read
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class RetrievalSet:
     name: str
     rows: list[Row]
     items: dict[str, Item] = field(default_factory=dict)
+    problems: list[dict[str, Any]] = field(default_factory=list)  # rows that could not be read (kept out of ``rows``)
 
     @property
     def num_candidates(self) -> int:
@@ -79,8 +81,17 @@ def resolve_path(path: str | Path) -> Path:
     return repo_root() / p
 
 
+def bad_row(where: str, reason: str, raw: bytes = b"") -> dict[str, Any]:
+    """A placeholder row for a line that could not be read; ``build_set`` records it instead of failing."""
+    row: dict[str, Any] = {BAD_ROW: reason, "__where__": where}
+    found = _ID.search(raw.decode("utf-8", errors="replace"))
+    if found:
+        row["id"] = found[1]  # best effort, so the record names the row
+    return row
+
+
 def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield raw rows from JSONL (optionally .gz) or parquet."""
+    """Yield raw rows from JSONL (optionally .gz) or parquet; unreadable lines come as ``bad_row`` records."""
     p = resolve_path(path)
     if not p.exists():
         raise DataError(f"dataset file {path} does not exist (give dataset.path=FILE, a .jsonl, .jsonl.gz or .parquet)")
@@ -91,12 +102,25 @@ def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
         return
     opener = gzip.open if p.suffix == ".gz" else open
     with opener(p, "rb") as fh:
-        for lineno, raw in enumerate(io.TextIOWrapper(fh, encoding="utf-8"), 1):
-            if raw.strip():
-                try:
-                    yield json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{p}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield bad_row(where, f"not valid UTF-8 (byte {exc.start})", raw)
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield bad_row(where, f"not valid JSON ({exc.msg})", raw)
+                continue
+            if not isinstance(row, dict):
+                yield bad_row(where, f"not a JSON object (got {type(row).__name__})")
+                continue
+            row.setdefault("__where__", where)
+            yield row
 
 
 def _image(path: str | None, root: Path) -> str | None:
@@ -129,21 +153,32 @@ def build_set(
     rset = RetrievalSet(name=name, rows=[])
     parsed: list[tuple[str, Item, list[Item], str | None]] = []
     n_pos: dict[str, int] = {}
+    seen_ids: dict[str, int] = {}
     for i, raw in enumerate(raw_rows):
         if limit is not None and len(parsed) >= limit:
             break
-        if "qry_text" not in raw and "qry_img_path" not in raw:
-            raise DataError(f"{name}: row {i} has neither qry_text nor qry_img_path")
+        where = str(raw.get("__where__", f"{name} row {i}"))
+        problem = _row_problem(raw)
+        if problem:
+            rset.problems.append({"row": str(raw.get("id", i)), "where": where, "reason": problem})
+            continue
         texts, images = _as_list(raw.get("tgt_text")), _as_list(raw.get("tgt_img_path"))
         n = max(len(texts), len(images))
-        if n == 0:
-            raise DataError(f"{name}: row {i} has no candidates (tgt_text / tgt_img_path)")
         texts += [""] * (n - len(texts))
         images += [""] * (n - len(images))
         query = Item.make("query", _IMAGE_MARKERS.sub("", raw.get("qry_text") or ""), _image(raw.get("qry_img_path"), image_root))
         cands = [Item.make("target", _IMAGE_MARKERS.sub("", t or ""), _image(im, image_root)) for t, im in zip(texts, images)]
-        parsed.append((str(raw.get("id", i)), query, cands, raw.get("answer")))
-        n_pos[str(raw.get("id", i))] = int(raw.get("n_positive") or 1)
+        rid = str(raw.get("id", i))
+        if rid in seen_ids:  # duplicate row id: keep the row under a new id, and say so
+            seen_ids[rid] += 1
+            new_id = f"{rid}~dup{seen_ids[rid]}"
+            rset.problems.append({"row": rid, "where": where, "level": "warning",
+                                  "reason": f"duplicate row id {rid!r}: kept as {new_id!r}"})
+            rid = new_id
+        else:
+            seen_ids[rid] = 1
+        parsed.append((rid, query, cands, raw.get("answer")))
+        n_pos[rid] = int(raw.get("n_positive") or 1)
     if pool == "positives":
         positives = [c[0] for _, _, c, _ in parsed]
         parsed = [(rid, q, [c[0]] + [p for p in positives if p.key != c[0].key], a) for rid, q, c, a in parsed]
@@ -153,8 +188,27 @@ def build_set(
         rset.rows.append(Row(id=rid, query=query.key, candidates=tuple(c.key for c in cands), answer=answer,
                              n_positive=n_pos[rid]))
     if not rset.rows:
-        raise DataError(f"{name}: no rows")
+        first = next((p for p in rset.problems if p.get("level") != "warning"), None)
+        detail = f" (first problem: {first['where']}: {first['reason']})" if first else ""
+        raise DataError(f"{name}: no usable rows{detail}")
     return rset
+
+
+def _row_problem(raw: Mapping[str, Any]) -> str | None:
+    """Why a raw row cannot be used, or None."""
+    if BAD_ROW in raw:
+        return str(raw[BAD_ROW])
+    if "qry_text" not in raw and "qry_img_path" not in raw:
+        return "missing field: neither qry_text nor qry_img_path"
+    if not _as_list(raw.get("tgt_text")) and not _as_list(raw.get("tgt_img_path")):
+        return "missing field: no candidates (tgt_text / tgt_img_path)"
+    for key in ("qry_text", "qry_img_path"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            return f"field {key} is a {type(raw[key]).__name__}, not a string"
+    for key in ("tgt_text", "tgt_img_path"):
+        if any(v is not None and not isinstance(v, str) for v in _as_list(raw.get(key))):
+            return f"field {key} holds a value that is not a string"
+    return None
 
 
 def load_mmeb(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence
 
+from freeret.data.validate import open_image
 from freeret.errors import DataError
 
 CLIP_FRAMES = 8
@@ -57,11 +58,7 @@ def load_clip(path: str, n: int = CLIP_FRAMES) -> list[Image.Image]:
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES)
         if not files:
             raise DataError(f"clip folder {p} holds no frame images ({', '.join(FRAME_SUFFIXES)})")
-        out = []
-        for i in sample_indices(len(files), n):
-            with Image.open(files[i]) as img:
-                out.append(_rgb(img))
-        return out
+        return [open_image(str(files[i])) for i in sample_indices(len(files), n)]
     if p.suffix.lower() in ANIMATED_SUFFIXES:
         with Image.open(p) as img:
             frames = [_rgb(f) for f in ImageSequence.Iterator(img)]
@@ -91,6 +88,5 @@ def load_visual(path: str) -> list[Image.Image]:
 
 
 def load_image(path: str) -> Image.Image:
-    """Open an image as RGB."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    """Open an image as 8-bit RGB, guarded and resized as in :func:`freeret.data.validate.open_image`."""
+    return open_image(path)

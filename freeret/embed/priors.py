@@ -76,6 +76,13 @@ class Prior:
         for dataset in [None, *self.datasets]:
             known = set(self.variables(dataset)) | set(BUILTIN_VARS)
             texts = [self.template(r, dataset) for r in ROLES] + list(self.variables(dataset).values())
+            for role in ROLES:
+                if "text" not in placeholders(self.template(role, dataset)):
+                    where = f" (dataset {dataset})" if dataset else ""
+                    raise ConfigError(
+                        f"prior '{self.name}'{where}: the {role} template has no {{text}} placeholder, so the item "
+                        f"would not be in its prompt; add {{text}} where the item goes"
+                    )
             for text in texts:
                 missing = placeholders(text) - known
                 if missing:
