@@ -25,8 +25,8 @@ from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
 
 
-def image_rows(k_max: int, queries: int) -> list[tuple[Item, list[Item]]]:
-    """Image queries (full-size bundled photos) with the smoke captions then WordNet definitions as candidates."""
+def image_rows(k_max: int, queries: int, candidates: str = "definitions") -> list[tuple[Item, list[Item]]]:
+    """Image queries (full-size bundled photos) against the smoke captions then WordNet definitions or words."""
     from PIL import Image
 
     from freeret.data.smoke import CAPTIONS, _load
@@ -34,7 +34,11 @@ def image_rows(k_max: int, queries: int) -> list[tuple[Item, list[Item]]]:
     folder = REPO / "outputs" / "bench" / "images"
     folder.mkdir(parents=True, exist_ok=True)
     wn = load_dataset({"name": "wordnet_rd", "path": str(REPO / "data/wordnet_rd/wordnet_rd.jsonl.gz"), "limit": k_max})
-    texts = list(CAPTIONS.values()) + [wn.items[r.query].text for r in wn.rows]
+    if candidates == "words":  # short, like class names in MMEB classification tasks
+        words = dict.fromkeys(wn.items[c].text for r in wn.rows for c in r.candidates)
+        texts = list(CAPTIONS.values()) + list(words)
+    else:
+        texts = list(CAPTIONS.values()) + [wn.items[r.query].text for r in wn.rows]
     cands = [Item.make("target", t, None) for t in texts[:k_max]]
     rows = []
     for name in list(CAPTIONS)[:queries]:
@@ -56,6 +60,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2_135m", help="a conf/model name, or qwen2vl_2b_dims (random weights)")
     ap.add_argument("--layers", type=int, default=2, help="decoder layers of qwen2vl_2b_dims (the real 2B has 28)")
     ap.add_argument("--case", choices=["text", "image"], default="text")
+    ap.add_argument("--candidates", choices=["definitions", "words"], default="definitions",
+                    help="image case: candidate texts after the 8 captions")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--framing", default="mcq")
     ap.add_argument("--queries", type=int, default=2)
@@ -65,13 +71,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or REPO / "outputs" / "bench" / ("rerank.json" if args.case == "text" else f"rerank_image_{args.model}.json")
+    out = args.out or REPO / "outputs" / "bench" / ("rerank.json" if args.case == "text" else f"rerank_image_{args.candidates}_{args.model}.json")
 
     backbone = load(args.model, args.layers)
     dataset = "wordnet_rd" if args.case == "text" else "smoke_mm"
     scorer = PairScorer(backbone, Framing.from_dict(conf("framing", args.framing)), dataset, args.batch_size)
-    pairs_of = image_rows if args.case == "image" else text_rows
-    qrows = pairs_of(max(args.k), args.queries)
+    qrows = (image_rows(max(args.k), args.queries, args.candidates) if args.case == "image"
+             else text_rows(max(args.k), args.queries))
     scorer.fast(qrows[0][0], qrows[0][1][:4])  # warm-up (and the query image's features into the cache)
     scorer.naive(qrows[0][0], qrows[0][1][:1])
     rows = []
@@ -96,7 +102,8 @@ def main() -> None:
     prefix_tokens = len(backbone.tokenizer(scorer.split(qrows[0][0])[0], add_special_tokens=False)["input_ids"])
     if qrows[0][0].image:  # the image placeholder expands to the processor's visual tokens
         prefix_tokens = int(scorer._with_images([scorer.split(qrows[0][0])[0]], [[qrows[0][0].image]])["input_ids"].shape[1])
-    save(out, {"model": backbone.metadata(), "case": args.case, "framing": args.framing, "batch_size": args.batch_size,
+    save(out, {"model": backbone.metadata(), "case": args.case,
+               "candidates": args.candidates if args.case == "image" else "wordnet_rd words", "framing": args.framing, "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "prefix_tokens_first_query": prefix_tokens, "results": rows})
     bar_chart(out, [f"K={r['k']}" for r in rows],
               {"naive (one forward per pair)": [r["naive_pairs_per_s"] for r in rows],

@@ -145,10 +145,13 @@ def main() -> None:
     args = ap.parse_args()
     set_threads(args.threads)
 
-    cases = [bench_one(args.n, dim, kind, args) for dim in args.dims for kind in args.data]
-    save(args.out, {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                    "torch_threads": torch.get_num_threads(), "cases": cases})
-    plot(args.out, cases, args.k)
+    cases = []
+    for dim in args.dims:
+        for kind in args.data:
+            cases.append(bench_one(args.n, dim, kind, args))
+            save(args.out, {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                            "torch_threads": torch.get_num_threads(), "cases": cases})  # after each case
+            plot(args.out, cases, args.k)
 
 
 if __name__ == "__main__":
