@@ -13,14 +13,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
-
 from _common import conf
+from transformers import (
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+)
+
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import get_family
 from freeret.backbone.processors import Qwen2VLImageOnlyProcessor
-from freeret.backbone.tiny import QWEN2_VL_CHAT_TEMPLATE, QWEN_VL_TOKENS, _ids, _tokenizer
+from freeret.backbone.tiny import (
+    QWEN2_VL_CHAT_TEMPLATE,
+    QWEN_VL_TOKENS,
+    _ids,
+    _tokenizer,
+)
 
 QWEN2VL_2B_TEXT: dict[str, Any] = {
     "hidden_size": 1536,

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-
 from _bench_models import load
 from _common import REPO, bar_chart, conf, save
+
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.capture import capture, run_until_captured
 from freeret.data.datamodule import plan_batches
@@ -172,9 +172,9 @@ def main() -> None:
     results = {name: {"seconds": best[name], "items_per_s": n / best[name], "useful_tokens": counts[name][0],
                       "padded_tokens": counts[name][1]} for name in best}
     cos = {}
-    for name in embs:
+    for name, emb in embs.items():
         if name != "freeret" and "freeret" in embs:
-            c = torch.nn.functional.cosine_similarity(embs["freeret"], embs[name], dim=1)
+            c = torch.nn.functional.cosine_similarity(embs["freeret"], emb, dim=1)
             cos[f"freeret_vs_{name}"] = {"min": float(c.min()), "mean": float(c.mean())}
     speedups = {f"vs_{k}": best[k] / best["freeret"] for k in best if k != "freeret" and "freeret" in best}
     mfu = max(mfu_rounds, key=lambda m: m["mfu"]) if mfu_rounds else None

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import torch
-
 from _bench_models import load
 from _common import REPO, bar_chart, conf, save
+
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item
 from freeret.rerank.framing import Framing

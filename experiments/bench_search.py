@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import REPO, save
+
 from freeret.search import build_index, exact_topk, recall_at_k
 
 
@@ -62,7 +62,7 @@ def bench_one(n: int, dim: int, kind: str, args: argparse.Namespace) -> dict:
     q = torch.from_numpy(queries)
     base_t = torch.from_numpy(base)  # shares memory with ``base``
     k = args.k
-    exact_s, (_, truth) = timed(lambda: exact_topk(base_t, q, k), args.repeats)
+    exact_s, (_, truth) = timed(lambda b=base_t: exact_topk(b, q, k), args.repeats)
     truth = truth.numpy()
     rec: dict = {"n": n, "dim": dim, "data": kind, "queries": args.queries, "k": k, "generate_s": gen_s,
                  "exact": {"seconds": exact_s, "qps": args.queries / exact_s}}
@@ -71,7 +71,7 @@ def bench_one(n: int, dim: int, kind: str, args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     flat = build_index(base, "flat")
     build_s = time.perf_counter() - t
-    flat_s, (_, ids) = timed(lambda: flat.search(queries, k), args.repeats)
+    flat_s, (_, ids) = timed(lambda index=flat: index.search(queries, k), args.repeats)
     rec["flat"] = {"seconds": flat_s, "qps": args.queries / flat_s, "speedup_vs_exact": exact_s / flat_s,
                    "build_s": build_s, f"recall@{k}": recall_at_k(ids, truth)}
     line += f" | faiss flat {args.queries / flat_s:.0f} q/s (x{exact_s / flat_s:.2f}, recall {rec['flat'][f'recall@{k}']:.4f})"
@@ -84,7 +84,7 @@ def bench_one(n: int, dim: int, kind: str, args: argparse.Namespace) -> dict:
     sweep = []
     for nprobe in args.nprobe:
         ivf.set_search_params(nprobe=nprobe)
-        s, (_, ids) = timed(lambda: ivf.search(queries, k), args.repeats)
+        s, (_, ids) = timed(lambda index=ivf: index.search(queries, k), args.repeats)
         sweep.append({"nprobe": nprobe, "seconds": s, "qps": args.queries / s, "speedup_vs_exact": exact_s / s,
                       f"recall@{k}": recall_at_k(ids, truth)})
         print(f"  ivf nlist={args.nlist} nprobe={nprobe}: {args.queries / s:.0f} q/s (x{exact_s / s:.1f}) "
