@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # this checkout's freeret, not another installed copy
+    sys.path.insert(0, str(REPO))
 
 
 def conf(group: str, name: str) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""Backbones for the benchmarks: the real SmolLM2, or a random-weight Qwen2-VL with the real 2B widths.
+
+Speed does not depend on weight values, so a random model with Qwen2-VL-2B-Instruct's text widths (hidden 1536,
+MLP 8960, 12 query heads, 2 KV heads, vocabulary 151,936, tied embeddings) times what the real one would, per
+layer. The number of decoder layers (28 in the real model) and of vision blocks (32) are arguments so a CPU run
+stays short; the vision tower keeps its real widths (1280 wide, 16 heads, 14 px patches, 2x2 merge). The
+tokenizer is SmolLM2's with the Qwen-VL special tokens and the real Qwen2-VL chat template (from
+``freeret.backbone.tiny``), so token counts differ a little from Qwen's own tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from _common import conf
+from transformers import (
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+)
+
+from freeret.backbone import ModelSpec, load_backbone
+from freeret.backbone.backbone import Backbone
+from freeret.backbone.families import get_family
+from freeret.backbone.processors import Qwen2VLImageOnlyProcessor
+from freeret.backbone.tiny import (
+    QWEN2_VL_CHAT_TEMPLATE,
+    QWEN_VL_TOKENS,
+    _ids,
+    _tokenizer,
+)
+
+QWEN2VL_2B_TEXT: dict[str, Any] = {
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 151_936,
+    "max_position_embeddings": 32_768,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
+}
+QWEN2VL_2B_VISION: dict[str, Any] = {"embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4,
+                                     "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+
+
+def qwen2vl_2b_dims(layers: int = 28, vision_depth: int = 32, max_pixels: int = 448 * 448, seed: int = 0) -> Backbone:
+    """Random-weight Qwen2-VL with Qwen2-VL-2B widths and ``layers`` decoder layers, fp32 on CPU."""
+    tokenizer = _tokenizer(QWEN2_VL_CHAT_TEMPLATE, QWEN_VL_TOKENS)
+    tokenizer.padding_side = "left"
+    start, end, image, video = _ids(tokenizer, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+    text = {**QWEN2VL_2B_TEXT, "num_hidden_layers": layers, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    config = Qwen2VLConfig(text_config=text, vision_config={**QWEN2VL_2B_VISION, "depth": vision_depth},
+                           image_token_id=image, video_token_id=video, vision_start_token_id=start,
+                           vision_end_token_id=end, tie_word_embeddings=True)
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=max_pixels, patch_size=14,
+                                               temporal_patch_size=2, merge_size=2)
+    processor = Qwen2VLImageOnlyProcessor(image_processor, tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    spec = ModelSpec(name=f"qwen2vl_2b_dims_random_{layers}l", family="qwen2_vl", source="hub",
+                     hf_id="(random weights, Qwen2-VL-2B widths)", max_pixels=max_pixels)
+    return Backbone(spec=spec, family=get_family("qwen2_vl"), model=model, processor=processor, tokenizer=tokenizer)
+
+
+def load(name: str, layers: int = 28, vision_depth: int = 2) -> Backbone:
+    """A ``conf/model`` entry (e.g. smollm2_135m), or ``qwen2vl_2b_dims`` (random, real widths)."""
+    if name == "qwen2vl_2b_dims":
+        return qwen2vl_2b_dims(layers, vision_depth)
+    return load_backbone(ModelSpec.from_dict(conf("model", name)))

@@ -1,0 +1,197 @@
+"""Embedding throughput: FreeRet's path vs a naive E5-V-style loop (per item, and batched), same run; and MFU.
+
+    python experiments/bench_embed.py --model smollm2_135m --items 128
+    python experiments/bench_embed.py --model qwen2vl_2b_dims --layers 28 --items 32
+
+Paths, each over the same WordNet items (half definitions, half words) with the FreeRet prompts:
+- freeret: ``Backbone.embed`` at h^Attn_L on length-sorted batches (plan_batches), forward stopped at that point;
+- naive_item: one item per forward, ``model(**inputs, output_hidden_states=True)`` with full logits (E5-V style);
+- naive_batched: the same call on batches of the same size in a seeded random order (padded, unsorted).
+The naive loops read h^Attn_L with a non-stopping hook (it costs nothing), so embeddings compare at one point.
+Useful (non-pad) and padded tokens are counted per path. MFU = model FLOPs on useful tokens per second of the
+freeret path / a plain fp32 matmul rate measured in the same run (see ``flops_per_sequence`` for the formula).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+from _bench_models import load
+from _common import REPO, bar_chart, conf, save
+
+from freeret.backbone.backbone import Backbone
+from freeret.backbone.capture import capture, run_until_captured
+from freeret.data.datamodule import plan_batches
+from freeret.data.datasets import load_dataset
+from freeret.data.retrieval_set import Item
+from freeret.embed.layers import LayerSpec
+from freeret.embed.priors import Prior
+
+ATTN_LAST = LayerSpec(point="attn", index=-1)
+
+
+def widths(bb: Backbone) -> dict[str, int]:
+    """Decoder widths that enter the FLOP count."""
+    cfg = bb.model.config.get_text_config()
+    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return {"layers": bb.num_layers, "d": cfg.hidden_size, "ff": cfg.intermediate_size, "q": heads * head_dim,
+            "kv": kv * head_dim, "vocab": cfg.vocab_size}
+
+
+def flops_per_sequence(w: dict[str, int], s: int, early_exit: bool, head: bool) -> float:
+    """Forward FLOPs of one sequence of ``s`` useful tokens (multiply-add = 2 FLOPs; norms/activations ignored).
+
+    Per token: 2 * (L * P_attn + L' * P_mlp) with P_attn = 2*d*q + 2*d*kv (q, o, k, v projections),
+    P_mlp = 3*d*ff (gate, up, down) and L' = L-1 when the forward stops at h^Attn_L (else L); plus the
+    LM head 2*d*V per token when ``head``. Causal attention: 4*q*p per layer for the token at position p
+    (scores and weighted sum), summed over p = 1..s: 2*q*s*(s+1) per layer.
+    """
+    p_attn = 2 * w["d"] * w["q"] + 2 * w["d"] * w["kv"]
+    p_mlp = 3 * w["d"] * w["ff"]
+    mlp_layers = w["layers"] - 1 if early_exit else w["layers"]
+    per_token = 2 * (w["layers"] * p_attn + mlp_layers * p_mlp) + (2 * w["d"] * w["vocab"] if head else 0)
+    return per_token * s + w["layers"] * 2 * w["q"] * s * (s + 1)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n x n x n torch.mm (the reference for MFU)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def pick_items(n: int) -> list[Item]:
+    """``n`` WordNet items: the first n/2 definitions (queries) and n/2 words (targets) of the shipped set."""
+    rset = load_dataset({"name": "wordnet_rd", "path": str(REPO / "data/wordnet_rd/wordnet_rd.jsonl.gz"), "limit": n})
+    queries = [rset.items[r.query] for r in rset.rows][: n - n // 2]
+    targets = list(dict.fromkeys(c for r in rset.rows for c in r.candidates))[: n // 2]
+    return queries + [rset.items[k] for k in targets]
+
+
+class Paths:
+    """The three ways to embed the same items, each returning (embeddings, useful tokens, padded tokens)."""
+
+    def __init__(self, bb: Backbone, items: list[Item], batch_size: int, seed: int = 0) -> None:
+        prior = Prior.from_dict(conf("prior", "freeret"))
+        self.bb, self.items, self.bs = bb, items, batch_size
+        self.prompts = [bb.render(prior.render(it.role, it.text, False, "wordnet_rd")) for it in items]
+        self.sorted_batches = plan_batches(items, batch_size)
+        order = list(range(len(items)))
+        random.Random(seed).shuffle(order)
+        self.random_batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.lengths = [len(bb.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in self.prompts]
+
+    def _inputs(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        return self.bb.inputs([self.prompts[i] for i in idx])
+
+    @torch.no_grad()
+    def freeret(self) -> tuple[torch.Tensor, int, int]:
+        """Backbone.embed at h^Attn_L on length-sorted batches; the forward stops there."""
+        out = torch.empty(len(self.items), self.bb.model.config.get_text_config().hidden_size)
+        useful = total = 0
+        for idx in self.sorted_batches:
+            inputs = self._inputs(idx)
+            out[idx] = self.bb.embed(inputs, ATTN_LAST)
+            useful, total = useful + int(inputs["attention_mask"].sum()), total + inputs["attention_mask"].numel()
+        return out, useful, total - useful
+
+    @torch.no_grad()
+    def naive(self, batches: list[list[int]]) -> tuple[torch.Tensor, int, int]:
+        """E5-V-style: the whole model with every hidden state and full logits; h^Attn_L read by a hook."""
+        out = torch.empty(len(self.items), self.bb.model.config.get_text_config().hidden_size)
+        useful = total = 0
+        for idx in batches:
+            inputs = self._inputs(idx)
+            with capture(self.bb.layers, self.bb.final_norm, [ATTN_LAST], stop=False) as got:
+                result = run_until_captured(self.bb.model, **inputs, output_hidden_states=True)
+            assert result.logits.shape[1] == inputs["input_ids"].shape[1]  # full logits, every position
+            out[idx] = got[ATTN_LAST][:, -1].float()
+            useful, total = useful + int(inputs["attention_mask"].sum()), total + inputs["attention_mask"].numel()
+        return out, useful, total - useful
+
+    def run(self, name: str) -> tuple[torch.Tensor, int, int]:
+        """Run one path by name."""
+        if name == "freeret":
+            return self.freeret()
+        if name == "naive_item":
+            return self.naive([[i] for i in range(len(self.items))])
+        return self.naive(self.random_batches)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2_135m", help="a conf/model name, or qwen2vl_2b_dims (random weights)")
+    ap.add_argument("--layers", type=int, default=28, help="decoder layers of qwen2vl_2b_dims (the real 2B has 28)")
+    ap.add_argument("--items", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; each path's best round is kept")
+    ap.add_argument("--paths", nargs="+", default=["freeret", "naive_batched", "naive_item"])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = args.out or REPO / "outputs" / "bench" / f"embed_{args.model}.json"
+
+    bb = load(args.model, args.layers)
+    w = widths(bb)
+    paths = Paths(bb, pick_items(args.items), args.batch_size)
+    paths.run("freeret") if len(paths.items) > 4 else None  # warm-up
+    best: dict[str, float] = {}
+    counts: dict[str, tuple[int, int]] = {}
+    embs: dict[str, torch.Tensor] = {}
+    mfu_rounds = []
+    for r in range(args.repeats):
+        ref = matmul_gflops()
+        for name in args.paths:
+            t = time.perf_counter()
+            emb, useful, padded = paths.run(name)
+            secs = time.perf_counter() - t
+            best[name] = min(best.get(name, float("inf")), secs)
+            counts[name], embs[name] = (useful, padded), emb
+            if name == "freeret":
+                flops = sum(flops_per_sequence(w, s, early_exit=True, head=False) for s in paths.lengths)
+                mfu_rounds.append({"round": r, "matmul_gflops": ref, "model_gflops": flops / secs / 1e9,
+                                   "mfu": flops / secs / 1e9 / ref})
+            print(f"round {r} {name}: {secs:.2f} s, {len(paths.items) / secs:.2f} items/s "
+                  f"(useful {useful} / padded {padded} tokens); matmul {ref:.1f} GFLOP/s", flush=True)
+        ref_after = matmul_gflops()
+        for m in mfu_rounds:
+            if m["round"] == r:
+                m["matmul_gflops_after"] = ref_after
+    n = len(paths.items)
+    results = {name: {"seconds": best[name], "items_per_s": n / best[name], "useful_tokens": counts[name][0],
+                      "padded_tokens": counts[name][1]} for name in best}
+    cos = {}
+    for name, emb in embs.items():
+        if name != "freeret" and "freeret" in embs:
+            c = torch.nn.functional.cosine_similarity(embs["freeret"], emb, dim=1)
+            cos[f"freeret_vs_{name}"] = {"min": float(c.min()), "mean": float(c.mean())}
+    speedups = {f"vs_{k}": best[k] / best["freeret"] for k in best if k != "freeret" and "freeret" in best}
+    mfu = max(mfu_rounds, key=lambda m: m["mfu"]) if mfu_rounds else None
+    for k, v in speedups.items():
+        print(f"freeret {k}: x{v:.2f}")
+    for k, v in cos.items():
+        print(f"cos {k}: min {v['min']:.6f}")
+    if mfu:
+        print(f"MFU (useful tokens, freeret path): {mfu['mfu']:.1%} = {mfu['model_gflops']:.1f} / "
+              f"{mfu['matmul_gflops']:.1f} GFLOP/s")
+    save(out, {"model": bb.metadata(), "widths": w, "items": n, "batch_size": args.batch_size,
+               "threads": torch.get_num_threads(), "mean_prompt_tokens": sum(paths.lengths) / n,
+               "results": results, "speedup": speedups, "cosine": cos, "mfu": mfu, "mfu_rounds": mfu_rounds,
+               "flop_formula": flops_per_sequence.__doc__})
+    bar_chart(out, list(results), {"items / s": [results[k]["items_per_s"] for k in results]}, "items / second",
+              f"Embedding throughput, {bb.spec.name}, {torch.get_num_threads()} CPU threads")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The benchmark scripts run at tiny sizes and write JSON with correct results (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str, out: Path, *args: str) -> dict:
+    cmd = [sys.executable, str(REPO / "experiments" / script), "--out", str(out), *args]
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert out.with_suffix(".png").exists()
+    return json.loads(out.read_text())
+
+
+def test_bench_search_small(tmp_path):
+    pytest.importorskip("faiss")
+    res = _run("bench_search.py", tmp_path / "s.json", "--n", "5000", "--dims", "32", "--queries", "16",
+               "--nlist", "16", "--nprobe", "2", "16", "--train-size", "1000", "--repeats", "1")
+    assert "environment" in res
+    for case in res["cases"]:
+        assert case["flat"]["recall@50"] == pytest.approx(1.0)
+        assert case["ivf"]["sweep"][-1]["recall@50"] == pytest.approx(1.0)  # nprobe = nlist: exhaustive
+
+
+@pytest.mark.slow
+def test_bench_embed_small(tmp_path):
+    res = _run("bench_embed.py", tmp_path / "e.json", "--items", "6", "--batch-size", "3", "--repeats", "1")
+    assert set(res["results"]) == {"freeret", "naive_batched", "naive_item"}
+    assert res["results"]["naive_item"]["padded_tokens"] == 0
+    assert all(c["min"] >= 0.9999 for c in res["cosine"].values())
+    assert res["mfu"]["mfu"] > 0
+
+
+@pytest.mark.slow
+def test_bench_rerank_small(tmp_path):
+    res = _run("bench_rerank.py", tmp_path / "r.json", "--queries", "1", "--k", "3")
+    assert res["results"][0]["max_abs_score_diff"] < 1e-4
