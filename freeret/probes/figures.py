@@ -36,5 +36,5 @@ def draw(payload: Mapping[str, Any], out_dir: Path) -> list[Path]:
                                    "random_cosine": "random"}, _title(payload, "Last sub-layers"), out=out("tail")),
         ]
     if probe == "framing_sensitivity":
-        return [plots.framing_bars(payload["records"], _title(payload, "Framings"), out("bars"))]
+        return [plots.framing_bars(payload["records"], f"Framings, {model} ({payload['n_pairs']} labelled pairs)", out("bars"))]
     raise ValueError(f"unknown probe {probe!r}")

@@ -96,3 +96,19 @@ def _save(fig, out: Path | None):
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def model_overlay(profiles: Mapping[str, Sequence[Mapping[str, Any]]], key: str, title: str, out: Path | None = None,
+                  ylabel: str = "cosine"):
+    """``key`` across relative depth (0 = emb, 1 = mlp_last) for several models: sizes with different depths align."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for model, prof in profiles.items():
+        xs = [i / max(1, len(prof) - 1) for i, rec in enumerate(prof) if rec.get(key) is not None]
+        ax.plot(xs, [rec[key] for rec in prof if rec.get(key) is not None], "-", lw=1.2, label=model)
+    ax.set_xlabel("relative depth (0 = embeddings, 1 = after the final MLP)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out)
