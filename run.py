@@ -7,13 +7,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from freeret.errors import FreeRetError
+from freeret.cli import one_line_errors
 from freeret.runner import run, summary_line
 
 
@@ -22,13 +20,7 @@ def main(cfg: DictConfig) -> float:
     """Run one configuration; print a one-line summary; return the main score (for sweepers)."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config["run_dir"] = HydraConfig.get().runtime.output_dir
-    try:
-        payload = run(config)
-    except FreeRetError as exc:
-        if cfg.get("debug"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    payload = one_line_errors(lambda: run(config), bool(cfg.get("debug")))
     print(summary_line(payload))
     return float(payload["main_score"])
 
