@@ -29,7 +29,8 @@ def resolve_framings(config: dict[str, Any]) -> None:
             continue
         path = REPO / "conf" / "framing" / f"{name}.yaml"
         if not path.is_file():
-            raise ConfigError(f"framing {name!r} is not in conf/framing ({', '.join(p.stem for p in path.parent.glob('*.yaml'))})")
+            known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+            raise ConfigError(f"framing {name!r} is not in conf/framing ({known})")
         resolved.append(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
     if section:
         section["framings"] = resolved

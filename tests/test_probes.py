@@ -183,7 +183,8 @@ def smol_results(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     args = {"lexical_bias": ["probe.lexical_bias.n_pairs=6", "prior=e5v"],
             "anisotropy": ["probe.anisotropy.n_items=8", "prior=e5v"],
-            "framing_sensitivity": ["probe.framing_sensitivity.n_queries=2", "probe.framing_sensitivity.framings=[mcq,true_false]",
+            "framing_sensitivity": ["probe.framing_sensitivity.n_queries=2",
+                                    "probe.framing_sensitivity.framings=[mcq,true_false]",
                                     "probe.framing_sensitivity.content_free=['']"]}
     out = {}
     for probe, extra in args.items():
@@ -209,7 +210,8 @@ def test_entry_point_error_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "probes" / "framing_sensitivity.py"), "logger=none",
                            "probe.framing_sensitivity.framings=[nope]", f"hydra.run.dir={tmp_path}"],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: framing 'nope' is not in conf/framing")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error: framing 'nope' is not in conf/framing"), proc.stderr
 
 
 # -- notebooks ---------------------------------------------------------------------------------------

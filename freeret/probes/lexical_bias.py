@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import re
 from pathlib import Path
@@ -105,7 +104,3 @@ def lexical_profile(backbone: Backbone, sweep: Sweep, pairs: Sequence[tuple[str,
     return [{"point": label, "alpha": a[p], "beta": b[p], "synonym_cosine": syn[p], "random_cosine": rnd[p],
              "synonym_minus_random": syn[p] - rnd[p]} for p, label in enumerate(sweep.labels)]
 
-
-def is_finite(x: float | None) -> bool:
-    """True for a real, finite number."""
-    return x is not None and math.isfinite(x)
