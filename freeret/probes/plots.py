@@ -33,7 +33,7 @@ def depth_plot(profile: Sequence[Mapping[str, Any]], series: Mapping[str, str], 
         for key, label in group.items():
             xs = [i for i, rec in enumerate(profile) if rec.get(key) is not None]
             ys = [profile[i][key] for i in xs]
-            (line,) = axis.plot(xs, ys, style, lw=1.2, label=label)
+            (line,) = axis.plot(xs, ys, style, lw=1.2, label=label, color=f"C{len(handles)}")
             handles.append(line)
             for marker, prefix in (("o", "attn_"), ("s", "mlp_")):
                 sel = [(x, y) for x, y in zip(xs, ys) if points[x].startswith(prefix)]
