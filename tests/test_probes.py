@@ -165,7 +165,7 @@ def test_probes_end_to_end_on_a_tiny_model(tmp_path):
 
 def test_flip_rate_is_the_share_of_changed_calls(smollm):
     rows = [(Item.make("query", q, None), Item.make("target", p, None), Item.make("target", n, None))
-            for q, p, n in [("a domestic animal that barks", "dog", "violin"), ("frozen water", "ice", "tiger")]]
+            for q, p, n in [("a domestic animal that barks", "dog", "violin")]]
     mcq = Framing.from_dict(conf("framing", "mcq"))
     rec = framing_sensitivity.framing_record(smollm, mcq, rows, "wordnet_rd", content_free=[""])
     from freeret.rerank.scorer import PairScorer
@@ -173,7 +173,7 @@ def test_flip_rate_is_the_share_of_changed_calls(smollm):
     _, calls = framing_sensitivity.match_calls(PairScorer(smollm, mcq), rows)
     _, swapped = framing_sensitivity.match_calls(PairScorer(smollm, framing_sensitivity.swap_options(mcq)), rows)
     assert rec["flip_rate"] == pytest.approx(float((calls != swapped).float().mean()))
-    assert rec["accuracy"] == pytest.approx(float((calls == torch.tensor([True, False, True, False])).float().mean()))
+    assert rec["accuracy"] == pytest.approx(float((calls == torch.tensor([True, False])).float().mean()))
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +236,16 @@ def test_notebook_executes_on_real_results(name, smol_results, tmp_path, monkeyp
     assert list(tmp_path.glob(f"{name}_smollm2_135m_*.png"))
     shown = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.get("output_type") == "display_data"]
     assert shown and all("image/png" in o["data"] for o in shown)
+
+
+def test_lexical_claims_need_a_real_collapse():
+    from freeret.probes.runner import lexical_claims
+
+    def profile(alphas, betas):
+        return [{"point": f"p{i}", "alpha": a, "beta": b, "synonym_cosine": 0.9, "synonym_minus_random": 0.1}
+                for i, (a, b) in enumerate(zip(alphas, betas))]
+
+    paper = lexical_claims(profile([0.95] * 5 + [0.2], [0.0] * 5 + [0.5]))
+    assert paper["alpha_collapses_at_final_mlp"] and paper["beta_jumps_at_final_mlp"]
+    flat = lexical_claims(profile([0.99, 0.98, 0.99, 0.98, 0.99, 0.975], [0.1, 0.12, 0.1, 0.12, 0.1, 0.13]))
+    assert not flat["alpha_collapses_at_final_mlp"] and not flat["beta_jumps_at_final_mlp"]

@@ -58,18 +58,20 @@ def run_anisotropy(cfg: Mapping[str, Any], pcfg: Mapping[str, Any], bb: Backbone
                            for k in ("mean_cosine", "effective_rank", "top_pc_share")}}}
 
 
-def lexical_claims(profile: list[dict[str, Any]], n: int = 5) -> dict[str, Any]:
-    """The paper's three claims, checked on the last ``n`` points (relative criteria, no fixed thresholds)."""
+def lexical_claims(profile: list[dict[str, Any]], n: int = 5, factor: float = 5.0) -> dict[str, Any]:
+    """The paper's three claims on the last ``n`` points; a collapse or jump must be ``factor`` x the earlier steps."""
     tail = profile[-n:]
     attn_last, mlp_last = profile[-2], profile[-1]
+    change = [1 - r["alpha"] for r in tail]
     jumps = [b["beta"] - a["beta"] for a, b in zip(profile[-n - 1 :], tail)]
     return {
-        "alpha_collapses_at_final_mlp": min(tail, key=lambda r: r["alpha"])["point"] == mlp_last["point"],
-        "beta_jumps_at_final_mlp": max(range(len(jumps)), key=jumps.__getitem__) == len(jumps) - 1 and jumps[-1] > 0,
+        "alpha_collapses_at_final_mlp": change[-1] > factor * max(change[:-1]),
+        "beta_jumps_at_final_mlp": jumps[-1] > factor * max(abs(j) for j in jumps[:-1]),
         "synonym_similarity_drops_at_final_mlp": mlp_last["synonym_cosine"] < attn_last["synonym_cosine"],
         "synonym_gap_shrinks_at_final_mlp": mlp_last["synonym_minus_random"] < attn_last["synonym_minus_random"],
-        "criteria": f"over the last {n} points: alpha is lowest at mlp_last; beta's largest step is into mlp_last; "
-                    "synonym cosine (and its margin over random pairs) is lower at mlp_last than at attn_last",
+        "criteria": f"over the last {n} points: 1-alpha at mlp_last > {factor:g}x its largest earlier value; the beta "
+                    f"step into mlp_last > {factor:g}x the largest earlier |step|; synonym cosine (and its margin over "
+                    "random pairs) lower at mlp_last than at attn_last",
     }
 
 
