@@ -178,22 +178,22 @@ def test_flip_rate_is_the_share_of_changed_calls(smollm):
 
 @pytest.fixture(scope="module")
 def smol_results(tmp_path_factory):
-    """Each probe on a small slice with the real SmolLM2, through its Hydra entry point."""
+    """Each probe on a small slice with the real SmolLM2: lexical bias through its Hydra entry point, the others in process."""
     root = tmp_path_factory.mktemp("probe_runs")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    args = {"lexical_bias": ["probe.lexical_bias.n_pairs=6", "prior=e5v"],
-            "anisotropy": ["probe.anisotropy.n_items=8", "prior=e5v"],
-            "framing_sensitivity": ["probe.framing_sensitivity.n_queries=2",
-                                    "probe.framing_sensitivity.framings=[mcq,true_false]",
-                                    "probe.framing_sensitivity.content_free=['']"]}
-    out = {}
-    for probe, extra in args.items():
-        proc = subprocess.run([sys.executable, str(REPO / "probes" / f"{probe}.py"), "logger=none", "threads=2",
-                               *extra, f"hydra.run.dir={root / probe}"], capture_output=True, text=True, env=env,
-                              cwd=root, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert proc.stdout.startswith(f"{probe}: model=smollm2_135m")
-        out[probe] = json.loads((root / probe / "probes" / f"{probe}.json").read_text())
+    proc = subprocess.run([sys.executable, str(REPO / "probes" / "lexical_bias.py"), "logger=none", "threads=2", "prior=e5v",
+                           "probe.lexical_bias.n_pairs=6", f"hydra.run.dir={root / 'lexical_bias'}"],
+                          capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("lexical_bias: model=smollm2_135m")
+    out = {"lexical_bias": json.loads((root / "lexical_bias" / "probes" / "lexical_bias.json").read_text())}
+    in_process = {"anisotropy": ["probe.anisotropy.n_items=8", "prior=e5v"],
+                  "framing_sensitivity": ["probe.framing_sensitivity.n_queries=2",
+                                          "probe.framing_sensitivity.framings=[mcq,true_false]",
+                                          "probe.framing_sensitivity.content_free=['']"]}
+    for probe, extra in in_process.items():
+        out[probe] = run_probe(probe, probe_config(["logger=none", *extra], root / probe))
+        assert (root / probe / "probes" / f"{probe}.json").is_file()
     return root, out
 
 
