@@ -1,7 +1,8 @@
 """Context-free option bias of each framing: P(option) when query and candidate carry no content.
 
     python experiments/option_bias.py --model smollm2_135m
-A neutral framing should sit near 1/len(options). Writes JSON and a bar plot.
+A neutral framing should sit near 1/len(options). Writes JSON and a bar plot. The measure itself is
+freeret.probes.framing_sensitivity.option_bias, shared with probes/framing_sensitivity.py.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from pathlib import Path
 
 from _common import REPO, bar_chart, conf, save
 from freeret.backbone import ModelSpec, load_backbone
-from freeret.data.retrieval_set import Item
+from freeret.probes.framing_sensitivity import CONTENT_FREE, option_bias
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
-
-CONTENT_FREE = ["", "N/A", "[MASK]"]
 
 
 def main() -> None:
@@ -27,13 +26,9 @@ def main() -> None:
     backbone = load_backbone(ModelSpec.from_dict(conf("model", args.model)))
     results = {}
     for name in args.framings:
-        framing = Framing.from_dict(conf("framing", name))
-        scorer = PairScorer(backbone, framing)
-        probs = sum(scorer.naive(Item.make("query", text, None), [Item.make("target", text, None)]).probs[0]
-                    for text in CONTENT_FREE) / len(CONTENT_FREE)
-        results[name] = {opt: float(p) for opt, p in zip(framing.options, probs)}
+        results[name] = option_bias(PairScorer(backbone, Framing.from_dict(conf("framing", name))))
         print(f"{name:12s} " + "  ".join(f"P({o})={p:.3f}" for o, p in results[name].items()))
-    save(args.out, {"model": backbone.metadata(), "content_free_inputs": CONTENT_FREE, "bias": results})
+    save(args.out, {"model": backbone.metadata(), "content_free_inputs": list(CONTENT_FREE), "bias": results})
     bar_chart(args.out, [f"{n}\n({'/'.join(results[n])})" for n in results],
               {"P(match option)": [list(results[n].values())[0] for n in results]},
               "P(match option), content-free", f"Context-free option bias, {args.model} (dashed: neutral)", hline=0.5)

@@ -1,0 +1,1 @@
+"""Mechanistic probes (no Hydra): sub-layer sweeps, anisotropy, lexical bias, framing sensitivity, plots."""

@@ -1,0 +1,104 @@
+"""Framing sensitivity of pointwise reranking: label prior, accuracy, and order flips per framing.
+
+- option bias: P(option) when query and candidate carry no content (mean over a few content-free
+  strings); a neutral framing sits at 1/len(options);
+- accuracy on a labelled set (each query with its positive, and with one seeded distractor): the pair is
+  called a match when the match option has the highest probability;
+- flip rate: share of pairs whose call changes when the two options are listed in the other order.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import replace
+from typing import Any, Sequence
+
+import torch
+
+from freeret.backbone.backbone import Backbone
+from freeret.data.retrieval_set import Item, RetrievalSet
+from freeret.errors import ConfigError
+from freeret.rerank.framing import Framing
+from freeret.rerank.scorer import PairScorer
+
+CONTENT_FREE = ("", "N/A", "[MASK]")
+
+
+def option_bias(scorer: PairScorer, content_free: Sequence[str] = CONTENT_FREE) -> dict[str, float]:
+    """Mean P(option) over content-free (query, candidate) pairs, keyed by option label."""
+    probs = sum(scorer.naive(Item.make("query", text, None), [Item.make("target", text, None)]).probs[0]
+                for text in content_free) / len(content_free)
+    return {opt: float(p) for opt, p in zip(scorer.framing.options, probs)}
+
+
+def _swap_template(template: str, a: str, b: str) -> tuple[str, bool]:
+    """(template with the two options' order swapped, whether the labels kept their place and swapped contents)."""
+    line_a = re.search(rf"^{re.escape(a)}\. (.*)$", template, re.M)
+    line_b = re.search(rf"^{re.escape(b)}\. (.*)$", template, re.M)
+    if line_a and line_b:  # lettered choices: keep "A." first, move the contents
+        body_a, body_b = line_a.group(1), line_b.group(1)
+        out = template.replace(line_a.group(0), f"{a}. \0B\0").replace(line_b.group(0), f"{b}. \0A\0")
+        return out.replace("\0B\0", body_b).replace("\0A\0", body_a), True
+    cut = template.index("{candidate}")
+    tail = re.sub(rf"\b({re.escape(a)}|{re.escape(b)})\b", lambda m: b if m.group(1) == a else a, template[cut:])
+    if tail == template[cut:]:
+        raise ConfigError(f"cannot swap the options of a template that does not name them after {{candidate}}: {template!r}")
+    return template[:cut] + tail, False
+
+
+def swap_options(framing: Framing) -> Framing:
+    """The same framing with its two options listed in the other order (lettered choices keep letters, swap contents)."""
+    if len(framing.options) != 2:
+        raise ConfigError(f"framing '{framing.name}': the order swap needs exactly two options")
+    a, b = framing.options
+    template, moved = _swap_template(framing.template, a, b)
+    datasets = {k: _swap_template(v, a, b)[0] for k, v in framing.datasets.items()}
+    match = (b if framing.match == a else a) if moved else framing.match
+    return replace(framing, name=f"{framing.name}_swapped", template=template, match=match, datasets=datasets)
+
+
+def labelled_pairs(rset: RetrievalSet, n_queries: int, seed: int = 0) -> list[tuple[Item, Item, Item]]:
+    """(query, positive, one seeded distractor) for the first ``n_queries`` rows that have a distractor."""
+    rng = random.Random(seed)
+    out = []
+    for row in rset.rows:
+        if len(row.candidates) < 2:
+            continue
+        neg = row.candidates[rng.randrange(1, len(row.candidates))]
+        out.append((rset.items[row.query], rset.items[row.candidates[0]], rset.items[neg]))
+        if len(out) == n_queries:
+            break
+    return out
+
+
+def match_calls(scorer: PairScorer, triples: Sequence[tuple[Item, Item, Item]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P(match), called match) for [positive, distractor] of every triple, flattened in that order."""
+    probs = torch.cat([scorer.fast(q, [pos, neg]).probs for q, pos, neg in triples])
+    return probs[:, scorer.framing.match_index], probs.argmax(-1) == scorer.framing.match_index
+
+
+def framing_record(backbone: Backbone, framing: Framing, triples: Sequence[tuple[Item, Item, Item]],
+                   dataset: str | None, content_free: Sequence[str] = CONTENT_FREE) -> dict[str, Any]:
+    """Option bias, accuracy (and per class), flip rate and mean P(match) of one framing."""
+    scorer = PairScorer(backbone, framing, dataset)
+    swapped = PairScorer(backbone, swap_options(framing), dataset)
+    labels = torch.tensor([True, False] * len(triples))
+    p_match, calls = match_calls(scorer, triples)
+    _, calls_swapped = match_calls(swapped, triples)
+    bias = option_bias(scorer, content_free)
+    return {
+        "framing": framing.name,
+        "options": list(framing.options),
+        "match": framing.match,
+        "option_bias": bias,
+        "p_match_content_free": bias[framing.match],
+        "accuracy": float((calls == labels).float().mean()),
+        "accuracy_positive": float(calls[labels].float().mean()),
+        "accuracy_negative": float((~calls[~labels]).float().mean()),
+        "flip_rate": float((calls != calls_swapped).float().mean()),
+        "mean_p_match_positive": float(p_match[labels].mean()),
+        "mean_p_match_negative": float(p_match[~labels].mean()),
+        "swapped_template": swapped.framing.template,
+        "swapped_match": swapped.framing.match,
+    }

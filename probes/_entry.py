@@ -1,0 +1,56 @@
+"""Shared Hydra entry for the probe scripts: compose ``conf/probe.yaml``, run one probe, print one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # this checkout's freeret, whatever is installed
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from freeret.cli import exit_on_unknown_choice, one_line_errors  # noqa: E402
+from freeret.errors import ConfigError  # noqa: E402
+from freeret.probes.runner import run_probe, summary_line  # noqa: E402
+
+
+def resolve_framings(config: dict[str, Any]) -> None:
+    """Replace framing names in ``probe.framing_sensitivity.framings`` by their conf/framing entries."""
+    section = (config.get("probe") or {}).get("framing_sensitivity") or {}
+    resolved = []
+    for name in section.get("framings") or []:
+        if isinstance(name, dict):
+            resolved.append(name)
+            continue
+        path = REPO / "conf" / "framing" / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+            raise ConfigError(f"framing {name!r} is not in conf/framing ({known})")
+        resolved.append(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    if section:
+        section["framings"] = resolved
+
+
+def entry(name: str) -> Callable[[], Any]:
+    """The Hydra main function of probe ``name``."""
+
+    exit_on_unknown_choice(REPO / "conf")
+
+    @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="probe")
+    def main(cfg: DictConfig) -> None:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config["run_dir"] = HydraConfig.get().runtime.output_dir
+
+        def go() -> dict[str, Any]:
+            resolve_framings(config)
+            return run_probe(name, config)
+
+        payload = one_line_errors(go, bool(cfg.get("debug")))
+        print(summary_line(payload))
+
+    return main
