@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import sys
 import time
 import warnings
@@ -37,7 +36,8 @@ from freeret.preflight import check_framing, context_length, load_text_side, tex
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
-from freeret.rerank.stage import RerankConfig, RerankModule, RerankWriter, fused_ranking, read_rerank, rerank_loader, top_k_groups
+from freeret.rerank.stage import (RerankConfig, RerankModule, RerankWriter, fused_ranking, pending_groups, read_rerank,
+                                  rerank_loader, rerank_signature, top_k_groups)
 from freeret.retrieve.scoring import score_store
 from freeret.retrieve.store import ShardStore
 
@@ -110,13 +110,20 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
 
 
 def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankConfig, rset: RetrievalSet,
-                 embed_scores: list[torch.Tensor], run_dir: Path) -> list[torch.Tensor]:
-    """Rerank each row's top-K (Lightning predict + JSONL writer); return fused rank scores per row."""
-    out_dir = run_dir / "rerank" / rset.name
-    shutil.rmtree(out_dir, ignore_errors=True)
+                 embed_scores: list[torch.Tensor], run_dir: Path, stats: dict[str, Any] | None = None) -> list[torch.Tensor]:
+    """Rerank each row's top-K (Lightning predict + JSONL writer); return fused rank scores per row.
+
+    Finished rows are kept in ``<run_dir>/rerank/<dataset>/<signature>/`` and a rerun (after a crash or kill)
+    scores only the rows whose top-K has no finished record.
+    """
+    out_dir = run_dir / "rerank" / rset.name / rerank_signature(scorer, rset.name)
     groups = top_k_groups(rset, embed_scores, rerank_cfg.top_k)
-    make_trainer(cfg, RerankWriter(out_dir)).predict(RerankModule(scorer), dataloaders=rerank_loader(groups),
-                                                     return_predictions=False)
+    todo = pending_groups(groups, read_rerank(out_dir))
+    if todo:
+        writer = RerankWriter(out_dir, int((cfg.get("pipeline") or {}).get("shard_size", 256)))
+        make_trainer(cfg, writer).predict(RerankModule(scorer), dataloaders=rerank_loader(todo), return_predictions=False)
+    if stats is not None:
+        stats.update(rerank_rows_computed=len(todo), rerank_rows_reused=len(groups) - len(todo))
     records = read_rerank(out_dir)
     return [
         fused_ranking(scores, records[row.id]["positions"], torch.tensor(records[row.id]["probs"]),
@@ -190,7 +197,7 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
     final_scores = embed_scores
     if staged:
         t = time.perf_counter()
-        final_scores = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir)
+        final_scores = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir, stats=timing)
         timing["rerank_seconds"] = time.perf_counter() - t
         metrics["rerank"] = fold_misses(retrieval_metrics(final_scores, n_positives), len(rset.rows), n_missed)
     extra: dict[str, Any] = {}

@@ -124,3 +124,40 @@ def test_slurm_launcher_config_composes_for_a_sweep():
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and cfg.embed.cache_dir == "/shared/emb"
+
+
+def test_sigkill_mid_rerank_resumes_from_finished_rerank_shards(tmp_path):
+    """Stage 2 resumes too: kill -9 once 2 of the 8 rerank shards exist; the rerun scores only the other rows."""
+    args = [*ARGS, "pipeline=two_stage", "pipeline.top_k=3", "pipeline.shard_size=2"]
+    reference = run_in_process(tmp_path / "reference", ["pipeline=two_stage", "pipeline.top_k=3", "pipeline.shard_size=2"])
+    assert reference["timing"]["rerank_rows_computed"] == 16
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    proc = start(run_dir, args)
+    deadline = time.time() + 300
+    while len(list(run_dir.glob("rerank/*/*/rank0-*.jsonl"))) < 2:
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run_dir.glob("rerank/*/*/*.jsonl")}
+    assert 2 <= len(finished) < 8
+    again = start(run_dir, args)
+    assert again.wait(timeout=600) == 0, again.stderr.read()[-3000:]
+    resumed = json.loads((run_dir / "results" / "smoke_mm.json").read_text())
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns) == stat for p, stat in finished.items())
+    assert resumed["timing"]["rerank_rows_reused"] == 2 * len(finished)
+    assert resumed["timing"]["rerank_rows_computed"] == 16 - 2 * len(finished)
+    assert resumed["timing"]["embed_items_computed"] == 0  # stage 1 had finished before the kill
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_torn_rerank_shard_is_dropped_and_rescored(tmp_path):
+    args = ["pipeline=two_stage", "pipeline.top_k=3", "pipeline.shard_size=4"]
+    first = run_in_process(tmp_path, args)
+    shards = sorted(tmp_path.glob("rerank/*/*/*.jsonl"))
+    assert len(shards) == 4
+    shards[1].write_text(shards[1].read_text()[:-40])  # a half-written line
+    second = run_in_process(tmp_path, args)
+    assert second["timing"]["rerank_rows_reused"] == 12 and second["timing"]["rerank_rows_computed"] == 4
+    assert comparable(second) == comparable(first)

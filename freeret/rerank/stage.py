@@ -6,8 +6,10 @@ The writer stores option probabilities per row as JSONL shards in the run dir.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,11 +17,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from freeret.data.retrieval_set import Item, RetrievalSet
+from freeret.data.retrieval_set import RetrievalSet
 from freeret.errors import ConfigError
 from freeret.lit import BufferedShardWriter
 from freeret.eval.results import write_text_atomic
 from freeret.rerank.scorer import PairScorer, PairScores
+
+log = logging.getLogger(__name__)
 
 FUSIONS = ("rerank", "weighted")
 TIE_BREAKS = ("embed", "entropy")
@@ -83,25 +87,48 @@ def rerank_loader(groups: list[dict[str, Any]]) -> DataLoader:
 
 
 class RerankWriter(BufferedShardWriter):
-    """Each row's option probabilities as JSONL shards of ``shard_size`` rows."""
+    """Each row's option probabilities as JSONL shards of ``shard_size`` rows, named by their row ids."""
 
     suffix = ".jsonl"
 
     def __init__(self, out_dir: Path, shard_size: int = 256) -> None:
         super().__init__(out_dir, shard_size)
 
+    def shard_path(self, rank: int, predictions: list[dict[str, Any]]) -> Path:
+        # named by content: a resumed run adds shards and never overwrites a finished one
+        digest = hashlib.sha1(json.dumps([p["row"] for p in predictions]).encode()).hexdigest()[:16]
+        return self.out_dir / f"rank{rank}-{digest}{self.suffix}"
+
     def write(self, path: Path, predictions: list[dict[str, Any]]) -> None:
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in predictions))
 
 
+def rerank_signature(scorer: PairScorer, dataset: str) -> str:
+    """A hash of what shapes the option probabilities: weights, framing, calibration, dataset wording."""
+    blob = {"model": scorer.bb.metadata(), "framing": asdict(scorer.framing), "calibrate": scorer.calibrate,
+            "dataset": dataset}
+    return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def read_rerank(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Row id -> {positions, probs} from the writer's shards."""
+    """Row id -> {positions, probs} from the writer's shards; an unreadable (torn) shard is deleted."""
     rows: dict[str, dict[str, Any]] = {}
     for shard in sorted(Path(out_dir).glob("*.jsonl")):
-        for line in shard.read_text().splitlines():
-            rec = json.loads(line)
-            rows[rec["row"]] = rec
+        try:
+            records = [json.loads(line) for line in shard.read_text().splitlines() if line.strip()]
+            if not records or not all({"row", "positions", "probs"} <= rec.keys() for rec in records):
+                raise ValueError("missing fields")
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("dropping unreadable rerank shard %s (%s); its rows are scored again", shard.name, exc)
+            shard.unlink()
+            continue
+        rows.update((rec["row"], rec) for rec in records)
     return rows
+
+
+def pending_groups(groups: list[dict[str, Any]], done: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Groups whose row has no finished record for the same top-K positions."""
+    return [g for g in groups if done.get(g["row"], {}).get("positions") != g["positions"]]
 
 
 def fused_ranking(embed: torch.Tensor, positions: Sequence[int], probs: torch.Tensor, match_index: int,
