@@ -71,17 +71,21 @@ def start(run_dir: Path, args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=run_dir.parent)
 
 
-def test_sigkill_mid_prediction_resumes_from_finished_shards(tmp_path, reference):
-    """kill -9 once 2 of the 16 shards exist, rerun with the same config and run dir, compare."""
-    run_dir = tmp_path / "killed"
-    run_dir.mkdir()
-    proc = start(run_dir, ARGS)
+def kill_when(proc: subprocess.Popen, run_dir: Path, pattern: str, n: int) -> None:
+    """SIGKILL the run as soon as ``n`` files match ``pattern`` under its run dir."""
     deadline = time.time() + 300
-    while len(list(run_dir.glob("embeddings/*/*/rank0-*.safetensors"))) < 2:
+    while len(list(run_dir.glob(pattern))) < n:
         assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
+
+
+def test_sigkill_mid_prediction_resumes_from_finished_shards(tmp_path, reference):
+    """kill -9 once 2 of the 16 shards exist, rerun with the same config and run dir, compare."""
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    kill_when(start(run_dir, ARGS), run_dir, "embeddings/*/*/rank0-*.safetensors", 2)
     assert not (run_dir / "results").exists()
     finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run_dir.glob("embeddings/*/*/*.safetensors")}
     done_items = 2 * len(finished)
@@ -133,13 +137,7 @@ def test_sigkill_mid_rerank_resumes_from_finished_rerank_shards(tmp_path):
     assert reference["timing"]["rerank_rows_computed"] == 16
     run_dir = tmp_path / "killed"
     run_dir.mkdir()
-    proc = start(run_dir, args)
-    deadline = time.time() + 300
-    while len(list(run_dir.glob("rerank/*/*/rank0-*.jsonl"))) < 2:
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    kill_when(start(run_dir, args), run_dir, "rerank/*/*/rank0-*.jsonl", 2)
     finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run_dir.glob("rerank/*/*/*.jsonl")}
     assert 2 <= len(finished) < 8
     again = start(run_dir, args)
