@@ -28,16 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", type=Path, nargs="*", default=[repo_root() / "data/paper/freeret.yaml"],
                         help="YAML files of published numbers")
     parser.add_argument("--out", type=Path, default=None, help="where to write tables (default RUN_DIR/tables)")
+    parser.add_argument("--stage", default="final", choices=["final", "embed", "rerank"],
+                        help="which stage's scores (final = after reranking when there is a rerank)")
+    parser.add_argument("--metric", default=None, help="a metric other than each dataset's main score, e.g. hit@10")
     args = parser.parse_args(argv)
     try:
-        tables = build_tables(load_results(args.run_dir))
+        tables = build_tables(load_results(args.run_dir), args.stage, args.metric)
     except FreeRetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     paper = load_paper(args.paper)
-    out = args.out or args.run_dir / "tables"
+    suffix = "" if (args.stage, args.metric) == ("final", None) else f"_{args.stage}" + (f"_{args.metric}" if args.metric else "")
+    out = args.out or args.run_dir / f"tables{suffix}"
     for table in tables:
         md = to_markdown(table, paper.get(table.benchmark))
+        if suffix:
+            md = md.replace("\n\n", f"\n\nScores: stage {args.stage}, {args.metric or 'main score'} (%).\n\n", 1)
         print(md)
         write_text_atomic(out / f"{table.benchmark}.md", md)
         write_text_atomic(out / f"{table.benchmark}.csv", to_csv(table, paper.get(table.benchmark)))

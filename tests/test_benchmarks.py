@@ -316,3 +316,13 @@ def test_mteb_encoder_runs_an_mteb_task_and_matches_freeret_embeddings(smollm):
     batch = PromptCollator(smollm, prior, None)(items)
     want = smollm.embed(batch["inputs"], layer).float()
     assert torch.nn.functional.cosine_similarity(got, want).min() > 0.9999
+
+
+def test_tables_can_show_stage_one_and_another_metric():
+    p = _payload("A", "classification", "IND", 0.5)
+    p["metrics"] = {"embed": {"hit@1": 0.2, "hit@10": 0.9}, "rerank": {"hit@1": 0.5, "hit@10": 0.9}}
+    assert build_tables([p])[0].rows[0]["values"]["Overall"] == pytest.approx(50.0)
+    assert build_tables([p], stage="embed")[0].rows[0]["values"]["Overall"] == pytest.approx(20.0)
+    assert build_tables([p], stage="embed", metric="hit@10")[0].rows[0]["values"]["Overall"] == pytest.approx(90.0)
+    with pytest.raises(DataError, match="stage"):
+        build_tables([{**p, "metrics": {"embed": p["metrics"]["embed"]}}], stage="rerank")

@@ -63,7 +63,18 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def build_tables(payloads: list[dict[str, Any]]) -> list[Table]:
+def score_of(payload: Mapping[str, Any], stage: str = "final", metric: str | None = None) -> float:
+    """A payload's score in %: its main score, or ``metric`` of ``stage`` (embed, rerank, or final = the last one)."""
+    if stage == "final" and metric is None:
+        return 100.0 * float(payload["main_score"])
+    metrics = payload["metrics"]
+    chosen = metrics[stage] if stage in metrics else list(metrics.values())[-1] if stage == "final" else None
+    if chosen is None:
+        raise DataError(f"stage {stage!r} not in results of {payload['dataset']} (stages: {', '.join(metrics)})")
+    return 100.0 * float(chosen[metric or payload.get("main_score_name", "hit@1")])
+
+
+def build_tables(payloads: list[dict[str, Any]], stage: str = "final", metric: str | None = None) -> list[Table]:
     """Group payloads by benchmark, then by setting; average per meta-task, split and overall."""
     by_bench: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for p in payloads:
@@ -77,7 +88,7 @@ def build_tables(payloads: list[dict[str, Any]]) -> list[Table]:
         for p in items:
             key = tuple(setting_of(p).items())
             row = settings.setdefault(key, {"setting": dict(key), "scores": {}, "facts": {}})
-            row["scores"][p["dataset"]] = 100.0 * float(p["main_score"])
+            row["scores"][p["dataset"]] = score_of(p, stage, metric)
             row["facts"][p["dataset"]] = p.get("task") or {}
         table = Table(bench, columns)
         for row in settings.values():
