@@ -23,7 +23,7 @@ def test_two_stage_tiny_vlm_on_images(model, tmp_path):
     assert set(res["metrics"]) == {"embed", "rerank"} and res["framing"] == "mcq"
     assert res["rerank"]["top_k"] == 3 and res["rerank"]["options"] == ["A", "B"]
     assert res["main_score"] == res["metrics"]["rerank"]["hit@1"]
-    assert len(list((tmp_path / "rerank" / "smoke_mm").glob("*.jsonl"))) == 1
+    assert len(list((tmp_path / "rerank" / "smoke_mm").glob("*/*.jsonl"))) == 1
 
 
 def test_two_stage_real_smollm2_keeps_the_top_k_set(tmp_path):
