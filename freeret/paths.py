@@ -16,3 +16,8 @@ def cache_dir() -> Path:
 def repo_root() -> Path:
     """The source checkout (holds ``conf/`` and ``data/``)."""
     return Path(__file__).resolve().parent.parent
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` forbids reaching the Hugging Face hub."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

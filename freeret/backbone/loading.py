@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,6 +12,7 @@ import torch
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import get_family
 from freeret.errors import CheckpointNotFoundError, ConfigError
+from freeret.paths import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _hub_has(repo_id: str, revision: str | None) -> bool:
 
     if isinstance(hub.try_to_load_from_cache(repo_id, "config.json", revision=revision), str):
         return True
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub_offline():
         return False
     try:
         hub.HfApi().model_info(repo_id, revision=revision, timeout=10)

@@ -9,12 +9,12 @@ generated miniature instead (:mod:`freeret.data.mmeb_fixture`), for the offline 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from freeret.data.retrieval_set import RetrievalSet, build_set, read_rows, resolve_path
 from freeret.errors import DataError
+from freeret.paths import hub_offline
 
 
 def _local_files(root: Path, subset: str) -> list[Path]:
@@ -29,13 +29,9 @@ def _local_files(root: Path, subset: str) -> list[Path]:
     return []
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
 def _from_hub(repo: str, subset: str, root: Path) -> list[Path]:
     """Download one subset's parquet files into ``root`` (the hub layout); [] if the hub cannot serve it."""
-    if _hub_offline():
+    if hub_offline():
         return []
     try:
         from huggingface_hub import snapshot_download
