@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping
 
-from freeret.backbone import Backbone, ModelSpec
 from freeret.data.mmeb import locate
-from freeret.embed.layers import LayerSpec
 from freeret.errors import ConfigError
-from freeret.runner import load_model, run
+from freeret.runner import SharedModel, run
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +49,14 @@ def dataset_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
 def run_all(cfg: Mapping[str, Any], on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run the pipeline on every dataset of the run with one loaded model; returns the payloads."""
     datasets = dataset_configs(cfg)
-    backbone: Backbone | None = None
     for dataset in datasets:  # missing data fails in one line before a (possibly large) model loads
         if dataset.get("kind") == "mmeb_subset":
             locate(dataset)
-    if len(datasets) > 1:
-        backbone = load_model(ModelSpec.from_dict(cfg["model"]), LayerSpec.from_dict(cfg["layer"]))
+    shared = SharedModel()  # loaded once, by the first dataset, after that dataset's checks
     payloads = []
     for i, dataset in enumerate(datasets, 1):
         log.info("dataset %d/%d: %s", i, len(datasets), dataset.get("name"))
-        payload = run({**cfg, "dataset": dataset}, backbone=backbone)
+        payload = run({**cfg, "dataset": dataset}, shared)
         payloads.append(payload)
         if on_result:
             on_result(payload)

@@ -132,17 +132,16 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankC
     ]
 
 
-def load_model(spec: ModelSpec, layer: LayerSpec) -> Backbone:
-    """Resolve the checkpoint, check the layer index against its config, then load the weights."""
-    checkpoint = resolve_checkpoint(spec)
-    layer.resolve(count_layers(spec, checkpoint))  # fail on a bad layer index before loading weights
-    return load_backbone(spec, checkpoint)
+class SharedModel:
+    """The backbone a benchmark's datasets share: the first run that needs it loads it, after its own checks."""
+
+    backbone: Backbone | None = None
 
 
-def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, Any]:
+def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, Any]:
     """Run the configured pipeline on ``cfg['dataset']``; returns the payload also written to ``results/<dataset>.json``.
 
-    A ``backbone`` already loaded for the same ``cfg['model']`` is reused (benchmarks run many datasets).
+    With ``shared``, a backbone loaded by an earlier run of the same ``cfg['model']`` is reused (benchmarks).
     """
     start = time.perf_counter()
     spec = ModelSpec.from_dict(cfg["model"])
@@ -166,6 +165,7 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
 
+    backbone = shared.backbone if shared else None
     checkpoint = resolve_checkpoint(spec)
     # fail on a bad layer index before loading weights
     layer.resolve(count_layers(spec, checkpoint) if backbone is None else backbone.num_layers)
@@ -184,6 +184,8 @@ def run(cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, A
         raise DataError(f"{rset.name}: no row can be scored ({n_missed} failed); the reasons are in {run_dir / 'errors.jsonl'}")
     if backbone is None:
         backbone = load_backbone(spec, checkpoint)
+        if shared is not None:
+            shared.backbone = backbone
     scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
                          rerank_cfg.vision_cache_items) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
     logger = make_logger(cfg.get("logger"), run_dir)
