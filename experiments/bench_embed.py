@@ -4,12 +4,15 @@
     python experiments/bench_embed.py --model qwen2vl_2b_dims --layers 28 --items 32
 
 Paths, each over the same WordNet items (half definitions, half words) with the FreeRet prompts:
-- freeret: ``Backbone.embed`` at h^Attn_L on length-sorted batches (plan_batches), forward stopped at that point;
+- freeret: the pipeline's default: ``Backbone.embed`` at h^Attn_L on length-sorted batches (plan_batches),
+  forward stopped at that point, each batch's shared prompt prefix run once from a KV cache (``PrefixCache``);
+- freeret_noprefix: the same without the prefix cache (every prompt token run);
 - naive_item: one item per forward, ``model(**inputs, output_hidden_states=True)`` with full logits (E5-V style);
 - naive_batched: the same call on batches of the same size in a seeded random order (padded, unsorted).
 The naive loops read h^Attn_L with a non-stopping hook (it costs nothing), so embeddings compare at one point.
-Useful (non-pad) and padded tokens are counted per path. MFU = model FLOPs on useful tokens per second of the
-freeret path / a plain fp32 matmul rate measured in the same run (see ``flops_per_sequence`` for the formula).
+Useful (non-pad) and padded tokens are counted per path; for freeret, "useful" is the tokens actually run (each
+prefix once, then every suffix). MFU = model FLOPs of those tokens per second / a plain fp32 matmul rate measured
+in the same run (see ``flops_per_sequence``), reported for freeret and freeret_noprefix.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from _common import REPO, bar_chart, conf, save
 
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.capture import capture, run_until_captured
+from freeret.backbone.prefix import PrefixCache
 from freeret.data.datamodule import plan_batches
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item
@@ -43,19 +47,21 @@ def widths(bb: Backbone) -> dict[str, int]:
             "kv": kv * head_dim, "vocab": cfg.vocab_size}
 
 
-def flops_per_sequence(w: dict[str, int], s: int, early_exit: bool, head: bool) -> float:
-    """Forward FLOPs of one sequence of ``s`` useful tokens (multiply-add = 2 FLOPs; norms/activations ignored).
+def flops_per_sequence(w: dict[str, int], s: int, early_exit: bool, head: bool, start: int = 0) -> float:
+    """Forward FLOPs of ``s`` useful tokens at positions start+1..start+s (multiply-add = 2 FLOPs; norms and
+    activations ignored; ``start`` > 0 for a suffix that attends to ``start`` cached prefix tokens).
 
     Per token: 2 * (L * P_attn + L' * P_mlp) with P_attn = 2*d*q + 2*d*kv (q, o, k, v projections),
     P_mlp = 3*d*ff (gate, up, down) and L' = L-1 when the forward stops at h^Attn_L (else L); plus the
     LM head 2*d*V per token when ``head``. Causal attention: 4*q*p per layer for the token at position p
-    (scores and weighted sum), summed over p = 1..s: 2*q*s*(s+1) per layer.
+    (scores and weighted sum), summed over p = start+1..start+s: 2*q*((start+s)(start+s+1) - start(start+1)).
     """
     p_attn = 2 * w["d"] * w["q"] + 2 * w["d"] * w["kv"]
     p_mlp = 3 * w["d"] * w["ff"]
     mlp_layers = w["layers"] - 1 if early_exit else w["layers"]
     per_token = 2 * (w["layers"] * p_attn + mlp_layers * p_mlp) + (2 * w["d"] * w["vocab"] if head else 0)
-    return per_token * s + w["layers"] * 2 * w["q"] * s * (s + 1)
+    end = start + s
+    return per_token * s + w["layers"] * 2 * w["q"] * (end * (end + 1) - start * (start + 1))
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -79,7 +85,10 @@ def pick_items(n: int) -> list[Item]:
 
 
 class Paths:
-    """The three ways to embed the same items, each returning (embeddings, useful tokens, padded tokens)."""
+    """The ways to embed the same items, each returning (embeddings, useful tokens, padded tokens).
+
+    ``segments`` holds (first position, tokens) of every sequence the last freeret-family run computed.
+    """
 
     def __init__(self, bb: Backbone, items: list[Item], batch_size: int, seed: int = 0) -> None:
         prior = Prior.from_dict(conf("prior", "freeret"))
@@ -95,15 +104,23 @@ class Paths:
         return self.bb.inputs([self.prompts[i] for i in idx])
 
     @torch.no_grad()
-    def freeret(self) -> tuple[torch.Tensor, int, int]:
-        """Backbone.embed at h^Attn_L on length-sorted batches; the forward stops there."""
+    def freeret(self, prefix: bool = True) -> tuple[torch.Tensor, int, int]:
+        """Backbone.embed at h^Attn_L on length-sorted batches; the forward stops there; optional prefix cache."""
         out = torch.empty(len(self.items), self.bb.model.config.get_text_config().hidden_size)
+        cache = PrefixCache(self.bb.model) if prefix else None
+        if cache is not None:
+            cache.stats.record = True
         useful = total = 0
         for idx in self.sorted_batches:
             inputs = self._inputs(idx)
-            out[idx] = self.bb.embed(inputs, ATTN_LAST)
+            out[idx] = self.bb.embed(inputs, ATTN_LAST, cache)
             useful, total = useful + int(inputs["attention_mask"].sum()), total + inputs["attention_mask"].numel()
-        return out, useful, total - useful
+        padded = total - useful
+        if cache is None:
+            self.segments = [(0, n) for n in self.lengths]
+            return out, useful, padded
+        self.segments = cache.stats.segments
+        return out, sum(n for _, n in self.segments), cache.stats.suffix_padding
 
     @torch.no_grad()
     def naive(self, batches: list[list[int]]) -> tuple[torch.Tensor, int, int]:
@@ -121,8 +138,8 @@ class Paths:
 
     def run(self, name: str) -> tuple[torch.Tensor, int, int]:
         """Run one path by name."""
-        if name == "freeret":
-            return self.freeret()
+        if name in ("freeret", "freeret_noprefix"):
+            return self.freeret(prefix=name == "freeret")
         if name == "naive_item":
             return self.naive([[i] for i in range(len(self.items))])
         return self.naive(self.random_batches)
@@ -135,7 +152,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; each path's best round is kept")
-    ap.add_argument("--paths", nargs="+", default=["freeret", "naive_batched", "naive_item"])
+    ap.add_argument("--paths", nargs="+", default=["freeret", "freeret_noprefix", "naive_batched", "naive_item"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -158,9 +175,9 @@ def main() -> None:
             secs = time.perf_counter() - t
             best[name] = min(best.get(name, float("inf")), secs)
             counts[name], embs[name] = (useful, padded), emb
-            if name == "freeret":
-                flops = sum(flops_per_sequence(w, s, early_exit=True, head=False) for s in paths.lengths)
-                mfu_rounds.append({"round": r, "matmul_gflops": ref, "model_gflops": flops / secs / 1e9,
+            if name.startswith("freeret"):
+                flops = sum(flops_per_sequence(w, n, early_exit=True, head=False, start=s0) for s0, n in paths.segments)
+                mfu_rounds.append({"path": name, "round": r, "matmul_gflops": ref, "model_gflops": flops / secs / 1e9,
                                    "mfu": flops / secs / 1e9 / ref})
             print(f"round {r} {name}: {secs:.2f} s, {len(paths.items) / secs:.2f} items/s "
                   f"(useful {useful} / padded {padded} tokens); matmul {ref:.1f} GFLOP/s", flush=True)
@@ -177,14 +194,14 @@ def main() -> None:
             c = torch.nn.functional.cosine_similarity(embs["freeret"], emb, dim=1)
             cos[f"freeret_vs_{name}"] = {"min": float(c.min()), "mean": float(c.mean())}
     speedups = {f"vs_{k}": best[k] / best["freeret"] for k in best if k != "freeret" and "freeret" in best}
-    mfu = max(mfu_rounds, key=lambda m: m["mfu"]) if mfu_rounds else None
+    mfu = {p: max((m for m in mfu_rounds if m["path"] == p), key=lambda m: m["mfu"])
+           for p in dict.fromkeys(m["path"] for m in mfu_rounds)}
     for k, v in speedups.items():
         print(f"freeret {k}: x{v:.2f}")
     for k, v in cos.items():
         print(f"cos {k}: min {v['min']:.6f}")
-    if mfu:
-        print(f"MFU (useful tokens, freeret path): {mfu['mfu']:.1%} = {mfu['model_gflops']:.1f} / "
-              f"{mfu['matmul_gflops']:.1f} GFLOP/s")
+    for p, m in mfu.items():
+        print(f"MFU ({p}, tokens run): {m['mfu']:.1%} = {m['model_gflops']:.1f} / {m['matmul_gflops']:.1f} GFLOP/s")
     save(out, {"model": bb.metadata(), "widths": w, "items": n, "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "mean_prompt_tokens": sum(paths.lengths) / n,
                "results": results, "speedup": speedups, "cosine": cos, "mfu": mfu, "mfu_rounds": mfu_rounds,

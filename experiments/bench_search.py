@@ -1,6 +1,8 @@
-"""Search: exact torch top-k vs faiss IndexFlatIP vs faiss IVF (an nprobe sweep) on random unit vectors, same run.
+"""Search: exact torch top-k vs faiss IndexFlatIP vs faiss IVF (an nprobe sweep) and optionally HNSW (an efSearch
+sweep) on random unit vectors, same run.
 
     python experiments/bench_search.py --n 1000000 --dims 576 1536 --data uniform clustered
+    python experiments/bench_search.py --n 1000000 --dims 576 --data clustered --hnsw --threads 2
 Prints queries/s of each, the speed-up over exact torch, and recall@k against the exact top-k; writes JSON + plot.
 "uniform" = i.i.d. Gaussian directions (the hardest case for any ANN index); "clustered" = a Gaussian mixture
 (unit centres + noise, then normalised), closer to real embeddings, which are far from uniform.
@@ -95,10 +97,39 @@ def bench_one(n: int, dim: int, kind: str, args: argparse.Namespace) -> dict:
                   "sweep": sweep, "best_at_target": best, "target_recall": args.target_recall}
     line += (f" | ivf nprobe={best['nprobe']} {best['qps']:.0f} q/s (x{best['speedup_vs_exact']:.1f}, "
              f"recall {best[f'recall@{k}']:.4f})" if best else f" | ivf never reached recall {args.target_recall}")
+    del ivf
+    gc.collect()
+    if args.hnsw:
+        rec["hnsw"] = bench_hnsw(base, queries, truth, exact_s, args)
+        best = rec["hnsw"]["best_at_target"]
+        line += (f" | hnsw ef={best['ef_search']} {best['qps']:.0f} q/s (x{best['speedup_vs_exact']:.1f}, "
+                 f"recall {best[f'recall@{k}']:.4f})" if best else f" | hnsw never reached recall {args.target_recall}")
     print(line, flush=True)
-    del ivf, base, base_t
+    del base, base_t
     gc.collect()
     return rec
+
+
+def bench_hnsw(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, exact_s: float, args: argparse.Namespace) -> dict:
+    """faiss HNSW (graph index): build once, then an efSearch sweep; speed-up and recall against exact torch."""
+    k = args.k
+    t = time.perf_counter()
+    index = build_index(base, "hnsw", hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)
+    build_s = time.perf_counter() - t
+    print(f"  hnsw M={args.hnsw_m} efConstruction={args.ef_construction}: built in {build_s:.0f} s", flush=True)
+    sweep = []
+    for ef in args.ef_search:
+        index.set_search_params(ef_search=ef)
+        s, (_, ids) = timed(lambda: index.search(queries, k), args.repeats)
+        sweep.append({"ef_search": ef, "seconds": s, "qps": args.queries / s, "speedup_vs_exact": exact_s / s,
+                      f"recall@{k}": recall_at_k(ids, truth)})
+        print(f"  hnsw efSearch={ef}: {args.queries / s:.0f} q/s (x{exact_s / s:.1f}) "
+              f"recall@{k} {sweep[-1][f'recall@{k}']:.4f}", flush=True)
+    good = [r for r in sweep if r[f"recall@{k}"] >= args.target_recall]
+    del index
+    gc.collect()
+    return {"m": args.hnsw_m, "ef_construction": args.ef_construction, "build_s": build_s, "sweep": sweep,
+            "best_at_target": max(good, key=lambda r: r["qps"]) if good else None, "target_recall": args.target_recall}
 
 
 def plot(out: Path, cases: list[dict], k: int) -> None:
@@ -114,6 +145,10 @@ def plot(out: Path, cases: list[dict], k: int) -> None:
         label = f"ivf d={c['dim']} {c['data']}"
         ax.plot([r["speedup_vs_exact"] for r in sweep], [r[f"recall@{k}"] for r in sweep], "o-", ms=3, label=label)
         ax.plot([c["flat"]["speedup_vs_exact"]], [c["flat"][f"recall@{k}"]], "k^", ms=5)
+        if "hnsw" in c:
+            hs = c["hnsw"]["sweep"]
+            ax.plot([r["speedup_vs_exact"] for r in hs], [r[f"recall@{k}"] for r in hs], "s--", ms=3,
+                    label=f"hnsw d={c['dim']} {c['data']}")
     ax.axhline(0.99, color="grey", ls="--", lw=1)
     ax.axvline(10, color="grey", ls=":", lw=1)
     ax.set_xscale("log")
@@ -140,6 +175,10 @@ def main() -> None:
     ap.add_argument("--centres", type=int, default=1024, help="mixture components of the clustered data")
     ap.add_argument("--noise", type=float, default=1.5, help="noise norm relative to the unit centre")
     ap.add_argument("--target-recall", type=float, default=0.99)
+    ap.add_argument("--hnsw", action="store_true", help="also build and sweep an HNSW index (slow to build at 1M)")
+    ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=80)
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "search.json")
     args = ap.parse_args()

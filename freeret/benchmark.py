@@ -11,6 +11,7 @@ import logging
 from typing import Any, Callable, Mapping
 
 from freeret.data.mmeb import locate
+from freeret.distributed import is_main
 from freeret.errors import ConfigError
 from freeret.runner import SharedModel, run
 
@@ -58,6 +59,6 @@ def run_all(cfg: Mapping[str, Any], on_result: Callable[[dict[str, Any]], None] 
         log.info("dataset %d/%d: %s", i, len(datasets), dataset.get("name"))
         payload = run({**cfg, "dataset": dataset}, shared)
         payloads.append(payload)
-        if on_result:
+        if on_result and is_main():
             on_result(payload)
     return payloads

@@ -47,8 +47,12 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def vector_signature(backbone: Backbone, layer: LayerSpec, checkpoint: str | None = None) -> dict[str, Any]:
-    """Everything besides the item that shapes a vector (the prompt, hence the prior, is in the item key)."""
+def vector_signature(backbone: Backbone, layer: LayerSpec, checkpoint: str | None = None,
+                     prefix_cache: bool = False) -> dict[str, Any]:
+    """Everything besides the item that shapes a vector (the prompt, hence the prior, is in the item key).
+
+    ``prefix_cache`` (shared-prompt KV reuse) moves vectors only by float rounding, but a store holds one path's.
+    """
     meta = backbone.metadata()
     return {
         "format": FORMAT,
@@ -57,6 +61,7 @@ def vector_signature(backbone: Backbone, layer: LayerSpec, checkpoint: str | Non
         "weights": _weights_fingerprint(checkpoint or meta.get("path")),
         "layer": {"point": layer.point, "index": layer.resolve(backbone.num_layers),
                   "apply_final_norm": layer.apply_final_norm},
+        "prefix_cache": prefix_cache,
         "code": code_fingerprint(),
         "transformers": _version("transformers"),
         "torch": _version("torch"),

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from freeret.backbone.backbone import Backbone
+from freeret.backbone.prefix import PrefixCache
 from freeret.data.datamodule import ItemDataModule, PlannedBatches, plan_batches
 from freeret.embed.layers import LayerSpec
 from freeret.retrieve.store import shard_name, write_shard
@@ -20,13 +21,13 @@ from freeret.retrieve.store import shard_name, write_shard
 class EmbedModule(L.LightningModule):
     """``predict_step`` runs the backbone to the chosen sub-layer and pools the last token."""
 
-    def __init__(self, backbone: Backbone, layer: LayerSpec) -> None:
+    def __init__(self, backbone: Backbone, layer: LayerSpec, prefix: PrefixCache | None = None) -> None:
         super().__init__()
-        self.backbone, self.layer = backbone, layer
+        self.backbone, self.layer, self.prefix = backbone, layer, prefix
         self.model = backbone.model  # registered so Lightning moves it to the device
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        return {"keys": batch["keys"], "embeddings": self.backbone.embed(batch["inputs"], self.layer)}
+        return {"keys": batch["keys"], "embeddings": self.backbone.embed(batch["inputs"], self.layer, self.prefix)}
 
 
 class BufferedShardWriter(BasePredictionWriter):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,14 +29,16 @@ from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError
 from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, METRICS, TIE_RULE, retrieval_metrics
+from freeret.distributed import barrier, is_main
 from freeret.eval.results import environment, write_json
+from freeret.backbone.prefix import PrefixCache
 from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, pending_batches
 from freeret.preflight import check_framing, context_length, load_text_side, text_budget
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
-from freeret.rerank.stage import (RerankConfig, RerankModule, RerankWriter, fused_ranking, pending_groups, read_rerank,
-                                  rerank_loader, rerank_signature, top_k_groups)
+from freeret.rerank.stage import (RankedGroups, RerankConfig, RerankModule, RerankWriter, fused_ranking, pending_groups,
+                                  read_rerank, rerank_signature, top_k_groups)
 from freeret.retrieve.scoring import score_store
 from freeret.retrieve.store import ShardStore
 
@@ -78,9 +79,11 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
     cosine scores streamed from the shards. ``stats`` (if given) receives how many items were computed/reused."""
     embed_cfg = cfg.get("embed") or {}
     collate = PromptCollator(backbone, prior, rset.name)
-    signature = vector_signature(backbone, layer, _checkpoint_path(backbone.spec))
+    prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
+    signature = vector_signature(backbone, layer, _checkpoint_path(backbone.spec), prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
     key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in rset.items.values()}
+    barrier()  # in a multi-process run every rank sees the same finished shards, hence plans the same batches
     store = ShardStore(folder).scan(want=key_of.values())
     dropped = len(store.dropped)
     unique: dict[str, Item] = {}  # one item per vector key (the same bytes under two paths are one vector)
@@ -90,20 +93,17 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
     batch_size = int(embed_cfg.get("batch_size", 32))
     computed = sum(len(b) for b in pending_batches(items, batch_size, store.index))
     if computed:
-        trainer_cfg = cfg.get("trainer") or {}
-        if str(trainer_cfg.get("strategy", "")).startswith("ddp") and (cfg.get("pipeline") or {}).get("name", "embed") != "embed":
-            raise ConfigError("trainer=ddp runs the embedding stage only (pipeline=embed); rerank runs in one process")
         datamodule = RankedItemDataModule(items, collate, batch_size=batch_size,
                                           num_workers=int(embed_cfg.get("num_workers", 0)), done=set(store.index))
         writer = EmbeddingWriter(folder, shard_size=int(embed_cfg.get("shard_size", 4096)))
         trainer = make_trainer(cfg, writer)
-        trainer.predict(EmbedModule(backbone, layer), datamodule=datamodule, return_predictions=False)
-        if trainer.world_size > 1:
-            trainer.strategy.barrier()  # every rank's shards are on disk before rank 0 reads them
-            if trainer.global_rank != 0:
-                sys.exit(0)  # DDP worker: its share is written; rank 0 merges, scores and reports
+        trainer.predict(EmbedModule(backbone, layer, prefix), datamodule=datamodule, return_predictions=False)
+        barrier()  # every rank's shards are on disk before any rank reads them
         store.scan(want=key_of.values())
     if stats is not None:
+        if prefix is not None:
+            stats.update(embed_prefix_tokens_skipped=prefix.stats.tokens_skipped,
+                         embed_prefix_forwards=prefix.stats.prefix_forwards)
         stats.update(embed_items_computed=computed, embed_items_reused=len(items) - computed,
                      embed_shards_dropped=dropped, embed_store=str(folder))
     return score_store(rset.rows, store, key_of)
@@ -118,10 +118,12 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankC
     """
     out_dir = run_dir / "rerank" / rset.name / rerank_signature(scorer, rset.name)
     groups = top_k_groups(rset, embed_scores, rerank_cfg.top_k)
+    barrier()
     todo = pending_groups(groups, read_rerank(out_dir))
     if todo:
         writer = RerankWriter(out_dir, int((cfg.get("pipeline") or {}).get("shard_size", 256)))
-        make_trainer(cfg, writer).predict(RerankModule(scorer), dataloaders=rerank_loader(todo), return_predictions=False)
+        make_trainer(cfg, writer).predict(RerankModule(scorer), datamodule=RankedGroups(todo), return_predictions=False)
+        barrier()
     if stats is not None:
         stats.update(rerank_rows_computed=len(todo), rerank_rows_reused=len(groups) - len(todo))
     records = read_rerank(out_dir)
@@ -177,7 +179,8 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     budget = text_budget(side, prior, rset.name, context_length(spec, checkpoint, side),
                          any(it.image for it in rset.items.values()))
     report = check_set(rset, bool(cfg.get("strict", False)), None, side.count_tokens, side.cut_tokens, budget)
-    report.write(run_dir, rset.name)
+    if is_main():
+        report.write(run_dir, rset.name)
     rset, missed = usable_rows(rset, report.failed_items)
     n_missed = len(missed) + report.bad_rows
     if not rset.rows:
@@ -188,7 +191,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
             shared.backbone = backbone
     scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
                          rerank_cfg.vision_cache_items) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
-    logger = make_logger(cfg.get("logger"), run_dir)
+    logger = make_logger(cfg.get("logger"), run_dir) if is_main() else None
 
     timing: dict[str, float] = {}
     t = time.perf_counter()
@@ -203,7 +206,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
         timing["rerank_seconds"] = time.perf_counter() - t
         metrics["rerank"] = fold_misses(retrieval_metrics(final_scores, n_positives), len(rset.rows), n_missed)
     extra: dict[str, Any] = {}
-    if pipeline == "rag":
+    if pipeline == "rag" and is_main():  # generation is not split across ranks
         t = time.perf_counter()
         extra["rag"] = answer_stage(cfg, backbone, rset, final_scores, run_dir)
         timing["rag_seconds"] = time.perf_counter() - t
@@ -236,7 +239,8 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
         "config": dict(cfg),
         **extra,
     }
-    write_json(run_dir / "results" / f"{rset.name}.json", payload)
+    if is_main():
+        write_json(run_dir / "results" / f"{rset.name}.json", payload)
     if logger is not None:
         logger.log_hyperparams(dict(cfg))
         logger.log_metrics({f"{rset.name}/{stage}/{k}": v for stage, m in metrics.items() for k, v in m.items()})

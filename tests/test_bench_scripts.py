@@ -22,20 +22,25 @@ def _run(script: str, out: Path, *args: str) -> dict:
 def test_bench_search_small(tmp_path):
     pytest.importorskip("faiss")
     res = _run("bench_search.py", tmp_path / "s.json", "--n", "5000", "--dims", "32", "--queries", "16",
-               "--nlist", "16", "--nprobe", "2", "16", "--train-size", "1000", "--repeats", "1")
+               "--nlist", "16", "--nprobe", "2", "16", "--train-size", "1000", "--repeats", "1",
+               "--hnsw", "--hnsw-m", "8", "--ef-construction", "40", "--ef-search", "8", "2000")
     assert "environment" in res
     for case in res["cases"]:
         assert case["flat"]["recall@50"] == pytest.approx(1.0)
         assert case["ivf"]["sweep"][-1]["recall@50"] == pytest.approx(1.0)  # nprobe = nlist: exhaustive
+        hnsw = [r["recall@50"] for r in case["hnsw"]["sweep"]]
+        assert hnsw[0] < hnsw[-1] and hnsw[-1] > 0.95  # a wider beam finds more of the true neighbours
 
 
 @pytest.mark.slow
 def test_bench_embed_small(tmp_path):
     res = _run("bench_embed.py", tmp_path / "e.json", "--items", "6", "--batch-size", "3", "--repeats", "1")
-    assert set(res["results"]) == {"freeret", "naive_batched", "naive_item"}
+    assert set(res["results"]) == {"freeret", "freeret_noprefix", "naive_batched", "naive_item"}
     assert res["results"]["naive_item"]["padded_tokens"] == 0
+    # the prefix cache runs fewer tokens than the prompts hold
+    assert res["results"]["freeret"]["useful_tokens"] < res["results"]["freeret_noprefix"]["useful_tokens"]
     assert all(c["min"] >= 0.9999 for c in res["cosine"].values())
-    assert res["mfu"]["mfu"] > 0
+    assert set(res["mfu"]) == {"freeret", "freeret_noprefix"} and res["mfu"]["freeret"]["mfu"] > 0
 
 
 @pytest.mark.slow

@@ -117,6 +117,35 @@ def test_ddp_two_cpu_processes_write_rank_shards_that_merge(tmp_path, reference)
     assert multi == single  # same batches, same vectors, same scores and metrics
 
 
+SUITE = ["suite=wordnet_meta", "benchmark.only=[wordnet_cls_lexname,wordnet_ret_def2lemma]", "benchmark.limit=4",
+         "model=tiny_qwen2vl", "pipeline=two_stage", "pipeline.top_k=3", "embed.cache=false", "embed.batch_size=8",
+         "embed.shard_size=8", "pipeline.shard_size=1", *QUIET]
+
+
+def test_ddp_runs_a_two_stage_suite_like_one_process(tmp_path):
+    """trainer=ddp over a two-dataset suite with reranking: every rank embeds and reranks its share of every
+    dataset, rank 0 alone writes results, and they equal the single-process run's."""
+    runs = {}
+    for name, extra in (("single", []), ("ddp", ["trainer=ddp"])):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        proc = start(run_dir, [*SUITE, *extra])
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        runs[name] = run_dir
+        assert out.count("rerank") == 2  # one summary line per dataset, printed once (by rank 0)
+    for dataset in ("wordnet_cls_lexname", "wordnet_ret_def2lemma"):
+        ddp = runs["ddp"]
+        for pattern in (f"embeddings/{dataset}/*/rank{{r}}-*.safetensors", f"rerank/{dataset}/*/rank{{r}}-*.jsonl"):
+            assert all(list(ddp.glob(pattern.format(r=r))) for r in (0, 1)), pattern  # both ranks worked
+        rows = [json.loads(line)["row"] for p in ddp.glob(f"rerank/{dataset}/*/*.jsonl") for line in p.read_text().splitlines()]
+        assert len(rows) == len(set(rows)) == 4  # each row reranked once, by one rank
+        single, multi = (comparable(json.loads((runs[n] / "results" / f"{dataset}.json").read_text())) for n in ("single", "ddp"))
+        for payload in (single, multi):
+            payload["config"].pop("trainer"), payload["environment"].pop("cpu_threads")
+        assert multi == single
+
+
 def test_slurm_launcher_config_composes_for_a_sweep():
     """The README's cluster command: hydra/launcher=slurm resolves to submitit's SLURM launcher."""
     from hydra import compose as hydra_compose

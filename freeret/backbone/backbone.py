@@ -15,6 +15,7 @@ from freeret.embed.layers import LayerSpec
 
 if TYPE_CHECKING:
     from freeret.backbone.loading import ModelSpec
+    from freeret.backbone.prefix import PrefixCache
 
 
 @dataclass
@@ -64,12 +65,19 @@ class Backbone:
             run_until_captured(self.model, **inputs, use_cache=False, logits_to_keep=1)
         return captured
 
-    def embed(self, inputs: dict[str, torch.Tensor], spec: LayerSpec) -> torch.Tensor:
-        """Last-token embeddings (batch, hidden) in fp32 at ``spec``; needs left padding."""
+    def embed(self, inputs: dict[str, torch.Tensor], spec: LayerSpec, prefix: "PrefixCache | None" = None) -> torch.Tensor:
+        """Last-token embeddings (batch, hidden) in fp32 at ``spec``; needs left padding.
+
+        With ``prefix``, a text batch runs its shared prompt prefix once from a KV cache (same vectors, fewer tokens).
+        """
         mask = inputs["attention_mask"]
         if not bool(mask[:, -1].all()):
             raise ValueError("last-token pooling needs left padding: the last position of a row is padding")
-        hidden = self.hidden_states(inputs, [spec])[spec][:, -1]
+        hidden = None
+        if prefix is not None and prefix.applies(inputs):
+            hidden = prefix.hidden_at_last({k: v.to(self.device) for k, v in inputs.items()}, spec)
+        if hidden is None:
+            hidden = self.hidden_states(inputs, [spec])[spec][:, -1]
         if spec.apply_final_norm and spec.point != "final_norm":
             hidden = self.final_norm(hidden)
         return hidden.float()

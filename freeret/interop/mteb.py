@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from freeret.backbone import Backbone, ModelSpec, load_backbone
+from freeret.backbone.prefix import PrefixCache
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 
@@ -25,8 +26,10 @@ from freeret.embed.priors import Prior
 class FreeRetEncoder:
     """Encodes mteb batches with a FreeRet backbone, sub-layer and prior."""
 
-    def __init__(self, backbone: Backbone, layer: LayerSpec, prior: Prior, dataset: str | None = None) -> None:
+    def __init__(self, backbone: Backbone, layer: LayerSpec, prior: Prior, dataset: str | None = None,
+                 prefix_cache: bool = True) -> None:
         self.backbone, self.layer, self.prior, self.dataset = backbone, layer, prior, dataset
+        self.prefix = PrefixCache(backbone.model) if prefix_cache else None
         self.mteb_model_meta = None  # mteb then names results after the model's class; similarity is ours
 
     @classmethod
@@ -52,7 +55,7 @@ class FreeRetEncoder:
                                  n_images=len(images[i]) if images else 0)
             for i, text in enumerate(texts)
         ]
-        return self.backbone.embed(self.backbone.inputs(prompts, images), self.layer).float().cpu()
+        return self.backbone.embed(self.backbone.inputs(prompts, images), self.layer, self.prefix).float().cpu()
 
     def encode(self, inputs: Iterable[Mapping[str, Any]], *, task_metadata: Any = None, hf_split: str = "",
                hf_subset: str = "", prompt_type: Any = None, **kwargs: Any) -> np.ndarray:

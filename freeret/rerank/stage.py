@@ -86,6 +86,19 @@ def rerank_loader(groups: list[dict[str, Any]]) -> DataLoader:
     return DataLoader(groups, batch_size=None, collate_fn=lambda group: group)  # type: ignore[arg-type]
 
 
+class RankedGroups(L.LightningDataModule):
+    """Pending query groups split across ranks (every ``world_size``-th); the same list on every rank."""
+
+    def __init__(self, groups: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def predict_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return rerank_loader(self.groups[rank::world])
+
+
 class RerankWriter(BufferedShardWriter):
     """Each row's option probabilities as JSONL shards of ``shard_size`` rows, named by their row ids."""
 
@@ -120,7 +133,7 @@ def read_rerank(out_dir: Path) -> dict[str, dict[str, Any]]:
                 raise ValueError("missing fields")
         except (ValueError, UnicodeDecodeError) as exc:
             log.warning("dropping unreadable rerank shard %s (%s); its rows are scored again", shard.name, exc)
-            shard.unlink()
+            shard.unlink(missing_ok=True)  # another rank may have dropped it first
             continue
         rows.update((rec["row"], rec) for rec in records)
     return rows

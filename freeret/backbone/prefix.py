@@ -1,0 +1,130 @@
+"""Shared-prefix KV cache for stage-1 embedding of text prompts.
+
+Every prompt of a batch starts with the same tokens (system turn, prior instruction up to the item), so
+those tokens run once into a KV cache; each item then runs only its own suffix (item text and the prompt's
+tail), right-padded with explicit positions, and is pooled at its last real token. The vectors equal the
+plain left-padded forward up to float rounding (tested). Batches with images take the plain path.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from freeret.backbone.capture import capture, decoder_parts, run_until_captured
+from freeret.embed.layers import LayerSpec
+
+TEXT_KEYS = frozenset({"input_ids", "attention_mask", "position_ids"})
+TOKEN_TYPE_KEYS = frozenset({"mm_token_type_ids", "token_type_ids"})  # all zeros when a batch holds no image
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every row."""
+    first, n = rows[0], min(len(r) for r in rows)
+    for other in rows[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
+
+
+@dataclass
+class PrefixStats:
+    """What the cache saved: tokens run, tokens skipped, prefix forwards.
+
+    With ``record``, ``segments`` lists (first position, tokens) of every sequence run, for FLOP counts.
+    """
+
+    prefix_forwards: int = 0
+    prefix_tokens_run: int = 0
+    suffix_tokens_run: int = 0
+    suffix_padding: int = 0
+    tokens_skipped: int = 0
+    plain_batches: int = 0
+    record: bool = False
+    segments: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class PrefixCache:
+    """Runs text batches as (cached common prefix) + (right-padded suffixes); see the module docstring.
+
+    ``min_prefix`` tokens must be shared before a batch takes this path; ``capacity`` distinct prefixes
+    (one per role x dataset, typically) are kept, least recently used dropped first.
+    """
+
+    model: nn.Module
+    min_prefix: int = 8
+    capacity: int = 8
+    stats: PrefixStats = field(default_factory=PrefixStats)
+    _entries: "OrderedDict[tuple[tuple[int, ...], LayerSpec], list[tuple[Any, Any]]]" = field(
+        default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self.decoder, self.layers, self.norm = decoder_parts(self.model)
+        self.config = self.model.config.get_text_config(decoder=True)
+
+    def applies(self, inputs: dict[str, Any]) -> bool:
+        """True for text-only batches: no pixels, and token types (if any) all text."""
+        extra = set(inputs) - TEXT_KEYS
+        return extra <= TOKEN_TYPE_KEYS and not any(bool(inputs[k].any()) for k in extra)
+
+    def _kv(self, prefix: tuple[int, ...], spec: LayerSpec, device: torch.device) -> list[tuple[Any, Any]]:
+        key = (prefix, spec)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        ids = torch.tensor([prefix], device=device)
+        cache = DynamicCache(config=self.config)
+        with capture(self.layers, self.norm, [spec]):  # layers past the pooled point are never needed
+            run_until_captured(self.decoder, input_ids=ids, attention_mask=torch.ones_like(ids),
+                               position_ids=torch.arange(len(prefix), device=device)[None], past_key_values=cache,
+                               use_cache=True)
+        kv = [(layer.keys, layer.values) if layer.is_initialized else (None, None) for layer in cache.layers]
+        self._entries[key] = kv
+        self.stats.prefix_forwards += 1
+        self.stats.prefix_tokens_run += len(prefix)
+        if self.stats.record:
+            self.stats.segments.append((0, len(prefix)))
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return kv
+
+    @torch.no_grad()
+    def hidden_at_last(self, inputs: dict[str, torch.Tensor], spec: LayerSpec) -> torch.Tensor | None:
+        """(batch, hidden) at ``spec`` for each row's last real token, or None when the batch shares too little."""
+        mask = inputs["attention_mask"].bool()
+        rows = [ids[m].tolist() for ids, m in zip(inputs["input_ids"], mask)]
+        n_prefix = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)  # the last token stays a suffix
+        if n_prefix < self.min_prefix:
+            self.stats.plain_batches += 1
+            if self.stats.record:
+                self.stats.segments.extend((0, len(r)) for r in rows)
+            return None
+        device = inputs["input_ids"].device
+        kv = self._kv(tuple(rows[0][:n_prefix]), spec, device)
+        suffixes = [r[n_prefix:] for r in rows]
+        n, width = len(rows), max(len(s) for s in suffixes)
+        ids = torch.full((n, width), 0, dtype=torch.long, device=device)
+        suffix_mask = torch.zeros((n, width), dtype=torch.long, device=device)
+        for i, s in enumerate(suffixes):
+            ids[i, : len(s)] = torch.tensor(s, device=device)
+            suffix_mask[i, : len(s)] = 1
+        cache = DynamicCache(ddp_cache_data=[(k.expand(n, *k.shape[1:]) if k is not None else None,
+                                              v.expand(n, *v.shape[1:]) if v is not None else None) for k, v in kv],
+                             config=self.config)
+        positions = torch.arange(n_prefix, n_prefix + width, device=device).expand(n, width)
+        with capture(self.layers, self.norm, [spec]) as got:
+            run_until_captured(self.decoder, input_ids=ids,
+                               attention_mask=torch.cat([suffix_mask.new_ones(n, n_prefix), suffix_mask], dim=1),
+                               position_ids=positions, past_key_values=cache, use_cache=True)
+        lengths = suffix_mask.sum(1)
+        self.stats.suffix_tokens_run += int(lengths.sum())
+        self.stats.suffix_padding += n * width - int(lengths.sum())
+        self.stats.tokens_skipped += n_prefix * (n - 1)
+        if self.stats.record:
+            self.stats.segments.extend((n_prefix, int(k)) for k in lengths)
+        return got[spec][torch.arange(n, device=device), lengths - 1]
