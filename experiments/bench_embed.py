@@ -2,6 +2,7 @@
 
     python experiments/bench_embed.py --model smollm2_135m --items 128
     python experiments/bench_embed.py --model qwen2vl_2b_dims --layers 28 --items 32
+    python experiments/bench_embed.py --model qwen2vl_2b_dims --layers 28 --items 512 --device cuda   # on a GPU
 
 Paths, each over the same WordNet items (half definitions, half words) with the FreeRet prompts:
 - freeret: the pipeline's default: ``Backbone.embed`` at h^Attn_L on length-sorted batches (plan_batches),
@@ -64,14 +65,22 @@ def flops_per_sequence(w: dict[str, int], s: int, early_exit: bool, head: bool, 
     return per_token * s + w["layers"] * 2 * w["q"] * (end * (end + 1) - start * (start + 1))
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 GFLOP/s of an n x n x n torch.mm (the reference for MFU)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall times cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n x n x n torch.mm on ``device`` (the reference for MFU)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
+    sync(device)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
@@ -101,7 +110,7 @@ class Paths:
         self.lengths = [len(bb.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in self.prompts]
 
     def _inputs(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        return self.bb.inputs([self.prompts[i] for i in idx])
+        return {k: v.to(self.bb.device) for k, v in self.bb.inputs([self.prompts[i] for i in idx]).items()}
 
     @torch.no_grad()
     def freeret(self, prefix: bool = True) -> tuple[torch.Tensor, int, int]:
@@ -113,7 +122,7 @@ class Paths:
         useful = total = 0
         for idx in self.sorted_batches:
             inputs = self._inputs(idx)
-            out[idx] = self.bb.embed(inputs, ATTN_LAST, cache)
+            out[idx] = self.bb.embed(inputs, ATTN_LAST, cache).cpu()
             useful, total = useful + int(inputs["attention_mask"].sum()), total + inputs["attention_mask"].numel()
         padded = total - useful
         if cache is None:
@@ -132,7 +141,7 @@ class Paths:
             with capture(self.bb.layers, self.bb.final_norm, [ATTN_LAST], stop=False) as got:
                 result = run_until_captured(self.bb.model, **inputs, output_hidden_states=True)
             assert result.logits.shape[1] == inputs["input_ids"].shape[1]  # full logits, every position
-            out[idx] = got[ATTN_LAST][:, -1].float()
+            out[idx] = got[ATTN_LAST][:, -1].float().cpu()
             useful, total = useful + int(inputs["attention_mask"].sum()), total + inputs["attention_mask"].numel()
         return out, useful, total - useful
 
@@ -154,12 +163,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; each path's best round is kept")
     ap.add_argument("--paths", nargs="+", default=["freeret", "freeret_noprefix", "naive_batched", "naive_item"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (fp32 on the GPU; MFU against the GPU's fp32 matmul)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     out = args.out or REPO / "outputs" / "bench" / f"embed_{args.model}.json"
 
     bb = load(args.model, args.layers)
+    bb.model.to(device)
     w = widths(bb)
     paths = Paths(bb, pick_items(args.items), args.batch_size)
     paths.run("freeret") if len(paths.items) > 4 else None  # warm-up
@@ -168,7 +180,7 @@ def main() -> None:
     embs: dict[str, torch.Tensor] = {}
     mfu_rounds = []
     for r in range(args.repeats):
-        ref = matmul_gflops()
+        ref = matmul_gflops(device)
         for name in args.paths:
             t = time.perf_counter()
             emb, useful, padded = paths.run(name)
@@ -181,7 +193,7 @@ def main() -> None:
                                    "mfu": flops / secs / 1e9 / ref})
             print(f"round {r} {name}: {secs:.2f} s, {len(paths.items) / secs:.2f} items/s "
                   f"(useful {useful} / padded {padded} tokens); matmul {ref:.1f} GFLOP/s", flush=True)
-        ref_after = matmul_gflops()
+        ref_after = matmul_gflops(device)
         for m in mfu_rounds:
             if m["round"] == r:
                 m["matmul_gflops_after"] = ref_after
@@ -202,12 +214,14 @@ def main() -> None:
         print(f"cos {k}: min {v['min']:.6f}")
     for p, m in mfu.items():
         print(f"MFU ({p}, tokens run): {m['mfu']:.1%} = {m['model_gflops']:.1f} / {m['matmul_gflops']:.1f} GFLOP/s")
-    save(out, {"model": bb.metadata(), "widths": w, "items": n, "batch_size": args.batch_size,
+    save(out, {"model": bb.metadata(), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+               "widths": w, "items": n, "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "mean_prompt_tokens": sum(paths.lengths) / n,
                "results": results, "speedup": speedups, "cosine": cos, "mfu": mfu, "mfu_rounds": mfu_rounds,
                "flop_formula": flops_per_sequence.__doc__})
     bar_chart(out, list(results), {"items / s": [results[k]["items_per_s"] for k in results]}, "items / second",
-              f"Embedding throughput, {bb.spec.name}, {torch.get_num_threads()} CPU threads")
+              f"Embedding throughput, {bb.spec.name}, " + (f"{torch.get_num_threads()} CPU threads" if device.type == "cpu"
+                                                            else torch.cuda.get_device_name(device)))
 
 
 if __name__ == "__main__":
