@@ -120,7 +120,7 @@ def bench_hnsw(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, exact_s
     sweep = []
     for ef in args.ef_search:
         index.set_search_params(ef_search=ef)
-        s, (_, ids) = timed(lambda: index.search(queries, k), args.repeats)
+        s, (_, ids) = timed(lambda hnsw=index: hnsw.search(queries, k), args.repeats)
         sweep.append({"ef_search": ef, "seconds": s, "qps": args.queries / s, "speedup_vs_exact": exact_s / s,
                       f"recall@{k}": recall_at_k(ids, truth)})
         print(f"  hnsw efSearch={ef}: {args.queries / s:.0f} q/s (x{exact_s / s:.1f}) "

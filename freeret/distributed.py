@@ -25,11 +25,6 @@ def rank() -> int:
     return int(os.environ.get("NODE_RANK", 0)) * int(os.environ.get("LOCAL_WORLD_SIZE", 1)) + int(os.environ.get("LOCAL_RANK", 0))
 
 
-def world_size() -> int:
-    """Number of processes in the group (1 before or without one)."""
-    return dist.get_world_size() if _initialised() else 1
-
-
 def is_main() -> bool:
     """True on the process that writes results and prints."""
     return rank() == 0

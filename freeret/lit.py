@@ -93,6 +93,13 @@ class EmbeddingWriter(BufferedShardWriter):
         write_shard(path, keys, torch.cat([p["embeddings"].detach().cpu() for p in predictions]))
 
 
+def rank_share(datamodule: L.LightningDataModule, work: Sequence[Any]) -> list[Any]:
+    """This rank's share of ``work`` (every ``world_size``-th entry) under the datamodule's trainer; all of it alone."""
+    trainer = getattr(datamodule, "trainer", None)
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    return list(work[rank::world])
+
+
 def pending_batches(items: list[Any], batch_size: int, done: Collection[str] = ()) -> list[list[int]]:
     """The planned batches of *all* items that hold an item not done yet.
 
@@ -112,8 +119,6 @@ class RankedItemDataModule(ItemDataModule):
         self.done = done
 
     def predict_dataloader(self) -> DataLoader:
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        batches = pending_batches(self.items, self.batch_size, self.done)[rank::world]
+        batches = rank_share(self, pending_batches(self.items, self.batch_size, self.done))
         return DataLoader(self.items, batch_sampler=PlannedBatches(batches), collate_fn=self.collate,  # type: ignore[arg-type]
                           num_workers=self.num_workers)

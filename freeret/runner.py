@@ -19,19 +19,19 @@ import torch
 
 from freeret.backbone import Backbone, ModelSpec, load_backbone
 from freeret.backbone.loading import count_layers, resolve_checkpoint
+from freeret.backbone.prefix import PrefixCache
 from freeret.cache import item_cache_key, store_dir, vector_signature
 from freeret.data.datamodule import PromptCollator
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.data.validate import check_set, fold_misses, set_image_limit, usable_rows
+from freeret.distributed import barrier, is_main
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError
 from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, METRICS, TIE_RULE, retrieval_metrics
-from freeret.distributed import barrier, is_main
 from freeret.eval.results import environment, write_json
-from freeret.backbone.prefix import PrefixCache
 from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, pending_batches
 from freeret.preflight import check_framing, context_length, load_text_side, text_budget
 from freeret.rag import answer_stage, require_answers

@@ -73,9 +73,10 @@ class Backbone:
         mask = inputs["attention_mask"]
         if not bool(mask[:, -1].all()):
             raise ValueError("last-token pooling needs left padding: the last position of a row is padding")
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         hidden = None
         if prefix is not None and prefix.applies(inputs):
-            hidden = prefix.hidden_at_last({k: v.to(self.device) for k, v in inputs.items()}, spec)
+            hidden = prefix.hidden_at_last(inputs, spec)
         if hidden is None:
             hidden = self.hidden_states(inputs, [spec])[spec][:, -1]
         if spec.apply_final_norm and spec.point != "final_norm":

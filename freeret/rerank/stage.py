@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from freeret.data.retrieval_set import RetrievalSet
 from freeret.errors import ConfigError
-from freeret.lit import BufferedShardWriter
+from freeret.lit import BufferedShardWriter, rank_share
 from freeret.eval.results import write_text_atomic
 from freeret.rerank.scorer import PairScorer, PairScores
 
@@ -94,9 +94,7 @@ class RankedGroups(L.LightningDataModule):
         self.groups = groups
 
     def predict_dataloader(self) -> DataLoader:
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return rerank_loader(self.groups[rank::world])
+        return rerank_loader(rank_share(self, self.groups))
 
 
 class RerankWriter(BufferedShardWriter):
