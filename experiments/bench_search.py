@@ -55,6 +55,22 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return best, result
 
 
+def knob_sweep(index, knob: str, values: list[int], queries: np.ndarray, truth: np.ndarray, exact_s: float,
+               args: argparse.Namespace, label: str) -> tuple[list[dict], dict | None]:
+    """Search at each value of one query-time knob (nprobe, ef_search): rows of speed and recall@k against exact,
+    and the fastest row at the target recall (None if none reaches it)."""
+    k, sweep = args.k, []
+    for value in values:
+        index.set_search_params(**{knob: value})
+        s, (_, ids) = timed(lambda: index.search(queries, k), args.repeats)
+        sweep.append({knob: value, "seconds": s, "qps": args.queries / s, "speedup_vs_exact": exact_s / s,
+                      f"recall@{k}": recall_at_k(ids, truth)})
+        print(f"  {label}={value}: {args.queries / s:.0f} q/s (x{exact_s / s:.1f}) "
+              f"recall@{k} {sweep[-1][f'recall@{k}']:.4f}", flush=True)
+    good = [r for r in sweep if r[f"recall@{k}"] >= args.target_recall]
+    return sweep, max(good, key=lambda r: r["qps"]) if good else None
+
+
 def bench_one(n: int, dim: int, kind: str, args: argparse.Namespace) -> dict:
     """One (size, dim, data kind) case: exact, flat, IVF at each nprobe."""
     t0 = time.perf_counter()
@@ -83,16 +99,7 @@ def bench_one(n: int, dim: int, kind: str, args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     ivf = build_index(base, "ivf", nlist=args.nlist, train_size=args.train_size)
     build_s = time.perf_counter() - t
-    sweep = []
-    for nprobe in args.nprobe:
-        ivf.set_search_params(nprobe=nprobe)
-        s, (_, ids) = timed(lambda index=ivf: index.search(queries, k), args.repeats)
-        sweep.append({"nprobe": nprobe, "seconds": s, "qps": args.queries / s, "speedup_vs_exact": exact_s / s,
-                      f"recall@{k}": recall_at_k(ids, truth)})
-        print(f"  ivf nlist={args.nlist} nprobe={nprobe}: {args.queries / s:.0f} q/s (x{exact_s / s:.1f}) "
-              f"recall@{k} {sweep[-1][f'recall@{k}']:.4f}", flush=True)
-    good = [r for r in sweep if r[f"recall@{k}"] >= args.target_recall]
-    best = max(good, key=lambda r: r["qps"]) if good else None
+    sweep, best = knob_sweep(ivf, "nprobe", args.nprobe, queries, truth, exact_s, args, f"ivf nlist={args.nlist} nprobe")
     rec["ivf"] = {"nlist": ivf.params["nlist"], "train_size": ivf.params["train_size"], "build_s": build_s,
                   "sweep": sweep, "best_at_target": best, "target_recall": args.target_recall}
     line += (f" | ivf nprobe={best['nprobe']} {best['qps']:.0f} q/s (x{best['speedup_vs_exact']:.1f}, "
@@ -112,24 +119,15 @@ def bench_one(n: int, dim: int, kind: str, args: argparse.Namespace) -> dict:
 
 def bench_hnsw(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, exact_s: float, args: argparse.Namespace) -> dict:
     """faiss HNSW (graph index): build once, then an efSearch sweep; speed-up and recall against exact torch."""
-    k = args.k
     t = time.perf_counter()
     index = build_index(base, "hnsw", hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)
     build_s = time.perf_counter() - t
     print(f"  hnsw M={args.hnsw_m} efConstruction={args.ef_construction}: built in {build_s:.0f} s", flush=True)
-    sweep = []
-    for ef in args.ef_search:
-        index.set_search_params(ef_search=ef)
-        s, (_, ids) = timed(lambda hnsw=index: hnsw.search(queries, k), args.repeats)
-        sweep.append({"ef_search": ef, "seconds": s, "qps": args.queries / s, "speedup_vs_exact": exact_s / s,
-                      f"recall@{k}": recall_at_k(ids, truth)})
-        print(f"  hnsw efSearch={ef}: {args.queries / s:.0f} q/s (x{exact_s / s:.1f}) "
-              f"recall@{k} {sweep[-1][f'recall@{k}']:.4f}", flush=True)
-    good = [r for r in sweep if r[f"recall@{k}"] >= args.target_recall]
+    sweep, best = knob_sweep(index, "ef_search", args.ef_search, queries, truth, exact_s, args, "hnsw efSearch")
     del index
     gc.collect()
     return {"m": args.hnsw_m, "ef_construction": args.ef_construction, "build_s": build_s, "sweep": sweep,
-            "best_at_target": max(good, key=lambda r: r["qps"]) if good else None, "target_recall": args.target_recall}
+            "best_at_target": best, "target_recall": args.target_recall}
 
 
 def plot(out: Path, cases: list[dict], k: int) -> None:
