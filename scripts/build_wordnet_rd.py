@@ -1,8 +1,9 @@
 """Build the WordNet noun reverse-dictionary set (definition -> word) as gzip JSONL.
 
-    python scripts/build_wordnet_rd.py --n-queries 1000 --seed 0 \
-        --out data/wordnet_rd/wordnet_rd.jsonl.gz
+    python scripts/build_wordnet_rd.py                # test split: data/wordnet_rd/wordnet_rd.jsonl.gz
+    python scripts/build_wordnet_rd.py --split dev    # dev split:  data/wordnet_rd/wordnet_rd_dev.jsonl.gz
 
+The dev split excludes every synset, query and positive of the shipped test sets (freeret/data/wordnet_splits.py).
 Output bytes are reproducible: JSON with sorted keys, gzip header with mtime=0 and no name.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
 
-from freeret.data.wordnet import build_reverse_dictionary  # noqa: E402
+from freeret.data.wordnet_splits import RD_QUERIES, SEED, SPLITS, build_rd, data_file  # noqa: E402
 from freeret.paths import repo_root  # noqa: E402
 
 
@@ -34,15 +35,18 @@ def write_jsonl_gz(rows: list[dict], path: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, build the rows, write them and print count, size and sha256."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-queries", type=int, default=1000, help="queries = candidate pool size")
-    parser.add_argument("--seed", type=int, default=0, help="selection and candidate-order seed")
-    parser.add_argument("--out", type=Path, default=Path("data/wordnet_rd/wordnet_rd.jsonl.gz"),
-                        help="output file; relative paths are under the repository root")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="test (shipped) or dev (disjoint from test)")
+    parser.add_argument("--n-queries", type=int, default=RD_QUERIES, help="queries = candidate pool size")
+    parser.add_argument("--seed", type=int, default=SEED, help="selection and candidate-order seed")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output file (default data/wordnet_rd/<split's file>); relative paths are under the "
+                             "repository root")
     args = parser.parse_args(argv)
-    out = args.out if args.out.is_absolute() else repo_root() / args.out
+    out = args.out or Path("data/wordnet_rd") / data_file("wordnet_rd", args.split)
+    out = out if out.is_absolute() else repo_root() / out
 
     start = time.perf_counter()
-    rows = build_reverse_dictionary(args.n_queries, args.seed)
+    rows = build_rd(args.split, args.n_queries, args.seed)
     sha = write_jsonl_gz(rows, out)
     print(f"rows: {len(rows)}  candidates/row: {len(rows[0]['tgt_text'])}")
     print(f"file: {out}  ({out.stat().st_size} bytes, {time.perf_counter() - start:.1f} s)")

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable, Mapping
 
 from freeret.errors import DataError
 
@@ -169,9 +170,45 @@ def _eligible(s: Synset) -> bool:
     )
 
 
-def select_reverse_dictionary(n: int, seed: int = 0, root: Path | None = None) -> list[Synset]:
-    """Pick ``n`` eligible noun synsets with unique first lemmas, none a synonym of another pick."""
-    pool = sorted(filter(_eligible, load_synsets("n", root)),
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """What a selection must not use, so that one split stays disjoint from others: synsets and texts (queries
+    and positives of the other splits' rows, compared case- and space-blind)."""
+
+    synsets: frozenset[int] = frozenset()
+    texts: frozenset[str] = frozenset()
+
+    @classmethod
+    def of_rows(cls, rows: Iterable[Mapping]) -> "Exclusion":
+        """The query synset, query text and positive text of every MMEB row (positive first)."""
+        rows = list(rows)
+        return cls(frozenset(int(r["synset_offset"]) for r in rows),
+                   frozenset(_norm(t) for r in rows for t in (r["qry_text"], r["tgt_text"][0])))
+
+    def __or__(self, other: "Exclusion") -> "Exclusion":
+        return Exclusion(self.synsets | other.synsets, self.texts | other.texts)
+
+    def has_text(self, text: str) -> bool:
+        """Whether ``text`` is a query or positive of an excluded row."""
+        return _norm(text) in self.texts
+
+    def blocks(self, s: Synset) -> bool:
+        """Whether ``s`` is an excluded synset, or its first lemma or definition an excluded text."""
+        return s.offset in self.synsets or self.has_text(display(s.lemmas[0])) or self.has_text(s.definition)
+
+
+NO_EXCLUSION = Exclusion()
+
+
+def select_reverse_dictionary(n: int, seed: int = 0, root: Path | None = None,
+                              exclude: Exclusion = NO_EXCLUSION) -> list[Synset]:
+    """Pick ``n`` eligible noun synsets with unique first lemmas, none a synonym of another pick, none that
+    ``exclude`` blocks (in the same seeded order, so an empty exclusion gives the shipped test picks)."""
+    pool = sorted((s for s in load_synsets("n", root) if _eligible(s) and not exclude.blocks(s)),
                   key=lambda s: _seeded_key(seed, "select", s.offset))
     chosen: list[Synset] = []
     firsts: set[str] = set()  # first lemmas of the chosen synsets
@@ -189,10 +226,10 @@ def select_reverse_dictionary(n: int, seed: int = 0, root: Path | None = None) -
     raise ValueError(f"only {len(chosen)} eligible noun synsets, asked for {n}")
 
 
-def build_reverse_dictionary(n_queries: int = 1000, seed: int = 0,
-                             root: Path | None = None) -> list[dict]:
+def build_reverse_dictionary(n_queries: int = 1000, seed: int = 0, root: Path | None = None,
+                             exclude: Exclusion = NO_EXCLUSION) -> list[dict]:
     """Noun reverse dictionary (definition -> word) in MMEB rows; one shared candidate pool."""
-    chosen = sorted(select_reverse_dictionary(n_queries, seed, root), key=lambda s: s.offset)
+    chosen = sorted(select_reverse_dictionary(n_queries, seed, root, exclude), key=lambda s: s.offset)
     pool = sorted((display(s.lemmas[0]) for s in chosen),
                   key=lambda w: _seeded_key(seed, "pool", w))
     rows = []

@@ -19,6 +19,8 @@ from typing import Callable
 
 from freeret.data.wordnet import (
     _PLAIN_LEMMA,
+    NO_EXCLUSION,
+    Exclusion,
     Synset,
     _eligible,
     _seeded_key,
@@ -52,16 +54,18 @@ def lexname_label(lexname: str) -> str:
     return lexname.split(".", 1)[1]
 
 
-def cls_lexname(n: int, seed: int, root: Path | None = None) -> list[dict]:
+def cls_lexname(n: int, seed: int, root: Path | None = None, exclude: Exclusion = NO_EXCLUSION) -> list[dict]:
     """Definition -> lexicographer category among the 25 noun categories (noun.Tops excluded)."""
-    picks = [s for s in select_reverse_dictionary(3 * n, seed, root) if s.lexname != "noun.Tops"][:n]
+    picks = [s for s in select_reverse_dictionary(3 * n, seed, root, exclude) if s.lexname != "noun.Tops"][:n]
     labels = _shuffled(sorted({lexname_label(s.lexname) for s in load_synsets("n", root)} - {"Tops"}), seed, "labels")
     return [_row("cls_lexname", s, s.definition, lexname_label(s.lexname), labels, lexname=s.lexname)
             for s in sorted(picks, key=lambda s: s.offset)]
 
 
-def cls_hypernym(n: int, seed: int, root: Path | None = None, n_classes: int = 20) -> list[dict]:
-    """Word -> its direct hypernym among ``n_classes`` frequent hypernym classes, n / n_classes words each."""
+def cls_hypernym(n: int, seed: int, root: Path | None = None, exclude: Exclusion = NO_EXCLUSION,
+                 n_classes: int = 20) -> list[dict]:
+    """Word -> its direct hypernym among ``n_classes`` frequent hypernym classes, n / n_classes words each.
+    The classes come from all of WordNet (so every split shares them); ``exclude`` only removes members."""
     synsets = load_synsets("n", root)
     by_offset = {s.offset: s for s in synsets}
     members: dict[int, list[Synset]] = defaultdict(list)
@@ -77,22 +81,24 @@ def cls_hypernym(n: int, seed: int, root: Path | None = None, n_classes: int = 2
     rows, seen = [], set()
     for h in classes:
         chosen = [s for s in sorted(members[h], key=lambda s: _seeded_key(seed, "hyp", s.offset))
-                  if s.lemmas[0] not in seen][:per_class]
+                  if s.lemmas[0] not in seen and not exclude.blocks(s)][:per_class]
+        if len(chosen) < per_class:
+            raise ValueError(f"hypernym class {label[h]!r} has only {len(chosen)} usable members, asked for {per_class}")
         seen.update(s.lemmas[0] for s in chosen)
         rows += [_row("cls_hypernym", s, display(s.lemmas[0]), label[h], labels) for s in chosen]
     return sorted(rows, key=lambda r: r["id"])
 
 
-def ret_def2lemma(n: int, seed: int, root: Path | None = None) -> list[dict]:
+def ret_def2lemma(n: int, seed: int, root: Path | None = None, exclude: Exclusion = NO_EXCLUSION) -> list[dict]:
     """Definition -> word; every query sees the same pool of ``n`` picked words."""
-    picks = sorted(select_reverse_dictionary(n, seed, root), key=lambda s: s.offset)
+    picks = sorted(select_reverse_dictionary(n, seed, root, exclude), key=lambda s: s.offset)
     pool = _shuffled([display(s.lemmas[0]) for s in picks], seed, "pool")
     return [_row("ret_def2lemma", s, s.definition, display(s.lemmas[0]), pool) for s in picks]
 
 
-def ret_lemma2def(n: int, seed: int, root: Path | None = None) -> list[dict]:
+def ret_lemma2def(n: int, seed: int, root: Path | None = None, exclude: Exclusion = NO_EXCLUSION) -> list[dict]:
     """Word -> definition; every query sees the same pool of ``n`` picked definitions."""
-    picks = sorted(select_reverse_dictionary(n, seed, root), key=lambda s: s.offset)
+    picks = sorted(select_reverse_dictionary(n, seed, root, exclude), key=lambda s: s.offset)
     pool = _shuffled([s.definition for s in picks], seed, "pool")
     return [_row("ret_lemma2def", s, display(s.lemmas[0]), s.definition, pool) for s in picks]
 
@@ -104,10 +110,22 @@ def blanked(example: str, lemma: str) -> str | None:
     return out if count else None
 
 
-def qa_blank(n: int, seed: int, root: Path | None = None) -> list[dict]:
+def _first_blanked(s: Synset) -> str | None:
+    """The synset's first example that contains its first lemma, blanked; None if none does."""
+    return next((b for e in s.examples if (b := blanked(e, s.lemmas[0]))), None)
+
+
+def _qa_usable(s: Synset, exclude: Exclusion) -> bool:
+    """A familiar plain lemma with an example that contains it, none of it excluded."""
+    if not (_PLAIN_LEMMA.fullmatch(s.lemmas[0]) and s.tag_count >= 1):
+        return False
+    example = _first_blanked(s)
+    return example is not None and not exclude.blocks(s) and not exclude.has_text(example)
+
+
+def qa_blank(n: int, seed: int, root: Path | None = None, exclude: Exclusion = NO_EXCLUSION) -> list[dict]:
     """Example sentence with the word blanked -> the word, among the ``n`` picked words."""
-    pool_synsets = sorted((s for s in load_synsets("n", root) if _PLAIN_LEMMA.fullmatch(s.lemmas[0]) and s.tag_count >= 1
-                           and any(blanked(e, s.lemmas[0]) for e in s.examples)),
+    pool_synsets = sorted((s for s in load_synsets("n", root) if _qa_usable(s, exclude)),
                           key=lambda s: _seeded_key(seed, "qa", s.offset))
     picks, seen = [], set()
     for s in pool_synsets:
@@ -118,13 +136,11 @@ def qa_blank(n: int, seed: int, root: Path | None = None) -> list[dict]:
         seen |= lemmas
         if len(picks) == n:
             break
+    else:
+        raise ValueError(f"only {len(picks)} noun synsets with a usable example sentence, asked for {n}")
     picks.sort(key=lambda s: s.offset)
     pool = _shuffled([display(s.lemmas[0]) for s in picks], seed, "pool")
-    rows = []
-    for s in picks:
-        example = next(b for e in s.examples if (b := blanked(e, s.lemmas[0])))
-        rows.append(_row("qa_blank", s, example, display(s.lemmas[0]), pool))
-    return rows
+    return [_row("qa_blank", s, _first_blanked(s), display(s.lemmas[0]), pool) for s in picks]
 
 
 BUILDERS: dict[str, Callable[..., list[dict]]] = {
@@ -136,8 +152,9 @@ BUILDERS: dict[str, Callable[..., list[dict]]] = {
 }
 
 
-def build_task(task: str, n: int = 100, seed: int = 0, root: Path | None = None) -> list[dict]:
-    """Rows of one WordNet meta-task set."""
+def build_task(task: str, n: int = 100, seed: int = 0, root: Path | None = None,
+               exclude: Exclusion = NO_EXCLUSION) -> list[dict]:
+    """Rows of one WordNet meta-task set; ``exclude`` keeps it disjoint from other splits."""
     if task not in BUILDERS:
         raise ValueError(f"unknown WordNet task {task!r}; one of {', '.join(BUILDERS)}")
-    return BUILDERS[task](n, seed, root)
+    return BUILDERS[task](n, seed, root, exclude)
