@@ -41,6 +41,7 @@ def test_bench_embed_small(tmp_path):
     assert res["results"]["freeret"]["useful_tokens"] < res["results"]["freeret_noprefix"]["useful_tokens"]
     assert all(c["min"] >= 0.9999 for c in res["cosine"].values())
     assert set(res["mfu"]) == {"freeret", "freeret_noprefix"} and res["mfu"]["freeret"]["mfu"] > 0
+    assert all(0 < r["cpu_seconds"] == pytest.approx(r["cpu_seconds_per_100_items"] * 6 / 100) for r in res["results"].values())
 
 
 @pytest.mark.slow
