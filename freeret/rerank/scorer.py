@@ -8,6 +8,9 @@ Two exact implementations of the same score:
 Pairs whose candidate has an image take the batched full-forward path (the prefix
 cache is reused only for text suffixes); every image's vision features are computed
 once and reused across prompts (:class:`VisionFeatureCache`).
+
+Devices: inputs go to the model's device; every score leaves the scorer on the CPU in fp32
+(one small copy per batch), whatever path produced it, so callers never mix devices.
 """
 
 from __future__ import annotations
@@ -31,9 +34,14 @@ log = logging.getLogger(__name__)
 _SLOT = "\u2063CANDIDATE\u2063"  # stands for the candidate text while the prompt is split
 
 
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """The scorer's output contract: CPU, fp32."""
+    return t.detach().to("cpu", torch.float32)
+
+
 @dataclass
 class PairScores:
-    """Option probabilities (candidates x options) and which column means "match"."""
+    """Option probabilities (candidates x options, CPU fp32) and which column means "match"."""
 
     probs: torch.Tensor
     match_index: int
@@ -83,10 +91,12 @@ class PairScorer:
 
     # -- scoring -----------------------------------------------------------------------------------
     def _option_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        # the trainer may move the model after this scorer was built: follow the hidden state's device
-        logits = hidden.float() @ self.head_rows.to(hidden.device).float().T
+        if self.head_rows.device != hidden.device:  # the model moved after this scorer was built: follow it once
+            self.head_rows = self.head_rows.to(hidden.device)
+            self.head_bias = self.head_bias.to(hidden.device) if self.head_bias is not None else None
+        logits = hidden.float() @ self.head_rows.float().T
         if self.head_bias is not None:
-            logits = logits + self.head_bias.to(hidden.device).float()
+            logits = logits + self.head_bias.float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -111,13 +121,13 @@ class PairScorer:
             paths = [[p for p in (query.image, c.image) if p] for c in chunk]
             inputs = self._with_images(prompts, paths)
             hidden = self.base(**inputs, use_cache=False).last_hidden_state[:, -1]
-            probs.append(self._option_logits(hidden).softmax(-1))
+            probs.append(_to_host(self._option_logits(hidden).softmax(-1)))
         return PairScores(torch.cat(probs), self.framing.match_index)
 
     @torch.no_grad()
     def fast(self, query: Item, cands: Sequence[Item]) -> PairScores:
         """Prefix KV cache once per query, text suffixes in right-padded batches; image candidates via ``naive``."""
-        probs = torch.empty(len(cands), len(self.option_ids))
+        probs = torch.empty(len(cands), len(self.option_ids), dtype=torch.float32)  # host: every path returns host fp32
         text_idx = [i for i, c in enumerate(cands) if not c.image]
         image_idx = [i for i, c in enumerate(cands) if c.image]
         if text_idx and not self._split_is_exact(query, cands[text_idx[0]]):
@@ -163,7 +173,7 @@ class PairScorer:
                 use_cache=True,
             ).last_hidden_state
             last = hidden[torch.arange(n), mask.sum(1) - 1]
-            out.append(self._option_logits(last).softmax(-1).cpu())
+            out.append(_to_host(self._option_logits(last).softmax(-1)))
         return torch.cat(out)
 
     def score(self, query: Item, cands: Sequence[Item]) -> PairScores:
