@@ -85,7 +85,7 @@ def test_pair_scorer_on_gpu_returns_host_fp32(qwen, smoke, threads, calibrate):
         try:
             got = [scorer.score(q, c).probs for q, c in cases]
             naive = scorer.naive(QUERY, TEXTS[:2], batch_size=2).probs
-            features = [t for entry in scorer.vision.store.values() for t in (entry if isinstance(entry, tuple) else [entry])]
+            features = [t for e in scorer.vision.store.values() for t in (e.features if isinstance(e.features, tuple) else [e.features])]
         finally:
             qwen.model.to("cpu")
     for g, e in zip(got, expected):

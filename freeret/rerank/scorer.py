@@ -18,12 +18,13 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import IMAGE
+from freeret.backbone.image_records import ImageRecord
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.visual import frame_count, load_visual
 from freeret.data.retrieval_set import Item
@@ -61,10 +62,10 @@ class PairScorer:
     """Scores a query against its candidates with a framing."""
 
     def __init__(self, backbone: Backbone, framing: Framing, dataset: str | None = None, batch_size: int = 16,
-                 calibrate: bool = False, vision_cache_items: int = 512) -> None:
+                 calibrate: bool = False, vision_cache_mb: float = 2048) -> None:
         self.bb, self.framing, self.batch_size, self.calibrate = backbone, framing, batch_size, calibrate
-        self.vision = (VisionFeatureCache(backbone, vision_cache_items)
-                       if backbone.family.multimodal and vision_cache_items > 0 else None)
+        self.vision = (VisionFeatureCache(backbone, vision_cache_mb)
+                       if backbone.family.multimodal and vision_cache_mb > 0 else None)
         self.head, self.middle, self.tail = framing.split(dataset)
         probe = self.prompt(Item.make("query", "q", None), Item.make("target", "c", None))
         self.option_ids = resolve_option_ids(backbone.tokenizer, probe, framing.options, f"framing '{framing.name}'")
@@ -102,14 +103,29 @@ class PairScorer:
         return logits
 
     def _with_images(self, prompts: list[str], paths: list[list[str]]) -> dict:
-        """Model inputs on the device; images go through the vision cache when there is one."""
-        visuals = [[(p, load_visual(p)) for p in row] for row in paths]
-        images = [[im for _, ims in row for im in ims] for row in visuals]
-        inputs = self.bb.inputs(prompts, images if any(images) else None)
-        if self.vision is not None and any(images):
-            keys = [[p if len(ims) == 1 else f"{p}#frame{i}" for p, ims in row for i in range(len(ims))] for row in visuals]
-            inputs = self.vision.apply(inputs, keys, images)
+        """Model inputs on the device. With the vision cache, each image is decoded and processed once per run and
+        its features come from the cache; without it (the reference), every prompt decodes and processes its own."""
+        if self.vision is not None and any(paths):
+            inputs = self.vision.inputs(prompts, paths)
+        else:
+            images = [[im for p in row for im in load_visual(p)] for row in paths]
+            inputs = self.bb.inputs(prompts, images if any(images) else None)
         return {k: v.to(self.bb.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+    def image_uses(self, query: Item, cands: Sequence[Item]) -> set[tuple[str, int]]:
+        """The (visual, cache count) pairs that scoring ``cands`` for ``query`` looks up in the vision cache: what a
+        DataLoader worker can decode and process ahead (:meth:`score`'s ``records``)."""
+        if self.vision is None:
+            return set()
+        q = frame_count(query.image)
+        uses = set()
+        if query.image and (self.calibrate or any(not c.image for c in cands)):
+            uses.add((query.image, self.vision.count(q)))
+        for cand in cands:
+            if cand.image:
+                count = self.vision.count(q + frame_count(cand.image))
+                uses.update({(cand.image, count), *([(query.image, count)] if query.image else [])})
+        return uses
 
     @torch.no_grad()
     def naive(self, query: Item, cands: Sequence[Item], batch_size: int = 1) -> PairScores:
@@ -176,11 +192,21 @@ class PairScorer:
             out.append(_to_host(self._option_logits(last).softmax(-1)))
         return torch.cat(out)
 
-    def score(self, query: Item, cands: Sequence[Item]) -> PairScores:
-        """Fast scores, divided by the content-free option prior of this query when ``calibrate`` is on."""
-        if not self.calibrate:
-            return self.fast(query, cands)
-        empty = Item.make("target", "", None)
-        scores = self.fast(query, [*cands, empty])
-        calibrated = scores.probs[:-1] / scores.probs[-1]
-        return PairScores(calibrated / calibrated.sum(-1, keepdim=True), self.framing.match_index)
+    def score(self, query: Item, cands: Sequence[Item],
+              records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> PairScores:
+        """Fast scores, divided by the content-free option prior of this query when ``calibrate`` is on.
+
+        ``records``: visuals already decoded and processed (by a DataLoader worker), keyed as :meth:`image_uses`.
+        """
+        if self.vision is not None and records:
+            self.vision.receive(records)
+        try:
+            if not self.calibrate:
+                return self.fast(query, cands)
+            empty = Item.make("target", "", None)
+            scores = self.fast(query, [*cands, empty])
+            calibrated = scores.probs[:-1] / scores.probs[-1]
+            return PairScores(calibrated / calibrated.sum(-1, keepdim=True), self.framing.match_index)
+        finally:
+            if self.vision is not None:
+                self.vision.pending.clear()  # records this query did not use are not kept
