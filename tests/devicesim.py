@@ -19,6 +19,7 @@ Inference only: autograd is off inside (it cannot record on a device this torch 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -26,6 +27,15 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+@dataclass
+class Transfers:
+    """Copies between the host and the simulated device, counted while a simulation runs."""
+
+    to_device: int = 0  # CPU -> cuda moves (``.to``, ``.cuda``, ``torch.tensor(..., device='cuda')``)
+    to_host: int = 0  # cuda -> CPU reads (``.cpu()``, ``.tolist()``, ``.item()``, ``int(t)``, ``bool(t)``...)
+
+
+COUNTS = Transfers()
 SIM = torch.device("cuda", 0)
 CPU = torch.device("cpu")
 aten = torch.ops.aten
@@ -55,6 +65,7 @@ class SimTensor(torch.Tensor):
         with torch._C.DisableTorchFunctionSubclass():
             # Bindings that read values or take a real device guard before dispatching: do them on the values.
             if func is torch.Tensor.tolist:
+                COUNTS.to_host += isinstance(args[0], SimTensor)
                 return _unwrap(args[0]).tolist()
             if func is torch.Tensor.__getitem__:
                 return _getitem(*args)
@@ -99,7 +110,12 @@ def _check_index(self_t: torch.Tensor, index: Any) -> None:
                                f"({_dev(self_t)}), found {_dev(t)} (simulated CUDA)")
 
 
+HOST_READS = {torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__bool__, torch.Tensor.__index__,
+              torch.Tensor.item}
+
+
 def _on_values(func, args, kwargs):
+    COUNTS.to_host += func in HOST_READS
     device = kwargs.get("device")
     out = func(*_unwrap(args), **_unwrap(kwargs))
     return out if device is not None and torch.device(device).type != "cuda" else _wrap(out)
@@ -159,6 +175,9 @@ def _written_argument(func) -> int | str | None:
 
 def _run(func, args, kwargs):
     wrap = _common_device(func, args, kwargs) == SIM
+    if func is aten._local_scalar_dense.default or (func is aten._to_copy.default and isinstance(args[0], SimTensor)
+                                                    and torch.device(kwargs.get("device") or SIM).type == "cpu"):
+        COUNTS.to_host += isinstance(args[0], SimTensor)
     device = kwargs.get("device")
     if device is not None:  # factories and _to_copy: the target device decides
         wrap = torch.device(device).type == "cuda"
@@ -185,6 +204,7 @@ class _Moves(TorchFunctionMode):
             return _to_sim(func, args, kwargs)
         device = kwargs.get("device")
         if func in (torch.tensor, torch.as_tensor, torch.asarray) and device is not None and torch.device(device).type == "cuda":
+            COUNTS.to_device += 1
             return SimTensor(func(*_unwrap(args), **{**kwargs, "device": CPU}))
         return func(*args, **kwargs)
 
@@ -197,12 +217,17 @@ def _to_sim(func, args, kwargs):
         device, dtype, _, _ = torch._C._nn._parse_to(*args[1:], **{k: v for k, v in kwargs.items() if k != "copy"})
     if device is None or device.type != "cuda":
         return func(*args, **kwargs)
+    COUNTS.to_device += 1
     return SimTensor(tensor.to(dtype) if dtype is not None and dtype != tensor.dtype else tensor.clone())
 
 
 @contextlib.contextmanager
-def simulated_cuda() -> Iterator[None]:
-    """Inside: ``device="cuda"`` and ``.to("cuda")`` make SimTensors; an op mixing one with a CPU tensor raises."""
+def simulated_cuda() -> Iterator[Transfers]:
+    """Inside: ``device="cuda"`` and ``.to("cuda")`` make SimTensors; an op mixing one with a CPU tensor raises.
+
+    Yields the host <-> device copy counts of this simulation."""
+    global COUNTS
+    COUNTS = Transfers()
     tls = torch.cuda._tls
     had = hasattr(tls, "is_initializing")
     tls.is_initializing = True  # skip the real CUDA initialisation, so factories reach the dispatch mode
@@ -210,7 +235,7 @@ def simulated_cuda() -> Iterator[None]:
     torch.__future__.set_overwrite_module_params_on_conversion(True)  # Module.to makes Parameters of SimTensors
     try:
         with torch.no_grad(), _Moves(), _Dispatch():
-            yield
+            yield COUNTS
     finally:
         torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
         if not had:

@@ -128,3 +128,22 @@ def test_embed_on_gpu_and_writer_stores_host_tensors(qwen, smoke, threads, tmp_p
     stored = read_shards(tmp_path)
     assert sorted(stored) == ["a", "b", "c", "d"]
     assert torch.allclose(torch.stack([stored[k] for k in "abcd"]), torch.cat(expected), atol=1e-5)
+
+
+def test_prefix_cache_host_copies_do_not_grow_with_the_batch(qwen, threads):
+    """The prefix search runs on the device: the host reads the row lengths and the prefix ids, not every row."""
+    spec = LayerSpec("attn", -1)
+    counts = []
+    with simulated_cuda() as transfers:
+        qwen.model.to("cuda")
+        try:
+            for n in (2, 6):
+                prompts = [qwen.render(f"Summarize the item: {'word ' * (i + 1)}") for i in range(n)]
+                inputs = {k: v.to("cuda") for k, v in qwen.inputs(prompts).items()}
+                prefix = PrefixCache(qwen.model, min_prefix=4)
+                start = (transfers.to_host, transfers.to_device)
+                assert prefix.hidden_at_last(inputs, spec) is not None
+                counts.append((transfers.to_host - start[0], transfers.to_device - start[1]))
+        finally:
+            qwen.model.to("cpu")
+    assert counts[0] == counts[1], counts

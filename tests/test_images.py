@@ -4,6 +4,9 @@ cache bounded by bytes."""
 
 from __future__ import annotations
 
+import os
+import pathlib
+
 import lightning as L
 import pytest
 import torch
@@ -11,11 +14,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 from skimage import data as skdata
 
-import freeret.data.visual as visual
 from conftest import REPO
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.families import IMAGE
 from freeret.backbone.image_records import PIXEL_KEYS, preprocess, record_inputs
+from freeret.data import visual
 from freeret.data.datamodule import default_num_workers
 from freeret.data.datasets import load_dataset
 from freeret.errors import ConfigError
@@ -149,3 +152,39 @@ def test_default_workers_follow_the_machine(monkeypatch):
     assert default_num_workers() == 8
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)))
     assert default_num_workers() == 3
+
+
+def _frame_folder(folder, n: int) -> None:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(folder / f"{i:03d}.png")
+
+
+def test_clip_length_counted_once_per_file_version(tmp_path, monkeypatch):
+    """Every prompt render asks how many frames a clip puts in it; the folder is listed once, and again only
+    after it changed."""
+    clip = tmp_path / "clip"
+    _frame_folder(clip, 5)
+    listings = _Spy(monkeypatch, pathlib.Path, "iterdir")
+    assert [visual.frame_count(str(clip)) for _ in range(4)] == [5] * 4
+    assert listings.calls == 1
+    Image.new("RGB", (16, 16)).save(clip / "005.png")
+    os.utime(clip, ns=(clip.stat().st_atime_ns, clip.stat().st_mtime_ns + 10**9))  # a new file version
+    assert visual.frame_count(str(clip)) == 6 and listings.calls == 2
+
+
+def test_video_decoded_once_to_count_its_frames(tmp_path, monkeypatch):
+    av = pytest.importorskip("av")
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(12):
+            frame = av.VideoFrame.from_image(Image.new("RGB", (32, 32), (i * 20, 0, 0)))
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    opens = _Spy(monkeypatch, av, "open")
+    assert [visual.frame_count(str(path)) for _ in range(4)] == [8] * 4
+    assert opens.calls == 1
+    frames = visual.load_clip(str(path))
+    assert len(frames) == 8 and opens.calls == 2  # loading decodes once more; only the sampled frames become images
