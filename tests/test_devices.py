@@ -73,18 +73,20 @@ def _is_host_fp32(t: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("calibrate", [False, True], ids=["plain", "calibrated"])
 def test_pair_scorer_on_gpu_returns_host_fp32(qwen, smoke, threads, calibrate):
-    """Text candidates (prefix cache), image candidates (batched full forwards through the vision cache), an image
-    query, and calibration: the same scores as on the CPU, on the CPU in fp32."""
+    """Text candidates (prefix cache), image candidates (batched full forwards through the vision cache, and with
+    pixels when the cache is off), an image query, and calibration: the CPU's scores, on the CPU in fp32."""
     image_query, image_cands = smoke
     cases = [(QUERY, TEXTS + image_cands), (image_query, TEXTS[:1] + image_cands[:1])]
     scorer = PairScorer(qwen, _framing(), batch_size=2, calibrate=calibrate)
     expected = [scorer.score(q, c).probs for q, c in cases]
+    expected_uncached = PairScorer(qwen, _framing(), batch_size=2, vision_cache_mb=0).score(QUERY, image_cands).probs
     scorer = PairScorer(qwen, _framing(), batch_size=2, calibrate=calibrate)
     with simulated_cuda():
         qwen.model.to("cuda")
         try:
             got = [scorer.score(q, c).probs for q, c in cases]
             naive = scorer.naive(QUERY, TEXTS[:2], batch_size=2).probs
+            uncached = PairScorer(qwen, _framing(), batch_size=2, vision_cache_mb=0).score(QUERY, image_cands).probs
             features = [t for e in scorer.vision.store.values() for t in (e.features if isinstance(e.features, tuple) else [e.features])]
         finally:
             qwen.model.to("cpu")
@@ -92,6 +94,7 @@ def test_pair_scorer_on_gpu_returns_host_fp32(qwen, smoke, threads, calibrate):
         assert _is_host_fp32(g)
         assert torch.allclose(g, e, atol=1e-5)
     assert _is_host_fp32(naive)
+    assert _is_host_fp32(uncached) and torch.allclose(uncached, expected_uncached, atol=1e-5)  # pixels, no cache
     assert features and all(isinstance(t, SimTensor) for t in features)  # the vision cache lives on the device
 
 
