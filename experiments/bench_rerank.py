@@ -13,6 +13,7 @@ Both paths get the same vision-feature cache, so the image tower runs once per i
 mirrored/rotated/cropped variants; every query reranks the same K), the MMEB text->image setting:
 
     python experiments/bench_rerank.py --case image_candidates --model tiny_qwen2vl --queries 4 --k 8 32 --workers 2
+    python experiments/bench_rerank.py --case image_candidates --model qwen2vl_2b_dims --layers 28 --k 50 --device cuda --workers 8
 
 naive = one forward per pair with its own decode, processor call and vision tower (no vision cache); fast = the
 stage as a run does it: each unique image decoded and processed once (``GroupCollator`` on the groups planned
@@ -164,6 +165,7 @@ def main() -> None:
     ap.add_argument("--candidates", choices=["definitions", "words"], default="definitions",
                     help="image case: candidate texts after the 8 captions")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (scores come back to the host each query: timed synchronously)")
     ap.add_argument("--framing", default="mcq")
     ap.add_argument("--queries", type=int, default=2)
     ap.add_argument("--k", type=int, nargs="+", default=[50])
@@ -177,9 +179,11 @@ def main() -> None:
         args.case, f"rerank_image_{args.candidates}_{args.model}.json")
 
     backbone = load(args.model, args.layers)
+    backbone.model.to(args.device)
+    device = args.device if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
     if args.case == "image_candidates":
         rows = image_candidates_case(backbone, Framing.from_dict(conf("framing", args.framing)), args)
-        save(out, {"model": backbone.metadata(), "case": args.case, "framing": args.framing,
+        save(out, {"model": backbone.metadata(), "device": device, "case": args.case, "framing": args.framing,
                    "batch_size": args.batch_size, "threads": torch.get_num_threads(), "results": rows})
         bar_chart(out, [f"K={r['k']}" for r in rows],
                   {"naive (per pair: decode, process, tower)": [r["naive_pairs_per_s"] for r in rows],
@@ -223,7 +227,7 @@ def main() -> None:
     prefix_tokens = len(backbone.tokenizer(scorer.split(qrows[0][0])[0], add_special_tokens=False)["input_ids"])
     if qrows[0][0].image:  # the image placeholder expands to the processor's visual tokens
         prefix_tokens = int(scorer._with_images([scorer.split(qrows[0][0])[0]], [[qrows[0][0].image]])["input_ids"].shape[1])
-    save(out, {"model": backbone.metadata(), "case": args.case,
+    save(out, {"model": backbone.metadata(), "device": device, "case": args.case,
                "candidates": args.candidates if args.case == "image" else "wordnet_rd words", "framing": args.framing, "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "prefix_tokens_first_query": prefix_tokens, "results": rows})
     bar_chart(out, [f"K={r['k']}" for r in rows],

@@ -188,3 +188,29 @@ def test_video_decoded_once_to_count_its_frames(tmp_path, monkeypatch):
     assert opens.calls == 1
     frames = visual.load_clip(str(path))
     assert len(frames) == 8 and opens.calls == 2  # loading decodes once more; only the sampled frames become images
+
+
+def test_stage1_workers_decode_for_the_main_process(qwen, monkeypatch):
+    """Stage 1 with DataLoader workers: the same vectors, and the main process decodes nothing."""
+    from conftest import compose
+    from freeret.data.datamodule import ItemDataModule, PromptCollator
+    from freeret.embed.layers import LayerSpec
+    from freeret.embed.priors import Prior
+    from freeret.lit import EmbedModule
+
+    smoke = load_dataset({"name": "smoke_mm", "kind": "smoke"})
+    items = [it for it in smoke.items.values() if it.image][:6]
+    collate = PromptCollator(qwen, Prior.from_dict(compose()["prior"]), "smoke_mm")
+    module = EmbedModule(qwen, LayerSpec("attn", -1))
+
+    def embed(workers: int) -> torch.Tensor:
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_checkpointing=False, enable_model_summary=False)
+        out = trainer.predict(module, datamodule=ItemDataModule(items, collate, batch_size=3, num_workers=workers))
+        return torch.cat([p["embeddings"] for p in out])
+
+    decodes = _Spy(monkeypatch, visual, "open_image")
+    plain = embed(0)
+    assert decodes.calls == len(items)
+    decodes.calls = 0
+    assert torch.equal(embed(2), plain) and decodes.calls == 0
