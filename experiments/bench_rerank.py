@@ -9,6 +9,16 @@ Cases: ``text`` = WordNet definitions against their candidate words; ``image`` =
 astronaut, resized by the Qwen2-VL processor to ``--max-pixels``, 256 visual tokens at 448x448) as the query
 against text candidates (the smoke captions, then WordNet definitions), the MMEB image->text setting.
 Both paths get the same vision-feature cache, so the image tower runs once per image in either.
+``image_candidates`` = caption queries against K image candidates (full-size JPEGs: the bundled photos and
+mirrored/rotated/cropped variants; every query reranks the same K), the MMEB text->image setting:
+
+    python experiments/bench_rerank.py --case image_candidates --model tiny_qwen2vl --queries 4 --k 8 32 --workers 2
+    python experiments/bench_rerank.py --case image_candidates --model qwen2vl_2b_dims --layers 28 --k 50 --device cuda --workers 8
+
+naive = one forward per pair with its own decode, processor call and vision tower (no vision cache); fast = the
+stage as a run does it: each unique image decoded and processed once (``GroupCollator`` on the groups planned
+by ``plan_images``; in ``--workers`` DataLoader workers too) and through the tower once. It also times the image
+preprocessing alone: per pair (as every pair did before issue 12) and once per image (records).
 """
 
 from __future__ import annotations
@@ -51,6 +61,83 @@ def image_rows(k_max: int, queries: int, candidates: str = "definitions") -> lis
     return rows
 
 
+def candidate_images(k: int) -> list[Item]:
+    """``k`` distinct full-size JPEG photos: the bundled ones, then mirrored, flipped, rotated and cropped copies."""
+    from PIL import Image, ImageOps
+
+    from freeret.data.smoke import CAPTIONS, _load
+
+    folder = REPO / "outputs" / "bench" / "images" / "candidates"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(CAPTIONS)
+    changes = [lambda im: im, ImageOps.mirror, ImageOps.flip, lambda im: im.rotate(90, expand=True)]
+    items = []
+    for i in range(k):
+        name, variant = names[i % len(names)], i // len(names)
+        path = folder / f"{name}_{variant}.jpg"
+        if not path.exists():
+            image = changes[variant % len(changes)](Image.fromarray(_load(name)).convert("RGB"))
+            cut = 8 * (variant // len(changes))
+            image.crop((cut, cut, image.width - cut, image.height - cut)).save(path, quality=90)
+        items.append(Item.make("target", "", str(path)))
+    return items
+
+
+def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
+    """Caption queries against the same K image candidates: naive vs fast (main process, then workers)."""
+    from torch.utils.data import DataLoader
+
+    from freeret.backbone.image_records import preprocess_visual
+    from freeret.data.smoke import CAPTIONS
+    from freeret.data.visual import load_visual
+    from freeret.rerank.stage import GroupCollator, plan_images
+
+    queries = [Item.make("query", c, None) for c in list(CAPTIONS.values())[: args.queries]]
+    warm = PairScorer(backbone, framing, "smoke_mm", args.batch_size)
+    warm.score(queries[0], candidate_images(1))
+    rows = []
+    for k in args.k:
+        cands = candidate_images(k)
+        groups = [{"row": str(i), "positions": list(range(k)), "query": q, "candidates": cands}
+                  for i, q in enumerate(queries)]
+        pairs = k * len(queries)
+        reference = PairScorer(backbone, framing, "smoke_mm", args.batch_size, vision_cache_mb=0)
+        t = time.perf_counter()
+        naive = torch.cat([reference.naive(q, cands, batch_size=1).probs for q in queries])
+        rec = {"k": k, "queries": len(queries), "pairs": pairs, "naive_pairs_per_s": pairs / (time.perf_counter() - t)}
+        for workers in [0, *args.workers]:
+            scorer = PairScorer(backbone, framing, "smoke_mm", args.batch_size)
+            loader = DataLoader(plan_images(groups, scorer.image_uses), batch_size=None,  # type: ignore[arg-type]
+                                collate_fn=GroupCollator(backbone.prompter), num_workers=workers)
+            t = time.perf_counter()
+            fast = torch.cat([scorer.score(g["query"], g["candidates"], g.get("records")).probs for g in loader])
+            name = f"fast_workers{workers}" if workers else "fast"
+            rec[f"{name}_pairs_per_s"] = pairs / (time.perf_counter() - t)
+            rec[f"{name}_max_abs_score_diff"] = float((fast - naive).abs().max())
+            rec[f"{name}_vision_cache"] = dict(scorer.vision.stats.__dict__, mib=scorer.vision.nbytes / 2**20)
+        t = time.perf_counter()
+        for q in queries:  # what every pair did before: decode its image, run the processor on its prompt
+            for c in cands:
+                backbone.inputs([reference.prompt(q, c)], [load_visual(c.image)])
+        rec["preprocess_per_pair_images_per_s"] = pairs / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for c in cands:
+            preprocess_visual(backbone.prompter, c.image)
+        rec["preprocess_once_images_per_s"] = k / (time.perf_counter() - t)
+        rec["preprocess_main_process_seconds"] = {"per_pair": pairs / rec["preprocess_per_pair_images_per_s"],
+                                                  "once_per_image": k / rec["preprocess_once_images_per_s"],
+                                                  "workers": 0.0}
+        rows.append(rec)
+        print(f"K={k} x {len(queries)} queries: naive {rec['naive_pairs_per_s']:.1f} pairs/s | "
+              + " | ".join(f"{n.removesuffix('_pairs_per_s').replace('_workers', ', workers ')} {v:.1f}"
+                           for n, v in rec.items() if n.startswith("fast") and n.endswith("_pairs_per_s"))
+              + f" pairs/s | max |score diff| {rec['fast_max_abs_score_diff']:.2e} | preprocessing "
+              f"{rec['preprocess_per_pair_images_per_s']:.1f} images/s per pair, {rec['preprocess_once_images_per_s']:.1f} "
+              f"images/s once; main-process seconds {rec['preprocess_main_process_seconds']['per_pair']:.2f} -> "
+              f"{rec['preprocess_main_process_seconds']['once_per_image']:.2f} (0 with workers)")
+    return rows
+
+
 def text_rows(k_max: int, queries: int) -> list[tuple[Item, list[Item]]]:
     """WordNet definitions with their own candidate words."""
     rset = load_dataset({"name": "wordnet_rd", "path": str(REPO / "data/wordnet_rd/wordnet_rd.jsonl.gz"), "limit": queries})
@@ -72,10 +159,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2_135m", help="a conf/model name, or qwen2vl_2b_dims (random weights)")
     ap.add_argument("--layers", type=int, default=2, help="decoder layers of qwen2vl_2b_dims (the real 2B has 28)")
-    ap.add_argument("--case", choices=["text", "image"], default="text")
+    ap.add_argument("--case", choices=["text", "image", "image_candidates"], default="text")
+    ap.add_argument("--workers", type=int, nargs="*", default=[],
+                    help="image_candidates: also time the fast path with these DataLoader worker counts")
     ap.add_argument("--candidates", choices=["definitions", "words"], default="definitions",
                     help="image case: candidate texts after the 8 captions")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (scores come back to the host each query: timed synchronously)")
     ap.add_argument("--framing", default="mcq")
     ap.add_argument("--queries", type=int, default=2)
     ap.add_argument("--k", type=int, nargs="+", default=[50])
@@ -85,9 +175,22 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or REPO / "outputs" / "bench" / ("rerank.json" if args.case == "text" else f"rerank_image_{args.candidates}_{args.model}.json")
+    out = args.out or REPO / "outputs" / "bench" / {"text": "rerank.json", "image_candidates": f"rerank_image_candidates_{args.model}.json"}.get(
+        args.case, f"rerank_image_{args.candidates}_{args.model}.json")
 
     backbone = load(args.model, args.layers)
+    backbone.model.to(args.device)
+    device = args.device if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
+    if args.case == "image_candidates":
+        rows = image_candidates_case(backbone, Framing.from_dict(conf("framing", args.framing)), args)
+        save(out, {"model": backbone.metadata(), "device": device, "case": args.case, "framing": args.framing,
+                   "batch_size": args.batch_size, "threads": torch.get_num_threads(), "results": rows})
+        bar_chart(out, [f"K={r['k']}" for r in rows],
+                  {"naive (per pair: decode, process, tower)": [r["naive_pairs_per_s"] for r in rows],
+                   "fast (each image once)": [r["fast_pairs_per_s"] for r in rows],
+                   **{f"fast, {w} workers": [r[f"fast_workers{w}_pairs_per_s"] for r in rows] for w in args.workers}},
+                  "pairs / second", f"Rerank, image candidates, {backbone.spec.name}, {torch.get_num_threads()} threads")
+        return
     dataset = "wordnet_rd" if args.case == "text" else "smoke_mm"
     scorer = PairScorer(backbone, Framing.from_dict(conf("framing", args.framing)), dataset, args.batch_size)
     qrows = (image_rows(max(args.k), args.queries, args.candidates) if args.case == "image"
@@ -124,7 +227,7 @@ def main() -> None:
     prefix_tokens = len(backbone.tokenizer(scorer.split(qrows[0][0])[0], add_special_tokens=False)["input_ids"])
     if qrows[0][0].image:  # the image placeholder expands to the processor's visual tokens
         prefix_tokens = int(scorer._with_images([scorer.split(qrows[0][0])[0]], [[qrows[0][0].image]])["input_ids"].shape[1])
-    save(out, {"model": backbone.metadata(), "case": args.case,
+    save(out, {"model": backbone.metadata(), "device": device, "case": args.case,
                "candidates": args.candidates if args.case == "image" else "wordnet_rd words", "framing": args.framing, "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "prefix_tokens_first_query": prefix_tokens, "results": rows})
     bar_chart(out, [f"K={r['k']}" for r in rows],

@@ -57,8 +57,12 @@ class BufferedShardWriter(BasePredictionWriter):
         """Where the next shard goes (rank and running count by default)."""
         return self.out_dir / f"rank{rank}-{self._count:05d}{self.suffix}"
 
+    def host(self, prediction: Any) -> Any:
+        """The prediction as buffered until its shard is written (host memory; no device memory held meanwhile)."""
+        return prediction
+
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
-        self._buffer.append(prediction)
+        self._buffer.append(self.host(prediction))
         self._size += self.size(prediction)
         if self._size >= self.shard_size:
             self._flush(trainer.global_rank)
@@ -88,9 +92,12 @@ class EmbeddingWriter(BufferedShardWriter):
         # named by content: a rerun or resume appends new shards and never overwrites a finished one
         return self.out_dir / shard_name([k for p in predictions for k in p["keys"]], rank)
 
+    def host(self, prediction: dict[str, Any]) -> dict[str, Any]:
+        return {**prediction, "embeddings": prediction["embeddings"].detach().to("cpu", torch.float32)}
+
     def write(self, path: Path, predictions: list[dict[str, Any]]) -> None:
         keys = [k for p in predictions for k in p["keys"]]
-        write_shard(path, keys, torch.cat([p["embeddings"].detach().cpu() for p in predictions]))
+        write_shard(path, keys, torch.cat([p["embeddings"] for p in predictions]))
 
 
 def rank_share(datamodule: L.LightningDataModule, work: Sequence[Any]) -> list[Any]:

@@ -21,7 +21,7 @@ from freeret.backbone import Backbone, ModelSpec, load_backbone
 from freeret.backbone.loading import count_layers, resolve_checkpoint
 from freeret.backbone.prefix import PrefixCache
 from freeret.cache import item_cache_key, store_dir, vector_signature
-from freeret.data.datamodule import PromptCollator
+from freeret.data.datamodule import PromptCollator, num_workers
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.data.validate import check_set, fold_misses, set_image_limit, usable_rows
@@ -94,7 +94,7 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
     computed = sum(len(b) for b in pending_batches(items, batch_size, store.index))
     if computed:
         datamodule = RankedItemDataModule(items, collate, batch_size=batch_size,
-                                          num_workers=int(embed_cfg.get("num_workers", 0)), done=set(store.index))
+                                          num_workers=num_workers(embed_cfg.get("num_workers")), done=set(store.index))
         writer = EmbeddingWriter(folder, shard_size=int(embed_cfg.get("shard_size", 4096)))
         trainer = make_trainer(cfg, writer)
         trainer.predict(EmbedModule(backbone, layer, prefix), datamodule=datamodule, return_predictions=False)
@@ -122,10 +122,14 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankC
     todo = pending_groups(groups, read_rerank(out_dir))
     if todo:
         writer = RerankWriter(out_dir, int((cfg.get("pipeline") or {}).get("shard_size", 256)))
-        make_trainer(cfg, writer).predict(RerankModule(scorer), datamodule=RankedGroups(todo), return_predictions=False)
+        groups_module = RankedGroups(todo, scorer, num_workers(rerank_cfg.num_workers))
+        make_trainer(cfg, writer).predict(RerankModule(scorer), datamodule=groups_module, return_predictions=False)
         barrier()
     if stats is not None:
         stats.update(rerank_rows_computed=len(todo), rerank_rows_reused=len(groups) - len(todo))
+        if scorer.vision is not None:
+            stats.update({f"rerank_vision_{k}": v for k, v in dataclasses.asdict(scorer.vision.stats).items()},
+                         rerank_vision_cache_mib=scorer.vision.nbytes / 2**20)
     records = read_rerank(out_dir)
     return [
         fused_ranking(scores, records[row.id]["positions"], torch.tensor(records[row.id]["probs"]),
@@ -190,7 +194,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
         if shared is not None:
             shared.backbone = backbone
     scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
-                         rerank_cfg.vision_cache_items) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
+                         rerank_cfg.vision_cache_mb) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
     logger = make_logger(cfg.get("logger"), run_dir) if is_main() else None
 
     timing: dict[str, float] = {}

@@ -49,3 +49,13 @@ def test_bench_rerank_small(tmp_path):
     res = _run("bench_rerank.py", tmp_path / "r.json", "--queries", "1", "--k", "3", "--hf")
     assert res["results"][0]["max_abs_score_diff"] < 1e-4  # fast vs naive and vs the textbook full-logits loop
     assert res["results"][0]["hf_pairs_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_rerank_image_candidates_small(tmp_path):
+    res = _run("bench_rerank.py", tmp_path / "i.json", "--case", "image_candidates", "--model", "tiny_qwen2vl",
+               "--queries", "2", "--k", "3")
+    (row,) = res["results"]
+    assert row["fast_max_abs_score_diff"] < 1e-4 and row["pairs"] == 6
+    assert row["fast_vision_cache"]["records_received"] == 3  # each candidate image processed once for both queries
+    assert row["fast_vision_cache"]["images_preprocessed"] == 0

@@ -219,6 +219,8 @@ def run_in_process(overrides: list[str], tmp_path: Path, monkeypatch) -> dict:
           "framing.match=xyzzyq"], "is not a single token"),
         (["model=qwen2vl_7b", "dataset=smoke_mm"], "is not in the local HF cache"),
         (["model=tiny_qwen2vl", "dataset=local", "dataset.path=/nonexistent.jsonl"], "does not exist"),
+        (["model=tiny_qwen2vl", "dataset=smoke_mm", "pipeline=two_stage", "pipeline.vision_cache_items=512"],
+         "pipeline.vision_cache_items was replaced by pipeline.vision_cache_mb"),
     ],
 )
 def test_config_errors_come_before_weights(args, expected, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from skimage import data as skdata
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import get_family
-from freeret.backbone.prefix import PrefixCache, common_prefix_length
+from freeret.backbone.prefix import PrefixCache
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 
@@ -33,10 +33,19 @@ def _same(plain: torch.Tensor, cached: torch.Tensor) -> None:
     assert F.cosine_similarity(plain, cached).min() >= 0.99999
 
 
-def test_common_prefix_length():
-    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
-    assert common_prefix_length([[5, 1], [1, 5]]) == 0
-    assert common_prefix_length([[1, 2, 3]]) == 3
+def test_shared_prefix_found_on_left_padded_rows(smollm):
+    """Rows are aligned at their first real token; a row that is the others' prefix keeps its last token as a
+    suffix; a mask that is not left padding takes the plain path."""
+    cache = PrefixCache(smollm.model, min_prefix=2)
+    cache.stats.record = True
+    inp = smollm.inputs(["a dog that barks loudly at night", "a dog that barks", "a dog that barks loudly"])
+    lengths = inp["attention_mask"].sum(1).tolist()
+    _same(smollm.embed(inp, SPECS[0]), smollm.embed(inp, SPECS[0], cache))
+    shared = min(lengths) - 1
+    assert cache.stats.segments == [(0, shared)] + [(shared, k - shared) for k in lengths]
+    holes = {**inp, "attention_mask": inp["attention_mask"].clone()}
+    holes["attention_mask"][0, -3] = 0  # a hole inside a row: no common alignment
+    assert cache.hidden_at_last(holes, SPECS[0]) is None and cache.stats.plain_batches == 1
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)

@@ -132,7 +132,7 @@ def test_vision_features_computed_once_per_image(model, family):
     image_cands = [it for it in smoke.items.values() if it.role == "target" and it.image][:3]
     image_query = next(it for it in smoke.items.values() if it.role == "query" and it.image)
     cached = PairScorer(bb, load_framing("mcq"), batch_size=2)
-    plain = PairScorer(bb, load_framing("mcq"), batch_size=2, vision_cache_items=0)
+    plain = PairScorer(bb, load_framing("mcq"), batch_size=2, vision_cache_mb=0)
     for query in (QUERY, image_query, QUERY):
         got = cached.fast(query, image_cands + CANDS[:2]).probs
         assert torch.allclose(got, plain.fast(query, image_cands + CANDS[:2]).probs, atol=1e-5)

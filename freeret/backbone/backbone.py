@@ -18,6 +18,27 @@ if TYPE_CHECKING:
     from freeret.backbone.prefix import PrefixCache
 
 
+@dataclass(frozen=True)
+class Prompter:
+    """Prompt rendering and input batching without the weights: what DataLoader workers hold (and pickle)."""
+
+    spec: "ModelSpec"
+    family: Family
+    processor: Any
+
+    def render(self, text: str, n_images: int = 0) -> str:
+        """The full prompt (chat template applied) for images followed by text; its last token is pooled."""
+        return self.render_parts([IMAGE] * n_images + [text])
+
+    def render_parts(self, parts: Sequence[Any]) -> str:
+        """The full prompt for interleaved texts and ``IMAGE`` slots."""
+        return self.family.render(self.processor, parts, self.spec.chat_template, self.spec.system_prompt)
+
+    def inputs(self, prompts: list[str], images: list[list[Image.Image]] | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded model inputs (host tensors) for a batch of rendered prompts."""
+        return self.family.inputs(self.processor, prompts, images)
+
+
 @dataclass
 class Backbone:
     """The frozen MLLM/LM that both stages share."""
@@ -43,17 +64,22 @@ class Backbone:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def prompter(self) -> Prompter:
+        """Rendering and batching without the weights (DataLoader workers get this, not the model)."""
+        return Prompter(self.spec, self.family, self.processor)
+
     def render(self, text: str, n_images: int = 0) -> str:
         """The full prompt (chat template applied) for images followed by text; its last token is pooled."""
-        return self.render_parts([IMAGE] * n_images + [text])
+        return self.prompter.render(text, n_images)
 
     def render_parts(self, parts: Sequence[Any]) -> str:
         """The full prompt for interleaved texts and ``IMAGE`` slots."""
-        return self.family.render(self.processor, parts, self.spec.chat_template, self.spec.system_prompt)
+        return self.prompter.render_parts(parts)
 
     def inputs(self, prompts: list[str], images: list[list[Image.Image]] | None = None) -> dict[str, torch.Tensor]:
         """Left-padded model inputs for a batch of rendered prompts."""
-        return self.family.inputs(self.processor, prompts, images)
+        return self.prompter.inputs(prompts, images)
 
     @torch.no_grad()
     def hidden_states(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,14 +21,6 @@ from freeret.embed.layers import LayerSpec
 
 TEXT_KEYS = frozenset({"input_ids", "attention_mask", "position_ids"})
 TOKEN_TYPE_KEYS = frozenset({"mm_token_type_ids", "token_type_ids"})  # all zeros when a batch holds no image
-
-
-def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Length of the longest token prefix shared by every row."""
-    first, n = rows[0], min(len(r) for r in rows)
-    for other in rows[1:]:
-        n = next((i for i in range(n) if other[i] != first[i]), n)
-    return n
 
 
 @dataclass
@@ -95,36 +87,54 @@ class PrefixCache:
 
     @torch.no_grad()
     def hidden_at_last(self, inputs: dict[str, torch.Tensor], spec: LayerSpec) -> torch.Tensor | None:
-        """(batch, hidden) at ``spec`` for each row's last real token, or None when the batch shares too little."""
-        mask = inputs["attention_mask"].bool()
-        rows = [ids[m].tolist() for ids, m in zip(inputs["input_ids"], mask)]
-        n_prefix = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)  # the last token stays a suffix
-        if n_prefix < self.min_prefix:
-            self.stats.plain_batches += 1
-            if self.stats.record:
-                self.stats.segments.extend((0, len(r)) for r in rows)
+        """(batch, hidden) at ``spec`` for each row's last real token, or None when the batch shares too little.
+
+        Vectorised on the inputs' device: rows are aligned at their first real token (left padding), compared
+        column-wise for the shared prefix, and the suffixes gathered into a right-padded block; the host reads
+        only the row lengths and the prefix ids (its cache key).
+        """
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        n, total = ids.shape
+        if bool((mask[:, 1:] < mask[:, :-1]).any()):  # not left padding: no common alignment, plain path
+            self._plain(mask.sum(1).tolist())
             return None
-        device = inputs["input_ids"].device
-        kv = self._kv(tuple(rows[0][:n_prefix]), spec, device)
-        suffixes = [r[n_prefix:] for r in rows]
-        n, width = len(rows), max(len(s) for s in suffixes)
-        ids = torch.full((n, width), 0, dtype=torch.long, device=device)
-        suffix_mask = torch.zeros((n, width), dtype=torch.long, device=device)
-        for i, s in enumerate(suffixes):
-            ids[i, : len(s)] = torch.tensor(s, device=device)
-            suffix_mask[i, : len(s)] = 1
+        lengths = mask.sum(1)
+        host_lengths = lengths.tolist()  # the shapes below depend on them
+        shortest = min(host_lengths)
+        starts = total - lengths  # row i's tokens are ids[i, starts[i]:]
+        aligned = ids.gather(1, starts[:, None] + torch.arange(shortest, device=ids.device))
+        agree = (aligned == aligned[:1]).all(0).long().cumprod(0)
+        head = torch.cat([agree.sum().reshape(1), aligned[0]]).tolist()
+        n_prefix = min(head[0], shortest - 1)  # the last token stays a suffix
+        if n_prefix < self.min_prefix:
+            self._plain(host_lengths)
+            return None
+        device = ids.device
+        kv = self._kv(tuple(head[1 : 1 + n_prefix]), spec, device)
+        width = max(host_lengths) - n_prefix
+        cols = torch.arange(width, device=device)
+        suffix_lengths = lengths - n_prefix
+        suffix_mask = (cols[None] < suffix_lengths[:, None]).long()
+        at = (starts[:, None] + n_prefix + cols[None]).clamp(max=total - 1)
+        suffix_ids = torch.where(suffix_mask.bool(), ids.gather(1, at), torch.zeros_like(at))
         cache = DynamicCache(ddp_cache_data=[(k.expand(n, *k.shape[1:]) if k is not None else None,
                                               v.expand(n, *v.shape[1:]) if v is not None else None) for k, v in kv],
                              config=self.config)
         positions = torch.arange(n_prefix, n_prefix + width, device=device).expand(n, width)
         with capture(self.layers, self.norm, [spec]) as got:
-            run_until_captured(self.decoder, input_ids=ids,
+            run_until_captured(self.decoder, input_ids=suffix_ids,
                                attention_mask=torch.cat([suffix_mask.new_ones(n, n_prefix), suffix_mask], dim=1),
                                position_ids=positions, past_key_values=cache, use_cache=True)
-        lengths = suffix_mask.sum(1)
-        self.stats.suffix_tokens_run += int(lengths.sum())
-        self.stats.suffix_padding += n * width - int(lengths.sum())
+        run = sum(host_lengths) - n * n_prefix
+        self.stats.suffix_tokens_run += run
+        self.stats.suffix_padding += n * width - run
         self.stats.tokens_skipped += n_prefix * (n - 1)
         if self.stats.record:
-            self.stats.segments.extend((n_prefix, int(k)) for k in lengths)
-        return got[spec][torch.arange(n, device=device), lengths - 1]
+            self.stats.segments.extend((n_prefix, k - n_prefix) for k in host_lengths)
+        return got[spec][torch.arange(n, device=device), suffix_lengths - 1]
+
+    def _plain(self, lengths: list[int]) -> None:
+        """Count a batch that takes the plain forward (the caller returns None)."""
+        self.stats.plain_batches += 1
+        if self.stats.record:
+            self.stats.segments.extend((0, k) for k in lengths)

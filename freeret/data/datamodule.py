@@ -6,15 +6,18 @@ text length inside a group so batches carry little padding.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count, load_visual
 from freeret.embed.priors import Prior
+from freeret.errors import ConfigError
 
 
 def plan_batches(items: Sequence[Item], batch_size: int) -> list[list[int]]:
@@ -42,21 +45,41 @@ class PlannedBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
+def default_num_workers() -> int:
+    """DataLoader workers when the config says ``null``: min(8, CPUs per GPU) on a CUDA machine, where decoding
+    and preprocessing images in the main process would starve the GPU; 0 on CPU-only machines, where workers
+    would only compete with the model for the same cores."""
+    if not torch.cuda.is_available():
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus // max(1, torch.cuda.device_count())))
+
+
+def num_workers(value: int | None) -> int:
+    """A configured worker count (``embed.num_workers``, ``pipeline.num_workers``); ``null`` = the default above."""
+    if value is None:
+        return default_num_workers()
+    if int(value) < 0:
+        raise ConfigError(f"num_workers must be >= 0 or null (auto), got {value}")
+    return int(value)
+
+
 class PromptCollator:
-    """Turns a list of items into model inputs with the prior's prompts."""
+    """Turns a list of items into model inputs with the prior's prompts (in DataLoader workers when there are
+    some: it holds the processor, not the model)."""
 
     def __init__(self, backbone: Backbone, prior: Prior, dataset: str | None) -> None:
-        self.backbone, self.prior, self.dataset = backbone, prior, dataset
+        self.prompter, self.prior, self.dataset = backbone.prompter, prior, dataset
 
     def prompt(self, item: Item, n_images: int | None = None) -> str:
         """The full prompt string for one item (a video clip puts one image per sampled frame)."""
         text = self.prior.render(item.role, item.text, item.image is not None, self.dataset)
-        return self.backbone.render(text, n_images=frame_count(item.image) if n_images is None else n_images)
+        return self.prompter.render(text, n_images=frame_count(item.image) if n_images is None else n_images)
 
     def __call__(self, items: list[Item]) -> dict[str, Any]:
         images = [load_visual(it.image) for it in items] if items[0].image is not None else None
         prompts = [self.prompt(it, len(images[i]) if images else 0) for i, it in enumerate(items)]
-        return {"keys": [it.key for it in items], "inputs": self.backbone.inputs(prompts, images)}
+        return {"keys": [it.key for it in items], "inputs": self.prompter.inputs(prompts, images)}
 
 
 class ItemDataModule(L.LightningDataModule):

@@ -7,6 +7,7 @@ as consecutive images, which every supported family accepts.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image, ImageSequence
@@ -41,14 +42,19 @@ def _rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _video_frames(path: Path, n: int) -> list[Image.Image]:
+def _av(path: Path | str):
     try:
         import av  # optional: pip install av
     except ImportError as exc:
         raise DataError(f"{path}: reading video files needs PyAV (pip install av), or give the clip as a folder of frames") from exc
-    with av.open(str(path)) as container:
-        frames = [f.to_image() for f in container.decode(video=0)]
-    return [_rgb(frames[i]) for i in sample_indices(len(frames), n)]
+    return av
+
+
+def _video_frames(path: Path, n: int) -> list[Image.Image]:
+    wanted = set(sample_indices(frame_total(str(path)), n))
+    with _av(path).open(str(path)) as container:  # frames decode in sequence; only the sampled ones become images
+        frames = [f.to_image() for i, f in enumerate(container.decode(video=0)) if i in wanted]
+    return [_rgb(f) for f in frames]
 
 
 def load_clip(path: str, n: int = CLIP_FRAMES) -> list[Image.Image]:
@@ -69,15 +75,37 @@ def load_clip(path: str, n: int = CLIP_FRAMES) -> list[Image.Image]:
 
 
 def frame_count(path: str | None, n: int = CLIP_FRAMES) -> int:
-    """How many images an item's visual puts in its prompt (0 without one)."""
+    """How many images an item's visual puts in its prompt (0 without one).
+
+    Every prompt render asks; a clip's length is counted once per file version (a video is decoded to count).
+    """
     if not path:
         return 0
     if not is_clip(path):
         return 1
+    return len(sample_indices(frame_total(path), n))
+
+
+def frame_total(path: str) -> int:
+    """All frames of a clip, counted once per file version (mtime and size)."""
+    try:
+        stat = Path(path).stat()
+    except FileNotFoundError:
+        raise DataError(f"video clip {path} does not exist") from None
+    return _clip_length(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=65536)
+def _clip_length(path: str, mtime_ns: int, size: int) -> int:
+    """Frames in a clip: a folder's frame files, else the decoded frames of an animated image or video file."""
     p = Path(path)
     if p.is_dir():
-        return len(sample_indices(sum(1 for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES), n))
-    return len(load_clip(path, n))
+        return sum(1 for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES)
+    if p.suffix.lower() in ANIMATED_SUFFIXES:
+        with Image.open(p) as img:
+            return int(getattr(img, "n_frames", 1))
+    with _av(path).open(path) as container:
+        return sum(1 for _ in container.decode(video=0))
 
 
 def load_visual(path: str) -> list[Image.Image]:

@@ -8,6 +8,9 @@ Two exact implementations of the same score:
 Pairs whose candidate has an image take the batched full-forward path (the prefix
 cache is reused only for text suffixes); every image's vision features are computed
 once and reused across prompts (:class:`VisionFeatureCache`).
+
+Devices: inputs go to the model's device; every score leaves the scorer on the CPU in fp32
+(one small copy per batch), whatever path produced it, so callers never mix devices.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import IMAGE
+from freeret.backbone.image_records import ImageRecord
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.visual import frame_count, load_visual
 from freeret.data.retrieval_set import Item
@@ -31,9 +35,14 @@ log = logging.getLogger(__name__)
 _SLOT = "\u2063CANDIDATE\u2063"  # stands for the candidate text while the prompt is split
 
 
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """The scorer's output contract: CPU, fp32."""
+    return t.detach().to("cpu", torch.float32)
+
+
 @dataclass
 class PairScores:
-    """Option probabilities (candidates x options) and which column means "match"."""
+    """Option probabilities (candidates x options, CPU fp32) and which column means "match"."""
 
     probs: torch.Tensor
     match_index: int
@@ -53,10 +62,10 @@ class PairScorer:
     """Scores a query against its candidates with a framing."""
 
     def __init__(self, backbone: Backbone, framing: Framing, dataset: str | None = None, batch_size: int = 16,
-                 calibrate: bool = False, vision_cache_items: int = 512) -> None:
+                 calibrate: bool = False, vision_cache_mb: float = 2048) -> None:
         self.bb, self.framing, self.batch_size, self.calibrate = backbone, framing, batch_size, calibrate
-        self.vision = (VisionFeatureCache(backbone, vision_cache_items)
-                       if backbone.family.multimodal and vision_cache_items > 0 else None)
+        self.vision = (VisionFeatureCache(backbone, vision_cache_mb)
+                       if backbone.family.multimodal and vision_cache_mb > 0 else None)
         self.head, self.middle, self.tail = framing.split(dataset)
         probe = self.prompt(Item.make("query", "q", None), Item.make("target", "c", None))
         self.option_ids = resolve_option_ids(backbone.tokenizer, probe, framing.options, f"framing '{framing.name}'")
@@ -83,23 +92,40 @@ class PairScorer:
 
     # -- scoring -----------------------------------------------------------------------------------
     def _option_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        # the trainer may move the model after this scorer was built: follow the hidden state's device
-        logits = hidden.float() @ self.head_rows.to(hidden.device).float().T
+        if self.head_rows.device != hidden.device:  # the model moved after this scorer was built: follow it once
+            self.head_rows = self.head_rows.to(hidden.device)
+            self.head_bias = self.head_bias.to(hidden.device) if self.head_bias is not None else None
+        logits = hidden.float() @ self.head_rows.float().T
         if self.head_bias is not None:
-            logits = logits + self.head_bias.to(hidden.device).float()
+            logits = logits + self.head_bias.float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
     def _with_images(self, prompts: list[str], paths: list[list[str]]) -> dict:
-        """Model inputs on the device; images go through the vision cache when there is one."""
-        visuals = [[(p, load_visual(p)) for p in row] for row in paths]
-        images = [[im for _, ims in row for im in ims] for row in visuals]
-        inputs = self.bb.inputs(prompts, images if any(images) else None)
-        if self.vision is not None and any(images):
-            keys = [[p if len(ims) == 1 else f"{p}#frame{i}" for p, ims in row for i in range(len(ims))] for row in visuals]
-            inputs = self.vision.apply(inputs, keys, images)
+        """Model inputs on the device. With the vision cache, each image is decoded and processed once per run and
+        its features come from the cache; without it (the reference), every prompt decodes and processes its own."""
+        if self.vision is not None and any(paths):
+            inputs = self.vision.inputs(prompts, paths)
+        else:
+            images = [[im for p in row for im in load_visual(p)] for row in paths]
+            inputs = self.bb.inputs(prompts, images if any(images) else None)
         return {k: v.to(self.bb.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+    def image_uses(self, query: Item, cands: Sequence[Item]) -> set[tuple[str, int]]:
+        """The (visual, cache count) pairs that scoring ``cands`` for ``query`` looks up in the vision cache: what a
+        DataLoader worker can decode and process ahead (:meth:`score`'s ``records``)."""
+        if self.vision is None:
+            return set()
+        q = frame_count(query.image)
+        uses = set()
+        if query.image and (self.calibrate or any(not c.image for c in cands)):
+            uses.add((query.image, self.vision.count(q)))
+        for cand in cands:
+            if cand.image:
+                count = self.vision.count(q + frame_count(cand.image))
+                uses.update({(cand.image, count), *([(query.image, count)] if query.image else [])})
+        return uses
 
     @torch.no_grad()
     def naive(self, query: Item, cands: Sequence[Item], batch_size: int = 1) -> PairScores:
@@ -111,13 +137,13 @@ class PairScorer:
             paths = [[p for p in (query.image, c.image) if p] for c in chunk]
             inputs = self._with_images(prompts, paths)
             hidden = self.base(**inputs, use_cache=False).last_hidden_state[:, -1]
-            probs.append(self._option_logits(hidden).softmax(-1))
+            probs.append(_to_host(self._option_logits(hidden).softmax(-1)))
         return PairScores(torch.cat(probs), self.framing.match_index)
 
     @torch.no_grad()
     def fast(self, query: Item, cands: Sequence[Item]) -> PairScores:
         """Prefix KV cache once per query, text suffixes in right-padded batches; image candidates via ``naive``."""
-        probs = torch.empty(len(cands), len(self.option_ids))
+        probs = torch.empty(len(cands), len(self.option_ids), dtype=torch.float32)  # host: every path returns host fp32
         text_idx = [i for i, c in enumerate(cands) if not c.image]
         image_idx = [i for i, c in enumerate(cands) if c.image]
         if text_idx and not self._split_is_exact(query, cands[text_idx[0]]):
@@ -163,14 +189,24 @@ class PairScorer:
                 use_cache=True,
             ).last_hidden_state
             last = hidden[torch.arange(n), mask.sum(1) - 1]
-            out.append(self._option_logits(last).softmax(-1).cpu())
+            out.append(_to_host(self._option_logits(last).softmax(-1)))
         return torch.cat(out)
 
-    def score(self, query: Item, cands: Sequence[Item]) -> PairScores:
-        """Fast scores, divided by the content-free option prior of this query when ``calibrate`` is on."""
-        if not self.calibrate:
-            return self.fast(query, cands)
-        empty = Item.make("target", "", None)
-        scores = self.fast(query, [*cands, empty])
-        calibrated = scores.probs[:-1] / scores.probs[-1]
-        return PairScores(calibrated / calibrated.sum(-1, keepdim=True), self.framing.match_index)
+    def score(self, query: Item, cands: Sequence[Item],
+              records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> PairScores:
+        """Fast scores, divided by the content-free option prior of this query when ``calibrate`` is on.
+
+        ``records``: visuals already decoded and processed (by a DataLoader worker), keyed as :meth:`image_uses`.
+        """
+        if self.vision is not None and records:
+            self.vision.receive(records)
+        try:
+            if not self.calibrate:
+                return self.fast(query, cands)
+            empty = Item.make("target", "", None)
+            scores = self.fast(query, [*cands, empty])
+            calibrated = scores.probs[:-1] / scores.probs[-1]
+            return PairScores(calibrated / calibrated.sum(-1, keepdim=True), self.framing.match_index)
+        finally:
+            if self.vision is not None:
+                self.vision.pending.clear()  # records this query did not use are not kept

@@ -11,12 +11,14 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from freeret.backbone.backbone import Prompter
+from freeret.backbone.image_records import preprocess_visual
 from freeret.data.retrieval_set import RetrievalSet
 from freeret.errors import ConfigError
 from freeret.lit import BufferedShardWriter, rank_share
@@ -39,13 +41,19 @@ class RerankConfig:
     fusion: str = "rerank"
     fusion_weight: float = 0.5
     tie_break: str = "embed"
-    vision_cache_items: int = 512
+    vision_cache_mb: float = 2048
+    num_workers: int | None = None
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "RerankConfig":
         """Pick stage-2 keys out of the pipeline mapping and check them."""
+        if cfg.get("vision_cache_items") is not None:
+            raise ConfigError("pipeline.vision_cache_items was replaced by pipeline.vision_cache_mb (MiB of vision "
+                              "features kept on the model's device; 0 = off): set that one instead")
         keys = {k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg}
         rc = cls(**keys)
+        if rc.vision_cache_mb < 0:
+            raise ConfigError(f"pipeline.vision_cache_mb must be >= 0 (0 = off), got {rc.vision_cache_mb}")
         if rc.fusion not in FUSIONS:
             raise ConfigError(f"pipeline.fusion={rc.fusion!r} is not one of {', '.join(FUSIONS)}")
         if rc.tie_break not in TIE_BREAKS:
@@ -77,24 +85,50 @@ class RerankModule(L.LightningModule):
         return batch  # items hold paths and text; the scorer builds and moves its own tensors
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        scores = self.scorer.score(batch["query"], batch["candidates"])
+        scores = self.scorer.score(batch["query"], batch["candidates"], batch.get("records"))
         return {"row": batch["row"], "positions": batch["positions"], "probs": scores.probs.tolist()}
 
 
-def rerank_loader(groups: list[dict[str, Any]]) -> DataLoader:
-    """One query group per prediction step."""
-    return DataLoader(groups, batch_size=None, collate_fn=lambda group: group)  # type: ignore[arg-type]
+def plan_images(groups: list[dict[str, Any]], uses: Callable[[Any, Sequence[Any]], set]) -> list[dict[str, Any]]:
+    """Each group with the visuals to decode and process for it (``preprocess``): those it is the first to use,
+    so each unique image is processed once per run (a visual evicted from the cache meanwhile is redone later)."""
+    seen: set = set()
+    planned = []
+    for group in groups:
+        first = sorted(uses(group["query"], group["candidates"]) - seen)
+        seen.update(first)
+        planned.append({**group, "preprocess": first})
+    return planned
+
+
+class GroupCollator:
+    """Runs in DataLoader workers: decodes and processes a group's planned visuals into image records."""
+
+    def __init__(self, prompter: Prompter | None) -> None:
+        self.prompter = prompter
+
+    def __call__(self, group: dict[str, Any]) -> dict[str, Any]:
+        if self.prompter is None or not group.get("preprocess"):
+            return group
+        return {**group, "records": {(path, count): preprocess_visual(self.prompter, path, count)
+                                     for path, count in group["preprocess"]}}
 
 
 class RankedGroups(L.LightningDataModule):
-    """Pending query groups split across ranks (every ``world_size``-th); the same list on every rank."""
+    """Pending query groups split across ranks (every ``world_size``-th), one per prediction step; the same list
+    on every rank. With the scorer's vision cache, workers decode and process each group's new images ahead."""
 
-    def __init__(self, groups: list[dict[str, Any]]) -> None:
+    def __init__(self, groups: list[dict[str, Any]], scorer: PairScorer | None = None, num_workers: int = 0) -> None:
         super().__init__()
-        self.groups = groups
+        self.groups, self.scorer, self.num_workers = groups, scorer, num_workers
 
     def predict_dataloader(self) -> DataLoader:
-        return rerank_loader(rank_share(self, self.groups))
+        groups = rank_share(self, self.groups)
+        prompter = None
+        if self.scorer is not None and self.scorer.vision is not None:
+            groups, prompter = plan_images(groups, self.scorer.image_uses), self.scorer.bb.prompter
+        return DataLoader(groups, batch_size=None, collate_fn=GroupCollator(prompter),  # type: ignore[arg-type]
+                          num_workers=self.num_workers)
 
 
 class RerankWriter(BufferedShardWriter):

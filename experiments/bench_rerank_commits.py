@@ -1,0 +1,74 @@
+"""Stage-2 image candidates on two checkouts of FreeRet: pairs/s of the default path, image decodes and processor calls.
+
+    git archive b8ca8a9 | tar -x -C /tmp/old        # the code before issue 12
+    python experiments/bench_rerank_commits.py --code /tmp/old --k 8
+    python experiments/bench_rerank_commits.py --k 8  # this checkout
+
+Times ``PairScorer.fast`` (the path a run takes by default; the only API both checkouts share) over 4 caption
+queries x K JPEG candidates (``bench_rerank.candidate_images``) on the tiny Qwen2-VL, one thread, and counts image
+decodes (``freeret.data.visual.open_image``) and image-processor calls (``preprocess``) with spies. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXPERIMENTS = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--code", type=Path, default=EXPERIMENTS.parent, help="a FreeRet checkout (default: this one)")
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--queries", type=int, default=4)
+    args = ap.parse_args()
+    sys.path.insert(0, str(args.code))  # that checkout's freeret wins
+    import torch
+    from omegaconf import OmegaConf
+
+    import freeret
+    from freeret.backbone import ModelSpec, load_backbone
+    from freeret.data import visual
+    from freeret.data.retrieval_set import Item
+    from freeret.data.smoke import CAPTIONS
+    from freeret.rerank.framing import Framing
+    from freeret.rerank.scorer import PairScorer
+
+    sys.path.insert(1, str(EXPERIMENTS))
+    from bench_rerank import candidate_images
+
+    torch.set_num_threads(1)
+    bb = load_backbone(ModelSpec(name="tiny_qwen2vl", family="qwen2_vl", source="tiny"))
+    framing = Framing.from_dict(OmegaConf.to_container(OmegaConf.load(EXPERIMENTS.parent / "conf/framing/mcq.yaml")))
+    counts = {"decodes": 0, "processor_calls": 0}
+
+    def spy(owner, name, counter):
+        original = getattr(owner, name)
+
+        def wrapped(*a, **kw):
+            counts[counter] += 1
+            return original(*a, **kw)
+
+        setattr(owner, name, wrapped)
+
+    spy(visual, "open_image", "decodes")
+    spy(type(bb.processor.image_processor), "preprocess", "processor_calls")
+    queries = [Item.make("query", c, None) for c in list(CAPTIONS.values())[: args.queries]]
+    cands = candidate_images(args.k)
+    PairScorer(bb, framing, "smoke_mm", 16).fast(queries[0], cands[:1])  # warm-up
+    counts.update(decodes=0, processor_calls=0)
+    scorer = PairScorer(bb, framing, "smoke_mm", 16)
+    start = time.perf_counter()
+    for query in queries:
+        scorer.fast(query, cands)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"code": str(Path(freeret.__file__).parent.parent), "queries": len(queries), "k": args.k,
+                      "pairs_per_s": len(queries) * args.k / seconds, **counts}))
+
+
+if __name__ == "__main__":
+    main()
