@@ -5,6 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,11 +65,80 @@ def test_only_shards_a_run_uses_are_checksummed(tmp_path, monkeypatch):
     assert len(checked) == 1 and "k3" in real(checked[0])
 
 
-def test_stale_temporary_files_are_removed(tmp_path):
+def _temp_name(final: str, host: str, pid: int) -> str:
+    """A writer's temporary as freeret.storage names it: ``.<final>~<host>~<pid>~<random>.tmp``."""
+    return f".{final}~{host}~{pid}~0a1b2c3d.tmp"
+
+
+def test_a_scan_deletes_only_abandoned_temporaries(tmp_path):
+    """A live writer's temporary (this host, live PID) is never deleted, however old; a dead writer's is; a
+    temporary from another host (PID not checkable) or of the old naming only once older than the age limit."""
     make_store(tmp_path, n=7, per_shard=7)
-    (tmp_path / ".rank0-x.safetensors.123.tmp").write_bytes(b"half")
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        old = time.time() - 25 * 3600
+        live = [tmp_path / _temp_name("a.safetensors", host, sleeper.pid), tmp_path / _temp_name("b.safetensors", host, os.getpid())]
+        kept = [*live, tmp_path / _temp_name("c.safetensors", "other-host", 1), tmp_path / ".d.safetensors.123.tmp"]
+        gone = [tmp_path / _temp_name("e.safetensors", host, dead.pid), tmp_path / _temp_name("f.safetensors", "other-host", 1),
+                tmp_path / ".g.safetensors.123.tmp"]
+        for path in kept + gone:
+            path.write_bytes(b"half")
+        for path in [*live, *gone[1:]]:
+            os.utime(path, (old, old))  # older than the default 24 h; a live writer's file stays anyway
+        store = ShardStore(tmp_path).scan()
+        assert len(store) == 7
+        assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == sorted(p.name for p in kept)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_torn_shard_replaced_by_a_writer_after_the_check_is_kept(tmp_path, monkeypatch):
+    """Between a scan's checksum verdict and its delete, another job renames a whole shard over the torn one:
+    the scan must not delete that whole shard."""
+    keys, emb = make_store(tmp_path, n=7, per_shard=7)
+    (victim,) = tmp_path.glob("*.safetensors")
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0xFF  # corrupt: the header reads, the checksum fails
+    victim.write_bytes(bytes(data))
+    real = store_mod.check_shard
+
+    def check_then_writer_replaces(path):
+        verdict = real(path)  # torn
+        write_shard(victim, keys, emb)  # meanwhile a writer renames a whole copy into place
+        return verdict
+
+    monkeypatch.setattr(store_mod, "check_shard", check_then_writer_replaces)
     store = ShardStore(tmp_path).scan()
-    assert len(store) == 7 and not list(tmp_path.glob(".*.tmp"))
+    assert victim.exists() and check_shard(victim) == keys and store.dropped == []
+    monkeypatch.undo()
+    assert len(ShardStore(tmp_path).scan()) == 7 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_batch_lock_held_by_a_killed_process_is_released(tmp_path):
+    """Work sharing: a batch another live process holds cannot be claimed; SIGKILL that process and it can."""
+    from freeret.workshare import BatchClaims
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from freeret.workshare import BatchClaims; "
+         f"c = BatchClaims(sys.argv[1]); assert c.try_claim('b1'); print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        mine = BatchClaims(tmp_path)
+        assert not mine.try_claim("b1") and mine.elsewhere == {"b1"}
+        assert mine.try_claim("b2")
+        mine.release("b2", done=True)
+        assert not (tmp_path / ".locks" / "b2.lock").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert mine.wait("b1", lambda: False) is False  # returns at once: the kernel dropped the dead holder's lock
+    assert mine.try_claim("b1")
+    mine.release_all()
 
 
 def test_streamed_scores_equal_in_memory_scores_reading_each_shard_once(tmp_path, monkeypatch):
