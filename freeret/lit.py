@@ -229,7 +229,7 @@ def embed_rounds(items: Sequence[Any], batch_size: int, store: ShardStore, claim
             deferred = predict(todo)
             for batch in deferred:
                 keys = [items[i].key for i in batch]
-                claims.wait(batch_id(keys), lambda: _finished(store, keys))  # type: ignore[union-attr]
+                claims.wait(batch_id(keys), lambda keys=keys: _finished(store, keys))  # type: ignore[union-attr]
             last = None if deferred else todo
             rounds += 1
     finally:

@@ -115,7 +115,7 @@ def test_three_jobs_share_one_store_one_killed_and_restarted(tmp_path, reference
     killed = procs[KILLED].pid
     procs[KILLED] = start(tmp_path / KILLED, job_args(cache, JOBS[KILLED], lock))  # restarted: same config and run dir
     for name, proc in procs.items():
-        out, err = proc.communicate(timeout=900)
+        _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0 and "Traceback" not in err, f"{name}: {err[-3000:]}"
     wall = time.perf_counter() - t0
 
