@@ -141,7 +141,10 @@ def read_rerank(out_dir: Path, stale_after_s: float = STALE_AFTER_S) -> dict[str
             continue  # another rank dropped it first
         except (ValueError, UnicodeDecodeError) as exc:
             log.warning("dropping unreadable rerank shard %s (%s); its rows are scored again", shard.name, exc)
-            drop_if_unchanged(shard, seen)
+            try:
+                drop_if_unchanged(shard, seen)
+            except OSError as err:  # a read-only run dir: its rows count as missing, the write will say why
+                log.warning("cannot delete %s (%s)", shard, err)
             continue
         rows.update((rec["row"], rec) for rec in records)
     return rows
