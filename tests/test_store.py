@@ -118,6 +118,16 @@ def test_a_torn_shard_replaced_by_a_writer_after_the_check_is_kept(tmp_path, mon
     assert len(ShardStore(tmp_path).scan()) == 7 and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_refresh_indexes_what_other_jobs_wrote_after_the_scan(tmp_path):
+    _, emb = make_store(tmp_path, n=14, per_shard=7)
+    settled = time.time() - 60
+    os.utime(tmp_path, (settled, settled))  # an old folder mtime: an unchanged folder is not listed again
+    store = ShardStore(tmp_path).scan()
+    assert len(store.refresh()) == 14
+    write_shard(tmp_path / shard_name(["new"]), ["new"], emb[:1])  # another job's shard
+    assert "new" in store.refresh() and len(store) == 15
+
+
 def test_a_batch_lock_held_by_a_killed_process_is_released(tmp_path):
     """Work sharing: a batch another live process holds cannot be claimed; SIGKILL that process and it can."""
     from freeret.workshare import BatchClaims
