@@ -18,8 +18,8 @@ from typing import Any, Mapping
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
 from freeret.embed.layers import LayerSpec
-from freeret.paths import cache_dir
 from freeret.errors import ConfigError
+from freeret.paths import cache_dir
 from freeret.retrieve.store import FORMAT
 from freeret.storage import ensure_dir
 

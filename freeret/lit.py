@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Sequence
 
@@ -20,8 +19,6 @@ from freeret.embed.layers import LayerSpec
 from freeret.retrieve.store import ShardStore, shard_name, write_shard
 from freeret.storage import check_writable
 from freeret.workshare import BatchClaims, batch_id
-
-log = logging.getLogger(__name__)
 
 
 class EmbedModule(L.LightningModule):

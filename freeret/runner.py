@@ -17,10 +17,10 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
+from freeret import stop
 from freeret.backbone import Backbone, ModelSpec, load_backbone
 from freeret.backbone.loading import count_layers, resolve_checkpoint
 from freeret.backbone.prefix import PrefixCache
-from freeret import stop
 from freeret.cache import item_cache_key, stale_after_s, store_dir, vector_signature, work_sharing
 from freeret.data.datamodule import PromptCollator
 from freeret.data.datasets import load_dataset

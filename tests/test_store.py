@@ -96,6 +96,37 @@ def test_a_scan_deletes_only_abandoned_temporaries(tmp_path):
         sleeper.wait()
 
 
+WRITER_PAUSED_BEFORE_RENAME = """
+import os, sys
+from pathlib import Path
+import torch
+from freeret.retrieve.store import write_shard
+rename = os.replace
+def paused(src, dst):
+    print("temporary written", flush=True)
+    sys.stdin.readline()
+    return rename(src, dst)
+os.replace = paused
+write_shard(Path(sys.argv[1]) / "rank0-late.safetensors", ["late"], torch.ones(1, 8))
+"""
+
+
+def test_a_scan_while_another_process_writes_leaves_its_temporary(tmp_path):
+    """The issue's failure: job B starts (scans) while job A is between writing its temporary and renaming it.
+    The scan must leave A's temporary alone, so A's rename succeeds and its shard lands whole."""
+    make_store(tmp_path, n=7, per_shard=7)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER_PAUSED_BEFORE_RENAME, str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "temporary written", writer.stderr.read()
+        assert len(ShardStore(tmp_path).scan()) == 7  # another job starting now
+        _, err = writer.communicate("go\n", timeout=120)
+    finally:
+        writer.kill()
+    assert writer.returncode == 0, err[-2000:]
+    assert check_shard(tmp_path / "rank0-late.safetensors") == ["late"] and not list(tmp_path.glob(".*.tmp"))
+
+
 def test_a_torn_shard_replaced_by_a_writer_after_the_check_is_kept(tmp_path, monkeypatch):
     """Between a scan's checksum verdict and its delete, another job renames a whole shard over the torn one:
     the scan must not delete that whole shard."""
