@@ -227,7 +227,7 @@ def embed_rounds(items: Sequence[Any], batch_size: int, store: ShardStore, claim
             for batch in deferred:
                 keys = [items[i].key for i in batch]
                 claims.wait(batch_id(keys), lambda keys=keys: _finished(store, keys))  # type: ignore[union-attr]
-            last = None if deferred else todo
+            last = None if rank_sum(len(deferred)) else todo  # the same on every rank
             rounds += 1
     finally:
         if claims is not None:

@@ -49,7 +49,7 @@ class BatchClaims:
         except Timeout:
             self.elsewhere.add(bid)
             return False
-        except OSError as exc:
+        except (OSError, NotImplementedError) as exc:  # permissions; filelock < 4 on a filesystem without flock
             log.warning("cannot lock batches in %s (%s): computing without work sharing", self.dir, exc)
             self.unlocked = True
             return True

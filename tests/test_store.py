@@ -274,3 +274,19 @@ def test_resume_plans_the_same_batches_minus_finished_ones():
     done = {items[i].key for b in full[:3] for i in b} | {items[full[5][0]].key}  # 3 whole batches, 1 partly
     resumed = pending_batches(items, 4, done)
     assert resumed == full[3:] and full[5] in resumed
+
+
+def test_work_sharing_falls_back_to_plain_computing_when_locks_cannot_be_taken(tmp_path, monkeypatch, caplog):
+    """Lock files another user owns (or filelock < 4 on a filesystem without flock): warn once, compute anyway."""
+    from filelock import FileLock
+
+    from freeret.workshare import BatchClaims
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(FileLock, "acquire", refuse)
+    claims = BatchClaims(tmp_path)
+    assert claims.try_claim("b1") and claims.try_claim("b2") and claims.unlocked and not claims.held
+    assert claims.wait("b1", lambda: True)
+    assert caplog.text.count("computing without work sharing") == 1
