@@ -165,7 +165,7 @@ def test_a_batch_lock_held_by_a_killed_process_is_released(tmp_path):
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from freeret.workshare import BatchClaims; "
-         f"c = BatchClaims(sys.argv[1]); assert c.try_claim('b1'); print('held', flush=True); time.sleep(60)", str(tmp_path)],
+         "c = BatchClaims(sys.argv[1]); assert c.try_claim('b1'); print('held', flush=True); time.sleep(60)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
