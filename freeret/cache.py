@@ -18,8 +18,10 @@ from typing import Any, Mapping
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
 from freeret.embed.layers import LayerSpec
+from freeret.errors import ConfigError
 from freeret.paths import cache_dir
 from freeret.retrieve.store import FORMAT
+from freeret.storage import ensure_dir
 
 
 def _version(name: str) -> str | None:
@@ -99,17 +101,38 @@ def item_cache_key(item: Item, prompt: str) -> str:
 
 
 def store_dir(embed_cfg: Mapping[str, Any], run_dir: Path, dataset: str, signature: Mapping[str, Any]) -> Path:
-    """Where a run's vectors live: the shared cache (``embed.cache=true``) or the run dir, per signature."""
+    """Where a run's vectors live: the shared cache (``embed.cache=true``) or the run dir, per signature.
+
+    A full or read-only disk is a one-line StorageError; a read-only cache that already holds the folder is fine.
+    """
     sig = signature_id(signature)
     if embed_cfg.get("cache", True):
         root = Path(embed_cfg["cache_dir"]).expanduser() if embed_cfg.get("cache_dir") else cache_dir() / "embeddings"
-        folder = root / sig
+        folder, setting = root / sig, "embed.cache_dir"
     else:
-        folder = run_dir / "embeddings" / dataset / sig
-    folder.mkdir(parents=True, exist_ok=True)
+        folder, setting = run_dir / "embeddings" / dataset / sig, "hydra.run.dir"
+    ensure_dir(folder, setting)
     sig_file = folder / "signature.json"
     if not sig_file.exists():
         from freeret.eval.results import write_json
 
-        write_json(sig_file, dict(signature))
+        write_json(sig_file, dict(signature), setting)
     return folder
+
+
+def work_sharing(embed_cfg: Mapping[str, Any]) -> bool:
+    """``embed.lock``: per-batch locks so concurrent jobs split the work; ``auto`` = on for the shared cache."""
+    lock = embed_cfg.get("lock", "auto")
+    if lock == "auto":
+        return bool(embed_cfg.get("cache", True))
+    if not isinstance(lock, bool):
+        raise ConfigError(f"embed.lock={lock!r} must be true, false or auto")
+    return lock
+
+
+def stale_after_s(embed_cfg: Mapping[str, Any]) -> float:
+    """``embed.stale_temp_hours`` in seconds: when another host's leftover temporary counts as abandoned."""
+    hours = embed_cfg.get("stale_temp_hours", 24)
+    if not isinstance(hours, (int, float)) or hours <= 0:
+        raise ConfigError(f"embed.stale_temp_hours={hours!r} must be a positive number of hours")
+    return float(hours) * 3600.0

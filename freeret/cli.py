@@ -1,4 +1,5 @@
-"""What every entry point does with a user-facing error: one line on stderr, exit code 2 (``debug`` re-raises)."""
+"""What every entry point does with a user-facing error: one line on stderr, exit code 2 (``debug`` re-raises);
+SIGTERM and SIGINT stop a run cleanly (one line, exit code 128 + signal)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,25 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from freeret.errors import FreeRetError
+from freeret.stop import handle_signals
 
 T = TypeVar("T")
 
 
 def one_line_errors(call: Callable[[], T], debug: bool = False) -> T:
-    """Return ``call()``; on a FreeRetError print ``error: <message>`` and exit 2, unless ``debug``."""
+    """Return ``call()``; on a FreeRetError print ``error: <message>`` and exit 2, unless ``debug``.
+
+    During the call SIGTERM/SIGINT stop the run after the batch in flight (:mod:`freeret.stop`): exit code
+    128 + signal, with one line saying that a rerun resumes.
+    """
     try:
-        return call()
+        with handle_signals():
+            return call()
     except FreeRetError as exc:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 _CHOICE = re.compile(r"^\+{0,2}(\w+)=([\w.,-]+)$")

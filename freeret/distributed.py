@@ -34,3 +34,15 @@ def barrier() -> None:
     """Wait for every rank (no-op without a process group): shards written before, read after."""
     if _initialised() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def rank_sum(value: int) -> int:
+    """``value`` summed over every rank (``value`` itself without a process group); every rank must call it."""
+    if not (_initialised() and dist.get_world_size() > 1):
+        return value
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())

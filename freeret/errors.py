@@ -15,3 +15,19 @@ class ConfigError(FreeRetError):
 
 class DataError(FreeRetError):
     """A dataset file is missing or malformed."""
+
+
+class StorageError(FreeRetError):
+    """A store or results folder cannot be written (full disk, read-only): nothing partial is left behind."""
+
+
+class Interrupted(FreeRetError):
+    """The run was stopped by a signal (SIGTERM, SIGINT) after its finished work was saved."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum  # the shell's convention for "killed by this signal"
+        super().__init__(f"stopped by {signal.Signals(signum).name}; every finished shard is saved, so a rerun with "
+                         f"the same config resumes where this one stopped")

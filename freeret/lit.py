@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Sampler
 
-from torch.utils.data import DataLoader
-
+from freeret import stop
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.prefix import PrefixCache
-from freeret.data.datamodule import ItemDataModule, PlannedBatches, plan_batches
+from freeret.data.datamodule import ItemDataModule, plan_batches
+from freeret.distributed import barrier, rank_sum
 from freeret.embed.layers import LayerSpec
-from freeret.retrieve.store import shard_name, write_shard
+from freeret.retrieve.store import ShardStore, shard_name, write_shard
+from freeret.storage import check_writable
+from freeret.workshare import BatchClaims, batch_id
 
 
 class EmbedModule(L.LightningModule):
@@ -78,12 +81,20 @@ class BufferedShardWriter(BasePredictionWriter):
 
 
 class EmbeddingWriter(BufferedShardWriter):
-    """Embedding shards: safetensors with the item keys in the metadata."""
+    """Embedding shards: safetensors with the item keys in the metadata.
+
+    ``setting`` names the config key that moves the folder (in the one-line error of a full disk); after each
+    shard, ``store`` indexes it and ``claims`` releases its batches' locks (their vectors are now on disk).
+    """
 
     suffix = ".safetensors"
 
-    def __init__(self, out_dir: Path, shard_size: int = 4096) -> None:
+    def __init__(self, out_dir: Path, shard_size: int = 4096, setting: str | None = None,
+                 store: ShardStore | None = None, claims: BatchClaims | None = None) -> None:
         super().__init__(out_dir, shard_size)
+        self.setting, self.store, self.claims = setting, store, claims
+        self.items_written = 0
+        self.batches_written = 0
 
     def size(self, prediction: dict[str, Any]) -> int:
         return len(prediction["keys"])
@@ -97,7 +108,14 @@ class EmbeddingWriter(BufferedShardWriter):
 
     def write(self, path: Path, predictions: list[dict[str, Any]]) -> None:
         keys = [k for p in predictions for k in p["keys"]]
-        write_shard(path, keys, torch.cat([p["embeddings"] for p in predictions]))
+        write_shard(path, keys, torch.cat([p["embeddings"] for p in predictions]), self.setting)
+        self.items_written += len(keys)
+        self.batches_written += len(predictions)
+        if self.store is not None:
+            self.store.add(path, keys)
+        if self.claims is not None:
+            for p in predictions:
+                self.claims.release(batch_id(p["keys"]), done=True)
 
 
 def rank_share(datamodule: L.LightningDataModule, work: Sequence[Any]) -> list[Any]:
@@ -116,16 +134,108 @@ def pending_batches(items: list[Any], batch_size: int, done: Collection[str] = (
     return [b for b in plan_batches(items, batch_size) if any(items[i].key not in done for i in b)]
 
 
-class RankedItemDataModule(ItemDataModule):
-    """Pending planned batches split across ranks (every ``world_size``-th batch): each DDP process embeds a
-    disjoint share and its writer stores the items' keys from the batch, never batch indices."""
+class UntilStopped(Sampler[int]):
+    """Indices ``0..n-1`` in order, ending early once a stop signal arrived (the step in flight finishes)."""
 
-    def __init__(self, items: Sequence[Any], collate: Any, batch_size: int = 32, num_workers: int = 0,
-                 done: Collection[str] = ()) -> None:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.n):
+            if stop.requested():
+                return
+            yield i
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class ClaimedBatches(Sampler[list[int]]):
+    """Planned batches in order, stopping early once a stop signal arrived (:mod:`freeret.stop`).
+
+    With ``claims`` (work sharing), a batch is yielded only if this process takes its lock and the store (re-read)
+    still misses one of its items; batches another job holds are collected in ``deferred``.
+    """
+
+    def __init__(self, batches: list[list[int]], keys: Callable[[list[int]], list[str]],
+                 claims: BatchClaims | None = None, store: ShardStore | None = None) -> None:
+        self.batches, self.keys, self.claims, self.store = batches, keys, claims, store
+        self.deferred: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.deferred = []
+        for batch in self.batches:
+            if stop.requested():
+                return
+            if self.claims is not None:
+                bid = batch_id(self.keys(batch))
+                if not self.claims.try_claim(bid):
+                    self.deferred.append(batch)
+                    continue
+                if self.store is not None and _finished(self.store, self.keys(batch)):
+                    self.claims.release(bid, done=True)
+                    continue
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _finished(store: ShardStore, keys: Sequence[str]) -> bool:
+    """Whether every key is in the store, after indexing the shards other jobs wrote meanwhile."""
+    store.refresh()
+    return all(k in store.index for k in keys)
+
+
+class RankedItemDataModule(ItemDataModule):
+    """Planned batches split across ranks (every ``world_size``-th batch): each DDP process embeds a disjoint
+    share and its writer stores the items' keys from the batch, never batch indices. With ``claims``, concurrent
+    jobs split the batches too (:class:`ClaimedBatches`); after the loop, ``deferred`` holds those left to others."""
+
+    def __init__(self, items: Sequence[Any], collate: Any, batches: list[list[int]], batch_size: int = 32,
+                 num_workers: int = 0, claims: BatchClaims | None = None, store: ShardStore | None = None) -> None:
         super().__init__(items, collate, batch_size, num_workers)
-        self.done = done
+        self.batches, self.claims, self.store = batches, claims, store
+        self.sampler: ClaimedBatches | None = None
+
+    @property
+    def deferred(self) -> list[list[int]]:
+        """Batches of this rank's share that another job held during the loop."""
+        return self.sampler.deferred if self.sampler is not None else []
 
     def predict_dataloader(self) -> DataLoader:
-        batches = rank_share(self, pending_batches(self.items, self.batch_size, self.done))
-        return DataLoader(self.items, batch_sampler=PlannedBatches(batches), collate_fn=self.collate,  # type: ignore[arg-type]
+        self.sampler = ClaimedBatches(rank_share(self, self.batches), lambda b: [self.items[i].key for i in b],
+                                      self.claims, self.store)
+        return DataLoader(self.items, batch_sampler=self.sampler, collate_fn=self.collate,  # type: ignore[arg-type]
                           num_workers=self.num_workers)
+
+
+def embed_rounds(items: Sequence[Any], batch_size: int, store: ShardStore, claims: BatchClaims | None,
+                 predict: Callable[[list[list[int]]], list[list[int]]], setting: str | None = None) -> int:
+    """Embed until every item is in ``store``; returns how many prediction rounds ran.
+
+    ``predict(batches)`` runs one prediction loop over the pending planned batches and returns those another job
+    held. Each is then waited for, holding no lock (so no two jobs wait on each other), and, if its holder died
+    without writing it, computed in the next round. Every rank runs the same number of rounds.
+    """
+    rounds, last = 0, None
+    try:
+        while True:
+            barrier()  # every rank's shards are on disk before any rank plans
+            store.refresh()
+            todo = pending_batches(items, batch_size, store.index)
+            if not rank_sum(int(bool(todo))):
+                return rounds
+            if todo == last:
+                raise RuntimeError(f"{len(todo)} planned batches stay missing from {store.folder} after a round")
+            if rounds == 0:
+                check_writable(store.folder, setting)  # a read-only store fails before any work
+            deferred = predict(todo)
+            for batch in deferred:
+                keys = [items[i].key for i in batch]
+                claims.wait(batch_id(keys), lambda keys=keys: _finished(store, keys))  # type: ignore[union-attr]
+            last = None if rank_sum(len(deferred)) else todo  # the same on every rank
+            rounds += 1
+    finally:
+        if claims is not None:
+            claims.release_all()

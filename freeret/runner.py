@@ -17,22 +17,23 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
+from freeret import stop
 from freeret.backbone import Backbone, ModelSpec, load_backbone
 from freeret.backbone.loading import count_layers, resolve_checkpoint
 from freeret.backbone.prefix import PrefixCache
-from freeret.cache import item_cache_key, store_dir, vector_signature
+from freeret.cache import item_cache_key, stale_after_s, store_dir, vector_signature, work_sharing
 from freeret.data.datamodule import PromptCollator, num_workers
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.data.validate import check_set, fold_misses, set_image_limit, usable_rows
-from freeret.distributed import barrier, is_main
+from freeret.distributed import barrier, is_main, rank_sum
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError
 from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, METRICS, TIE_RULE, retrieval_metrics
 from freeret.eval.results import environment, write_json
-from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, pending_batches
+from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, embed_rounds
 from freeret.preflight import check_framing, context_length, load_text_side, text_budget
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
@@ -41,6 +42,7 @@ from freeret.rerank.stage import (RankedGroups, RerankConfig, RerankModule, Rera
                                   read_rerank, rerank_signature, top_k_groups)
 from freeret.retrieve.scoring import score_store
 from freeret.retrieve.store import ShardStore
+from freeret.workshare import BatchClaims
 
 log = logging.getLogger(__name__)
 PIPELINES = ("embed", "two_stage", "rag")
@@ -82,29 +84,38 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
     prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
     signature = vector_signature(backbone, layer, _checkpoint_path(backbone.spec), prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
+    setting = "embed.cache_dir" if embed_cfg.get("cache", True) else "hydra.run.dir"
     key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in rset.items.values()}
     barrier()  # in a multi-process run every rank sees the same finished shards, hence plans the same batches
-    store = ShardStore(folder).scan(want=key_of.values())
+    store = ShardStore(folder, stale_after_s(embed_cfg)).scan(want=key_of.values())
     dropped = len(store.dropped)
     unique: dict[str, Item] = {}  # one item per vector key (the same bytes under two paths are one vector)
     for item in rset.items.values():
         unique.setdefault(key_of[item.key], dataclasses.replace(item, key=key_of[item.key]))
     items = list(unique.values())
     batch_size = int(embed_cfg.get("batch_size", 32))
-    computed = sum(len(b) for b in pending_batches(items, batch_size, store.index))
-    if computed:
-        datamodule = RankedItemDataModule(items, collate, batch_size=batch_size,
-                                          num_workers=num_workers(embed_cfg.get("num_workers")), done=set(store.index))
-        writer = EmbeddingWriter(folder, shard_size=int(embed_cfg.get("shard_size", 4096)))
-        trainer = make_trainer(cfg, writer)
-        trainer.predict(EmbedModule(backbone, layer, prefix), datamodule=datamodule, return_predictions=False)
-        barrier()  # every rank's shards are on disk before any rank reads them
-        store.scan(want=key_of.values())
+    claims = BatchClaims(folder) if work_sharing(embed_cfg) else None
+    writer = EmbeddingWriter(folder, int(embed_cfg.get("shard_size", 4096)), setting, store, claims)
+    module = EmbedModule(backbone, layer, prefix)
+
+    def predict(batches: list[list[int]]) -> list[list[int]]:
+        datamodule = RankedItemDataModule(items, collate, batches, batch_size, num_workers(embed_cfg.get("num_workers")),
+                                          claims, store)
+        with stop.finishing_batch():
+            make_trainer(cfg, writer).predict(module, datamodule=datamodule, return_predictions=False)
+        stop.check()  # a signal during the loop: finished batches are written, now stop
+        return datamodule.deferred
+
+    embed_rounds(items, batch_size, store, claims, predict, setting)
+    computed = rank_sum(writer.items_written)  # every rank's work (collectives: called on every rank)
+    batches = rank_sum(writer.batches_written)
+    held_elsewhere = rank_sum(len(claims.elsewhere) if claims else 0)
     if stats is not None:
         if prefix is not None:
             stats.update(embed_prefix_tokens_skipped=prefix.stats.tokens_skipped,
                          embed_prefix_forwards=prefix.stats.prefix_forwards)
         stats.update(embed_items_computed=computed, embed_items_reused=len(items) - computed,
+                     embed_batches_computed=batches, embed_batches_held_elsewhere=held_elsewhere,
                      embed_shards_dropped=dropped, embed_store=str(folder))
     return score_store(rset.rows, store, key_of)
 
@@ -119,11 +130,13 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankC
     out_dir = run_dir / "rerank" / rset.name / rerank_signature(scorer, rset.name)
     groups = top_k_groups(rset, embed_scores, rerank_cfg.top_k)
     barrier()
-    todo = pending_groups(groups, read_rerank(out_dir))
+    todo = pending_groups(groups, read_rerank(out_dir, stale_after_s(cfg.get("embed") or {})))
     if todo:
         writer = RerankWriter(out_dir, int((cfg.get("pipeline") or {}).get("shard_size", 256)))
         groups_module = RankedGroups(todo, scorer, num_workers(rerank_cfg.num_workers))
-        make_trainer(cfg, writer).predict(RerankModule(scorer), datamodule=groups_module, return_predictions=False)
+        with stop.finishing_batch():
+            make_trainer(cfg, writer).predict(RerankModule(scorer), datamodule=groups_module, return_predictions=False)
+        stop.check()
         barrier()
     if stats is not None:
         stats.update(rerank_rows_computed=len(todo), rerank_rows_reused=len(groups) - len(todo))
@@ -160,6 +173,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     staged = pipeline != "embed"
     framing = Framing.from_dict(cfg["framing"]) if staged else None
     rerank_cfg = RerankConfig.from_dict(pipeline_cfg) if staged else None
+    work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys fail before weights load
     main_name = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
     if main_name not in METRICS:
         raise ConfigError(f"dataset.main_metric={main_name!r} is not one of {', '.join(METRICS)}")
@@ -244,7 +258,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
         **extra,
     }
     if is_main():
-        write_json(run_dir / "results" / f"{rset.name}.json", payload)
+        write_json(run_dir / "results" / f"{rset.name}.json", payload, "hydra.run.dir")
     if logger is not None:
         logger.log_hyperparams(dict(cfg))
         logger.log_metrics({f"{rset.name}/{stage}/{k}": v for stage, m in metrics.items() for k, v in m.items()})

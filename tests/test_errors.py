@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -221,6 +224,8 @@ def run_in_process(overrides: list[str], tmp_path: Path, monkeypatch) -> dict:
         (["model=tiny_qwen2vl", "dataset=local", "dataset.path=/nonexistent.jsonl"], "does not exist"),
         (["model=tiny_qwen2vl", "dataset=smoke_mm", "pipeline=two_stage", "pipeline.vision_cache_items=512"],
          "pipeline.vision_cache_items was replaced by pipeline.vision_cache_mb"),
+        (["model=tiny_qwen2vl", "embed.lock=maybe"], "embed.lock='maybe' must be true, false or auto"),
+        (["model=tiny_qwen2vl", "embed.stale_temp_hours=0"], "embed.stale_temp_hours=0 must be a positive number"),
     ],
 )
 def test_config_errors_come_before_weights(args, expected, tmp_path, monkeypatch):
@@ -243,6 +248,32 @@ def test_errors_are_one_line_without_traceback(args, expected, tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_stop_signal_in_a_loop_lets_the_batch_finish_elsewhere_it_stops_at_once():
+    """SIGINT/SIGTERM (freeret.stop, installed by one_line_errors): inside a prediction loop the first signal only
+    asks for a stop (checked after the loop's work is saved), a second one or one outside a loop raises at once."""
+    from freeret import stop
+    from freeret.errors import Interrupted
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with stop.handle_signals():
+        with stop.finishing_batch():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested()  # no exception: the batch in flight goes on
+            with pytest.raises(Interrupted):
+                os.kill(os.getpid(), signal.SIGINT)  # a second signal does not wait
+                time.sleep(5)
+        with pytest.raises(Interrupted) as info:
+            stop.check()
+        assert info.value.exit_code == 130 and str(info.value).startswith("stopped by SIGINT;")
+    with stop.handle_signals():
+        assert not stop.requested()
+        with pytest.raises(Interrupted) as info:
+            os.kill(os.getpid(), signal.SIGTERM)  # outside a loop: at once
+            time.sleep(5)
+        assert info.value.exit_code == 143
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_debug_shows_the_traceback(tmp_path):

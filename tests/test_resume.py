@@ -71,14 +71,15 @@ def start(run_dir: Path, args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=run_dir.parent)
 
 
-def kill_when(proc: subprocess.Popen, run_dir: Path, pattern: str, n: int) -> None:
-    """SIGKILL the run as soon as ``n`` files match ``pattern`` under its run dir."""
+def kill_when(proc: subprocess.Popen, run_dir: Path, pattern: str, n: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` (SIGKILL: and wait for the death) as soon as ``n`` files match ``pattern`` under its run dir."""
     deadline = time.time() + 300
     while len(list(run_dir.glob(pattern))) < n:
         assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    proc.send_signal(sig)
+    if sig == signal.SIGKILL:
+        assert proc.wait() == -signal.SIGKILL
 
 
 def test_sigkill_mid_prediction_resumes_from_finished_shards(tmp_path, reference):
@@ -97,6 +98,30 @@ def test_sigkill_mid_prediction_resumes_from_finished_shards(tmp_path, reference
     assert all((p.stat().st_ino, p.stat().st_mtime_ns) == stat for p, stat in finished.items())  # reused untouched
     assert resumed["timing"]["embed_items_reused"] == done_items
     assert resumed["timing"]["embed_items_computed"] == 32 - done_items  # none of the finished shards recomputed
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_sigterm_mid_prediction_stops_cleanly_and_a_rerun_resumes(tmp_path, reference):
+    """SLURM preemption / scancel: SIGTERM once 2 of the 16 shards exist. The run finishes or drops its batch in
+    flight, leaves whole shards and no temporary, exits 143 with one line; the rerun recomputes no finished shard."""
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    proc = start(run_dir, ARGS)
+    kill_when(proc, run_dir, "embeddings/*/*/rank0-*.safetensors", 2, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("error:")]
+    assert said == ["error: stopped by SIGTERM; every finished shard is saved, so a rerun with the same config "
+                    "resumes where this one stopped"] and "Traceback" not in err
+    assert not (run_dir / "results").exists() and not list(run_dir.rglob(".*.tmp"))
+    finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run_dir.glob("embeddings/*/*/*.safetensors")}
+    assert 2 <= len(finished) < 16 and all(check_shard(p) for p in finished)
+
+    again = start(run_dir, ARGS)
+    assert again.wait(timeout=600) == 0, again.stderr.read()[-3000:]
+    resumed = json.loads((run_dir / "results" / "smoke_mm.json").read_text())
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns) == stat for p, stat in finished.items())  # reused untouched
+    assert resumed["timing"]["embed_items_computed"] == 32 - 2 * len(finished)  # no finished shard recomputed
     assert comparable(resumed) == comparable(reference)
 
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,11 +65,121 @@ def test_only_shards_a_run_uses_are_checksummed(tmp_path, monkeypatch):
     assert len(checked) == 1 and "k3" in real(checked[0])
 
 
-def test_stale_temporary_files_are_removed(tmp_path):
+def _temp_name(final: str, host: str, pid: int) -> str:
+    """A writer's temporary as freeret.storage names it: ``.<final>~<host>~<pid>~<random>.tmp``."""
+    return f".{final}~{host}~{pid}~0a1b2c3d.tmp"
+
+
+def test_a_scan_deletes_only_abandoned_temporaries(tmp_path):
+    """A live writer's temporary (this host, live PID) is never deleted, however old; a dead writer's is; a
+    temporary from another host (PID not checkable) or of the old naming only once older than the age limit."""
     make_store(tmp_path, n=7, per_shard=7)
-    (tmp_path / ".rank0-x.safetensors.123.tmp").write_bytes(b"half")
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        old = time.time() - 25 * 3600
+        live = [tmp_path / _temp_name("a.safetensors", host, sleeper.pid), tmp_path / _temp_name("b.safetensors", host, os.getpid())]
+        kept = [*live, tmp_path / _temp_name("c.safetensors", "other-host", 1), tmp_path / ".d.safetensors.123.tmp"]
+        gone = [tmp_path / _temp_name("e.safetensors", host, dead.pid), tmp_path / _temp_name("f.safetensors", "other-host", 1),
+                tmp_path / ".g.safetensors.123.tmp"]
+        for path in kept + gone:
+            path.write_bytes(b"half")
+        for path in [*live, *gone[1:]]:
+            os.utime(path, (old, old))  # older than the default 24 h; a live writer's file stays anyway
+        store = ShardStore(tmp_path).scan()
+        assert len(store) == 7
+        assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == sorted(p.name for p in kept)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+WRITER_PAUSED_BEFORE_RENAME = """
+import os, sys
+from pathlib import Path
+import torch
+from freeret.retrieve.store import write_shard
+rename = os.replace
+def paused(src, dst):
+    print("temporary written", flush=True)
+    sys.stdin.readline()
+    return rename(src, dst)
+os.replace = paused
+write_shard(Path(sys.argv[1]) / "rank0-late.safetensors", ["late"], torch.ones(1, 8))
+"""
+
+
+def test_a_scan_while_another_process_writes_leaves_its_temporary(tmp_path):
+    """The issue's failure: job B starts (scans) while job A is between writing its temporary and renaming it.
+    The scan must leave A's temporary alone, so A's rename succeeds and its shard lands whole."""
+    make_store(tmp_path, n=7, per_shard=7)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER_PAUSED_BEFORE_RENAME, str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "temporary written", writer.stderr.read()
+        assert len(ShardStore(tmp_path).scan()) == 7  # another job starting now
+        _, err = writer.communicate("go\n", timeout=120)
+    finally:
+        writer.kill()
+    assert writer.returncode == 0, err[-2000:]
+    assert check_shard(tmp_path / "rank0-late.safetensors") == ["late"] and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_torn_shard_replaced_by_a_writer_after_the_check_is_kept(tmp_path, monkeypatch):
+    """Between a scan's checksum verdict and its delete, another job renames a whole shard over the torn one:
+    the scan must not delete that whole shard."""
+    keys, emb = make_store(tmp_path, n=7, per_shard=7)
+    (victim,) = tmp_path.glob("*.safetensors")
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0xFF  # corrupt: the header reads, the checksum fails
+    victim.write_bytes(bytes(data))
+    real = store_mod.check_shard
+
+    def check_then_writer_replaces(path):
+        verdict = real(path)  # torn
+        write_shard(victim, keys, emb)  # meanwhile a writer renames a whole copy into place
+        return verdict
+
+    monkeypatch.setattr(store_mod, "check_shard", check_then_writer_replaces)
     store = ShardStore(tmp_path).scan()
-    assert len(store) == 7 and not list(tmp_path.glob(".*.tmp"))
+    assert victim.exists() and check_shard(victim) == keys and store.dropped == []
+    monkeypatch.undo()
+    assert len(ShardStore(tmp_path).scan()) == 7 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_refresh_indexes_what_other_jobs_wrote_after_the_scan(tmp_path):
+    _, emb = make_store(tmp_path, n=14, per_shard=7)
+    settled = time.time() - 60
+    os.utime(tmp_path, (settled, settled))  # an old folder mtime: an unchanged folder is not listed again
+    store = ShardStore(tmp_path).scan()
+    assert len(store.refresh()) == 14
+    write_shard(tmp_path / shard_name(["new"]), ["new"], emb[:1])  # another job's shard
+    assert "new" in store.refresh() and len(store) == 15
+
+
+def test_a_batch_lock_held_by_a_killed_process_is_released(tmp_path):
+    """Work sharing: a batch another live process holds cannot be claimed; SIGKILL that process and it can."""
+    from freeret.workshare import BatchClaims
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from freeret.workshare import BatchClaims; "
+         "c = BatchClaims(sys.argv[1]); assert c.try_claim('b1'); print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        mine = BatchClaims(tmp_path)
+        assert not mine.try_claim("b1") and mine.elsewhere == {"b1"}
+        assert mine.try_claim("b2")
+        mine.release("b2", done=True)
+        assert not (tmp_path / ".locks" / "b2.lock").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert mine.wait("b1", lambda: False) is False  # returns at once: the kernel dropped the dead holder's lock
+    assert mine.try_claim("b1")
+    mine.release_all()
 
 
 def test_streamed_scores_equal_in_memory_scores_reading_each_shard_once(tmp_path, monkeypatch):
@@ -157,3 +274,19 @@ def test_resume_plans_the_same_batches_minus_finished_ones():
     done = {items[i].key for b in full[:3] for i in b} | {items[full[5][0]].key}  # 3 whole batches, 1 partly
     resumed = pending_batches(items, 4, done)
     assert resumed == full[3:] and full[5] in resumed
+
+
+def test_work_sharing_falls_back_to_plain_computing_when_locks_cannot_be_taken(tmp_path, monkeypatch, caplog):
+    """Lock files another user owns (or filelock < 4 on a filesystem without flock): warn once, compute anyway."""
+    from filelock import FileLock
+
+    from freeret.workshare import BatchClaims
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(FileLock, "acquire", refuse)
+    claims = BatchClaims(tmp_path)
+    assert claims.try_claim("b1") and claims.try_claim("b2") and claims.unlocked and not claims.held
+    assert claims.wait("b1", lambda: True)
+    assert caplog.text.count("computing without work sharing") == 1

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from freeret.storage import remove_abandoned, temporaries_of, write_bytes_atomic
 
 PACKAGES = ("freeret", "torch", "transformers", "lightning", "tokenizers", "safetensors", "torchmetrics", "pillow", "numpy")
 
@@ -36,15 +37,15 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write a text file atomically (temporary file, then rename): readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_text_atomic(path: Path, text: str, setting: str | None = None) -> Path:
+    """Write a text file atomically under a temporary named by its writer (:mod:`freeret.storage`): readers never
+    see half a file, two writers of one file never collide, and a full or read-only disk is a one-line error
+    naming ``setting`` (the config key that moves the folder). Abandoned temporaries of the file are removed."""
+    write_bytes_atomic(path, text.encode(), setting)
+    remove_abandoned(path.parent, temporaries_of(path))
     return path
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
+def write_json(path: Path, payload: dict[str, Any], setting: str | None = None) -> Path:
     """Write JSON atomically."""
-    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", setting)

@@ -21,9 +21,10 @@ from freeret.backbone.backbone import Prompter
 from freeret.backbone.image_records import preprocess_visual
 from freeret.data.retrieval_set import RetrievalSet
 from freeret.errors import ConfigError
-from freeret.lit import BufferedShardWriter, rank_share
+from freeret.lit import BufferedShardWriter, UntilStopped, rank_share
 from freeret.eval.results import write_text_atomic
 from freeret.rerank.scorer import PairScorer, PairScores
+from freeret.storage import STALE_AFTER_S, drop_if_unchanged, remove_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,9 @@ class RankedGroups(L.LightningDataModule):
         prompter = None
         if self.scorer is not None and self.scorer.vision is not None:
             groups, prompter = plan_images(groups, self.scorer.image_uses), self.scorer.bb.prompter
-        return DataLoader(groups, batch_size=None, collate_fn=GroupCollator(prompter),  # type: ignore[arg-type]
-                          num_workers=self.num_workers)
+        # one group per step; a stop signal ends the loop after the group in flight (finished rows are written)
+        return DataLoader(groups, batch_size=None, sampler=UntilStopped(len(groups)),  # type: ignore[arg-type]
+                          collate_fn=GroupCollator(prompter), num_workers=self.num_workers)
 
 
 class RerankWriter(BufferedShardWriter):
@@ -145,7 +147,7 @@ class RerankWriter(BufferedShardWriter):
         return self.out_dir / f"rank{rank}-{digest}{self.suffix}"
 
     def write(self, path: Path, predictions: list[dict[str, Any]]) -> None:
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in predictions))
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in predictions), "hydra.run.dir")
 
 
 def rerank_signature(scorer: PairScorer, dataset: str) -> str:
@@ -155,17 +157,28 @@ def rerank_signature(scorer: PairScorer, dataset: str) -> str:
     return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def read_rerank(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Row id -> {positions, probs} from the writer's shards; an unreadable (torn) shard is deleted."""
+def read_rerank(out_dir: Path, stale_after_s: float = STALE_AFTER_S) -> dict[str, dict[str, Any]]:
+    """Row id -> {positions, probs} from the writer's shards.
+
+    An unreadable (torn) shard is deleted unless a writer replaced it since it was read; abandoned temporaries
+    are removed, a live writer's never.
+    """
     rows: dict[str, dict[str, Any]] = {}
+    remove_abandoned(Path(out_dir), ".*.tmp", stale_after_s)
     for shard in sorted(Path(out_dir).glob("*.jsonl")):
         try:
+            seen = shard.stat()
             records = [json.loads(line) for line in shard.read_text().splitlines() if line.strip()]
             if not records or not all({"row", "positions", "probs"} <= rec.keys() for rec in records):
                 raise ValueError("missing fields")
+        except FileNotFoundError:
+            continue  # another rank dropped it first
         except (ValueError, UnicodeDecodeError) as exc:
             log.warning("dropping unreadable rerank shard %s (%s); its rows are scored again", shard.name, exc)
-            shard.unlink(missing_ok=True)  # another rank may have dropped it first
+            try:
+                drop_if_unchanged(shard, seen)
+            except OSError as err:  # a read-only run dir: its rows count as missing, the write will say why
+                log.warning("cannot delete %s (%s)", shard, err)
             continue
         rows.update((rec["row"], rec) for rec in records)
     return rows

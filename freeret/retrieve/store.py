@@ -1,8 +1,11 @@
 """Embedding shards on disk: safetensors files with their item keys, count and checksum in the metadata.
 
-Shards are written atomically (temporary file, fsync, rename) and checked on open (count and sha256 of the
-tensor bytes), so a torn or corrupt shard is found, deleted and recomputed instead of read. Readers stream one
-shard at a time; nothing gathers the whole store in memory.
+Shards are written atomically (a temporary named by its writer's host and PID, fsync, rename; see
+:mod:`freeret.storage`) and checked on open (count and sha256 of the tensor bytes), so a torn or corrupt shard is
+found, deleted and recomputed instead of read. Any number of processes may read and write one folder at once: a
+scan removes only abandoned temporaries, drops a torn shard only if no writer replaced it meanwhile, and
+:meth:`ShardStore.refresh` picks up shards other jobs finished since. Readers stream one shard at a time; nothing
+gathers the whole store in memory.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+from freeret.storage import STALE_AFTER_S, drop_if_unchanged, remove_abandoned, write_bytes_atomic, writer_id
 
 log = logging.getLogger(__name__)
 FORMAT = "freeret-shard-2"
@@ -32,18 +38,15 @@ def shard_name(keys: Sequence[str], rank: int = 0) -> str:
     return f"rank{rank}-{hashlib.sha1(json.dumps(list(keys)).encode()).hexdigest()[:16]}.safetensors"
 
 
-def write_shard(path: Path, keys: list[str], embeddings: torch.Tensor) -> None:
-    """Write one shard atomically (temporary file, fsync, then rename), with count and checksum."""
+def write_shard(path: Path, keys: list[str], embeddings: torch.Tensor, setting: str | None = None) -> None:
+    """Write one shard atomically with count, checksum and writer (``host:pid``); a full or read-only disk raises
+    a one-line StorageError naming ``setting`` (the config key that moves the folder)."""
     if len(keys) != embeddings.shape[0]:
         raise ValueError(f"{len(keys)} keys for {embeddings.shape[0]} embeddings")
-    path.parent.mkdir(parents=True, exist_ok=True)
     emb = embeddings.detach().contiguous().float().cpu()
-    meta = {"format": FORMAT, "keys": json.dumps(keys), "count": str(len(keys)), "sha256": _digest(emb)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"embeddings": emb}, str(tmp), metadata=meta)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    meta = {"format": FORMAT, "keys": json.dumps(keys), "count": str(len(keys)), "sha256": _digest(emb),
+            "writer": writer_id()}
+    write_bytes_atomic(path, save({"embeddings": emb}, metadata=meta), setting)
 
 
 def check_shard(path: Path) -> list[str] | None:
@@ -76,41 +79,78 @@ class Shard:
 
 
 class ShardStore:
-    """A folder of shards: which keys are done, and streamed reads of their embeddings."""
+    """A folder of shards: which keys are done, and streamed reads of their embeddings.
 
-    def __init__(self, folder: Path) -> None:
+    ``stale_after_s``: a temporary that another host's writer left is deleted after this age (``embed.stale_temp_hours``).
+    """
+
+    def __init__(self, folder: Path, stale_after_s: float = STALE_AFTER_S) -> None:
         self.folder = Path(folder)
+        self.stale_after_s = stale_after_s
         self.shards: list[Shard] = []
         self.index: dict[str, int] = {}  # key -> shard number << 32 | row in shard (ints, not tuples: less memory)
         self.dropped: list[Path] = []
+        self._seen: set[str] = set()
+        self._listed: int | None = None  # the folder's mtime at the last listing, once settled
+        self._want: set[str] | None = None
+        self._verify = True
 
     def scan(self, verify: bool = True, want: Iterable[str] | None = None) -> "ShardStore":
-        """Index every whole shard; delete torn ones (and stale temporaries) so they are recomputed.
+        """Index every whole shard; delete torn ones and abandoned temporaries so their items are recomputed.
 
         With ``want``, only those keys are indexed and only shards holding one are checksummed: memory and
         start-up time follow the dataset, not the size of a shared cache.
         """
-        wanted = set(want) if want is not None else None
-        self.shards, self.index, self.dropped = [], {}, []
-        if not self.folder.exists():
+        self._want = set(want) if want is not None else None
+        self._verify = verify
+        self.shards, self.index, self.dropped, self._seen, self._listed = [], {}, [], set(), None
+        if self.folder.exists():
+            remove_abandoned(self.folder, ".*.tmp", self.stale_after_s)
+        return self.refresh()
+
+    def refresh(self) -> "ShardStore":
+        """Index the shards that appeared since the last scan (other processes' finished work)."""
+        try:
+            mtime = os.stat(self.folder).st_mtime_ns
+            if mtime == self._listed:
+                return self  # no file added or removed since the last listing
+            names = os.listdir(self.folder)  # a plain listing: pathlib's glob costs ~30 us per entry
+        except FileNotFoundError:
             return self
-        for tmp in self.folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-        for path in sorted(self.folder.glob("*.safetensors")):
+        # a folder changed within the last 2 s may change again within its timestamp's resolution: list it again
+        self._listed = mtime if time.time_ns() - mtime > 2_000_000_000 else None
+        for name in sorted(n for n in set(names) - self._seen if n.endswith(".safetensors")):
+            path = self.folder / name
+            try:
+                seen = path.stat()
+            except FileNotFoundError:
+                continue
             keys = _keys(path)  # the header only; the checksum is read for shards this run will use
-            if keys is not None and verify and (wanted is None or not wanted.isdisjoint(keys)):
+            if keys is not None and self._verify and (self._want is None or not self._want.isdisjoint(keys)):
                 keys = check_shard(path)
             if keys is None:
-                log.warning("shard %s is torn or corrupt: deleted, its items will be recomputed", path.name)
-                path.unlink(missing_ok=True)
-                self.dropped.append(path)
+                self._drop(path, seen)
                 continue
-            n = len(self.shards)
-            self.shards.append(Shard(path, len(keys)))
-            for row, key in enumerate(keys):
-                if wanted is None or key in wanted:
-                    self.index.setdefault(key, n << 32 | row)
+            self.add(path, keys)
         return self
+
+    def add(self, path: Path, keys: Sequence[str]) -> None:
+        """Index one whole shard (the writer's own, just written: no need to read it back)."""
+        self._seen.add(path.name)
+        n = len(self.shards)
+        self.shards.append(Shard(path, len(keys)))
+        for row, key in enumerate(keys):
+            if self._want is None or key in self._want:
+                self.index.setdefault(key, n << 32 | row)
+
+    def _drop(self, path: Path, seen: os.stat_result) -> None:
+        try:
+            if drop_if_unchanged(path, seen):
+                log.warning("shard %s is torn or corrupt: deleted, its items will be recomputed", path.name)
+                self.dropped.append(path)
+        except OSError as exc:  # a read-only store: leave it, its items count as missing
+            log.warning("shard %s is torn or corrupt and cannot be deleted (%s)", path.name, exc)
+            self._seen.add(path.name)
 
     def locate(self, key: str) -> tuple[int, int]:
         """(shard number, row in shard) of a key."""
