@@ -70,7 +70,13 @@ def make_trainer(cfg: Mapping[str, Any], callback=None, logger=None) -> L.Traine
 def run_device(cfg: Mapping[str, Any], spec: ModelSpec) -> torch.device:
     """The device this process predicts on, where the weights load: the root device of a trainer built from the
     config (under DDP the rank's own, from LOCAL_RANK). A device map needs one process: DDP with it is refused."""
-    trainer = make_trainer(cfg)
+    lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = lightning_info.level
+    lightning_info.setLevel(logging.WARNING)  # its device report would come before a one-line error; predict repeats it
+    try:
+        trainer = make_trainer(cfg)
+    finally:
+        lightning_info.setLevel(level)
     if spec.device_map and (trainer.world_size > 1 or isinstance(trainer.strategy, ParallelStrategy)):
         raise ConfigError(f"model.device_map={spec.device_map} spreads one model over the GPUs of one process and "
                           f"cannot run under a multi-process trainer (trainer=ddp): use trainer=default, or drop "
