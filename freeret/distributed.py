@@ -10,7 +10,7 @@ starts and joins its own ranks.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch.distributed as dist
 

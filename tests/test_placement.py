@@ -79,7 +79,7 @@ def test_each_ddp_rank_loads_on_its_local_gpu(monkeypatch):
 
 
 def test_device_map_under_ddp_is_one_config_error_before_loading(tmp_path, monkeypatch):
-    import freeret.runner as runner
+    from freeret import runner
     from freeret.errors import ConfigError
 
     monkeypatch.setattr(runner, "load_backbone", lambda *a, **k: pytest.fail("weights loaded"))

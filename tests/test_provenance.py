@@ -88,7 +88,7 @@ def test_image_backend_is_torchvision_where_it_imports(monkeypatch, importable, 
 
 
 def test_torchvision_asked_for_where_it_does_not_import_is_one_line_before_loading(tmp_path, monkeypatch):
-    import freeret.runner as runner
+    from freeret import runner
     from freeret.backbone import processors
     from freeret.errors import ConfigError
 
