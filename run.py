@@ -8,27 +8,44 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from freeret.cli import exit_on_unknown_choice, one_line_errors
 
 CONF = Path(__file__).resolve().parent / "conf"
 
 
+def ranks_rerun_this_job(hydra_cfg: DictConfig) -> None:
+    """Under ``-m``: Lightning starts the other DDP ranks as ``sys.argv`` + ``hydra.run.dir=<hydra.run.dir>``, which
+    would be a new sweep of every job in a new folder. Make that command this job alone, in this job's folder."""
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task,
+                *(o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.job."))]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Run one configuration (one dataset or a benchmark); print a line per dataset; return the mean main score."""
     from freeret.benchmark import run_all  # heavy imports (torch, lightning) after the cheap checks
+    from freeret.distributed import end_run, launch_state
     from freeret.runner import summary_line
 
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        ranks_rerun_this_job(hydra_cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    config["run_dir"] = HydraConfig.get().runtime.output_dir
+    config["run_dir"] = hydra_cfg.runtime.output_dir
+    launch = launch_state()
     payloads = one_line_errors(lambda: run_all(config, on_result=lambda p: print(summary_line(p), flush=True)),
                                bool(cfg.get("debug")))
+    end_run(launch)  # the next job of a sweep starts its own ranks
     return sum(float(p["main_score"]) for p in payloads) / len(payloads)
 
 

@@ -1,9 +1,10 @@
 """Content-keyed embedding cache: which vectors are already on disk, so reruns, resumes and sweeps skip them.
 
 A store folder is named by a *vector signature*: a hash of everything that shapes a vector besides the item
-(model id, path, revision and weight files, the sub-layer, dtype, pixel limits, transformers and torch
-versions, a hash of FreeRet's backbone/embed source, the shard format). Inside it, each vector is keyed by a hash of the item's role, the full prompt
-actually rendered (the prior's template and the chat template included) and the image's bytes.
+(model id, path, revision and weight files, the sub-layer, dtype, device type, image processor class, pixel limits,
+transformers and torch versions, a hash of FreeRet's backbone/embed source, the shard format). Inside it, each vector
+is keyed by a hash of the item's role, the full prompt actually rendered (the prior's template and the chat template
+included) and the image's bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def _version(name: str) -> str | None:
 
 
 def _weights_fingerprint(path: str | None) -> list[Any] | None:
-    """Names, sizes and mtimes of a local checkpoint's files (a retrained folder gets a new signature)."""
+    """Names, sizes and mtimes of a checkpoint folder's files (a retrained folder gets a new signature); for a
+    hub id, its HF cache snapshot folder (sizes and mtimes of the blobs the files link to)."""
     if not path or not Path(path).is_dir():
         return None
     return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(path).iterdir() if p.is_file())
@@ -49,18 +51,19 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def vector_signature(backbone: Backbone, layer: LayerSpec, checkpoint: str | None = None,
-                     prefix_cache: bool = False) -> dict[str, Any]:
+def vector_signature(backbone: Backbone, layer: LayerSpec, prefix_cache: bool = False) -> dict[str, Any]:
     """Everything besides the item that shapes a vector (the prompt, hence the prior, is in the item key).
 
-    ``prefix_cache`` (shared-prompt KV reuse) moves vectors only by float rounding, but a store holds one path's.
+    ``prefix_cache`` (shared-prompt KV reuse), the device type and the image processing backend move vectors only
+    by float rounding (pixels by up to ~0.03), but a store holds one path's vectors.
     """
     meta = backbone.metadata()
     return {
         "format": FORMAT,
         "model": {k: meta.get(k) for k in ("name", "family", "source", "hf_id", "path", "revision", "dtype",
-                                           "attn_implementation", "num_layers", "min_pixels", "max_pixels")},
-        "weights": _weights_fingerprint(checkpoint or meta.get("path")),
+                                           "attn_implementation", "num_layers", "min_pixels", "max_pixels",
+                                           "device", "image_processor")},
+        "weights": _weights_fingerprint(backbone.checkpoint_dir),
         "layer": {"point": layer.point, "index": layer.resolve(backbone.num_layers),
                   "apply_final_norm": layer.apply_final_norm},
         "prefix_cache": prefix_cache,

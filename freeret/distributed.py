@@ -3,11 +3,14 @@
 Every rank runs the same program: each embeds and reranks its share inside Lightning's predict, the shards
 on disk are the hand-over, and only rank 0 writes results. Before the first predict has joined the process
 group, a rank is read from the launcher's environment (Lightning sets LOCAL_RANK/NODE_RANK in its children).
+A run ends with :func:`end_run`, so that the next run in the same process (the next job of a ``-m`` sweep)
+starts and joins its own ranks.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch.distributed as dist
 
@@ -46,3 +49,25 @@ def rank_sum(value: int) -> int:
     total = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(total)
     return int(total.item())
+
+
+LAUNCH_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch_state() -> dict[str, str | None]:
+    """The launcher's environment variables as they are now; take it before a run, give it to :func:`end_run`."""
+    return {name: os.environ.get(name) for name in LAUNCH_VARIABLES}
+
+
+def end_run(before: Mapping[str, str | None]) -> None:
+    """After a run: every rank is done, the process group is closed, and the launcher's variables are as they were
+    ``before`` it (Lightning's launcher sets them in the process that starts the ranks). Without this, the next job
+    of a sweep in this process would find LOCAL_RANK set, start no ranks, and wait for the last job's."""
+    if _initialised():
+        barrier()
+        dist.destroy_process_group()
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

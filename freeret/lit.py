@@ -26,8 +26,9 @@ class EmbedModule(L.LightningModule):
 
     def __init__(self, backbone: Backbone, layer: LayerSpec, prefix: PrefixCache | None = None) -> None:
         super().__init__()
+        # The model is deliberately not a submodule: Lightning would copy it to the device before every predict
+        # and back to the CPU after; it loads on the run's device and stays there (runner.run_device).
         self.backbone, self.layer, self.prefix = backbone, layer, prefix
-        self.model = backbone.model  # registered so Lightning moves it to the device
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return {"keys": batch["keys"], "embeddings": self.backbone.embed(batch["inputs"], self.layer, self.prefix)}

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ParallelStrategy
 
 from freeret import stop
 from freeret.backbone import Backbone, ModelSpec, load_backbone
@@ -53,14 +54,14 @@ warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # one 
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning internals on recent torch
 
 
-def make_trainer(cfg: Mapping[str, Any], callback, logger=None) -> L.Trainer:
+def make_trainer(cfg: Mapping[str, Any], callback=None, logger=None) -> L.Trainer:
     """A predict-only Lightning Trainer from ``conf/trainer`` (extra keys pass through)."""
     trainer_cfg = dict(cfg.get("trainer") or {})
     return L.Trainer(
         accelerator=trainer_cfg.pop("accelerator", "auto"),
         devices=trainer_cfg.pop("devices", 1),
         logger=logger or False,
-        callbacks=[callback],
+        callbacks=[callback] if callback else None,
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=bool(trainer_cfg.pop("enable_progress_bar", True)),
@@ -68,11 +69,21 @@ def make_trainer(cfg: Mapping[str, Any], callback, logger=None) -> L.Trainer:
     )
 
 
-def _checkpoint_path(spec: ModelSpec) -> str | None:
-    """The local checkpoint folder (for the cache signature's weight fingerprint); None for hub ids."""
-    if spec.path or spec.source in ("embedded", "tiny"):
-        return resolve_checkpoint(spec)[0]
-    return None
+def run_device(cfg: Mapping[str, Any], spec: ModelSpec) -> torch.device:
+    """The device this process predicts on, where the weights load: the root device of a trainer built from the
+    config (under DDP the rank's own, from LOCAL_RANK). A device map needs one process: DDP with it is refused."""
+    lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = lightning_info.level
+    lightning_info.setLevel(logging.WARNING)  # its device report would come before a one-line error; predict repeats it
+    try:
+        trainer = make_trainer(cfg)
+    finally:
+        lightning_info.setLevel(level)
+    if spec.device_map and (trainer.world_size > 1 or isinstance(trainer.strategy, ParallelStrategy)):
+        raise ConfigError(f"model.device_map={spec.device_map} spreads one model over the GPUs of one process and "
+                          f"cannot run under a multi-process trainer (trainer=ddp): use trainer=default, or drop "
+                          f"model.device_map to run one copy of the model per GPU")
+    return trainer.strategy.root_device
 
 
 def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, prior: Prior, rset: RetrievalSet,
@@ -82,7 +93,7 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
     embed_cfg = cfg.get("embed") or {}
     collate = PromptCollator(backbone, prior, rset.name)
     prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
-    signature = vector_signature(backbone, layer, _checkpoint_path(backbone.spec), prefix_cache=prefix is not None)
+    signature = vector_signature(backbone, layer, prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
     setting = "embed.cache_dir" if embed_cfg.get("cache", True) else "hydra.run.dir"
     key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in rset.items.values()}
@@ -186,6 +197,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
         torch.set_num_threads(int(cfg["threads"]))
 
     backbone = shared.backbone if shared else None
+    device = run_device(cfg, spec) if backbone is None else None  # a device map under DDP fails here, before loading
     checkpoint = resolve_checkpoint(spec)
     # fail on a bad layer index before loading weights
     layer.resolve(count_layers(spec, checkpoint) if backbone is None else backbone.num_layers)
@@ -204,7 +216,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     if not rset.rows:
         raise DataError(f"{rset.name}: no row can be scored ({n_missed} failed); the reasons are in {run_dir / 'errors.jsonl'}")
     if backbone is None:
-        backbone = load_backbone(spec, checkpoint)
+        backbone = load_backbone(spec, checkpoint, device)
         if shared is not None:
             shared.backbone = backbone
     scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,

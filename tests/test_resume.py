@@ -142,6 +142,31 @@ def test_ddp_two_cpu_processes_write_rank_shards_that_merge(tmp_path, reference)
     assert multi == single  # same batches, same vectors, same scores and metrics
 
 
+def test_ddp_sweep_gives_each_job_one_run_dir_shared_by_its_ranks(tmp_path, reference):
+    """``run.py -m ... trainer=ddp`` with 2 jobs: Lightning restarts rank 1 from the command line (which holds
+    ``-m``); rank 1 used to open a sweep folder of its own and write its shards where rank 0 never read them."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), "-m", *ARGS, "trainer=ddp", "layer=attn_last,mlp_last"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the default sweep folder, multirun/<date>/<time>/: one for the whole sweep, from every rank, and nothing else
+    assert [p.name for p in tmp_path.iterdir()] == ["multirun"]
+    [sweep] = tmp_path.glob("multirun/*/*")
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job, layer in (("0", "attn_last"), ("1", "mlp_last")):
+        run_dir = sweep / job
+        assert (run_dir / "train_ddp_process_1.log").exists()  # rank 1 ran in this job's folder
+        res = json.loads((run_dir / "results" / "smoke_mm.json").read_text())
+        assert res["config"]["layer"] == OmegaConf.to_container(compose([f"layer={layer}"]).layer)
+        for rank in (0, 1):
+            assert list(run_dir.glob(f"embeddings/smoke_mm/*/rank{rank}-*.safetensors")), (job, rank)
+        assert res["timing"]["embed_items_computed"] == 32
+    single, multi = comparable(reference), comparable(json.loads((sweep / "0" / "results" / "smoke_mm.json").read_text()))
+    for payload in (single, multi):
+        payload["config"].pop("trainer"), payload["environment"].pop("cpu_threads")
+    assert multi == single  # job 0 (attn_last, the default) scores exactly as one process does
+
+
 SUITE = ["suite=wordnet_meta", "benchmark.only=[wordnet_cls_lexname,wordnet_ret_def2lemma]", "benchmark.limit=4",
          "model=tiny_qwen2vl", "pipeline=two_stage", "pipeline.top_k=3", "embed.cache=false", "embed.batch_size=8",
          "embed.shard_size=8", "pipeline.shard_size=1", *QUIET]

@@ -49,6 +49,7 @@ class Backbone:
     processor: Any
     tokenizer: Any
     revision: str | None = None
+    checkpoint_dir: str | None = None  # the local folder the weights loaded from (for hub ids, the HF cache snapshot)
     layers: nn.ModuleList = field(init=False)
     final_norm: nn.Module = field(init=False)
 
@@ -62,12 +63,22 @@ class Backbone:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go (the first weights' device; with a device map, accelerate moves activations on)."""
         return next(self.model.parameters()).device
 
     @property
     def prompter(self) -> Prompter:
         """Rendering and batching without the weights (DataLoader workers get this, not the model)."""
         return Prompter(self.spec, self.family, self.processor)
+
+    @property
+    def image_processor(self) -> tuple[str | None, str | None]:
+        """(class name, backend "pil" or "torchvision") of the image processing that runs; (None, None) for text."""
+        images = getattr(self.processor, "image_processor", None)
+        if images is None:
+            return None, None
+        bases = {c.__name__ for c in type(images).__mro__}
+        return type(images).__name__, "torchvision" if "TorchvisionBackend" in bases else "pil"
 
     def render(self, text: str, n_images: int = 0) -> str:
         """The full prompt (chat template applied) for images followed by text; its last token is pooled."""
@@ -119,6 +130,10 @@ class Backbone:
             "path": self.spec.path,
             "revision": self.revision,
             "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "device": self.device.type,  # the type only: every DDP rank has the same metadata, hence signatures
+            "device_map": self.spec.device_map,
+            "image_processor": self.image_processor[0],
+            "image_backend": self.image_processor[1],
             "attn_implementation": getattr(self.model.config, "_attn_implementation", self.spec.attn_implementation),
             "num_layers": self.num_layers,
             "hidden_size": int(self.layers[0].self_attn.o_proj.out_features) if hasattr(self.layers[0], "self_attn") else None,

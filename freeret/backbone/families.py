@@ -62,7 +62,8 @@ class Family:
         """(processor, tokenizer); for text models both are the tokenizer, left-padded."""
         from transformers import AutoTokenizer
 
-        kwargs.pop("min_pixels", None), kwargs.pop("max_pixels", None)
+        for key in ("min_pixels", "max_pixels", "image_processor"):
+            kwargs.pop(key, None)
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:

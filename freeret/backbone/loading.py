@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("hub", "embedded", "tiny")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate: one model over several GPUs
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ModelSpec:
     chat_template: bool = True
     system_prompt: str | None = None
     trust_remote_code: bool = False
+    device_map: str | None = None
+    image_processor: str = "auto"
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "ModelSpec":
@@ -53,11 +56,25 @@ class ModelSpec:
             raise ConfigError(f"model.dtype={spec.dtype!r} is not one of {', '.join(DTYPES)}")
         if spec.source == "hub" and not (spec.hf_id or spec.path):
             raise ConfigError(f"model '{spec.name}' needs model.hf_id or model.path")
+        if spec.device_map is not None and spec.device_map not in DEVICE_MAPS:
+            raise ConfigError(f"model.device_map={spec.device_map!r} is not one of null, {', '.join(DEVICE_MAPS)}")
+        from freeret.backbone.processors import image_backend
+
+        image_backend(spec.image_processor)  # a bad value, or torchvision asked for where it does not import
         return spec
+
+    @property
+    def from_hub(self) -> bool:
+        """Whether the weights come from the HF hub (cache) by id rather than from a folder."""
+        return self.source == "hub" and not self.path
 
 
 def resolve_checkpoint(spec: ModelSpec) -> tuple[str, str | None]:
-    """(where to load from, revision to record); fails fast with one line when weights are missing."""
+    """(where to load from, revision); fails fast with one line when weights are missing.
+
+    A hub id found in the local HF cache resolves to the commit of its ``snapshots/<commit>/`` folder, which pins
+    every later load of the run (config, tokenizer, weights) to that one snapshot.
+    """
     if spec.path:
         path = Path(spec.path).expanduser()
         if not (path / "config.json").exists():
@@ -75,21 +92,31 @@ def resolve_checkpoint(spec: ModelSpec) -> tuple[str, str | None]:
 
         return str(tiny_checkpoint(spec.family)), "tiny-random-seed0"
     assert spec.hf_id
-    if not _hub_has(spec.hf_id, spec.revision):
+    snapshot = hub_snapshot(spec.hf_id, spec.revision)
+    if snapshot is not None:
+        return spec.hf_id, snapshot.name
+    if not _hub_answers(spec.hf_id, spec.revision):
         raise CheckpointNotFoundError(
             f"checkpoint {spec.hf_id} (model={spec.name}) is not in the local HF cache and the hub cannot be reached: "
             f"download it where there is a network (`hf download {spec.hf_id}`) and copy the HF cache here, "
             f"or pass model.path=/path/to/checkpoint"
         )
-    return spec.hf_id, spec.revision
+    return spec.hf_id, spec.revision  # downloaded by the load; load_backbone records the snapshot it landed in
 
 
-def _hub_has(repo_id: str, revision: str | None) -> bool:
-    """True when the checkpoint is cached locally or the hub answers for it (fast, no retries)."""
+def hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The local HF cache folder ``snapshots/<commit>/`` that ``revision`` (None: main) of ``repo_id`` resolves
+    to, or None when it is not cached."""
     import huggingface_hub as hub
 
-    if isinstance(hub.try_to_load_from_cache(repo_id, "config.json", revision=revision), str):
-        return True
+    found = hub.try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _hub_answers(repo_id: str, revision: str | None) -> bool:
+    """True when the hub can be reached and serves the checkpoint (fast, no retries)."""
+    import huggingface_hub as hub
+
     if hub_offline():
         return False
     try:
@@ -101,7 +128,7 @@ def _hub_has(repo_id: str, revision: str | None) -> bool:
 
 def _load_kwargs(spec: ModelSpec, revision: str | None) -> dict[str, Any]:
     """from_pretrained kwargs: a hub revision only for hub ids; remote code only if the user asked."""
-    kwargs: dict[str, Any] = {"revision": revision} if spec.source == "hub" and not spec.path else {}
+    kwargs: dict[str, Any] = {"revision": revision} if spec.from_hub else {}
     kwargs["trust_remote_code"] = spec.trust_remote_code is True  # always explicit; true only when the config says so
     return kwargs
 
@@ -118,19 +145,29 @@ def count_layers(spec: ModelSpec, checkpoint: tuple[str, str | None]) -> int:
 def load_backbone(
     spec: ModelSpec, checkpoint: tuple[str, str | None] | None = None, device: str | torch.device = "cpu"
 ) -> Backbone:
-    """Load model + processor for ``spec`` (from ``checkpoint`` if already resolved) as a :class:`Backbone`."""
+    """Load model + processor for ``spec`` (from ``checkpoint`` if already resolved) as a :class:`Backbone`.
+
+    The weights load straight onto ``device`` (no full copy in host memory first), or over several GPUs with
+    ``spec.device_map`` (accelerate); nothing moves them afterwards.
+    """
     family = get_family(spec.family)
     where, revision = checkpoint or resolve_checkpoint(spec)
     kwargs = _load_kwargs(spec, revision)
     try:
         processor, tokenizer = family.load_processor(
-            where, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels, **kwargs
+            where, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels, image_processor=spec.image_processor,
+            **kwargs
         )
         model = family.model_class().from_pretrained(
-            where, dtype=DTYPES[spec.dtype], attn_implementation=spec.attn_implementation, **kwargs
+            where, dtype=DTYPES[spec.dtype], attn_implementation=spec.attn_implementation,
+            device_map=spec.device_map or torch.device(device), **kwargs
         )
     except OSError as exc:
         raise CheckpointNotFoundError(f"could not load {spec.name} from {where}: {str(exc).splitlines()[0]}") from exc
-    model.eval().to(device)
-    resolved = getattr(model.config, "_commit_hash", None) or revision
-    return Backbone(spec=spec, family=family, model=model, processor=processor, tokenizer=tokenizer, revision=resolved)
+    model.eval()
+    folder = where
+    if spec.from_hub:  # record the snapshot the files came from (a download lands in one too)
+        snapshot = hub_snapshot(where, revision)
+        folder, revision = (str(snapshot), snapshot.name) if snapshot else (None, revision)
+    return Backbone(spec=spec, family=family, model=model, processor=processor, tokenizer=tokenizer,
+                    revision=revision, checkpoint_dir=folder)

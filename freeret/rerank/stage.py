@@ -79,8 +79,7 @@ class RerankModule(L.LightningModule):
 
     def __init__(self, scorer: PairScorer) -> None:
         super().__init__()
-        self.scorer = scorer
-        self.model = scorer.bb.model
+        self.scorer = scorer  # the model is not a submodule, so Lightning never moves it (see EmbedModule)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # items hold paths and text; the scorer builds and moves its own tensors
