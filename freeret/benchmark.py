@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 from freeret.data.mmeb import locate
 from freeret.distributed import is_main
 from freeret.errors import ConfigError
-from freeret.runner import SharedModel, run
+from freeret.runner import SharedModel, bound_prompts, run
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def dataset_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
 def run_all(cfg: Mapping[str, Any], on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run the pipeline on every dataset of the run with one loaded model; returns the payloads."""
     datasets = dataset_configs(cfg)
-    for dataset in datasets:  # missing data fails in one line before a (possibly large) model loads
+    for dataset in datasets:  # bad prompt facts or missing data fail in one line before a (possibly large) model loads
+        bound_prompts({**cfg, "dataset": dataset})
         if dataset.get("kind") == "mmeb_subset":
             locate(dataset)
     shared = SharedModel()  # loaded once, by the first dataset, after that dataset's checks

@@ -26,7 +26,8 @@ from freeret.cache import item_cache_key, stale_after_s, store_dir, vector_signa
 from freeret.data.datamodule import PromptCollator, num_workers
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item, RetrievalSet
-from freeret.data.validate import check_set, fold_misses, set_image_limit, usable_rows
+from freeret.data.images import set_image_limit
+from freeret.data.validate import check_set, fold_misses, usable_rows
 from freeret.distributed import barrier, is_main, rank_sum
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
@@ -36,6 +37,7 @@ from freeret.eval.metrics import MAIN_SCORE, METRICS, TIE_RULE, retrieval_metric
 from freeret.eval.results import environment, write_json
 from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, embed_rounds
 from freeret.preflight import check_framing, context_length, load_text_side, text_budget
+from freeret.prompts import DatasetPrompt
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
@@ -91,7 +93,7 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
     """Embed every unique item not already in the store (Lightning predict + shard writer); return per-row
     cosine scores streamed from the shards. ``stats`` (if given) receives how many items were computed/reused."""
     embed_cfg = cfg.get("embed") or {}
-    collate = PromptCollator(backbone, prior, rset.name)
+    collate = PromptCollator(backbone, prior)
     prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
     signature = vector_signature(backbone, layer, prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
@@ -162,6 +164,15 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankC
     ]
 
 
+def bound_prompts(cfg: Mapping[str, Any]) -> tuple[Prior, Framing | None]:
+    """The prior and (for a two-stage pipeline) the framing, bound to the dataset's prompt facts
+    (``dataset.prompt``): an unknown fact or a variant they lack is a ConfigError here, before data or weights."""
+    prompt = DatasetPrompt.from_config(cfg["dataset"])
+    prior = Prior.from_dict(cfg["prior"]).for_dataset(prompt)
+    staged = (cfg.get("pipeline") or {}).get("name", "embed") != "embed"
+    return prior, Framing.from_dict(cfg["framing"]).for_dataset(prompt) if staged else None
+
+
 class SharedModel:
     """The backbone a benchmark's datasets share: the first run that needs it loads it, after its own checks."""
 
@@ -176,13 +187,12 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     start = time.perf_counter()
     spec = ModelSpec.from_dict(cfg["model"])
     layer = LayerSpec.from_dict(cfg["layer"])
-    prior = Prior.from_dict(cfg["prior"])
+    prior, framing = bound_prompts(cfg)
     pipeline_cfg = dict(cfg.get("pipeline") or {"name": "embed"})
     pipeline = pipeline_cfg.get("name", "embed")
     if pipeline not in PIPELINES:
         raise ConfigError(f"pipeline={pipeline!r} is not available; choose one of {', '.join(PIPELINES)}")
     staged = pipeline != "embed"
-    framing = Framing.from_dict(cfg["framing"]) if staged else None
     rerank_cfg = RerankConfig.from_dict(pipeline_cfg) if staged else None
     work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys fail before weights load
     main_name = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
@@ -204,9 +214,9 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     # Bad input is recorded (errors.jsonl) and its rows count as misses; strict=true stops at the first one.
     side = load_text_side(spec, checkpoint)  # tokenizer only: framing and text length are checked before weights
     if staged:
-        check_framing(side, framing, rset.name)
+        check_framing(side, framing)
     set_image_limit((cfg.get("images") or {}).get("max_pixels"))
-    budget = text_budget(side, prior, rset.name, context_length(spec, checkpoint, side),
+    budget = text_budget(side, prior, context_length(spec, checkpoint, side),
                          any(it.image for it in rset.items.values()))
     report = check_set(rset, bool(cfg.get("strict", False)), None, side.count_tokens, side.cut_tokens, budget)
     if is_main():
@@ -219,7 +229,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
         backbone = load_backbone(spec, checkpoint, device)
         if shared is not None:
             shared.backbone = backbone
-    scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
+    scorer = (PairScorer(backbone, framing, rerank_cfg.batch_size, rerank_cfg.calibrate,
                          rerank_cfg.vision_cache_mb) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
     logger = make_logger(cfg.get("logger"), run_dir) if is_main() else None
 

@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import REPO, check_snapshot, compose
+from conftest import REPO, check_snapshot, compose, dataset_prompt
 from freeret.data.datasets import load_dataset
 from freeret.data.mmeb import load_mmeb_subset
 from freeret.data.mmeb_v2 import write_jsonl
-from freeret.data.smoke import build_smoke_set
 from freeret.data.visual import frame_count, load_clip, sample_indices
 from freeret.data.wordnet import WORDNET_DIR
 from freeret.data.wordnet_tasks import BUILDERS, build_task
@@ -28,6 +28,8 @@ from freeret.embed.priors import Prior
 from freeret.errors import DataError
 from freeret.eval.metrics import retrieval_metrics
 from freeret.eval.tables import build_tables, load_paper, to_csv, to_markdown
+from freeret.rerank.framing import Framing
+from freeret.testing.smoke import build_smoke_set
 
 MMEB_CONFIGS = sorted((REPO / "conf/dataset/mmeb").glob("*.yaml"))
 FAST = ["mode=fast", "logger=none", "trainer.enable_progress_bar=false", "threads=1"]
@@ -76,10 +78,26 @@ def test_freeret_prior_prompt_snapshots_per_mmeb_dataset():
     got = {}
     for path in MMEB_CONFIGS:
         name = path.stem
-        assert name in prior.datasets, f"conf/prior/freeret.yaml has no task alignment for {name}"
-        got[name] = {"query": prior.render("query", "<query>", True, name),
-                     "target": prior.render("target", "<target>", False, name)}
+        prompt = dataset_prompt(f"mmeb/{name}")
+        assert {"query_kind", "target_kind"} <= set(prompt.vars), f"conf/dataset/mmeb/{name}.yaml has no task alignment"
+        bound = prior.for_dataset(prompt)
+        got[name] = {"query": bound.render("query", "<query>", True), "target": bound.render("target", "<target>", False)}
     check_snapshot(REPO / "tests/snapshots/mmeb_prompts.json", got)
+
+
+def test_rerank_prompt_snapshots_per_mmeb_dataset_and_framing():
+    """The pair prompt (user turn) every framing asks for every MMEB dataset, variants applied as a run applies them;
+    ImageNet-1K asks mcq's presence question (issue 13). Renew on purpose: FREERET_UPDATE_SNAPSHOTS=1."""
+    framings = {p.stem: Framing.from_dict(OmegaConf.to_container(OmegaConf.load(p)))
+                for p in sorted((REPO / "conf/framing").glob("*.yaml"))}
+    got = {}
+    for path in MMEB_CONFIGS:
+        prompt = dataset_prompt(f"mmeb/{path.stem}")
+        for name, framing in framings.items():
+            head, middle, tail = framing.for_dataset(prompt).split()
+            got[f"{path.stem}/{name}"] = f"{head}<query>{middle}<candidate>{tail}"
+    assert "Object: <candidate>" in got["ImageNet-1K/mcq"] and "Candidate: <candidate>" in got["ImageNet-A/mcq"]
+    check_snapshot(REPO / "tests/snapshots/mmeb_rerank_prompts.json", got)
 
 
 def _mmeb_parquet(root: Path, subset: str, with_instruction: bool = True) -> None:
@@ -313,7 +331,7 @@ def test_mteb_encoder_runs_an_mteb_task_and_matches_freeret_embeddings(smollm):
     texts = ["a small domesticated carnivore", "a vehicle with two wheels"]
     got = torch.as_tensor(encoder.encode([{"text": texts}], prompt_type="document"))
     items = [Item.make("target", t, None) for t in texts]
-    batch = PromptCollator(smollm, prior, None)(items)
+    batch = PromptCollator(smollm, prior)(items)
     want = smollm.embed(batch["inputs"], layer).float()
     assert torch.nn.functional.cosine_similarity(got, want).min() > 0.9999
 

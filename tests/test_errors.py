@@ -21,9 +21,11 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, compose
-from freeret.backbone.loading import ModelSpec, _load_kwargs
+from freeret.backbone.loading import _load_kwargs
+from freeret.backbone.spec import ModelSpec
+from freeret.data.images import ImageProblem, open_image
 from freeret.data.retrieval_set import load_mmeb
-from freeret.data.validate import ImageProblem, check_set, fold_misses, open_image, usable_rows
+from freeret.data.validate import check_set, fold_misses, usable_rows
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError, FreeRetError
 from test_run import QUIET, results, run_py
@@ -226,6 +228,10 @@ def run_in_process(overrides: list[str], tmp_path: Path, monkeypatch) -> dict:
          "pipeline.vision_cache_items was replaced by pipeline.vision_cache_mb"),
         (["model=tiny_qwen2vl", "embed.lock=maybe"], "embed.lock='maybe' must be true, false or auto"),
         (["model=tiny_qwen2vl", "embed.stale_temp_hours=0"], "embed.stale_temp_hours=0 must be a positive number"),
+        (["model=tiny_qwen2vl", "+dataset.prompt.query_knd=image"], "dataset wordnet_rd: prompt.query_knd is not a prompt fact"),
+        (["model=tiny_qwen2vl", "dataset=mmeb/ImageNet-1K", "pipeline=two_stage", "dataset.prompt.framing_variant=presense"],
+         "which framing 'mcq' does not define (its variants: presence)"),
+        (["model=tiny_qwen2vl", "+prior.datasets.wordnet_rd.query_kind=definition"], "per-dataset entries (datasets:)"),
     ],
 )
 def test_config_errors_come_before_weights(args, expected, tmp_path, monkeypatch):
@@ -233,6 +239,19 @@ def test_config_errors_come_before_weights(args, expected, tmp_path, monkeypatch
     with pytest.raises(FreeRetError) as info:
         run_in_process(args, tmp_path, monkeypatch)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_bad_prompt_fact_in_a_suite_stops_before_the_first_dataset(tmp_path, monkeypatch):
+    """benchmark.run_all binds every dataset's prompt facts before the first dataset runs (and loads the model)."""
+    from omegaconf import OmegaConf
+
+    from freeret import benchmark
+
+    monkeypatch.setattr(benchmark, "run", lambda *a, **k: pytest.fail("a dataset ran before the suite's prompts were checked"))
+    cfg = OmegaConf.to_container(compose(["suite=wordnet_meta", "pipeline=two_stage", *QUIET,
+                                          "+benchmark.datasets.qa_blank.prompt.framing_variant=fill"]), resolve=True)
+    with pytest.raises(ConfigError, match=r"^dataset wordnet_qa_blank asks for framing variant 'fill'"):
+        benchmark.run_all({**cfg, "run_dir": str(tmp_path)})
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, compose
 from freeret.backbone import ModelSpec
-from freeret.backbone.tiny import TINY_FAMILIES
+from freeret.testing.tiny import TINY_FAMILIES
 from freeret.data.datasets import load_dataset
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
@@ -109,6 +109,7 @@ def test_sweep_grid_fast(tmp_path):
         (["model=qwen2vl_7b", "model.path=/nonexistent/ckpt"], "model.path=/nonexistent/ckpt"),
         (["model=tiny_qwen2vl", "layer.index=-9"], "layer.index=-9 is out of range"),
         (["dataset=local", "dataset.path=/nonexistent.jsonl"], "does not exist"),
+        (["+dataset.prompt.query_knd=definition"], "dataset wordnet_rd: prompt.query_knd is not a prompt fact"),
     ],
 )
 def test_errors_are_one_line(args, expected, tmp_path):
