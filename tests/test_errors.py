@@ -176,15 +176,15 @@ def test_bad_corpus_end_to_end(tmp_path):
                    "images.max_pixels=100000", *QUIET], run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = results(run_dir, "bad")
-    counts = res["counts"]
-    assert counts["num_queries"] == N_ROWS and counts["failed_queries"] == MISSED
-    assert counts["scored_queries"] == N_ROWS - MISSED
-    assert counts["failed_items"] == len(BAD_IMAGES) + 2 and counts["bad_rows"] == len(BAD_ROWS)
+    counts = res.counts
+    assert counts.num_queries == N_ROWS and counts.failed_queries == MISSED
+    assert counts.scored_queries == N_ROWS - MISSED
+    assert counts.failed_items == len(BAD_IMAGES) + 2 and counts.bad_rows == len(BAD_ROWS)
     errors = [json.loads(line) for line in (run_dir / "errors.jsonl").read_text().splitlines()]
-    assert len(errors) == counts["failed_items"] + counts["bad_rows"] and all(e["reason"] for e in errors)
+    assert len(errors) == counts.failed_items + counts.bad_rows and all(e["reason"] for e in errors)
     warnings = (run_dir / "warnings.jsonl").read_text()
     assert "to fit the model's context" in warnings and "first frame" in warnings and "resized" in warnings
-    assert res["metrics"]["embed"]["hit@1"] <= counts["scored_queries"] / counts["num_queries"]
+    assert res.metrics["embed"]["hit@1"] <= counts.scored_queries / counts.num_queries
     assert f"{MISSED} failed queries counted as misses" in proc.stdout
 
 
@@ -232,6 +232,7 @@ def run_in_process(overrides: list[str], tmp_path: Path, monkeypatch) -> dict:
         (["model=tiny_qwen2vl", "dataset=mmeb/ImageNet-1K", "pipeline=two_stage", "dataset.prompt.framing_variant=presense"],
          "which framing 'mcq' does not define (its variants: presence)"),
         (["model=tiny_qwen2vl", "+prior.datasets.wordnet_rd.query_kind=definition"], "per-dataset entries (datasets:)"),
+        (["model=tiny_qwen2vl", "dataset.split=validation"], "split='validation' must be one of dev, test"),
     ],
 )
 def test_config_errors_come_before_weights(args, expected, tmp_path, monkeypatch):
@@ -360,11 +361,12 @@ def test_the_network_is_blocked_in_tests_and_their_subprocesses():
 
 
 def test_summary_line_reports_failed_queries_with_rag():
+    from freeret.eval.results import RunResult
     from freeret.runner import summary_line
 
-    payload = {"dataset": "d", "metrics": {"embed": {"hit@1": 0.5}}, "layer": {"label": "attn_last"}, "prior": "p",
-               "framing": None, "model": {"name": "m"}, "counts": {"num_queries": 4, "candidates_per_query": 2,
-               "failed_queries": 3}, "timing": {"wall_seconds": 1.0},
+    payload = {"dataset": "d", "main_score": 0.5, "metrics": {"embed": {"hit@1": 0.5}}, "layer": {"label": "attn_last"},
+               "prior": "p", "framing": None, "model": {"name": "m"}, "counts": {"num_queries": 4,
+               "candidates_per_query": 2, "failed_queries": 3}, "timing": {"wall_seconds": 1.0},
                "rag": {"exact_match_with_retrieval": 0.1, "exact_match_closed_book": 0.0}}
-    line = summary_line(payload)
+    line = summary_line(RunResult.from_dict(payload))
     assert "RAG EM=0.100" in line and "3 failed queries counted as misses" in line

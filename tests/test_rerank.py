@@ -157,10 +157,10 @@ def test_imagenet_1k_gets_the_presence_question_in_table_1():
     from omegaconf import OmegaConf
 
     from freeret.benchmark import dataset_configs
-    from freeret.runner import bound_prompts
+    from freeret.runner import check
 
     cfg = OmegaConf.to_container(compose(["experiment=mmeb_table1"]), resolve=True)
-    framings = {d["name"]: bound_prompts({**cfg, "dataset": d})[1] for d in dataset_configs(cfg)}
+    framings = {d["name"]: check({**cfg, "dataset": d}).framing for d in dataset_configs(cfg)}
     assert len(framings) == 36
     imagenet = framings.pop("ImageNet-1K")
     assert imagenet.variant == "presence"

@@ -198,6 +198,6 @@ def test_dev_suite_runs_in_fast_mode(tmp_path):
     for dataset in cfg["benchmark"]["datasets"].values():
         dataset["pool"] = "positives"  # the kept rows' positives as candidates: a few items to embed
     payloads = run_all({**cfg, "run_dir": str(tmp_path)})
-    assert [p["dataset"] for p in payloads] == [f"{d}_dev" for d in DATASETS[1:]]
-    assert all(p["task"]["split"] == "dev" and p["task"]["benchmark"] == "wordnet_meta_dev" for p in payloads)
-    assert all(p["counts"]["num_queries"] == 2 for p in payloads)
+    assert [p.dataset for p in payloads] == [f"{d}_dev" for d in DATASETS[1:]]
+    assert all(p.task.split == "dev" and p.task.benchmark == "wordnet_meta_dev" for p in payloads)
+    assert all(p.counts.num_queries == 2 for p in payloads)
