@@ -57,6 +57,16 @@ warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # one 
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning internals on recent torch
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's product tips ("💡 Tip: ... litlogger / litmodels"): they say nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
 def make_trainer(cfg: Mapping[str, Any], callback=None, logger=None) -> L.Trainer:
     """A predict-only Lightning Trainer from ``conf/trainer`` (extra keys pass through)."""
     trainer_cfg = dict(cfg.get("trainer") or {})
