@@ -12,7 +12,7 @@ the prefix runs once, then the K candidates run as right-padded suffixes in batc
   states for its own attention and keeps nothing).
 Reported per batch size: pairs/s (best of ``--repeats``), the peak bytes of tensor storage allocated during one
 batch's suffix forward and alive at once (counted op by op with a dispatch mode, so CPU and GPU alike, timing runs
-without it), and the largest option-logit difference to ``views``.
+without it; plotted beside the JSON), and the largest option-logit difference to ``views``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from _bench_models import load
-from _common import REPO, conf, save
+from _common import REPO, bar_chart, conf, save
 from bench_rerank import text_rows
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -145,6 +145,8 @@ def main() -> None:
             f"diff {rec[f'{p}_max_diff']:.1e}" for p in PATHS))
     save(out, {"model": backbone.metadata(), "k": args.k, "queries": args.queries, "threads": args.threads,
                "results": rows})
+    bar_chart(out, [f"batch {r['batch_size']}" for r in rows], {p: [r[f"{p}_peak_mib"] for r in rows] for p in PATHS},
+              "peak MiB allocated in one suffix batch", f"Prefix cache APIs, {backbone.spec.name}")
 
 
 if __name__ == "__main__":

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import REPO
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import Family, get_family, vision_families

@@ -10,12 +10,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from devicesim import on_cpu, simulated_cuda
 from PIL import Image
 
-from devicesim import on_cpu, simulated_cuda
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
-from freeret.backbone.families import FAMILIES, IMAGE, family_of, get_family, vision_families
+from freeret.backbone.families import (
+    FAMILIES,
+    IMAGE,
+    family_of,
+    get_family,
+    vision_families,
+)
 from freeret.backbone.prefix import PrefixCache
 from freeret.backbone.shared_prefix import SharedPrefix
 from freeret.embed.layers import LayerSpec
@@ -144,7 +150,7 @@ def test_states_and_logits_on_another_device_than_the_inputs(qwen, threads):
             assert shared.input_device.type == "cuda"
             prefix = shared.run_prefix(prefix_inputs)
             logits = shared.last_logits(prefix, ids.to("cuda"), mask.to("cuda"), torch.tensor([5, 7]))
-            logp, real = shared.token_logprobs(prefix, ids.to("cuda"), mask.to("cuda"))
+            logp, _ = shared.token_logprobs(prefix, ids.to("cuda"), mask.to("cuda"))
         finally:
             _unsplit(tail)
             qwen.model.to("cpu")
@@ -171,3 +177,23 @@ def test_the_registry_is_the_one_list_of_families(smollm):
         assert len(layers) == 4 and layers is bb.layers and norm is bb.final_norm
         assert family.base_model(bb.model).get_input_embeddings() is bb.model.get_input_embeddings()
         assert family.image_encoder(bb.model) == bb.model.model.get_image_features
+
+
+@pytest.mark.slow
+def test_bench_prefix_cache_small(tmp_path):
+    """The benchmark of the three Cache APIs runs and counts what it claims: the same logits, and the views allocate
+    less than copying the prefix per batch (bytes counted op by op, not timed)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "p.json"
+    subprocess.run([sys.executable, str(REPO / "experiments" / "bench_prefix_cache.py"), "--model", "tiny_qwen2vl",
+                    "--k", "6", "--queries", "1", "--batch-size", "6", "--repeats", "1", "--out", str(out)],
+                   check=True, cwd=REPO, capture_output=True, text=True, timeout=600)
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["pairs"] == 6 and row["deepcopy_max_diff"] == row["ddp_expand_max_diff"] == 0
+    assert row["views_peak_mib"] < row["deepcopy_peak_mib"] and row["views_peak_mib"] < row["ddp_expand_peak_mib"]
+    assert out.with_suffix(".png").exists()

@@ -7,13 +7,14 @@ after the deepest point (final MLP, final norm, LM head) is computed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from freeret.backbone.families import attn_point as attn_point_module  # the default rule (families.py owns it)
+# The default rule of attention points (families.py owns it; a family may override it).
+from freeret.backbone.families import attn_point as attn_point_module
 from freeret.embed.layers import LayerSpec
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -21,7 +22,7 @@ from torch import nn
 
 from freeret.errors import ConfigError
 
-FAMILIES: dict[str, "Family"] = {}
+FAMILIES: dict[str, Family] = {}
 
 
 class _ImageSlot:
@@ -100,13 +101,13 @@ class PrefixPositions:
         return positions if self.axes == 1 else positions.unsqueeze(0).expand(self.axes, n, width)
 
 
-def register(family: "Family") -> "Family":
+def register(family: Family) -> Family:
     """Add ``family`` to ``FAMILIES`` under its name."""
     FAMILIES[family.name] = family
     return family
 
 
-def get_family(name: str) -> "Family":
+def get_family(name: str) -> Family:
     """The adapter for ``name``, or a ConfigError listing the known families."""
     if name not in FAMILIES:
         raise ConfigError(f"unknown model family {name!r}; known: {', '.join(sorted(FAMILIES))}")
@@ -118,7 +119,7 @@ def vision_families() -> tuple[str, ...]:
     return tuple(name for name, family in FAMILIES.items() if family.multimodal)
 
 
-def family_of(model: nn.Module) -> "Family":
+def family_of(model: nn.Module) -> Family:
     """The adapter for a loaded model, by its config's ``model_type`` (a text LM when no vision family claims it)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     for family in FAMILIES.values():

@@ -56,7 +56,7 @@ class PrefixCache:
     capacity: int = 8
     family: Family | None = None
     stats: PrefixStats = field(default_factory=PrefixStats)
-    _entries: "OrderedDict[tuple[tuple[int, ...], LayerSpec], Prefix]" = field(default_factory=OrderedDict)
+    _entries: OrderedDict[tuple[tuple[int, ...], LayerSpec], Prefix] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.runner = SharedPrefix(self.model, self.family)

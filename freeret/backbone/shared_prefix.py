@@ -21,8 +21,9 @@ sit on another GPU than the embeddings); logits are computed on the LM head's de
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -136,9 +137,9 @@ class SharedPrefix:
         device = self.input_device
         ids, mask = ids.to(device), mask.to(device)
         n, width = ids.shape
-        kwargs = dict(input_ids=ids, attention_mask=torch.cat([mask.new_ones(n, prefix.length), mask], dim=1),
-                      position_ids=prefix.positions.suffix(n, width, device), past_key_values=prefix.view(n),
-                      use_cache=True)
+        kwargs = {"input_ids": ids, "attention_mask": torch.cat([mask.new_ones(n, prefix.length), mask], dim=1),
+                  "position_ids": prefix.positions.suffix(n, width, device), "past_key_values": prefix.view(n),
+                  "use_cache": True}
         if spec is None:
             return self.base(**kwargs).last_hidden_state
         with self._capture(spec) as got:
