@@ -55,6 +55,9 @@ PIPELINES = ("embed", "two_stage", "rag")
 warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
 warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # one query group per step, by design
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning internals on recent torch
+# RerankModule keeps batches where they are (the scorer moves its own tensors); Lightning warns whenever a module
+# overrides this hook and a datamodule is used, on every two-stage run.
+warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
 
 
 class _NoAdverts(logging.Filter):
