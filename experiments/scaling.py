@@ -1,6 +1,6 @@
 """The scaling study (issue 17): run the grid of conf/experiment/scaling.yaml, one run at a time, resumably.
 
-    nice -n 10 python experiments/scaling.py                          # every model, every run not yet done
+    nice -n 10 python experiments/scaling.py                          # every run not yet done: tier 1 on every model, then tier 2...
     python experiments/scaling.py --models smollm2_135m --runs layer_attn_last,method_e5v
     python experiments/scaling.py --dry-run                           # list the runs and their overrides
 
@@ -149,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = study()
     models = args.models.split(",") if args.models else spec["models"]
-    only = set(args.runs.split(",")) if args.runs else None
-    for model in models:
-        spec = study()
-        out = args.out or repo_root() / spec["out"]
-        run_model(spec, model, out, only, args.dry_run)
+    named = set(args.runs.split(",")) if args.runs else None
+    for tier in sorted({int(r.get("tier", 1)) for r in spec["runs"]}):
+        for model in models:
+            spec = study()  # re-read: limits edited while the grid runs apply to the next model
+            tier_runs = {r["name"] for r in spec["runs"] if int(r.get("tier", 1)) == tier}
+            run_model(spec, model, args.out or repo_root() / spec["out"], tier_runs & named if named else tier_runs,
+                      args.dry_run)
     return 0
 
 

@@ -42,23 +42,23 @@ def test_plan_applies_the_configs_reductions():
 
 
 def test_driver_records_and_resumes(tmp_path):
-    """Two runs on the real SmolLM2 (3 RD queries, a 4-item probe): each result file holds the payload and the
+    """Two runs on a tiny random VLM (3 RD queries, a 4-item probe): each result file holds the payload and the
     run's record; a second call finds nothing pending and rewrites nothing."""
     spec = scaling.study()
     spec["limits"] = {**spec["limits"], "rd_queries": 3, "anisotropy_items": 4}
     spec["runs"] = [r for r in spec["runs"] if r["name"] in ("method_e5v", "probe_anisotropy")]
     out = tmp_path / "results"
-    done = scaling.run_model(spec, "smollm2_135m", out, scratch=tmp_path / "scratch")
+    done = scaling.run_model(spec, "tiny_qwen2vl", out, scratch=tmp_path / "scratch")
     assert done == ["method_e5v", "probe_anisotropy"]
-    e5v = json.loads((out / "smollm2_135m" / "method_e5v.json").read_text())
+    e5v = json.loads((out / "tiny_qwen2vl" / "method_e5v.json").read_text())
     record, payload = e5v["scaling"], e5v["results"][0]
     assert record["limits"]["rd_queries"] == 3 and record["split"] == "test" and record["wall_seconds"] > 0
-    assert not record["code_tuned"] and record["num_parameters"] > 100e6
+    assert not record["code_tuned"] and record["num_parameters"] > 0
     assert (payload["layer"]["label"], payload["prior"], payload["counts"]["num_queries"]) == ("mlp_last_normed", "e5v", 3)
-    probe = json.loads((out / "smollm2_135m" / "probe_anisotropy.json").read_text())["probe"]
+    probe = json.loads((out / "tiny_qwen2vl" / "probe_anisotropy.json").read_text())["probe"]
     assert probe["n_items"] == 4 and probe["probe"] == "anisotropy"
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
-    assert scaling.run_model(spec, "smollm2_135m", out, scratch=tmp_path / "scratch") == []
+    assert scaling.run_model(spec, "tiny_qwen2vl", out, scratch=tmp_path / "scratch") == []
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps
     table = scaling_table.markdown(load_study(out))
     assert f"{payload['metrics']['embed']['hit@1']:.2f} (n=3)" in table
