@@ -40,7 +40,7 @@ def _hit(m: ModelResults, run: str, stage: str = "embed") -> str:
     return "-" if score is None else f"{score:.2f} (n={m.queries(run)})"
 
 
-def _probe(m: ModelResults, run: str, key: str, digits: int = 2) -> str:
+def _probe(m: ModelResults, run: str, key: str, digits: int = 3) -> str:
     probe = m.probe(run)
     return "-" if probe is None or key not in probe["summary"] else _f(probe["summary"][key], digits)
 
@@ -98,14 +98,18 @@ def findings_rows(models: list[ModelResults]) -> list[tuple[str, list[str], str]
         verdicts = [test(m) for m in models]
         first = smallest_holding(verdicts)
         cells = ["-" if v is None else "yes" if v else "no" for v in verdicts]
-        out.append((claim, cells, "none" if first is None else size_label(models[first])))
+        smallest = ("not run" if all(v is None for v in verdicts) else "none" if first is None
+                    else size_label(models[first]))
+        out.append((claim, cells, smallest))
     return out
 
 
 def wall_rows(models: list[ModelResults]) -> list[tuple[str, list[str]]]:
     """Wall seconds of every run (and the model's load), one row per run name."""
     names = sorted({run for m in models for run in m.runs})
-    rows = [("model load (s)", [_f(next(iter(m.runs.values()))["scaling"].get("model_load_seconds"), 0) for m in models])]
+    loads = [" / ".join(f"{s:.0f}" for s in sorted({r["scaling"]["model_load_seconds"] for r in m.runs.values()}))
+             for m in models]
+    rows = [("model load (s; once per tier)", loads)]
     return rows + [(run, [_f(m.wall(run), 0) for m in models]) for run in names]
 
 
