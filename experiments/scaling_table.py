@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a pl
 from freeret.errors import FreeRetError
 from freeret.eval.results import write_text_atomic
 from freeret.eval.scaling import (
+    ALL_RUNS,
     FINDINGS,
     FRAMINGS,
     LAYERS,
@@ -125,6 +126,10 @@ def markdown(models: list[ModelResults]) -> str:
     lines += [f"| {c} | " + " | ".join(cells) + f" | {first} |" for c, cells, first in findings_rows(models)]
     lines += ["", "## Wall seconds per run (2 shared CPU cores, nice 10, 1 torch thread, fp32)", "", head.rstrip()]
     lines += [f"| {q} | " + " | ".join(cells) + " |" for q, cells in wall_rows(models)]
+    lines += ["", "## Not run (CPU budget)", ""]
+    for m in models:
+        missing = [run for run in ALL_RUNS if run not in m.runs]
+        lines.append(f"- {size_label(m)}: " + (", ".join(missing) or "nothing"))
     lines += ["", "## Limits (split: test)", ""]
     for m in models:
         limits = next(iter(m.runs.values()))["scaling"]["limits"]

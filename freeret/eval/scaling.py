@@ -21,6 +21,9 @@ PRIORS = {"prior_none": "none", "prior_e5v": "E5-V base", "prior_grounding": "+ 
           "prior_grounding_noise": "+ noise suppression", "layer_attn_last": "+ task alignment (FreeRet)"}
 PAPER_FRAMINGS = ("right_wrong", "yes_no", "true_false", "mcq")  # Table 3c
 FRAMINGS = (*PAPER_FRAMINGS, "mmembed", "retllm")
+PROBES = ("probe_lexical_bias", "probe_anisotropy", "probe_framing_sensitivity")
+ALL_RUNS = (*LAYERS, *(r for r in PRIORS if r not in LAYERS), *(f"rerank_{f}" for f in FRAMINGS), *PROBES,
+            "meta_freeret", "meta_e5v")  # every run the table reads
 
 
 @dataclass
