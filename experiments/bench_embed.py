@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 from _bench_models import load
-from _common import REPO, bar_chart, conf, save
+from _common import REPO, bar_chart, conf, dataset_prompt, save
 
 from freeret.backbone.backbone import Backbone
-from freeret.backbone.capture import capture, run_until_captured
+from freeret.backbone.capture import run_until_captured
 from freeret.backbone.prefix import PrefixCache
 from freeret.data.datamodule import plan_batches
 from freeret.data.datasets import load_dataset
@@ -100,9 +100,9 @@ class Paths:
     """
 
     def __init__(self, bb: Backbone, items: list[Item], batch_size: int, seed: int = 0) -> None:
-        prior = Prior.from_dict(conf("prior", "freeret"))
+        prior = Prior.from_dict(conf("prior", "freeret")).for_dataset(dataset_prompt("wordnet_rd"))
         self.bb, self.items, self.bs = bb, items, batch_size
-        self.prompts = [bb.render(prior.render(it.role, it.text, False, "wordnet_rd")) for it in items]
+        self.prompts = [bb.render(prior.render(it.role, it.text, False)) for it in items]
         self.sorted_batches = plan_batches(items, batch_size)
         order = list(range(len(items)))
         random.Random(seed).shuffle(order)
@@ -138,7 +138,7 @@ class Paths:
         useful = total = 0
         for idx in batches:
             inputs = self._inputs(idx)
-            with capture(self.bb.layers, self.bb.final_norm, [ATTN_LAST], stop=False) as got:
+            with self.bb.capture([ATTN_LAST], stop=False) as got:
                 result = run_until_captured(self.bb.model, **inputs, output_hidden_states=True)
             assert result.logits.shape[1] == inputs["input_ids"].shape[1]  # full logits, every position
             out[idx] = got[ATTN_LAST][:, -1].float().cpu()

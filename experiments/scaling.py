@@ -83,16 +83,16 @@ def plan(spec: dict[str, Any], model: str, only: set[str] | None) -> list[dict[s
 
 
 def execute(run_spec: dict[str, Any], config: dict[str, Any], shared: SharedModel) -> Any:
-    """Run one composed config on the shared backbone; returns the payload(s)."""
+    """Run one composed config on the shared backbone; returns the probe payload or the result mappings."""
     if run_spec["kind"] == "probe":
         resolve_framings(config)
         return run_probe(run_spec["probe"], config, backbone=shared.backbone)
-    payloads = []
+    results = []
     for dataset in dataset_configs(config):
-        payload = run({**config, "dataset": dataset}, shared)
-        print(f"  {summary_line(payload)}", flush=True)
-        payloads.append(payload)
-    return payloads
+        result = run({**config, "dataset": dataset}, shared)
+        print(f"  {summary_line(result)}", flush=True)
+        results.append(result.to_dict())  # the mapping of results/<dataset>.json (RunResult.from_dict reads it)
+    return results
 
 
 def run_model(spec: dict[str, Any], model: str, out: Path, only: set[str] | None = None, dry_run: bool = False,

@@ -57,7 +57,7 @@ def figure_rows(models: list[ModelResults]) -> list[tuple[str, list[str]]]:
         run = f"rerank_{framing}"
         cells = [("-" if m.hit1(run, "rerank") is None else
                   f"{m.hit1(run):.2f} -> {m.hit1(run, 'rerank'):.2f} (n={m.queries(run)}, "
-                  f"top-{m.payloads(run)[0]['rerank']['top_k']})") for m in models]
+                  f"top-{m.payloads(run)[0].rerank.top_k})") for m in models]
         rows.append((f"RD hit@1 stage 1 -> {framing} rerank", cells))
     for point in ("attn_last", "mlp_last"):
         rows.append((f"alpha (cos to the previous point) at {point}",
@@ -85,7 +85,7 @@ def figure_rows(models: list[ModelResults]) -> list[tuple[str, list[str]]]:
         for m in models:
             payloads = m.payloads(run)
             cells.append("-" if not payloads else
-                         f"{m.meta_mean(run):.2f} ({len(payloads)} tasks x <= {payloads[0]['counts']['num_queries']} queries)")
+                         f"{m.meta_mean(run):.2f} ({len(payloads)} tasks x <= {payloads[0].counts.num_queries} queries)")
         rows.append((f"meta-task suite mean hit@1: {label}", cells))
     rows.append(("meta-task suite mean hit@1: FreeRet stage 1",
                  [_f(m.meta_mean("meta_freeret", "embed")) for m in models]))

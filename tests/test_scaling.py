@@ -83,7 +83,9 @@ def test_table_reads_the_committed_results():
 def test_findings_read_the_right_stages():
     def run(embed: float, rerank: float | None = None) -> dict:
         metrics = {"embed": {"hit@1": embed}, **({"rerank": {"hit@1": rerank}} if rerank is not None else {})}
-        return {"scaling": {"num_parameters": 1}, "results": [{"metrics": metrics, "counts": {"num_queries": 10}}]}
+        result = {"dataset": "wordnet_rd", "main_score": embed if rerank is None else rerank, "metrics": metrics,
+                  "counts": {"num_queries": 10}}
+        return {"scaling": {"num_parameters": 1}, "results": [result]}
 
     m = ModelResults("m", {"layer_attn_last": run(0.5), "layer_mlp_last": run(0.4), "method_e5v": run(0.6),
                            "prior_e5v": run(0.3), "prior_grounding": run(0.3), "prior_grounding_noise": run(0.45),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from freeret.errors import DataError
+from freeret.eval.results import RunResult
 
 LAYERS = {"layer_attn_last": "h^Attn_L", "layer_mlp_last": "h^MLP_L", "method_e5v": "E5-V (normed last layer, E5-V prompt)"}
 PRIORS = {"prior_none": "none", "prior_e5v": "E5-V base", "prior_grounding": "+ grounding",
@@ -43,29 +44,28 @@ class ModelResults:
     def code_tuned(self) -> bool:
         return any(r["scaling"].get("code_tuned") for r in self.runs.values())
 
-    def payloads(self, run: str) -> list[dict[str, Any]]:
-        return list((self.runs.get(run) or {}).get("results") or [])
+    def payloads(self, run: str) -> list[RunResult]:
+        """The run's results (one per dataset), read through :class:`RunResult` (any schema version)."""
+        return [RunResult.from_dict(d) for d in (self.runs.get(run) or {}).get("results") or []]
 
     def probe(self, run: str) -> dict[str, Any] | None:
         return (self.runs.get(run) or {}).get("probe")
 
     def hit1(self, run: str, stage: str = "embed") -> float | None:
         """hit@1 of a single-dataset run at ``stage`` (embed or rerank)."""
-        payloads = self.payloads(run)
-        return payloads[0]["metrics"][stage]["hit@1"] if payloads and stage in payloads[0]["metrics"] else None
+        results = self.payloads(run)
+        return results[0].metrics[stage]["hit@1"] if results and stage in results[0].metrics else None
 
     def queries(self, run: str) -> int | None:
-        payloads = self.payloads(run)
-        return payloads[0]["counts"]["num_queries"] if payloads else None
+        results = self.payloads(run)
+        return results[0].counts.num_queries if results else None
 
     def meta_mean(self, run: str, stage: str = "final") -> float | None:
         """Mean hit@1 over the meta-task suite's datasets (final = after reranking where there is a rerank)."""
-        payloads = self.payloads(run)
-        if not payloads:
+        results = self.payloads(run)
+        if not results:
             return None
-        scores = [p["metrics"]["rerank" if stage == "final" and "rerank" in p["metrics"] else "embed"]["hit@1"]
-                  for p in payloads]
-        return sum(scores) / len(scores)
+        return sum(r.score(stage if stage == "final" else "embed", "hit@1") for r in results) / len(results)
 
     def wall(self, run: str) -> float | None:
         return (self.runs.get(run) or {}).get("scaling", {}).get("wall_seconds")

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from freeret.backbone.backbone import Backbone
-from freeret.backbone.capture import capture, run_until_captured
+from freeret.backbone.capture import run_until_captured
 from freeret.data.datamodule import PromptCollator, plan_batches
 from freeret.data.retrieval_set import Item
 from freeret.embed.layers import LayerSpec
@@ -64,7 +64,7 @@ def sweep_batch(backbone: Backbone, inputs: dict[str, Any]) -> tuple[torch.Tenso
     handle = backbone.layers[0].register_forward_pre_hook(
         lambda _m, args, kwargs: emb.__setitem__("x", args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
     try:
-        with capture(backbone.layers, backbone.final_norm, specs, stop=False) as captured:
+        with backbone.capture(specs, stop=False) as captured:
             out = run_until_captured(backbone.model, **inputs, use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()
@@ -72,10 +72,10 @@ def sweep_batch(backbone: Backbone, inputs: dict[str, Any]) -> tuple[torch.Tenso
     return torch.stack(states).float().cpu(), out.logits[:, -1].argmax(-1).cpu()
 
 
-def sweep_items(backbone: Backbone, items: Sequence[Item], prior: Prior, dataset: str | None,
-                batch_size: int = 16) -> Sweep:
-    """Sweep every item (rendered with ``prior``) in homogeneous, length-sorted batches; rows follow ``items``."""
-    collate = PromptCollator(backbone, prior, dataset)
+def sweep_items(backbone: Backbone, items: Sequence[Item], prior: Prior, batch_size: int = 16) -> Sweep:
+    """Sweep every item (rendered with ``prior``, bound to its dataset) in homogeneous, length-sorted batches; rows
+    follow ``items``."""
+    collate = PromptCollator(backbone, prior)
     n_points = 1 + 2 * backbone.num_layers
     states: torch.Tensor | None = None
     next_token = torch.empty(len(items), dtype=torch.long)
