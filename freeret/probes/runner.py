@@ -149,8 +149,10 @@ def log_probe(logger, name: str, payload: Mapping[str, Any], pngs: list[Path]) -
         logger.log_image(key=f"{name}/figures", images=[str(p) for p in pngs], caption=[p.stem for p in pngs])
 
 
-def run_probe(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Run probe ``name``; write ``<run_dir>/probes/<name>.json`` and its PNGs; return the payload."""
+def run_probe(name: str, cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, Any]:
+    """Run probe ``name``; write ``<run_dir>/probes/<name>.json`` and its PNGs; return the payload.
+
+    ``backbone``: an already loaded ``cfg['model']`` (a study running several probes loads it once)."""
     if name not in PROBES:
         raise ConfigError(f"probe {name!r} is not one of {', '.join(PROBES)}")
     start = time.perf_counter()
@@ -159,9 +161,11 @@ def run_probe(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     torch.manual_seed(int(cfg.get("seed", 0)))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    spec = ModelSpec.from_dict(cfg["model"])
     _prior(cfg), _framings(cfg, pcfg) if name == "framing_sensitivity" else None  # prompt facts: checked before weights
-    bb = load_backbone(spec, resolve_checkpoint(spec))
+    if backbone is None:
+        spec = ModelSpec.from_dict(cfg["model"])
+        backbone = load_backbone(spec, resolve_checkpoint(spec))
+    bb = backbone
     run_dir = Path(cfg.get("run_dir") or "outputs/probe")
     logger = make_logger(cfg.get("logger"), run_dir)
     result = PROBES[name](cfg, pcfg, bb)
