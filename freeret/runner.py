@@ -35,11 +35,12 @@ from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, METRICS, TIE_RULE, retrieval_metrics
 from freeret.eval.results import environment, write_json
 from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, embed_rounds
-from freeret.preflight import check_framing, context_length, load_text_side, text_budget
+from freeret.preflight import context_length, load_text_side, text_budget
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer
-from freeret.rerank.stage import (RankedGroups, RerankConfig, RerankModule, RerankWriter, fused_ranking, pending_groups,
+from freeret.rerank.scorers import scorer_spec
+from freeret.rerank.scorers.base import BuildContext, Scorer, ScorerSpec
+from freeret.rerank.stage import (RankedGroups, RerankConfig, RerankModule, RerankWriter, fuse_record, pending_groups,
                                   read_rerank, rerank_signature, top_k_groups)
 from freeret.retrieve.scoring import score_store
 from freeret.retrieve.store import ShardStore
@@ -131,17 +132,21 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
     return score_store(rset.rows, store, key_of)
 
 
-def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankConfig, rset: RetrievalSet,
-                 embed_scores: list[torch.Tensor], run_dir: Path, stats: dict[str, Any] | None = None) -> list[torch.Tensor]:
+def rerank_stage(cfg: Mapping[str, Any], scorer: Scorer, rerank_cfg: RerankConfig, rset: RetrievalSet,
+                 embed_scores: list[torch.Tensor], run_dir: Path, stats: dict[str, Any] | None = None,
+                 summary: dict[str, Any] | None = None) -> list[torch.Tensor]:
     """Rerank each row's top-K (Lightning predict + JSONL writer); return fused rank scores per row.
 
-    Finished rows are kept in ``<run_dir>/rerank/<dataset>/<signature>/`` and a rerun (after a crash or kill)
-    scores only the rows whose top-K has no finished record.
+    Finished rows are kept in ``<run_dir>/rerank/<dataset>/<signature>/`` (one folder per scorer setting) and a
+    rerun (after a crash or kill) scores only the rows whose top-K has no finished record. ``summary`` (if given)
+    receives the scorer's per-run figures read from the records (e.g. choice_debiased's flip rate).
     """
     out_dir = run_dir / "rerank" / rset.name / rerank_signature(scorer, rset.name)
     groups = top_k_groups(rset, embed_scores, rerank_cfg.top_k)
     barrier()
-    todo = pending_groups(groups, read_rerank(out_dir, stale_after_s(cfg.get("embed") or {})))
+    done = read_rerank(out_dir, stale_after_s(cfg.get("embed") or {}))
+    todo = pending_groups(groups, done)
+    scorer.prepare(groups, done)  # e.g. candidate priors of finished rows: a resumed run recomputes none
     if todo:
         writer = RerankWriter(out_dir, int((cfg.get("pipeline") or {}).get("shard_size", 256)))
         groups_module = RankedGroups(todo, scorer, num_workers(rerank_cfg.num_workers))
@@ -150,16 +155,28 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankC
         stop.check()
         barrier()
     if stats is not None:
-        stats.update(rerank_rows_computed=len(todo), rerank_rows_reused=len(groups) - len(todo))
+        stats.update(rerank_rows_computed=len(todo), rerank_rows_reused=len(groups) - len(todo),
+                     **{f"rerank_{k}": v for k, v in scorer.counters().items()})
         if scorer.vision is not None:
             stats.update({f"rerank_vision_{k}": v for k, v in dataclasses.asdict(scorer.vision.stats).items()},
                          rerank_vision_cache_mib=scorer.vision.nbytes / 2**20)
     records = read_rerank(out_dir)
-    return [
-        fused_ranking(scores, records[row.id]["positions"], torch.tensor(records[row.id]["probs"]),
-                      scorer.framing.match_index, rerank_cfg)
-        for row, scores in zip(rset.rows, embed_scores)
-    ]
+    if summary is not None:
+        summary.update(scorer.summary([records[row.id] for row in rset.rows]))
+    return [fuse_record(scores, records[row.id], rerank_cfg) for row, scores in zip(rset.rows, embed_scores)]
+
+
+def stage2_spec(cfg: Mapping[str, Any], rerank_cfg: RerankConfig) -> tuple[ScorerSpec, Framing | None]:
+    """The scorer spec and (for the choice scorers) the framing, checked against the pipeline's stage-2 keys."""
+    spec = scorer_spec(cfg.get("scorer"))
+    framing = Framing.from_dict(cfg["framing"]) if spec.uses_framing else None
+    if rerank_cfg.calibrate and not spec.takes_calibrate:
+        raise ConfigError(f"pipeline.calibrate=true divides out an option prior: scorer={spec.name} has no options "
+                          f"(candidate_likelihood has its own prior: scorer.cpn_lambda)")
+    if rerank_cfg.tie_break == "entropy" and not spec.has_entropy:
+        raise ConfigError(f"pipeline.tie_break=entropy needs a scorer that records an answer entropy "
+                          f"(choice, choice_debiased); scorer={spec.name} does not: use tie_break=embed")
+    return spec, framing
 
 
 class SharedModel:
@@ -182,8 +199,8 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     if pipeline not in PIPELINES:
         raise ConfigError(f"pipeline={pipeline!r} is not available; choose one of {', '.join(PIPELINES)}")
     staged = pipeline != "embed"
-    framing = Framing.from_dict(cfg["framing"]) if staged else None
     rerank_cfg = RerankConfig.from_dict(pipeline_cfg) if staged else None
+    scoring, framing = stage2_spec(cfg, rerank_cfg) if staged else (None, None)
     work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys fail before weights load
     main_name = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
     if main_name not in METRICS:
@@ -191,6 +208,8 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     rset = load_dataset(cfg["dataset"])
     if pipeline == "rag":
         require_answers(rset)
+    if staged:
+        scoring.check_modalities(rset)  # e.g. image candidates under candidate_likelihood: one line, no weights loaded
     run_dir = Path(cfg.get("run_dir") or "outputs/run")
     L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     if cfg.get("threads"):
@@ -204,7 +223,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     # Bad input is recorded (errors.jsonl) and its rows count as misses; strict=true stops at the first one.
     side = load_text_side(spec, checkpoint)  # tokenizer only: framing and text length are checked before weights
     if staged:
-        check_framing(side, framing, rset.name)
+        scoring.preflight(side, rset.name, framing)  # single-token options and labels
     set_image_limit((cfg.get("images") or {}).get("max_pixels"))
     budget = text_budget(side, prior, rset.name, context_length(spec, checkpoint, side),
                          any(it.image for it in rset.items.values()))
@@ -219,8 +238,9 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
         backbone = load_backbone(spec, checkpoint, device)
         if shared is not None:
             shared.backbone = backbone
-    scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
-                         rerank_cfg.vision_cache_mb) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
+    scorer = (scoring.build(BuildContext(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
+                                      rerank_cfg.vision_cache_mb))
+              if staged else None)  # built before stage 1: a bad framing fails before any embedding work
     logger = make_logger(cfg.get("logger"), run_dir) if is_main() else None
 
     timing: dict[str, float] = {}
@@ -230,9 +250,11 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     n_positives = [row.n_positive for row in rset.rows]
     metrics = {"embed": fold_misses(retrieval_metrics(embed_scores, n_positives), len(rset.rows), n_missed)}
     final_scores = embed_scores
+    scorer_summary: dict[str, Any] = {}
     if staged:
         t = time.perf_counter()
-        final_scores = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir, stats=timing)
+        final_scores = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir, stats=timing,
+                                    summary=scorer_summary)
         timing["rerank_seconds"] = time.perf_counter() - t
         metrics["rerank"] = fold_misses(retrieval_metrics(final_scores, n_positives), len(rset.rows), n_missed)
     extra: dict[str, Any] = {}
@@ -257,8 +279,8 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
         "prior": prior.name,
         "framing": framing.name if framing else None,
         "rerank": (
-            {**rerank_cfg.__dict__, "option_token_ids": scorer.option_ids,
-             "options": list(framing.options), "match": framing.match}
+            {**rerank_cfg.__dict__, "scorer": scoring.name, **scorer.describe(), "scorer_config": scoring.as_dict(),
+             "scorer_summary": scorer_summary}
             if staged else None
         ),
         "model": backbone.metadata(),
@@ -283,7 +305,11 @@ def summary_line(payload: Mapping[str, Any]) -> str:
     stages = payload["metrics"]
     name = payload.get("main_score_name", MAIN_SCORE)
     scores = " -> ".join(f"{stage} {name}={m[name]:.4f}" for stage, m in stages.items())
-    framing = f" | framing={payload['framing']} top{payload['rerank']['top_k']}" if payload.get("framing") else ""
+    rerank = payload.get("rerank") or {}
+    framing = f" | framing={payload['framing']}" if payload.get("framing") else ""
+    if rerank.get("scorer") not in (None, "choice"):
+        framing += f" | scorer={rerank['scorer']}"
+    framing += f" top{rerank['top_k']}" if rerank else ""
     rag = ""
     if payload.get("rag"):
         rag = f" | RAG EM={payload['rag']['exact_match_with_retrieval']:.3f} (closed-book {payload['rag']['exact_match_closed_book']:.3f})"

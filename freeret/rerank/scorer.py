@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -26,18 +26,15 @@ from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import IMAGE
 from freeret.backbone.image_records import ImageRecord
 from freeret.backbone.vision_cache import VisionFeatureCache
-from freeret.data.visual import frame_count, load_visual
 from freeret.data.retrieval_set import Item
+from freeret.data.visual import frame_count
 from freeret.rerank.framing import Framing
 from freeret.rerank.options import resolve_option_ids
+from freeret.rerank.scorers.base import NoRunState, to_host
+from freeret.rerank.scorers.lm import model_inputs
 
 log = logging.getLogger(__name__)
 _SLOT = "\u2063CANDIDATE\u2063"  # stands for the candidate text while the prompt is split
-
-
-def _to_host(t: torch.Tensor) -> torch.Tensor:
-    """The scorer's output contract: CPU, fp32."""
-    return t.detach().to("cpu", torch.float32)
 
 
 @dataclass
@@ -57,9 +54,20 @@ class PairScores:
         """Entropy of the option distribution per candidate (RetLLM's tie-breaker)."""
         return -(self.probs * self.probs.clamp_min(1e-12).log()).sum(-1)
 
+    @property
+    def scores(self) -> torch.Tensor:
+        """The rerank score: P(match option)."""
+        return self.match
 
-class PairScorer:
-    """Scores a query against its candidates with a framing."""
+    def record(self) -> dict[str, Any]:
+        """The row's fields in a rerank shard: scores, the option probabilities and their entropy."""
+        return {"scores": self.match.tolist(), "probs": self.probs.tolist(), "entropy": self.entropy.tolist()}
+
+
+class PairScorer(NoRunState):
+    """Scores a query against its candidates with a framing: the ``choice`` scorer."""
+
+    name = "choice"
 
     def __init__(self, backbone: Backbone, framing: Framing, dataset: str | None = None, batch_size: int = 16,
                  calibrate: bool = False, vision_cache_mb: float = 2048) -> None:
@@ -103,14 +111,8 @@ class PairScorer:
         return logits
 
     def _with_images(self, prompts: list[str], paths: list[list[str]]) -> dict:
-        """Model inputs on the device. With the vision cache, each image is decoded and processed once per run and
-        its features come from the cache; without it (the reference), every prompt decodes and processes its own."""
-        if self.vision is not None and any(paths):
-            inputs = self.vision.inputs(prompts, paths)
-        else:
-            images = [[im for p in row for im in load_visual(p)] for row in paths]
-            inputs = self.bb.inputs(prompts, images if any(images) else None)
-        return {k: v.to(self.bb.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        """Model inputs on the device (each image once per run through the vision cache, if any)."""
+        return model_inputs(self.bb, self.vision, prompts, paths)
 
     def image_uses(self, query: Item, cands: Sequence[Item]) -> set[tuple[str, int]]:
         """The (visual, cache count) pairs that scoring ``cands`` for ``query`` looks up in the vision cache: what a
@@ -137,7 +139,7 @@ class PairScorer:
             paths = [[p for p in (query.image, c.image) if p] for c in chunk]
             inputs = self._with_images(prompts, paths)
             hidden = self.base(**inputs, use_cache=False).last_hidden_state[:, -1]
-            probs.append(_to_host(self._option_logits(hidden).softmax(-1)))
+            probs.append(to_host(self._option_logits(hidden).softmax(-1)))
         return PairScores(torch.cat(probs), self.framing.match_index)
 
     @torch.no_grad()
@@ -189,7 +191,7 @@ class PairScorer:
                 use_cache=True,
             ).last_hidden_state
             last = hidden[torch.arange(n), mask.sum(1) - 1]
-            out.append(_to_host(self._option_logits(last).softmax(-1)))
+            out.append(to_host(self._option_logits(last).softmax(-1)))
         return torch.cat(out)
 
     def score(self, query: Item, cands: Sequence[Item],
@@ -210,3 +212,11 @@ class PairScorer:
         finally:
             if self.vision is not None:
                 self.vision.pending.clear()  # records this query did not use are not kept
+
+    def signature(self) -> dict[str, Any]:
+        """What shapes the option probabilities besides the model and dataset."""
+        return {"scorer": self.name, "framing": asdict(self.framing), "calibrate": self.calibrate}
+
+    def describe(self) -> dict[str, Any]:
+        """The options as the results file reports them."""
+        return {"option_token_ids": self.option_ids, "options": list(self.framing.options), "match": self.framing.match}
