@@ -9,6 +9,12 @@ runs the dev twins (wordnet_rd_dev, suite=wordnet_meta_dev), where settings are 
 Stage 1 is embedded once per model and split and reused from the embedding cache by every setting. Outputs go to
 ``<out>/<model>/<split>/<setting>/{rd,suite}/`` (each run's results/*.json and its rerank shards), a log per run
 beside them, and ``<out>/<model>/<split>/runs.json`` (command, exit status, wall seconds per run).
+
+    python experiments/rerankers_runs.py --model smollm2_135m --split test --report
+
+``--report`` runs nothing: it collects the finished runs into ``docs/results/<model>/rerankers_<split>.json`` (per
+dataset: stage-1 hit@1 and each setting's hit@1 after reranking, pairs/s, flip rates, wall seconds) and a bar plot
+beside it, and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -44,6 +50,56 @@ def runs(model: str, split: str, limit: int, rd_k: int, suite_k: int, threads: i
             "suite": [*base, f"suite={suite}", f"pipeline.top_k={suite_k}"]}
 
 
+def collect(folder: Path, settings: list[str]) -> dict:
+    """Per dataset: stage-1 metrics and each finished setting's reranked metrics and run figures."""
+    manifest = json.loads((folder / "runs.json").read_text()) if (folder / "runs.json").exists() else {}
+    table: dict[str, dict] = {}
+    for setting in settings:
+        for which in ("rd", "suite"):
+            for path in sorted((folder / setting / which / "results").glob("*.json")):
+                res = json.loads(path.read_text())
+                if "rerank" not in res.get("metrics", {}):
+                    continue
+                row = table.setdefault(res["dataset"], {"embed": res["metrics"]["embed"],
+                                                        "queries": res["counts"]["scored_queries"],
+                                                        "top_k": res["rerank"]["top_k"], "settings": {}})
+                pairs = row["queries"] * row["top_k"]  # every row here has at least K candidates
+                seconds = res["timing"].get("rerank_seconds")
+                row["settings"][setting] = {
+                    "rerank": res["metrics"]["rerank"], "rerank_seconds": seconds,
+                    "pairs_per_s": pairs / seconds if seconds and pairs else None,
+                    "scorer": res["rerank"]["scorer"], "scorer_summary": res["rerank"].get("scorer_summary"),
+                    "scorer_config": res["rerank"].get("scorer_config"), "fusion": res["rerank"].get("fusion"),
+                    "run_wall_seconds": manifest.get(f"{setting}/{which}", {}).get("wall_seconds"),
+                    "command": manifest.get(f"{setting}/{which}", {}).get("command"),
+                    "model": res["model"], "environment": res.get("environment")}
+    return table
+
+
+def report(model: str, split: str, folder: Path, settings: list[str]) -> None:
+    """docs/results/<model>/rerankers_<split>.json, its bar plot, and a markdown table on stdout."""
+    from _common import bar_chart, save
+
+    table = collect(folder, settings)
+    if not table:
+        raise SystemExit(f"no finished runs under {folder}")
+    out = REPO / "docs" / "results" / model / f"rerankers_{split}.json"
+    save(out, {"model": model, "split": split, "datasets": table})
+    names = list(table)
+    shown = [s for s in settings if any(s in table[d]["settings"] for d in names)]
+    series = {"stage 1": [table[d]["embed"]["hit@1"] for d in names]}
+    for s in shown:
+        series[s] = [table[d]["settings"].get(s, {}).get("rerank", {}).get("hit@1", float("nan")) for d in names]
+    bar_chart(out, [d.replace("wordnet_", "") for d in names], series, "hit@1",
+              f"Stage-2 scorers, {model}, {split} split")
+    print("| dataset (split) | queries | K | stage 1 | " + " | ".join(shown) + " |")
+    print("|---" * (4 + len(shown)) + "|")
+    for d in names:
+        row = table[d]
+        cells = [f"{row['settings'][s]['rerank']['hit@1']:.3f}" if s in row["settings"] else "-" for s in shown]
+        print(f"| {d} ({split}) | {row['queries']} | {row['top_k']} | {row['embed']['hit@1']:.3f} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -56,8 +112,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--extra", nargs="*", default=[], help="more run.py overrides for every run")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "rerankers")
+    ap.add_argument("--report", action="store_true", help="collect finished runs into docs/results (runs nothing)")
     args = ap.parse_args()
     folder = args.out / args.model / args.split
+    if args.report:
+        return report(args.model, args.split, folder, args.settings)
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / "runs.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
