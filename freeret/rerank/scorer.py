@@ -4,7 +4,8 @@ Two exact implementations of the same score:
 - ``naive``: one full forward per (query, candidate) prompt (the reference);
 - ``fast``: the query-side prefix runs once into a KV cache that every candidate
   suffix reuses; suffixes run right-padded in batches with explicit positions, and the
-  LM head is applied only at each suffix's last token and only to the option rows.
+  LM head is applied only at each suffix's last token and only to the option rows
+  (:class:`~freeret.backbone.shared_prefix.SharedPrefix`).
 Pairs whose candidate has an image take the batched full-forward path (the prefix
 cache is reused only for text suffixes); every image's vision features are computed
 once and reused across prompts (:class:`VisionFeatureCache`).
@@ -15,7 +16,6 @@ Devices: inputs go to the model's device; every score leaves the scorer on the C
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
@@ -31,7 +31,7 @@ from freeret.data.visual import frame_count
 from freeret.rerank.framing import Framing
 from freeret.rerank.options import resolve_option_ids
 from freeret.rerank.scorers.base import NoRunState, to_host
-from freeret.rerank.scorers.lm import model_inputs
+from freeret.rerank.scorers.lm import model_inputs, shared_prefix
 
 log = logging.getLogger(__name__)
 _SLOT = "\u2063CANDIDATE\u2063"  # stands for the candidate text while the prompt is split
@@ -77,11 +77,8 @@ class PairScorer(NoRunState):
         self.head, self.middle, self.tail = framing.split(dataset)
         probe = self.prompt(Item.make("query", "q", None), Item.make("target", "c", None))
         self.option_ids = resolve_option_ids(backbone.tokenizer, probe, framing.options, f"framing '{framing.name}'")
-        self.base = backbone.model.get_decoder() if not backbone.family.multimodal else backbone.model.model
-        head = backbone.model.get_output_embeddings()
-        self.head_rows = head.weight[self.option_ids].detach()
-        self.head_bias = head.bias[self.option_ids].detach() if getattr(head, "bias", None) is not None else None
-        self.softcap = getattr(backbone.model.config.get_text_config(), "final_logit_softcapping", None)
+        self.shared = shared_prefix(backbone)  # one runner per model, shared with the other scorers
+        self.rows = torch.tensor(self.option_ids)
 
     # -- prompts -----------------------------------------------------------------------------------
     def _parts(self, query: Item, cand: Item, cand_text: str | None = None) -> list:
@@ -100,15 +97,7 @@ class PairScorer(NoRunState):
 
     # -- scoring -----------------------------------------------------------------------------------
     def _option_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.head_rows.device != hidden.device:  # the model moved after this scorer was built: follow it once
-            self.head_rows = self.head_rows.to(hidden.device)
-            self.head_bias = self.head_bias.to(hidden.device) if self.head_bias is not None else None
-        logits = hidden.float() @ self.head_rows.float().T
-        if self.head_bias is not None:
-            logits = logits + self.head_bias.float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return self.shared.head_logits(hidden, self.rows)
 
     def _with_images(self, prompts: list[str], paths: list[list[str]]) -> dict:
         """Model inputs on the device (each image once per run through the vision cache, if any)."""
@@ -138,7 +127,7 @@ class PairScorer(NoRunState):
             prompts = [self.prompt(query, c) for c in chunk]
             paths = [[p for p in (query.image, c.image) if p] for c in chunk]
             inputs = self._with_images(prompts, paths)
-            hidden = self.base(**inputs, use_cache=False).last_hidden_state[:, -1]
+            hidden = self.shared.base(**inputs, use_cache=False).last_hidden_state[:, -1]
             probs.append(to_host(self._option_logits(hidden).softmax(-1)))
         return PairScores(torch.cat(probs), self.framing.match_index)
 
@@ -165,33 +154,14 @@ class PairScorer(NoRunState):
         return tok(prefix) + tok(suffix.replace(_SLOT, cand.text)) == tok(self.prompt(query, cand))
 
     def _fast_text(self, query: Item, texts: Sequence[str]) -> torch.Tensor:
-        prefix, suffix_template = self.split(query)
-        inputs = self._with_images([prefix], [[query.image] if query.image else []])
-        inputs.pop("position_ids", None)
-        cache = self.base(**inputs, use_cache=True).past_key_values
-        n_prefix = inputs["input_ids"].shape[1]
-        rope_deltas = getattr(self.base, "rope_deltas", None)  # M-RoPE (Qwen-VL): text after an image is shifted
-        tok = self.bb.tokenizer
+        prefix_text, suffix_template = self.split(query)
+        prefix = self.shared.run_prefix(self._with_images([prefix_text], [[query.image] if query.image else []]))
         out = []
         for start in range(0, len(texts), self.batch_size):
             chunk = [suffix_template.replace(_SLOT, t) for t in texts[start : start + self.batch_size]]
-            enc = tok(chunk, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
-            ids, mask = enc["input_ids"].to(self.bb.device), enc["attention_mask"].to(self.bb.device)
-            n, width = ids.shape
-            batch_cache = copy.deepcopy(cache)
-            batch_cache.batch_repeat_interleave(n)
-            positions = torch.arange(n_prefix, n_prefix + width, device=ids.device).expand(n, width)
-            if rope_deltas is not None and query.image:
-                positions = (positions + rope_deltas.to(ids.device)).unsqueeze(0).expand(3, n, width)
-            hidden = self.base(
-                input_ids=ids,
-                attention_mask=torch.cat([mask.new_ones(n, n_prefix), mask], dim=1),
-                position_ids=positions,
-                past_key_values=batch_cache,
-                use_cache=True,
-            ).last_hidden_state
-            last = hidden[torch.arange(n), mask.sum(1) - 1]
-            out.append(to_host(self._option_logits(last).softmax(-1)))
+            enc = self.bb.tokenizer(chunk, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
+            logits = self.shared.last_logits(prefix, enc["input_ids"], enc["attention_mask"], self.rows)
+            out.append(to_host(logits.softmax(-1)))
         return torch.cat(out)
 
     def score(self, query: Item, cands: Sequence[Item],

@@ -274,7 +274,7 @@ class QueryLikelihood(NoRunState):
         return self._scores(self._lls(query, cands, 1))
 
     def _split_is_exact(self, cand: Item) -> bool:
-        tok = lambda text: self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        tok = lambda text: self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]
         return tok(self.shared) + tok(self.suffix.replace(MARK, cand.text)) == tok(self.prompt(cand))
 
     def _shared_lls(self, query: Item, cands: Sequence[Item]) -> list[float]:

@@ -5,29 +5,39 @@
 - :func:`continuation_logprobs`: one forward of left-padded rows that all end with the same scored tokens, and the
   log-probability of each of those tokens given everything before it (LM head and log-softmax there only).
 - :func:`run_prefix`, then :func:`suffix_logprobs` / :func:`suffix_last_logits`: one prompt run once into a KV
-  cache, then many suffixes right-padded after it, read at every suffix token (candidate likelihood) or at the last
-  one (listwise).
+  cache, then many suffixes right-padded after it, read at every suffix token (candidate likelihood), at the last
+  few (query likelihood) or at the last one (listwise): thin wrappers over the one shared-prefix routine,
+  :class:`~freeret.backbone.shared_prefix.SharedPrefix`.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from freeret.backbone.backbone import Backbone
+from freeret.backbone.shared_prefix import Prefix, SharedPrefix
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.visual import load_visual
 
 TOKEN_TYPE_KEYS = ("mm_token_type_ids", "token_type_ids")
+_RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its SharedPrefix
+
+
+def shared_prefix(bb: Backbone) -> SharedPrefix:
+    """The model's shared-prefix runner (:mod:`freeret.backbone.shared_prefix`), one per model."""
+    runner = _RUNNERS.get(bb.model)
+    if runner is None:
+        runner = _RUNNERS[bb.model] = SharedPrefix(bb.model, bb.family)
+    return runner
 
 
 def base_model(bb: Backbone) -> torch.nn.Module:
     """The model without its LM head: states after the final norm (vision tower included for VLMs)."""
-    return bb.model.get_decoder() if not bb.family.multimodal else bb.model.model
+    return shared_prefix(bb).base
 
 
 def model_inputs(bb: Backbone, vision: VisionFeatureCache | None, prompts: list[str],
@@ -46,20 +56,8 @@ def model_inputs(bb: Backbone, vision: VisionFeatureCache | None, prompts: list[
 
 def head_logits(bb: Backbone, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 LM-head logits of final-norm states, for vocabulary ``rows`` only (all when None), with the head's bias
-    and the model's final soft-capping."""
-    head = bb.model.get_output_embeddings()
-    weight, bias = head.weight, getattr(head, "bias", None)
-    hidden = hidden.to(weight.device).float()
-    if rows is not None:
-        rows = rows.to(weight.device)
-        weight, bias = weight[rows], (bias[rows] if bias is not None else None)
-    logits = hidden @ weight.float().T
-    if bias is not None:
-        logits = logits + bias.float()
-    softcap = getattr(bb.model.config.get_text_config(), "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits
+    and the model's final soft-capping (on the head's device)."""
+    return shared_prefix(bb).head_logits(hidden, rows)
 
 
 def append_tokens(inputs: dict[str, Any], ids: Sequence[int]) -> dict[str, Any]:
@@ -90,79 +88,48 @@ def continuation_logprobs(bb: Backbone, inputs: dict[str, Any], n: int) -> torch
     return logits.log_softmax(-1).gather(-1, ids[..., None])[..., 0]
 
 
-@dataclass
-class PrefixState:
-    """A prompt prefix run once: its KV cache (copied per suffix batch, never written), its length, its last state
-    (which predicts the first suffix token) and whether an image shifted the positions after it (M-RoPE)."""
+@torch.no_grad()
+def run_prefix(bb: Backbone, inputs: dict[str, Any]) -> Prefix:
+    """Run one prefix row (images allowed) into a KV cache, through the final norm."""
+    return shared_prefix(bb).run_prefix(inputs)
 
-    cache: Any
-    length: int
-    last: torch.Tensor
-    rope_deltas: torch.Tensor | None
+
+def _padded(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (ids, mask) of token-id lists."""
+    ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
 
 
 @torch.no_grad()
-def run_prefix(bb: Backbone, inputs: dict[str, Any]) -> PrefixState:
-    """Run one prefix row (images allowed) into a KV cache."""
-    base = base_model(bb)
-    inputs = {k: v for k, v in inputs.items() if k != "position_ids"}
-    out = base(**inputs, use_cache=True)
-    has_image = any(k not in ("input_ids", "attention_mask", *TOKEN_TYPE_KEYS) for k in inputs)
-    deltas = getattr(base, "rope_deltas", None) if has_image else None  # M-RoPE (Qwen-VL): text after an image shifts
-    return PrefixState(out.past_key_values, int(inputs["input_ids"].shape[1]), out.last_hidden_state[:, -1:], deltas)
-
-
-def _suffix_batches(bb: Backbone, prefix: PrefixState, suffixes: Sequence[Sequence[int]],
-                    batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``suffixes`` (token ids) right-padded in batches after ``prefix`` with explicit positions; yields (ids, mask,
-    final-norm states) per batch."""
-    base = base_model(bb)
-    device = prefix.last.device
-    for start in range(0, len(suffixes), batch_size):
-        chunk = suffixes[start : start + batch_size]
-        n, width = len(chunk), max(len(c) for c in chunk)
-        ids = torch.zeros(n, width, dtype=torch.long)
-        mask = torch.zeros(n, width, dtype=torch.long)
-        for i, c in enumerate(chunk):
-            ids[i, : len(c)] = torch.tensor(list(c))
-            mask[i, : len(c)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        batch_cache = copy.deepcopy(prefix.cache)
-        batch_cache.batch_repeat_interleave(n)
-        positions = torch.arange(prefix.length, prefix.length + width, device=device).expand(n, width)
-        if prefix.rope_deltas is not None:
-            positions = (positions + prefix.rope_deltas.to(device)).unsqueeze(0).expand(3, n, width)
-        hidden = base(input_ids=ids, attention_mask=torch.cat([mask.new_ones(n, prefix.length), mask], dim=1),
-                      position_ids=positions, past_key_values=batch_cache, use_cache=True).last_hidden_state
-        yield ids, mask, hidden
-
-
-@torch.no_grad()
-def suffix_logprobs(bb: Backbone, prefix: PrefixState, conts: Sequence[Sequence[int]], batch_size: int,
+def suffix_logprobs(bb: Backbone, prefix: Prefix, conts: Sequence[Sequence[int]], batch_size: int,
                     scored: Sequence[int] | None = None) -> list[torch.Tensor]:
     """Per suffix, the log-probabilities (fp32, host) of its tokens after ``prefix`` and its own earlier tokens: all
     of them, or its last ``scored[i]`` only; the LM head runs at the scored tokens only."""
+    runner = shared_prefix(bb)
     results: list[torch.Tensor] = []
-    for start, (ids, mask, hidden) in zip(range(0, len(conts), batch_size), _suffix_batches(bb, prefix, conts, batch_size)):
-        before = torch.cat([prefix.last.expand(len(ids), 1, -1), hidden[:, :-1]], dim=1)  # predicts each token
-        lengths = mask.sum(1)
-        picked = mask.bool()
-        if scored is not None:  # only the last n real tokens of each row
-            n = torch.tensor(list(scored[start : start + len(ids)]), device=mask.device)
-            cols = torch.arange(mask.shape[1], device=mask.device)
-            picked = picked & (cols[None] >= (lengths - n)[:, None])
-        logits = head_logits(bb, before[picked])
-        got = logits.log_softmax(-1).gather(-1, ids[picked][:, None].to(logits.device))[:, 0]
-        results.extend(torch.split(got.to("cpu", torch.float32), picked.sum(1).tolist()))
+    for start in range(0, len(conts), batch_size):
+        chunk = conts[start : start + batch_size]
+        ids, mask = _padded(chunk)
+        keep = [len(c) if scored is None else scored[start + i] for i, c in enumerate(chunk)]
+        cols = torch.arange(ids.shape[1])
+        picked = torch.stack([(cols >= len(c) - k) & (cols < len(c)) for c, k in zip(chunk, keep)])
+        logprobs, _ = runner.token_logprobs(prefix, ids, mask, picked)
+        logprobs = logprobs.to("cpu", torch.float32)
+        results.extend(logprobs[i, len(c) - k : len(c)] for i, (c, k) in enumerate(zip(chunk, keep)))
     return results
 
 
 @torch.no_grad()
-def suffix_last_logits(bb: Backbone, prefix: PrefixState, suffixes: Sequence[Sequence[int]], rows: torch.Tensor,
+def suffix_last_logits(bb: Backbone, prefix: Prefix, suffixes: Sequence[Sequence[int]], rows: torch.Tensor,
                        batch_size: int) -> torch.Tensor:
     """(suffixes, rows) fp32 host logits at each suffix's last token after ``prefix``, vocabulary ``rows`` only."""
+    runner = shared_prefix(bb)
     out = []
-    for _, mask, hidden in _suffix_batches(bb, prefix, suffixes, batch_size):
-        last = hidden[torch.arange(len(mask), device=hidden.device), mask.sum(1).to(hidden.device) - 1]
-        out.append(head_logits(bb, last, rows).to("cpu", torch.float32))
+    for start in range(0, len(suffixes), batch_size):
+        ids, mask = _padded(suffixes[start : start + batch_size])
+        out.append(runner.last_logits(prefix, ids, mask, rows).to("cpu", torch.float32))
     return torch.cat(out)

@@ -15,7 +15,6 @@ from typing import Any
 from freeret.embed.priors import placeholders
 from freeret.errors import ConfigError
 
-
 MARK = "\u2063SLOT\u2063"  # stands for a per-candidate part while a rendered prompt is split
 
 
