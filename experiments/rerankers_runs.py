@@ -92,12 +92,22 @@ def report(model: str, split: str, folder: Path, settings: list[str]) -> None:
         series[s] = [table[d]["settings"].get(s, {}).get("rerank", {}).get("hit@1", float("nan")) for d in names]
     bar_chart(out, [d.replace("wordnet_", "") for d in names], series, "hit@1",
               f"Stage-2 scorers, {model}, {split} split")
-    print("| dataset (split) | queries | K | stage 1 | " + " | ".join(shown) + " |")
-    print("|---" * (4 + len(shown)) + "|")
+    print("| dataset (split) | queries | K | stage 1 | ceiling (stage-1 hit@K) | " + " | ".join(shown) + " |")
+    print("|---" * (5 + len(shown)) + "|")
     for d in names:
         row = table[d]
         cells = [f"{row['settings'][s]['rerank']['hit@1']:.3f}" if s in row["settings"] else "-" for s in shown]
-        print(f"| {d} ({split}) | {row['queries']} | {row['top_k']} | {row['embed']['hit@1']:.3f} | " + " | ".join(cells) + " |")
+        ceiling = row["embed"].get(f"hit@{row['top_k']}")
+        print(f"| {d} ({split}) | {row['queries']} | {row['top_k']} | {row['embed']['hit@1']:.3f} | "
+              f"{'-' if ceiling is None else f'{ceiling:.3f}'} | " + " | ".join(cells) + " |")
+    print()
+    print("| dataset (split) | setting | rerank pairs/s | rerank s | run wall s | flip rate |")
+    print("|---|---|---|---|---|---|")
+    for d in names:
+        for s, got in table[d]["settings"].items():
+            flip = (got.get("scorer_summary") or {}).get("flip_rate")
+            print(f"| {d} ({split}) | {s} | {got['pairs_per_s']:.2f} | {got['rerank_seconds']:.0f} | "
+                  f"{got['run_wall_seconds']} | {'-' if flip is None else f'{flip:.2f}'} |")
 
 
 def main() -> None:
