@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from _bench_models import load
-from _common import REPO, bar_chart, conf, save
+from _common import REPO, bar_chart, conf, dataset_prompt, save
 
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item
@@ -45,7 +45,7 @@ def image_rows(k_max: int, queries: int, candidates: str = "definitions") -> lis
     """Image queries (full-size bundled photos) against the smoke captions then WordNet definitions or words."""
     from PIL import Image
 
-    from freeret.data.smoke import CAPTIONS, _load
+    from freeret.testing.smoke import CAPTIONS, _load
 
     folder = REPO / "outputs" / "bench" / "images"
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def candidate_images(k: int) -> list[Item]:
     """``k`` distinct full-size JPEG photos: the bundled ones, then mirrored, flipped, rotated and cropped copies."""
     from PIL import Image, ImageOps
 
-    from freeret.data.smoke import CAPTIONS, _load
+    from freeret.testing.smoke import CAPTIONS, _load
 
     folder = REPO / "outputs" / "bench" / "images" / "candidates"
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,12 +92,12 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
     from torch.utils.data import DataLoader
 
     from freeret.backbone.image_records import preprocess_visual
-    from freeret.data.smoke import CAPTIONS
     from freeret.data.visual import load_visual
     from freeret.rerank.stage import GroupCollator, plan_images
+    from freeret.testing.smoke import CAPTIONS
 
     queries = [Item.make("query", c, None) for c in list(CAPTIONS.values())[: args.queries]]
-    warm = PairScorer(backbone, framing, "smoke_mm", args.batch_size)
+    warm = PairScorer(backbone, framing, args.batch_size)
     warm.score(queries[0], candidate_images(1))
     rows = []
     for k in args.k:
@@ -105,12 +105,12 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
         groups = [{"row": str(i), "positions": list(range(k)), "query": q, "candidates": cands}
                   for i, q in enumerate(queries)]
         pairs = k * len(queries)
-        reference = PairScorer(backbone, framing, "smoke_mm", args.batch_size, vision_cache_mb=0)
+        reference = PairScorer(backbone, framing, args.batch_size, vision_cache_mb=0)
         t = time.perf_counter()
         naive = torch.cat([reference.naive(q, cands, batch_size=1).probs for q in queries])
         rec = {"k": k, "queries": len(queries), "pairs": pairs, "naive_pairs_per_s": pairs / (time.perf_counter() - t)}
         for workers in [0, *args.workers]:
-            scorer = PairScorer(backbone, framing, "smoke_mm", args.batch_size)
+            scorer = PairScorer(backbone, framing, args.batch_size)
             loader = DataLoader(plan_images(groups, scorer.image_uses), batch_size=None,  # type: ignore[arg-type]
                                 collate_fn=GroupCollator(backbone.prompter), num_workers=workers)
             t = time.perf_counter()
@@ -144,19 +144,20 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
 
 def scorers_case(backbone, args) -> list[dict]:
     """Each scorer's naive vs fast pairs/s at every K on WordNet definitions against their candidate words."""
-    from _common import composed
+    from _common import composed, dataset_prompt
 
     from freeret.rerank.scorers import scorer_spec
     from freeret.rerank.scorers.base import BuildContext
 
-    framing = Framing.from_dict(conf("framing", args.framing))
+    prompt = dataset_prompt("wordnet_rd")
+    framing = Framing.from_dict(conf("framing", args.framing)).for_dataset(prompt)
     qrows = text_rows(max(args.k), args.queries + 1)
     warm, qrows = qrows[0], qrows[1:]
     rows = []
     for name in args.scorers:
         spec = scorer_spec(composed("scorer", name))
         for k in args.k:
-            scorer = spec.build(BuildContext(backbone, framing, "wordnet_rd", args.batch_size))
+            scorer = spec.build(BuildContext(backbone, framing, prompt, args.batch_size))
             scorer.score(warm[0], warm[1][:4]), scorer.naive(warm[0], warm[1][:1])  # warm-up, on other candidates
             times, diff = {"naive": 0.0, "fast": 0.0}, 0.0
             for query, all_cands in qrows:
@@ -246,7 +247,8 @@ def main() -> None:
                   "pairs / second", f"Stage-2 scorers, {backbone.spec.name}, {torch.get_num_threads()} CPU threads")
         return
     dataset = "wordnet_rd" if args.case == "text" else "smoke_mm"
-    scorer = PairScorer(backbone, Framing.from_dict(conf("framing", args.framing)), dataset, args.batch_size)
+    framing = Framing.from_dict(conf("framing", args.framing)).for_dataset(dataset_prompt(dataset))
+    scorer = PairScorer(backbone, framing, args.batch_size)
     qrows = (image_rows(max(args.k), args.queries, args.candidates) if args.case == "image"
              else text_rows(max(args.k), args.queries))
     scorer.fast(qrows[0][0], qrows[0][1][:4])  # warm-up (and the query image's features into the cache)

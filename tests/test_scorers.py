@@ -29,9 +29,13 @@ def spec_of(name: str, *overrides: str):
     return scorer_spec(OmegaConf.to_container(compose([f"scorer={name}", *overrides]).scorer, resolve=True))
 
 
-def build(bb, name: str, *overrides: str, dataset: str = "wordnet_rd", batch_size: int = 3):
-    framing = Framing.from_dict(OmegaConf.to_container(compose([]).framing))
-    return spec_of(name, *overrides).build(BuildContext(bb, framing, dataset, batch_size))
+def build(bb, name: str, *overrides: str, dataset: str | None = None, batch_size: int = 3):
+    """The scorer on ``bb`` with the YAML's own wording (``dataset``: bound to that dataset's prompt facts)."""
+    from freeret.prompts import DatasetPrompt
+
+    prompt = DatasetPrompt.from_config(OmegaConf.to_container(compose([f"dataset={dataset}"]).dataset)) if dataset else None
+    framing = Framing.from_dict(OmegaConf.to_container(compose([]).framing)).for_dataset(prompt)
+    return spec_of(name, *overrides).build(BuildContext(bb, framing, prompt, batch_size))
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +82,16 @@ def test_bad_scorer_configs_are_one_line_errors(name, overrides, expected):
     with pytest.raises(ConfigError) as info:
         spec_of(name, *overrides)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_dataset_prompt_facts_fill_the_scorer_prompts():
+    """The dataset owns its wording facts: wordnet_rd's query_kind/target_kind replace the YAML's defaults."""
+    from freeret.prompts import DatasetPrompt
+
+    prompt = DatasetPrompt.from_config(OmegaConf.to_container(compose(["dataset=wordnet_rd"]).dataset))
+    spec = spec_of("candidate_likelihood")
+    assert spec.prompt.split()[0][0] == "Here is a query: "
+    assert spec.prompt.split(facts=prompt.vars)[0] == ["Here is a definition: ", "\nWhich word matches it?\n"]
 
 
 def test_unknown_scorer_is_refused():

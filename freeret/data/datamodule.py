@@ -66,14 +66,14 @@ def num_workers(value: int | None) -> int:
 
 class PromptCollator:
     """Turns a list of items into model inputs with the prior's prompts (in DataLoader workers when there are
-    some: it holds the processor, not the model)."""
+    some: it holds the processor, not the model). ``prior`` is bound to the dataset (:meth:`Prior.for_dataset`)."""
 
-    def __init__(self, backbone: Backbone, prior: Prior, dataset: str | None) -> None:
-        self.prompter, self.prior, self.dataset = backbone.prompter, prior, dataset
+    def __init__(self, backbone: Backbone, prior: Prior) -> None:
+        self.prompter, self.prior = backbone.prompter, prior
 
     def prompt(self, item: Item, n_images: int | None = None) -> str:
         """The full prompt string for one item (a video clip puts one image per sampled frame)."""
-        text = self.prior.render(item.role, item.text, item.image is not None, self.dataset)
+        text = self.prior.render(item.role, item.text, item.image is not None)
         return self.prompter.render(text, n_images=frame_count(item.image) if n_images is None else n_images)
 
     def __call__(self, items: list[Item]) -> dict[str, Any]:

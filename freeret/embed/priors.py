@@ -2,31 +2,26 @@
 
 A template names placeholders in braces. ``{text}`` is the item's text and ``{modality}``
 what the content is ("image", "sentence", "image and sentence"); every other placeholder
-comes from the prior's ``vars``, which per-dataset entries override and which may
-themselves contain placeholders. Images are placed by the model family's chat template,
-before the text, so a template only says where the text goes.
+comes from the prior's ``vars``, which may themselves contain placeholders. A dataset's prompt
+facts (its config's ``prompt:``, :mod:`freeret.prompts`) override those vars and may pick one of
+the prior's named ``variants``: :meth:`Prior.for_dataset`. Images are placed by the model
+family's chat template, before the text, so a template only says where the text goes.
 """
 
 from __future__ import annotations
 
-import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from freeret.errors import ConfigError
+from freeret.prompts import DatasetPrompt, pick_variant, placeholders
 
 ROLES = ("query", "target")
 BUILTIN_VARS = ("text", "modality")
+VARIANT_KEYS = ("query", "target", "vars")  # what a prior variant may replace
 _MAX_DEPTH = 5
 _TEXT_SLOT = "\0text\0"  # keeps {text} out of format_map: item text may hold braces
-
-
-def placeholders(template: str) -> set[str]:
-    """Names of the ``{placeholders}`` in a format string."""
-    try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
-    except ValueError as exc:
-        raise ConfigError(f"malformed prompt template {template!r}: {exc}") from exc
 
 
 def modality(text: str, has_image: bool) -> str:
@@ -38,65 +33,86 @@ def modality(text: str, has_image: bool) -> str:
 
 @dataclass(frozen=True)
 class Prior:
-    """Query and target templates plus their variables and per-dataset overrides."""
+    """Query and target templates, their variables, and named variants a dataset may pick."""
 
     name: str
     query: str
     target: str
     vars: Mapping[str, str] = field(default_factory=dict)
-    datasets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    variant: str | None = None  # the variant applied by for_dataset (None: the main templates)
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "Prior":
-        """Build from a ``conf/prior`` mapping and check every placeholder resolves."""
+    def from_dict(cls, cfg: Mapping[str, Any]) -> Prior:
+        """Build from a ``conf/prior`` mapping and check every placeholder resolves (in every variant too)."""
+        name = str(cfg.get("name", "custom"))
+        if "datasets" in cfg:
+            raise ConfigError(f"prior '{name}': per-dataset entries (datasets:) are no longer read; a dataset states "
+                              f"its prompt facts in its own config's prompt: section (freeret/prompts.py)")
+        variants: dict[str, Mapping[str, Any] | None] = {}
+        for key, over in (cfg.get("variants") or {}).items():
+            extra = set(over or {}) - set(VARIANT_KEYS)
+            if extra:
+                raise ConfigError(f"prior '{name}': variant {key} sets {', '.join(sorted(extra))}; a variant may set "
+                                  f"{', '.join(VARIANT_KEYS)}")
+            variants[str(key)] = None if over is None else {
+                k: ({kk: str(vv) for kk, vv in v.items()} if k == "vars" else str(v)) for k, v in over.items()}
         prior = cls(
-            name=str(cfg.get("name", "custom")),
+            name=name,
             query=str(cfg["query"]),
             target=str(cfg.get("target", cfg["query"])),
             vars={k: str(v) for k, v in (cfg.get("vars") or {}).items()},
-            datasets={k: {kk: str(vv) for kk, vv in (v or {}).items()} for k, v in (cfg.get("datasets") or {}).items()},
+            variants=variants,
         )
         prior.validate()
+        for key in variants:
+            prior._with_variant(key, {}).validate()
         return prior
 
-    def variables(self, dataset: str | None) -> dict[str, str]:
-        """The prior's variables with ``dataset``'s overrides applied."""
-        merged = dict(self.vars)
-        merged.update(self.datasets.get(dataset or "", {}))
-        return merged
+    def _with_variant(self, key: str | None, dataset_vars: Mapping[str, str]) -> Prior:
+        over = (self.variants.get(key) if key else None) or {}
+        return Prior(name=self.name, query=over.get("query", self.query), target=over.get("target", self.target),
+                     vars={**self.vars, **(over.get("vars") or {}), **dataset_vars}, variant=key)
 
-    def template(self, role: str, dataset: str | None = None) -> str:
-        """The raw template for ``role``; a dataset may override it with a ``query``/``target`` entry."""
+    def for_dataset(self, prompt: DatasetPrompt | None) -> Prior:
+        """This prior as it renders ``prompt``'s dataset: the variant the dataset names, then its vars over the
+        prior's; checked (a variant this prior lacks, or a placeholder left undefined, is a ConfigError)."""
+        if prompt is None:
+            return self
+        pick_variant(self.variants, prompt, "prior", self.name)
+        bound = self._with_variant(prompt.variants.get("prior"), prompt.vars)
+        bound.validate(prompt.dataset)
+        return bound
+
+    def template(self, role: str) -> str:
+        """The raw template for ``role``."""
         if role not in ROLES:
             raise ConfigError(f"prompt role must be one of {ROLES}, got {role!r}")
-        return self.datasets.get(dataset or "", {}).get(role, getattr(self, role))
+        return getattr(self, role)
 
-    def validate(self) -> None:
-        """Raise ConfigError naming any placeholder that no variable defines (for every dataset entry)."""
-        for dataset in [None, *self.datasets]:
-            known = set(self.variables(dataset)) | set(BUILTIN_VARS)
-            texts = [self.template(r, dataset) for r in ROLES] + list(self.variables(dataset).values())
-            for role in ROLES:
-                if "text" not in placeholders(self.template(role, dataset)):
-                    where = f" (dataset {dataset})" if dataset else ""
-                    raise ConfigError(
-                        f"prior '{self.name}'{where}: the {role} template has no {{text}} placeholder, so the item "
-                        f"would not be in its prompt; add {{text}} where the item goes"
-                    )
-            for text in texts:
-                missing = placeholders(text) - known
-                if missing:
-                    where = f" (dataset {dataset})" if dataset else ""
-                    raise ConfigError(
-                        f"prior '{self.name}'{where}: template uses undefined placeholder(s) "
-                        f"{', '.join(sorted(missing))}; define them under prior.vars"
-                    )
+    def validate(self, dataset: str | None = None) -> None:
+        """Raise ConfigError naming any placeholder that no variable defines, or a template without {text}."""
+        where = f" (dataset {dataset})" if dataset else f" (variant {self.variant})" if self.variant else ""
+        known = set(self.vars) | set(BUILTIN_VARS)
+        for role in ROLES:
+            if "text" not in placeholders(self.template(role)):
+                raise ConfigError(
+                    f"prior '{self.name}'{where}: the {role} template has no {{text}} placeholder, so the item "
+                    f"would not be in its prompt; add {{text}} where the item goes"
+                )
+        for text in [self.template(r) for r in ROLES] + list(self.vars.values()):
+            missing = placeholders(text) - known
+            if missing:
+                raise ConfigError(
+                    f"prior '{self.name}'{where}: template uses undefined placeholder(s) "
+                    f"{', '.join(sorted(missing))}; define them under prior.vars"
+                )
 
-    def render(self, role: str, text: str, has_image: bool, dataset: str | None = None) -> str:
+    def render(self, role: str, text: str, has_image: bool) -> str:
         """The user-turn text for one item (images are added by the chat template)."""
-        values = self.variables(dataset)
+        values = dict(self.vars)
         values.update(text=text.strip(), modality=modality(text, has_image))
-        out = self.template(role, dataset)
+        out = self.template(role)
         if not values["text"]:
             out = out.replace("{text}\n", "").replace("\n{text}", "")
         for _ in range(_MAX_DEPTH):

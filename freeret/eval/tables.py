@@ -1,9 +1,11 @@
-"""Results JSON files -> paper-style tables (meta-task averages, IND/OOD, overall) beside published numbers.
+"""Result files (:class:`~freeret.eval.results.RunResult`) -> paper-style tables (meta-task averages, IND/OOD,
+overall) beside published numbers.
 
 A *setting* is everything that shapes a score except the dataset (model, layer, prior, pipeline,
-framing, top-K); each setting is one table row. Scores are the main score (hit@1) in percent;
+framing, top-K); each (split, setting) is one table row, so a dev number is never averaged with a test
+number and every row says which split it comes from. Scores are the main score (hit@1) in percent;
 a meta-task column is the mean over its datasets, Overall the mean over all datasets.
-Published numbers are data (``data/paper/*.yaml``): an entry applies to a row when every key of
+Published numbers are data (``data/paper/*.yaml``): an entry applies to a test row when every key of
 its ``match`` equals the row's setting.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from freeret.errors import DataError
+from freeret.eval.results import DISTRIBUTIONS, RunResult
 
 SETTING_KEYS = ("model", "layer", "prior", "pipeline", "framing", "top_k")
 META_ORDER = ("classification", "vqa", "retrieval", "grounding", "qa", "video", "visdoc")
@@ -27,26 +29,25 @@ META_LABELS = {"classification": "Classification", "vqa": "VQA", "retrieval": "R
                "qa": "QA", "video": "Video", "visdoc": "VisDoc"}
 
 
-def setting_of(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The row key of one results payload."""
-    rerank = payload.get("rerank") or {}
+def setting_of(result: RunResult) -> dict[str, Any]:
+    """The setting of one result (its row, with its split)."""
     return {
-        "model": payload["model"]["name"],
-        "layer": payload["layer"]["label"],
-        "prior": payload["prior"],
-        "pipeline": payload["pipeline"],
-        "framing": payload.get("framing"),
-        "top_k": rerank.get("top_k"),
+        "model": result.model_name,
+        "layer": result.layer.label,
+        "prior": result.prior,
+        "pipeline": result.pipeline,
+        "framing": result.framing,
+        "top_k": result.rerank.top_k if result.rerank else None,
     }
 
 
-def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every ``results/*.json`` under ``run_dir`` (a run or a multirun folder)."""
+def load_results(run_dir: str | Path) -> list[RunResult]:
+    """Every ``results/*.json`` under ``run_dir`` (a run or a multirun folder), of any schema version."""
     root = Path(run_dir)
     files = sorted(p for p in root.rglob("results/*.json") if p.is_file())
     if not files:
         raise DataError(f"no results/*.json under {root}; give a run or multirun folder (outputs/... or multirun/...)")
-    return [json.loads(p.read_text()) for p in files]
+    return [RunResult.read(p) for p in files]
 
 
 @dataclass
@@ -63,44 +64,38 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def score_of(payload: Mapping[str, Any], stage: str = "final", metric: str | None = None) -> float:
-    """A payload's score in %: its main score, or ``metric`` of ``stage`` (embed, rerank, or final = the last one)."""
-    if stage == "final" and metric is None:
-        return 100.0 * float(payload["main_score"])
-    metrics = payload["metrics"]
-    chosen = metrics[stage] if stage in metrics else list(metrics.values())[-1] if stage == "final" else None
-    if chosen is None:
-        raise DataError(f"stage {stage!r} not in results of {payload['dataset']} (stages: {', '.join(metrics)})")
-    return 100.0 * float(chosen[metric or payload.get("main_score_name", "hit@1")])
+def score_of(result: RunResult, stage: str = "final", metric: str | None = None) -> float:
+    """A result's score in %: its main score, or ``metric`` of ``stage`` (embed, rerank, or final = the last one)."""
+    return 100.0 * result.score(stage, metric)
 
 
-def build_tables(payloads: list[dict[str, Any]], stage: str = "final", metric: str | None = None) -> list[Table]:
-    """Group payloads by benchmark, then by setting; average per meta-task, split and overall."""
-    by_bench: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for p in payloads:
-        by_bench[(p.get("task") or {}).get("benchmark") or p["dataset"]].append(p)
+def build_tables(results: Iterable[RunResult], stage: str = "final", metric: str | None = None) -> list[Table]:
+    """Group results by benchmark, then by (split, setting); average per meta-task, distribution and overall."""
+    by_bench: dict[str, list[RunResult]] = defaultdict(list)
+    for r in results:
+        by_bench[r.task.benchmark or r.dataset].append(r)
     tables = []
     for bench, items in by_bench.items():
-        metas = [m for m in META_ORDER if any((p.get("task") or {}).get("meta_task") == m for p in items)]
-        splits = [s for s in ("IND", "OOD") if any((p.get("task") or {}).get("split") == s for p in items)]
-        columns = [META_LABELS[m] for m in metas] + splits + ["Overall", "datasets"]
+        metas = [m for m in META_ORDER if any(r.task.meta_task == m for r in items)]
+        dists = [d for d in DISTRIBUTIONS if any(r.task.distribution == d for r in items)]
+        columns = [META_LABELS[m] for m in metas] + dists + ["Overall", "datasets"]
         settings: dict[tuple, dict[str, Any]] = {}
-        for p in items:
-            key = tuple(setting_of(p).items())
-            row = settings.setdefault(key, {"setting": dict(key), "scores": {}, "facts": {}})
-            row["scores"][p["dataset"]] = score_of(p, stage, metric)
-            row["facts"][p["dataset"]] = p.get("task") or {}
+        for r in items:
+            key = (r.task.split, tuple(setting_of(r).items()))
+            row = settings.setdefault(key, {"split": r.task.split, "setting": dict(key[1]), "scores": {}, "facts": {}})
+            row["scores"][r.dataset] = score_of(r, stage, metric)
+            row["facts"][r.dataset] = r.task
         table = Table(bench, columns)
         for row in settings.values():
             values: dict[str, Any] = {}
             for m in metas:
-                values[META_LABELS[m]] = _mean(s for d, s in row["scores"].items() if row["facts"][d].get("meta_task") == m)
-            for sp in splits:
-                values[sp] = _mean(s for d, s in row["scores"].items() if row["facts"][d].get("split") == sp)
+                values[META_LABELS[m]] = _mean(s for d, s in row["scores"].items() if row["facts"][d].meta_task == m)
+            for dist in dists:
+                values[dist] = _mean(s for d, s in row["scores"].items() if row["facts"][d].distribution == dist)
             values["Overall"] = _mean(row["scores"].values())
             values["datasets"] = len(row["scores"])
             table.rows.append({**row, "values": values})
-        table.rows.sort(key=lambda r: tuple(str(v) for v in r["setting"].values()))
+        table.rows.sort(key=lambda r: (str(r["split"]), *(str(v) for v in r["setting"].values())))
         tables.append(table)
     return tables
 
@@ -114,20 +109,22 @@ def load_paper(paths: Iterable[str | Path]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def paper_entry(setting: Mapping[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The published entry whose ``match`` agrees with this setting, if any."""
+def paper_entry(setting: Mapping[str, Any], entries: list[dict[str, Any]], split: str | None = "test") -> dict[str, Any] | None:
+    """The published entry whose ``match`` agrees with this setting, if any (published numbers are test numbers)."""
+    if split != "test":
+        return None
     for entry in entries:
         if all(setting.get(k) == v for k, v in entry["match"].items()):
             return entry
     return None
 
 
-def label(setting: Mapping[str, Any]) -> str:
-    """A short human name for a setting."""
+def label(setting: Mapping[str, Any], split: str | None = None) -> str:
+    """A short human name for a setting, with the split its numbers come from."""
     text = f"{setting['model']} · {setting['layer']} + {setting['prior']}"
     if setting.get("pipeline") != "embed":
         text += f" → {setting['framing']} rerank top-{setting['top_k']}"
-    return text
+    return f"{text} · {split or 'split ?'}"
 
 
 def _fmt(value: Any) -> str:
@@ -138,12 +135,14 @@ def _fmt(value: Any) -> str:
 
 def to_markdown(table: Table, paper: list[dict[str, Any]] | None = None) -> str:
     """A Markdown table; rows with published numbers get 'paper' and 'Δ' rows under them."""
-    lines = [f"### {table.benchmark}", "", "| setting | " + " | ".join(table.columns) + " |",
+    splits = sorted({str(row["split"] or "split ?") for row in table.rows})
+    lines = [f"### {table.benchmark} ({', '.join(splits)})", "", "| setting · split | " + " | ".join(table.columns) + " |",
              "|---|" + "---|" * len(table.columns)]
     for row in table.rows:
         vals = row["values"]
-        lines.append(f"| {label(row['setting'])} | " + " | ".join(_fmt(vals.get(c)) for c in table.columns) + " |")
-        entry = paper_entry(row["setting"], paper or [])
+        lines.append(f"| {label(row['setting'], row['split'])} | " + " | ".join(_fmt(vals.get(c)) for c in table.columns)
+                     + " |")
+        entry = paper_entry(row["setting"], paper or [], row["split"])
         if entry:
             pub = entry["scores"]
             lines.append(f"| ↳ paper ({entry.get('source', 'published')}) | "
@@ -158,14 +157,14 @@ def to_csv(table: Table, paper: list[dict[str, Any]] | None = None) -> str:
     """Long-form CSV: one line per (setting, column) with ours, paper and the difference."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["benchmark", *SETTING_KEYS, "column", "ours", "paper", "diff"])
+    writer.writerow(["benchmark", "split", *SETTING_KEYS, "column", "ours", "paper", "diff"])
     for row in table.rows:
-        entry = paper_entry(row["setting"], paper or [])
+        entry = paper_entry(row["setting"], paper or [], row["split"])
         pub = entry["scores"] if entry else {}
         for col in table.columns:
             ours, theirs = row["values"].get(col), pub.get(col)
             diff = ours - theirs if isinstance(ours, float) and theirs is not None else None
-            writer.writerow([table.benchmark, *(row["setting"][k] for k in SETTING_KEYS), col,
+            writer.writerow([table.benchmark, row["split"], *(row["setting"][k] for k in SETTING_KEYS), col,
                              _fmt(ours), _fmt(theirs), "" if diff is None else f"{diff:+.2f}"])
     return buf.getvalue()
 
@@ -175,7 +174,8 @@ def per_dataset_csv(table: Table) -> str:
     datasets = sorted({d for row in table.rows for d in row["scores"]})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow([*SETTING_KEYS, *datasets])
+    writer.writerow(["split", *SETTING_KEYS, *datasets])
     for row in table.rows:
-        writer.writerow([*(row["setting"][k] for k in SETTING_KEYS), *(_fmt(row["scores"].get(d)) for d in datasets)])
+        writer.writerow([row["split"], *(row["setting"][k] for k in SETTING_KEYS),
+                         *(_fmt(row["scores"].get(d)) for d in datasets)])
     return buf.getvalue()

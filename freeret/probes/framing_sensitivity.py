@@ -50,10 +50,10 @@ def match_calls(scorer: PairScorer, triples: Sequence[tuple[Item, Item, Item]]) 
 
 
 def framing_record(backbone: Backbone, framing: Framing, triples: Sequence[tuple[Item, Item, Item]],
-                   dataset: str | None, content_free: Sequence[str] = CONTENT_FREE) -> dict[str, Any]:
-    """Option bias, accuracy (and per class), flip rate and mean P(match) of one framing."""
-    scorer = PairScorer(backbone, framing, dataset)
-    swapped = PairScorer(backbone, swap_options(framing), dataset)
+                   content_free: Sequence[str] = CONTENT_FREE) -> dict[str, Any]:
+    """Option bias, accuracy (and per class), flip rate and mean P(match) of one framing (bound to the dataset)."""
+    scorer = PairScorer(backbone, framing)
+    swapped = PairScorer(backbone, swap_options(framing))
     labels = torch.tensor([True, False] * len(triples))
     p_match, calls = match_calls(scorer, triples)
     _, calls_swapped = match_calls(swapped, triples)

@@ -17,8 +17,9 @@ Devices: inputs go to the model's device; every score leaves the scorer on the C
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -69,12 +70,12 @@ class PairScorer(NoRunState):
 
     name = "choice"
 
-    def __init__(self, backbone: Backbone, framing: Framing, dataset: str | None = None, batch_size: int = 16,
-                 calibrate: bool = False, vision_cache_mb: float = 2048) -> None:
+    def __init__(self, backbone: Backbone, framing: Framing, batch_size: int = 16, calibrate: bool = False,
+                 vision_cache_mb: float = 2048) -> None:
         self.bb, self.framing, self.batch_size, self.calibrate = backbone, framing, batch_size, calibrate
         self.vision = (VisionFeatureCache(backbone, vision_cache_mb)
                        if backbone.family.multimodal and vision_cache_mb > 0 else None)
-        self.head, self.middle, self.tail = framing.split(dataset)
+        self.head, self.middle, self.tail = framing.split()  # bound to the dataset: Framing.for_dataset
         probe = self.prompt(Item.make("query", "q", None), Item.make("target", "c", None))
         self.option_ids = resolve_option_ids(backbone.tokenizer, probe, framing.options, f"framing '{framing.name}'")
         self.shared = shared_prefix(backbone)  # one runner per model, shared with the other scorers
@@ -150,7 +151,7 @@ class PairScorer(NoRunState):
     def _split_is_exact(self, query: Item, cand: Item) -> bool:
         """True when tokenising prefix and suffix apart gives the whole prompt's ids (checked once per query)."""
         prefix, suffix = self.split(query)
-        tok = lambda text: self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        tok = lambda text: self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]
         return tok(prefix) + tok(suffix.replace(_SLOT, cand.text)) == tok(self.prompt(query, cand))
 
     def _fast_text(self, query: Item, texts: Sequence[str]) -> torch.Tensor:

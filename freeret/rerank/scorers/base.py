@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from freeret.backbone.image_records import ImageRecord
     from freeret.backbone.vision_cache import VisionFeatureCache
     from freeret.preflight import TextSide
+    from freeret.prompts import DatasetPrompt
     from freeret.rerank.framing import Framing
 
 TEXT, IMAGE_ONLY, BOTH = "text", "image", "text+image"
@@ -109,7 +110,7 @@ class BuildContext:
 
     backbone: Backbone
     framing: Framing | None
-    dataset: str | None
+    prompt: DatasetPrompt | None = None  # the dataset's prompt facts (vars, variant names)
     batch_size: int = 16
     calibrate: bool = False
     vision_cache_mb: float = 2048
@@ -150,7 +151,7 @@ class ScorerSpec:
     def validate(self) -> None:
         """Raise ConfigError for a bad value (subclasses)."""
 
-    def preflight(self, side: TextSide, dataset: str | None, framing: Framing | None) -> None:
+    def preflight(self, side: TextSide, prompt: DatasetPrompt | None, framing: Framing | None) -> None:
         """Checks that need the tokenizer but not the weights (single-token labels, ...), before weights load."""
 
     def check_modalities(self, rset: RetrievalSet) -> None:

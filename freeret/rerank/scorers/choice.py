@@ -40,13 +40,13 @@ class ChoiceSpec(ScorerSpec):
     has_entropy: ClassVar[bool] = True
     takes_calibrate: ClassVar[bool] = True
 
-    def preflight(self, side: Any, dataset: str | None, framing: Framing | None) -> None:
+    def preflight(self, side: Any, prompt: Any, framing: Framing | None) -> None:
         from freeret.preflight import check_framing
 
-        check_framing(side, framing, dataset)
+        check_framing(side, framing)
 
     def build(self, ctx: BuildContext) -> PairScorer:
-        return PairScorer(ctx.backbone, _framing(ctx, self.name), ctx.dataset, ctx.batch_size, ctx.calibrate,
+        return PairScorer(ctx.backbone, _framing(ctx, self.name), ctx.batch_size, ctx.calibrate,
                           ctx.vision_cache_mb)
 
 
@@ -57,11 +57,11 @@ class DebiasedChoiceSpec(ChoiceSpec):
 
     name: ClassVar[str] = "choice_debiased"
 
-    def preflight(self, side: Any, dataset: str | None, framing: Framing | None) -> None:
+    def preflight(self, side: Any, prompt: Any, framing: Framing | None) -> None:
         from freeret.preflight import check_framing
 
-        check_framing(side, framing, dataset)
-        check_framing(side, swap_options(framing), dataset)
+        check_framing(side, framing)
+        check_framing(side, swap_options(framing))
 
     def build(self, ctx: BuildContext) -> DebiasedChoice:
         return DebiasedChoice(ctx)
@@ -79,8 +79,8 @@ class DebiasedChoice(NoRunState):
 
     def __init__(self, ctx: BuildContext) -> None:
         framing = _framing(ctx, self.name)
-        self.first = PairScorer(ctx.backbone, framing, ctx.dataset, ctx.batch_size, ctx.calibrate, ctx.vision_cache_mb)
-        self.second = PairScorer(ctx.backbone, swap_options(framing), ctx.dataset, ctx.batch_size, ctx.calibrate, 0)
+        self.first = PairScorer(ctx.backbone, framing, ctx.batch_size, ctx.calibrate, ctx.vision_cache_mb)
+        self.second = PairScorer(ctx.backbone, swap_options(framing), ctx.batch_size, ctx.calibrate, 0)
         self.second.vision = self.first.vision  # one vision cache: each image through the tower once per run
         self.bb, self.vision, self.framing = ctx.backbone, self.first.vision, framing
 

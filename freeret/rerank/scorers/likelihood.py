@@ -74,9 +74,9 @@ def reduce_logprobs(logprobs: torch.Tensor, how: str) -> float:
 class _ItemPrompt:
     """Renders a scorer's prompt around one item and tokenises the scored text that follows it."""
 
-    def __init__(self, bb, prompt: SlotPrompt, end: str) -> None:
+    def __init__(self, bb, prompt: SlotPrompt, end: str, facts: Mapping[str, str] | None = None) -> None:
         self.bb, self.end = bb, end
-        (self.head, self.tail), self.answer = prompt.split()
+        (self.head, self.tail), self.answer = prompt.split(facts=facts)  # the dataset's vars over the YAML's
 
     def render(self, item: Item) -> str:
         """The prompt around ``item`` (its visual first), ending where the scored text starts."""
@@ -131,7 +131,7 @@ class CandidateLikelihood(NoRunState):
     def __init__(self, spec: CandidateLikelihoodSpec, ctx: BuildContext, vision: VisionFeatureCache | None = None) -> None:
         self.spec, self.bb, self.batch_size = spec, ctx.backbone, ctx.batch_size
         self.vision = vision if vision is not None else _vision(ctx)
-        self.text = _ItemPrompt(self.bb, spec.prompt, spec.end)
+        self.text = _ItemPrompt(self.bb, spec.prompt, spec.end, ctx.prompt.vars if ctx.prompt else None)
         self.priors: dict[str, float] = {}  # candidate text -> reduced log-likelihood under the content-free prompt
         self.priors_computed = 0
 
@@ -246,7 +246,7 @@ class QueryLikelihood(NoRunState):
     def __init__(self, spec: QueryLikelihoodSpec, ctx: BuildContext, vision: VisionFeatureCache | None = None) -> None:
         self.spec, self.bb, self.batch_size = spec, ctx.backbone, ctx.batch_size
         self.vision = vision if vision is not None else _vision(ctx)
-        self.text = _ItemPrompt(self.bb, spec.prompt, spec.end)
+        self.text = _ItemPrompt(self.bb, spec.prompt, spec.end, ctx.prompt.vars if ctx.prompt else None)
         self.shared, self.suffix = split_at_line(self.prompt(Item.make("target", MARK, None)))
         self._prefix = None  # the shared start's KV cache, run once per run
 

@@ -97,8 +97,8 @@ class ListwiseSpec(ScorerSpec):
         if self.compact not in COMPACT:
             raise ConfigError(f"scorer={self.name}: compact={self.compact!r} is not one of null, caption")
 
-    def preflight(self, side: Any, dataset: str | None, framing: Any) -> None:
-        pieces, answer = self.prompt.split()
+    def preflight(self, side: Any, prompt: Any, framing: Any) -> None:
+        pieces, answer = self.prompt.split(facts=prompt.vars if prompt is not None else None)
         probe = side.render([pieces[0], "q", pieces[1], self.line_text(0, "c"), pieces[2]]) + answer
         resolve_option_ids(side.tokenizer, probe, self.labels[: self.window], f"scorer={self.name} labels")
 
@@ -130,7 +130,7 @@ class Listwise:
         self.spec, self.bb, self.batch_size = spec, ctx.backbone, ctx.batch_size
         bb = ctx.backbone
         self.vision = VisionFeatureCache(bb, ctx.vision_cache_mb) if bb.family.multimodal and ctx.vision_cache_mb > 0 else None
-        (self.head, self.middle, self.tail), self.answer = spec.prompt.split()
+        (self.head, self.middle, self.tail), self.answer = spec.prompt.split(facts=ctx.prompt.vars if ctx.prompt else None)
         probe = self.prompt(Item.make("query", "q", None), [Item.make("target", "c", None)])
         self.label_ids = resolve_option_ids(bb.tokenizer, probe, spec.labels[: spec.window], f"scorer={self.name} labels")
         self.rows = torch.tensor(self.label_ids)
