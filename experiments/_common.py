@@ -15,6 +15,15 @@ def conf(group: str, name: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / group / f"{name}.yaml"), resolve=True)
 
 
+def composed(group: str, name: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """One config-group entry as Hydra composes it (its own defaults list applied), as a plain dict."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"{group}={name}", *(overrides or [])])
+    return OmegaConf.to_container(cfg[group], resolve=True)
+
+
 def dataset_prompt(name: str):
     """The prompt facts (``prompt:``) of ``conf/dataset/<name>.yaml``, which templates are bound to."""
     from freeret.prompts import DatasetPrompt

@@ -1,6 +1,7 @@
 """Rerank throughput: one forward per pair (naive) vs the shared-prefix KV-cache path (fast), same run.
 
     python experiments/bench_rerank.py --queries 2 --k 50
+    python experiments/bench_rerank.py --scorers choice choice_debiased candidate_likelihood query_likelihood bidirectional listwise --k 10 50 100
     python experiments/bench_rerank.py --case image --model qwen2vl_2b_dims --layers 2 --queries 1 --k 10 50
 Prints pairs/s for both, the speed-up, and the largest score difference; writes JSON and a bar plot, with the
 decoder forwards and the token positions each path ran (``work``: counted by a hook on the decoder).
@@ -10,6 +11,9 @@ Cases: ``text`` = WordNet definitions against their candidate words; ``image`` =
 astronaut, resized by the Qwen2-VL processor to ``--max-pixels``, 256 visual tokens at 448x448) as the query
 against text candidates (the smoke captions, then WordNet definitions), the MMEB image->text setting.
 Both paths get the same vision-feature cache, so the image tower runs once per image in either.
+``--scorers`` (text case): every named stage-2 scorer (conf/scorer), its ``naive`` (one full forward per prompt:
+per pair, per window, and per candidate prior) against its run path (``score``: shared prefixes, batched pairs,
+each candidate's prior once per run), side by side; a fresh scorer per K, so no prior is cached across K.
 ``image_candidates`` = caption queries against K image candidates (full-size JPEGs: the bundled photos and
 mirrored/rotated/cropped variants; every query reranks the same K), the MMEB text->image setting:
 
@@ -158,6 +162,43 @@ class DecoderWork:
         return out
 
 
+def scorers_case(backbone, args) -> list[dict]:
+    """Each scorer's naive vs fast pairs/s at every K on WordNet definitions against their candidate words."""
+    from _common import composed, dataset_prompt
+
+    from freeret.rerank.scorers import scorer_spec
+    from freeret.rerank.scorers.base import BuildContext
+
+    prompt = dataset_prompt("wordnet_rd")
+    framing = Framing.from_dict(conf("framing", args.framing)).for_dataset(prompt)
+    qrows = text_rows(max(args.k), args.queries + 1)
+    warm, qrows = qrows[0], qrows[1:]
+    rows = []
+    for name in args.scorers:
+        spec = scorer_spec(composed("scorer", name))
+        for k in args.k:
+            scorer = spec.build(BuildContext(backbone, framing, prompt, args.batch_size))
+            scorer.score(warm[0], warm[1][:4]), scorer.naive(warm[0], warm[1][:1])  # warm-up, on other candidates
+            times, diff = {"naive": 0.0, "fast": 0.0}, 0.0
+            for query, all_cands in qrows:
+                cands = all_cands[:k]
+                t = time.perf_counter()
+                naive = scorer.naive(query, cands)
+                times["naive"] += time.perf_counter() - t
+                t = time.perf_counter()
+                fast = scorer.score(query, cands)
+                times["fast"] += time.perf_counter() - t
+                diff = max(diff, float((naive.scores - fast.scores).abs().max()))
+            pairs = k * len(qrows)
+            rec = {"scorer": name, "k": k, "pairs": pairs, "naive_pairs_per_s": pairs / times["naive"],
+                   "fast_pairs_per_s": pairs / times["fast"], "speedup": times["naive"] / times["fast"],
+                   "max_abs_score_diff": diff}
+            rows.append(rec)
+            print(f"{name} K={k}: naive {rec['naive_pairs_per_s']:.1f} pairs/s | fast {rec['fast_pairs_per_s']:.1f} pairs/s"
+                  f" | x{rec['speedup']:.2f} | max |score diff| {diff:.2e}", flush=True)
+    return rows
+
+
 def text_rows(k_max: int, queries: int) -> list[tuple[Item, list[Item]]]:
     """WordNet definitions with their own candidate words."""
     rset = load_dataset({"name": "wordnet_rd", "path": str(REPO / "data/wordnet_rd/wordnet_rd.jsonl.gz"), "limit": queries})
@@ -187,6 +228,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (scores come back to the host each query: timed synchronously)")
     ap.add_argument("--framing", default="mcq")
+    ap.add_argument("--scorers", nargs="*", default=None,
+                    help="text case: time these stage-2 scorers (conf/scorer names), naive vs fast, at every --k")
     ap.add_argument("--queries", type=int, default=2)
     ap.add_argument("--k", type=int, nargs="+", default=[50])
     ap.add_argument("--batch-size", type=int, default=16)
@@ -195,7 +238,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or REPO / "outputs" / "bench" / {"text": "rerank.json", "image_candidates": f"rerank_image_candidates_{args.model}.json"}.get(
+    default_name = "rerank_scorers.json" if args.scorers else "rerank.json"
+    out = args.out or REPO / "outputs" / "bench" / {"text": default_name, "image_candidates": f"rerank_image_candidates_{args.model}.json"}.get(
         args.case, f"rerank_image_{args.candidates}_{args.model}.json")
 
     backbone = load(args.model, args.layers)
@@ -210,6 +254,17 @@ def main() -> None:
                    "fast (each image once)": [r["fast_pairs_per_s"] for r in rows],
                    **{f"fast, {w} workers": [r[f"fast_workers{w}_pairs_per_s"] for r in rows] for w in args.workers}},
                   "pairs / second", f"Rerank, image candidates, {backbone.spec.name}, {torch.get_num_threads()} threads")
+        return
+    if args.scorers:
+        if args.case != "text":
+            ap.error("--scorers runs on the text case")
+        rows = scorers_case(backbone, args)
+        save(out, {"model": backbone.metadata(), "device": device, "case": "scorers", "framing": args.framing,
+                   "batch_size": args.batch_size, "queries": args.queries, "threads": torch.get_num_threads(),
+                   "results": rows})
+        labels = [f"{r['scorer']}\nK={r['k']}" for r in rows]
+        bar_chart(out, labels, {"naive": [r["naive_pairs_per_s"] for r in rows], "fast": [r["fast_pairs_per_s"] for r in rows]},
+                  "pairs / second", f"Stage-2 scorers, {backbone.spec.name}, {torch.get_num_threads()} CPU threads")
         return
     dataset = "wordnet_rd" if args.case == "text" else "smoke_mm"
     framing = Framing.from_dict(conf("framing", args.framing)).for_dataset(dataset_prompt(dataset))

@@ -11,9 +11,10 @@ import dataclasses
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -23,11 +24,17 @@ from freeret import stop
 from freeret.backbone import Backbone, ModelSpec, load_backbone
 from freeret.backbone.loading import count_layers, resolve_checkpoint
 from freeret.backbone.prefix import PrefixCache
-from freeret.cache import item_cache_key, stale_after_s, store_dir, vector_signature, work_sharing
+from freeret.cache import (
+    item_cache_key,
+    stale_after_s,
+    store_dir,
+    vector_signature,
+    work_sharing,
+)
 from freeret.data.datamodule import PromptCollator, num_workers
 from freeret.data.datasets import load_dataset
-from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.data.images import set_image_limit
+from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.data.validate import Report, check_set, fold_misses, usable_rows
 from freeret.distributed import barrier, is_main, rank_sum
 from freeret.embed.layers import LayerSpec
@@ -35,16 +42,34 @@ from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError
 from freeret.eval.loggers import make_logger
 from freeret.eval.metrics import MAIN_SCORE, METRICS, retrieval_metrics
-from freeret.eval.results import (DISTRIBUTIONS, SPLITS, Counts, LayerRecord, RerankRecord, RunResult, Task,
-                                   environment)
+from freeret.eval.results import (
+    DISTRIBUTIONS,
+    SPLITS,
+    Counts,
+    LayerRecord,
+    RerankRecord,
+    RunResult,
+    Task,
+    environment,
+)
 from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, embed_rounds
-from freeret.preflight import check_framing, context_length, load_text_side, text_budget
+from freeret.preflight import context_length, load_text_side, text_budget
 from freeret.prompts import DatasetPrompt
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer
-from freeret.rerank.stage import (RankedGroups, RerankConfig, RerankModule, RerankWriter, fused_ranking, pending_groups,
-                                  read_rerank, rerank_signature, top_k_groups)
+from freeret.rerank.scorers import scorer_spec
+from freeret.rerank.scorers.base import BuildContext, Scorer, ScorerSpec
+from freeret.rerank.stage import (
+    RankedGroups,
+    RerankConfig,
+    RerankModule,
+    RerankWriter,
+    fuse_record,
+    pending_groups,
+    read_rerank,
+    rerank_signature,
+    top_k_groups,
+)
 from freeret.retrieve.scoring import score_store
 from freeret.retrieve.store import ShardStore
 from freeret.workshare import BatchClaims
@@ -147,17 +172,21 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
     return score_store(rset.rows, store, key_of)
 
 
-def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankConfig, rset: RetrievalSet,
-                 embed_scores: list[torch.Tensor], run_dir: Path, stats: dict[str, Any] | None = None) -> list[torch.Tensor]:
+def rerank_stage(cfg: Mapping[str, Any], scorer: Scorer, rerank_cfg: RerankConfig, rset: RetrievalSet,
+                 embed_scores: list[torch.Tensor], run_dir: Path, stats: dict[str, Any] | None = None,
+                 summary: dict[str, Any] | None = None) -> list[torch.Tensor]:
     """Rerank each row's top-K (Lightning predict + JSONL writer); return fused rank scores per row.
 
-    Finished rows are kept in ``<run_dir>/rerank/<dataset>/<signature>/`` and a rerun (after a crash or kill)
-    scores only the rows whose top-K has no finished record.
+    Finished rows are kept in ``<run_dir>/rerank/<dataset>/<signature>/`` (one folder per scorer setting) and a
+    rerun (after a crash or kill) scores only the rows whose top-K has no finished record. ``summary`` (if given)
+    receives the scorer's per-run figures read from the records (e.g. choice_debiased's flip rate).
     """
     out_dir = run_dir / "rerank" / rset.name / rerank_signature(scorer, rset.name)
     groups = top_k_groups(rset, embed_scores, rerank_cfg.top_k)
     barrier()
-    todo = pending_groups(groups, read_rerank(out_dir, stale_after_s(cfg.get("embed") or {})))
+    done = read_rerank(out_dir, stale_after_s(cfg.get("embed") or {}))
+    todo = pending_groups(groups, done)
+    scorer.prepare(groups, done)  # e.g. candidate priors of finished rows: a resumed run recomputes none
     if todo:
         writer = RerankWriter(out_dir, int((cfg.get("pipeline") or {}).get("shard_size", 256)))
         groups_module = RankedGroups(todo, scorer, num_workers(rerank_cfg.num_workers))
@@ -166,16 +195,29 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankC
         stop.check()
         barrier()
     if stats is not None:
-        stats.update(rerank_rows_computed=len(todo), rerank_rows_reused=len(groups) - len(todo))
+        stats.update(rerank_rows_computed=len(todo), rerank_rows_reused=len(groups) - len(todo),
+                     **{f"rerank_{k}": v for k, v in scorer.counters().items()})
         if scorer.vision is not None:
             stats.update({f"rerank_vision_{k}": v for k, v in dataclasses.asdict(scorer.vision.stats).items()},
                          rerank_vision_cache_mib=scorer.vision.nbytes / 2**20)
     records = read_rerank(out_dir)
-    return [
-        fused_ranking(scores, records[row.id]["positions"], torch.tensor(records[row.id]["probs"]),
-                      scorer.framing.match_index, rerank_cfg)
-        for row, scores in zip(rset.rows, embed_scores)
-    ]
+    if summary is not None:
+        summary.update(scorer.summary([records[row.id] for row in rset.rows]))
+    return [fuse_record(scores, records[row.id], rerank_cfg) for row, scores in zip(rset.rows, embed_scores)]
+
+
+def stage2_spec(cfg: Mapping[str, Any], rerank_cfg: RerankConfig, prompt: DatasetPrompt) -> tuple[ScorerSpec, Framing | None]:
+    """The scorer spec and (for the choice scorers) the framing bound to the dataset, checked against the
+    pipeline's stage-2 keys."""
+    spec = scorer_spec(cfg.get("scorer"))
+    framing = Framing.from_dict(cfg["framing"]).for_dataset(prompt) if spec.uses_framing else None
+    if rerank_cfg.calibrate and not spec.takes_calibrate:
+        raise ConfigError(f"pipeline.calibrate=true divides out an option prior: scorer={spec.name} has no options "
+                          f"(candidate_likelihood has its own prior: scorer.cpn_lambda)")
+    if rerank_cfg.tie_break == "entropy" and not spec.has_entropy:
+        raise ConfigError(f"pipeline.tie_break=entropy needs a scorer that records an answer entropy "
+                          f"(choice, choice_debiased); scorer={spec.name} does not: use tie_break=embed")
+    return spec, framing
 
 
 @dataclass(frozen=True)
@@ -188,11 +230,13 @@ class Plan:
     layer: LayerSpec
     prior: Prior
     pipeline: str
-    framing: Framing | None  # two-stage pipelines only
+    framing: Framing | None  # two-stage pipelines with a choice scorer only
     rerank: RerankConfig | None
     main_metric: str
     task: Task
     run_dir: Path
+    scoring: ScorerSpec | None = None  # the stage-2 scorer (conf/scorer); two-stage pipelines only
+    prompt: DatasetPrompt | None = None  # the dataset's prompt facts
 
     @property
     def staged(self) -> bool:
@@ -212,8 +256,8 @@ def check(cfg: Mapping[str, Any]) -> Plan:
     prompt = DatasetPrompt.from_config(cfg["dataset"])
     prior = Prior.from_dict(cfg["prior"]).for_dataset(prompt)
     staged = pipeline != "embed"
-    framing = Framing.from_dict(cfg["framing"]).for_dataset(prompt) if staged else None
     rerank = RerankConfig.from_dict(pipeline_cfg) if staged else None
+    scoring, framing = stage2_spec(cfg, rerank, prompt) if staged else (None, None)
     work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys
     main_metric = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
     if main_metric not in METRICS:
@@ -223,7 +267,7 @@ def check(cfg: Mapping[str, Any]) -> Plan:
         raise ConfigError(f"dataset {cfg['dataset'].get('name')}: split={task.split!r} must be one of "
                           f"{', '.join(SPLITS)} and distribution={task.distribution!r} one of {', '.join(DISTRIBUTIONS)}")
     return Plan(cfg, spec, layer, prior, pipeline, framing, rerank, main_metric, task,
-                Path(cfg.get("run_dir") or "outputs/run"))
+                Path(cfg.get("run_dir") or "outputs/run"), scoring, prompt)
 
 
 @dataclass
@@ -245,6 +289,8 @@ def prepare(plan: Plan, shared: SharedModel | None = None) -> Inputs:
     rset = load_dataset(cfg["dataset"])
     if plan.pipeline == "rag":
         require_answers(rset)
+    if plan.scoring is not None:
+        plan.scoring.check_modalities(rset)  # e.g. image candidates under candidate_likelihood: one line, no weights
     L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
@@ -253,8 +299,8 @@ def prepare(plan: Plan, shared: SharedModel | None = None) -> Inputs:
     checkpoint = resolve_checkpoint(plan.spec)
     plan.layer.resolve(count_layers(plan.spec, checkpoint) if loaded is None else loaded.num_layers)
     side = load_text_side(plan.spec, checkpoint)
-    if plan.framing is not None:
-        check_framing(side, plan.framing)
+    if plan.scoring is not None:
+        plan.scoring.preflight(side, plan.prompt, plan.framing)  # single-token options and labels
     set_image_limit((cfg.get("images") or {}).get("max_pixels"))
     budget = text_budget(side, plan.prior, context_length(plan.spec, checkpoint, side),
                          any(it.image for it in rset.items.values()))
@@ -285,15 +331,18 @@ class StageResults:
 
     metrics: dict[str, dict[str, float]]
     timing: dict[str, Any]
-    scorer: PairScorer | None = None
+    scorer: Scorer | None = None
     rag: dict[str, Any] | None = None
+    scorer_summary: dict[str, Any] = field(default_factory=dict)
 
 
 def stages(plan: Plan, inputs: Inputs, backbone: Backbone) -> StageResults:
     """Stage 1 (embed and score every row), stage 2 (rerank each row's top-K) and RAG, as the pipeline says."""
     rset, rerank = inputs.rset, plan.rerank
-    scorer = (PairScorer(backbone, plan.framing, rerank.batch_size, rerank.calibrate, rerank.vision_cache_mb)
-              if plan.framing is not None and rerank is not None else None)  # a bad framing fails before stage 1
+    scorer = (plan.scoring.build(BuildContext(backbone, plan.framing, plan.prompt, rerank.batch_size, rerank.calibrate,
+                                              rerank.vision_cache_mb))
+              if plan.scoring is not None and rerank is not None else None)  # a bad framing fails before stage 1
+    summary: dict[str, Any] = {}
     timing: dict[str, Any] = {}
     t = time.perf_counter()
     embed_scores = embed_stage(plan.cfg, backbone, plan.layer, plan.prior, rset, plan.run_dir, stats=timing)
@@ -303,7 +352,8 @@ def stages(plan: Plan, inputs: Inputs, backbone: Backbone) -> StageResults:
     final_scores = embed_scores
     if scorer is not None and rerank is not None:
         t = time.perf_counter()
-        final_scores = rerank_stage(plan.cfg, scorer, rerank, rset, embed_scores, plan.run_dir, stats=timing)
+        final_scores = rerank_stage(plan.cfg, scorer, rerank, rset, embed_scores, plan.run_dir, stats=timing,
+                                    summary=summary)
         timing["rerank_seconds"] = time.perf_counter() - t
         metrics["rerank"] = fold_misses(retrieval_metrics(final_scores, n_positives), len(rset.rows), inputs.missed)
     rag = None
@@ -311,17 +361,20 @@ def stages(plan: Plan, inputs: Inputs, backbone: Backbone) -> StageResults:
         t = time.perf_counter()
         rag = answer_stage(plan.cfg, backbone, rset, final_scores, plan.run_dir)
         timing["rag_seconds"] = time.perf_counter() - t
-    return StageResults(metrics, timing, scorer, rag)
+    return StageResults(metrics, timing, scorer, rag, summary)
 
 
 def report(plan: Plan, inputs: Inputs, backbone: Backbone, done: StageResults, seconds: float) -> RunResult:
     """The run's :class:`RunResult`, written to ``results/<dataset>.json`` and logged (rank 0)."""
     rset, layer, framing = inputs.rset, plan.layer, plan.framing
     rerank = None
-    if framing is not None and plan.rerank is not None and done.scorer is not None:
+    if plan.scoring is not None and plan.rerank is not None and done.scorer is not None:
         settings = {k: v for k, v in dataclasses.asdict(plan.rerank).items() if k != "top_k"}
-        rerank = RerankRecord(plan.rerank.top_k, list(framing.options), framing.match, list(done.scorer.option_ids),
-                              framing.variant, settings)
+        settings.update(scorer_config=plan.scoring.as_dict(), scorer_summary=done.scorer_summary,
+                        **{k: v for k, v in done.scorer.describe().items() if k not in ("options", "match", "option_token_ids")})
+        rerank = RerankRecord(plan.rerank.top_k, list(framing.options) if framing else [], framing.match if framing else None,
+                              list(getattr(done.scorer, "option_ids", None) or []), framing.variant if framing else None,
+                              settings, plan.scoring.name)
     result = RunResult(
         dataset=rset.name,
         pipeline=plan.pipeline,
@@ -377,7 +430,10 @@ def summary_line(result: RunResult) -> str:
     """The one-line summary printed after a run."""
     name = result.main_score_name
     scores = " -> ".join(f"{stage} {name}={m[name]:.4f}" for stage, m in result.metrics.items())
-    framing = f" | framing={result.framing} top{result.rerank.top_k}" if result.framing and result.rerank else ""
+    framing = f" | framing={result.framing}" if result.framing else ""
+    if result.rerank is not None:
+        framing += f" | scorer={result.rerank.scorer}" if result.rerank.scorer != "choice" else ""
+        framing += f" top{result.rerank.top_k}"
     rag = ""
     if result.rag:
         rag = f" | RAG EM={result.rag['exact_match_with_retrieval']:.3f} (closed-book {result.rag['exact_match_closed_book']:.3f})"

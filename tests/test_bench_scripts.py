@@ -69,3 +69,11 @@ def test_bench_rerank_image_candidates_small(tmp_path):
     assert row["fast_max_abs_score_diff"] < 1e-4 and row["pairs"] == 6
     assert row["fast_vision_cache"]["records_received"] == 3  # each candidate image processed once for both queries
     assert row["fast_vision_cache"]["images_preprocessed"] == 0
+
+
+@pytest.mark.slow
+def test_bench_rerank_scorers_small(tmp_path):
+    scorers = ["choice", "choice_debiased", "candidate_likelihood", "query_likelihood", "bidirectional", "listwise"]
+    res = _run("bench_rerank.py", tmp_path / "sc.json", "--scorers", *scorers, "--queries", "1", "--k", "3", "4")
+    assert [(r["scorer"], r["k"]) for r in res["results"]] == [(s, k) for s in scorers for k in (3, 4)]
+    assert all(r["max_abs_score_diff"] < 1e-4 and r["pairs"] == r["k"] for r in res["results"])

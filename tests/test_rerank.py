@@ -11,7 +11,7 @@ from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.retrieval_set import Item
 from freeret.errors import ConfigError
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer
+from freeret.rerank.scorer import PairScorer, PairScores
 from freeret.rerank.stage import RerankConfig, fused_ranking
 
 FRAMINGS = sorted(p.stem for p in (REPO / "conf" / "framing").glob("*.yaml"))
@@ -113,12 +113,13 @@ def test_fused_ranking_rules():
     embed = torch.tensor([0.5, 0.9, 0.8, 0.1, 0.7])  # positive (index 0) is 4th by cosine
     positions = [1, 2, 4]  # top-3 by cosine, positive not among them
     probs = torch.tensor([[0.2, 0.8], [0.9, 0.1], [0.9, 0.1]])
-    ranked = fused_ranking(embed, positions, probs, 0, RerankConfig(top_k=3))
+    ranked = fused_ranking(embed, positions, PairScores(probs, 0).scores, RerankConfig(top_k=3))
     order = torch.argsort(-ranked).tolist()
     assert order == [2, 4, 1, 0, 3]  # tie 0.9/0.9 broken by cosine (0.8 > 0.7); the rest keep stage-1 order
-    ent = fused_ranking(embed, [0, 1], torch.tensor([[0.6, 0.4], [0.6, 0.4]]), 0, RerankConfig(top_k=2, tie_break="entropy"))
+    tied = PairScores(torch.tensor([[0.6, 0.4], [0.6, 0.4]]), 0)
+    ent = fused_ranking(embed, [0, 1], tied.scores, RerankConfig(top_k=2, tie_break="entropy"), tied.entropy)
     assert torch.argsort(-ent).tolist()[:2] == [1, 0]  # equal scores and entropies: the positive loses the tie
-    weighted = fused_ranking(embed, [1, 0], torch.tensor([[0.0, 1.0], [0.5, 0.5]]), 0, RerankConfig(top_k=2, fusion="weighted", fusion_weight=0.5))
+    weighted = fused_ranking(embed, [1, 0], PairScores(torch.tensor([[0.0, 1.0], [0.5, 0.5]]), 0).scores, RerankConfig(top_k=2, fusion="weighted", fusion_weight=0.5))
     assert torch.argsort(-weighted).tolist()[:2] == [0, 1]  # 0.5*0.5+0.5*0.5=0.5 beats 0.5*0+0.5*0.9=0.45
 
 

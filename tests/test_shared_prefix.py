@@ -83,6 +83,11 @@ def _check_logprobs(bb: Backbone, prefix_inputs: dict[str, torch.Tensor]) -> Non
         assert torch.allclose(logp[row][real[row]], want, atol=1e-4), text
     # the prefix is read, never written: a second pass over it gives the same numbers
     assert torch.equal(shared.token_logprobs(prefix, ids, mask)[0], logp)
+    # a scored-token mask (query likelihood: the last tokens only) reads the same numbers there and nothing else
+    scored = mask.bool() & (torch.arange(ids.shape[1]) >= 1)
+    part, read = shared.token_logprobs(prefix, ids, mask, scored)
+    assert torch.equal(read, scored) and torch.all(part[~scored] == 0)
+    assert torch.allclose(part[scored], logp[scored], atol=1e-5)
 
 
 def test_token_logprobs_equal_a_plain_forward_on_smollm2(smollm):

@@ -165,15 +165,19 @@ class SharedPrefix:
         return self.head_logits(self._at_last(self._suffixes(prefix, ids, mask, None), mask), rows)
 
     @torch.no_grad()
-    def token_logprobs(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_logprobs(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor,
+                       scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """log P(suffix token j | prefix, suffix tokens before j), fp32 (n, width), 0 at padding; and the (n, width)
-        bool mask of real tokens. The LM head and the log-softmax over the vocabulary run at real suffix tokens only."""
+        bool mask of the tokens read (real, and ``scored``). The LM head and the log-softmax over the vocabulary run at real suffix tokens only,
+        or only where ``scored`` (an (n, width) bool mask within the real tokens) is true: the rest read 0."""
         if prefix.last_hidden is None:
             raise ValueError(f"this prefix stopped at {prefix.stop_at.label if prefix.stop_at else '?'}: run it through")
         hidden = self._suffixes(prefix, ids, mask, None)
         n = hidden.shape[0]
         before = torch.cat([prefix.last_hidden.to(hidden.device).expand(n, 1, -1), hidden[:, :-1]], dim=1)
         real = mask.to(hidden.device).bool()
+        if scored is not None:
+            real = real & scored.to(hidden.device).bool()
         logits = self.head_logits(before[real])  # (real tokens, vocab)
         picked = logits.log_softmax(-1).gather(-1, ids.to(logits.device)[real.to(logits.device)][:, None])[:, 0]
         out = torch.zeros(real.shape, dtype=torch.float32, device=logits.device)

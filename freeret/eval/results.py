@@ -117,22 +117,25 @@ class RerankRecord:
     stage-2 settings (``conf/pipeline``) as given."""
 
     top_k: int
-    options: list[str]
-    match: str
+    options: list[str]  # empty for scorers without options (conf/scorer)
+    match: str | None
     option_token_ids: list[int]
     framing_variant: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)  # batch_size, calibrate, fusion, tie_break, ...
+    settings: dict[str, Any] = field(default_factory=dict)  # batch_size, calibrate, fusion, tie_break, scorer_config, ...
+    scorer: str = "choice"  # the stage-2 scorer (conf/scorer)
 
     def to_dict(self) -> dict[str, Any]:
         """The flat ``rerank`` mapping of a result file."""
         return {**self.settings, "top_k": self.top_k, "options": self.options, "match": self.match,
-                "option_token_ids": self.option_token_ids, "framing_variant": self.framing_variant}
+                "option_token_ids": self.option_token_ids, "framing_variant": self.framing_variant, "scorer": self.scorer}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RerankRecord:
         """From a result file's ``rerank`` mapping (any schema)."""
         typed = {f.name for f in fields(cls)} - {"settings"}
-        return cls(**{k: d.get(k) for k in typed}, settings={k: v for k, v in d.items() if k not in typed})
+        kwargs = {k: d.get(k) for k in typed}
+        kwargs["scorer"] = kwargs["scorer"] or "choice"  # files from before conf/scorer
+        return cls(**kwargs, settings={k: v for k, v in d.items() if k not in typed})
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ prompt facts (``prompt.framing_variant``, :mod:`freeret.prompts`): :meth:`Framin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -90,3 +91,29 @@ class Framing:
         head, rest = self.template.split("{query}", 1)
         middle, tail = rest.split("{candidate}", 1)
         return head, middle, tail
+
+
+def _swap_template(template: str, a: str, b: str) -> tuple[str, bool]:
+    """(template with the two options' order swapped, whether the labels kept their place and swapped contents)."""
+    line_a = re.search(rf"^{re.escape(a)}\. (.*)$", template, re.M)
+    line_b = re.search(rf"^{re.escape(b)}\. (.*)$", template, re.M)
+    if line_a and line_b:  # lettered choices: keep "A." first, move the contents
+        body_a, body_b = line_a.group(1), line_b.group(1)
+        out = template.replace(line_a.group(0), f"{a}. \0B\0").replace(line_b.group(0), f"{b}. \0A\0")
+        return out.replace("\0B\0", body_b).replace("\0A\0", body_a), True
+    cut = template.index("{candidate}")
+    tail = re.sub(rf"\b({re.escape(a)}|{re.escape(b)})\b", lambda m: b if m.group(1) == a else a, template[cut:])
+    if tail == template[cut:]:
+        raise ConfigError(f"cannot swap the options of a template that does not name them after {{candidate}}: {template!r}")
+    return template[:cut] + tail, False
+
+
+def swap_options(framing: Framing) -> Framing:
+    """The same framing with its two options listed in the other order (lettered choices keep letters, swap contents)."""
+    if len(framing.options) != 2:
+        raise ConfigError(f"framing '{framing.name}': the order swap needs exactly two options")
+    a, b = framing.options
+    template, moved = _swap_template(framing.template, a, b)
+    variants = {k: None if v is None else _swap_template(v, a, b)[0] for k, v in framing.variants.items()}
+    match = (b if framing.match == a else a) if moved else framing.match
+    return replace(framing, name=f"{framing.name}_swapped", template=template, match=match, variants=variants)

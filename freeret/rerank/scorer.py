@@ -17,28 +17,25 @@ Devices: inputs go to the model's device; every score leaves the scorer on the C
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import IMAGE
 from freeret.backbone.image_records import ImageRecord
-from freeret.backbone.shared_prefix import SharedPrefix
 from freeret.backbone.vision_cache import VisionFeatureCache
-from freeret.data.visual import frame_count, load_visual
 from freeret.data.retrieval_set import Item
+from freeret.data.visual import frame_count
 from freeret.rerank.framing import Framing
 from freeret.rerank.options import resolve_option_ids
+from freeret.rerank.scorers.base import NoRunState, to_host
+from freeret.rerank.scorers.lm import model_inputs, shared_prefix
 
 log = logging.getLogger(__name__)
 _SLOT = "\u2063CANDIDATE\u2063"  # stands for the candidate text while the prompt is split
-
-
-def _to_host(t: torch.Tensor) -> torch.Tensor:
-    """The scorer's output contract: CPU, fp32."""
-    return t.detach().to("cpu", torch.float32)
 
 
 @dataclass
@@ -58,9 +55,20 @@ class PairScores:
         """Entropy of the option distribution per candidate (RetLLM's tie-breaker)."""
         return -(self.probs * self.probs.clamp_min(1e-12).log()).sum(-1)
 
+    @property
+    def scores(self) -> torch.Tensor:
+        """The rerank score: P(match option)."""
+        return self.match
 
-class PairScorer:
-    """Scores a query against its candidates with a framing."""
+    def record(self) -> dict[str, Any]:
+        """The row's fields in a rerank shard: scores, the option probabilities and their entropy."""
+        return {"scores": self.match.tolist(), "probs": self.probs.tolist(), "entropy": self.entropy.tolist()}
+
+
+class PairScorer(NoRunState):
+    """Scores a query against its candidates with a framing: the ``choice`` scorer."""
+
+    name = "choice"
 
     def __init__(self, backbone: Backbone, framing: Framing, batch_size: int = 16, calibrate: bool = False,
                  vision_cache_mb: float = 2048) -> None:
@@ -70,7 +78,7 @@ class PairScorer:
         self.head, self.middle, self.tail = framing.split()  # bound to the dataset: Framing.for_dataset
         probe = self.prompt(Item.make("query", "q", None), Item.make("target", "c", None))
         self.option_ids = resolve_option_ids(backbone.tokenizer, probe, framing.options, f"framing '{framing.name}'")
-        self.shared = SharedPrefix(backbone.model, backbone.family)
+        self.shared = shared_prefix(backbone)  # one runner per model, shared with the other scorers
         self.rows = torch.tensor(self.option_ids)
 
     # -- prompts -----------------------------------------------------------------------------------
@@ -93,14 +101,8 @@ class PairScorer:
         return self.shared.head_logits(hidden, self.rows)
 
     def _with_images(self, prompts: list[str], paths: list[list[str]]) -> dict:
-        """Model inputs on the device. With the vision cache, each image is decoded and processed once per run and
-        its features come from the cache; without it (the reference), every prompt decodes and processes its own."""
-        if self.vision is not None and any(paths):
-            inputs = self.vision.inputs(prompts, paths)
-        else:
-            images = [[im for p in row for im in load_visual(p)] for row in paths]
-            inputs = self.bb.inputs(prompts, images if any(images) else None)
-        return {k: v.to(self.bb.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        """Model inputs on the device (each image once per run through the vision cache, if any)."""
+        return model_inputs(self.bb, self.vision, prompts, paths)
 
     def image_uses(self, query: Item, cands: Sequence[Item]) -> set[tuple[str, int]]:
         """The (visual, cache count) pairs that scoring ``cands`` for ``query`` looks up in the vision cache: what a
@@ -127,7 +129,7 @@ class PairScorer:
             paths = [[p for p in (query.image, c.image) if p] for c in chunk]
             inputs = self._with_images(prompts, paths)
             hidden = self.shared.base(**inputs, use_cache=False).last_hidden_state[:, -1]
-            probs.append(_to_host(self._option_logits(hidden).softmax(-1)))
+            probs.append(to_host(self._option_logits(hidden).softmax(-1)))
         return PairScores(torch.cat(probs), self.framing.match_index)
 
     @torch.no_grad()
@@ -149,7 +151,7 @@ class PairScorer:
     def _split_is_exact(self, query: Item, cand: Item) -> bool:
         """True when tokenising prefix and suffix apart gives the whole prompt's ids (checked once per query)."""
         prefix, suffix = self.split(query)
-        tok = lambda text: self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        tok = lambda text: self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]
         return tok(prefix) + tok(suffix.replace(_SLOT, cand.text)) == tok(self.prompt(query, cand))
 
     def _fast_text(self, query: Item, texts: Sequence[str]) -> torch.Tensor:
@@ -160,7 +162,7 @@ class PairScorer:
             chunk = [suffix_template.replace(_SLOT, t) for t in texts[start : start + self.batch_size]]
             enc = self.bb.tokenizer(chunk, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
             logits = self.shared.last_logits(prefix, enc["input_ids"], enc["attention_mask"], self.rows)
-            out.append(_to_host(logits.softmax(-1)))
+            out.append(to_host(logits.softmax(-1)))
         return torch.cat(out)
 
     def score(self, query: Item, cands: Sequence[Item],
@@ -181,3 +183,11 @@ class PairScorer:
         finally:
             if self.vision is not None:
                 self.vision.pending.clear()  # records this query did not use are not kept
+
+    def signature(self) -> dict[str, Any]:
+        """What shapes the option probabilities besides the model and dataset."""
+        return {"scorer": self.name, "framing": asdict(self.framing), "calibrate": self.calibrate}
+
+    def describe(self) -> dict[str, Any]:
+        """The options as the results file reports them."""
+        return {"option_token_ids": self.option_ids, "options": list(self.framing.options), "match": self.framing.match}

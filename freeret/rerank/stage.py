@@ -1,7 +1,8 @@
-"""Stage 2 under Lightning's prediction loop: rerank each query's top-K, then fuse with stage 1.
+"""Stage 2 under Lightning's prediction loop: rerank each query's top-K with a scorer, then fuse with stage 1.
 
-One prediction batch is one query with its K candidates (the prefix cache is per query).
-The writer stores option probabilities per row as JSONL shards in the run dir.
+One prediction batch is one query with its K candidates (the prefix cache is per query). The writer stores each
+row's record (a score per candidate and the scorer's extras, ``freeret/rerank/scorers``) as JSONL shards in a
+folder named by the scorer's signature; fusion and tie rules live here, for every scorer.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,7 +24,7 @@ from freeret.data.retrieval_set import RetrievalSet
 from freeret.errors import ConfigError
 from freeret.lit import BufferedShardWriter, UntilStopped, rank_share
 from freeret.eval.results import write_text_atomic
-from freeret.rerank.scorer import PairScorer, PairScores
+from freeret.rerank.scorers.base import Scorer
 from freeret.storage import STALE_AFTER_S, drop_if_unchanged, remove_abandoned
 
 log = logging.getLogger(__name__)
@@ -65,19 +66,19 @@ class RerankConfig:
 
 
 def top_k_groups(rset: RetrievalSet, embed_scores: Sequence[torch.Tensor], k: int) -> list[dict[str, Any]]:
-    """Per row: the positions (in the row's candidate list) of its top-k by embedding score."""
+    """Per row: the positions (in the row's candidate list) of its top-k by embedding score, and those scores."""
     groups = []
     for row, scores in zip(rset.rows, embed_scores):
         order = torch.argsort(-scores, stable=True)[: min(k, len(scores))]
-        groups.append({"row": row.id, "positions": order.tolist(), "query": rset.items[row.query],
+        groups.append({"row": row.id, "positions": order.tolist(), "embed": scores[order].tolist(), "query": rset.items[row.query],
                        "candidates": [rset.items[row.candidates[i]] for i in order.tolist()]})
     return groups
 
 
 class RerankModule(L.LightningModule):
-    """``predict_step`` scores one query's top-K candidates with the framing."""
+    """``predict_step`` scores one query's top-K candidates with the scorer."""
 
-    def __init__(self, scorer: PairScorer) -> None:
+    def __init__(self, scorer: Scorer) -> None:
         super().__init__()
         self.scorer = scorer  # the model is not a submodule, so Lightning never moves it (see EmbedModule)
 
@@ -86,7 +87,9 @@ class RerankModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         scores = self.scorer.score(batch["query"], batch["candidates"], batch.get("records"))
-        return {"row": batch["row"], "positions": batch["positions"], "probs": scores.probs.tolist()}
+        # the stage-1 cosines ride along, so a record alone gives the fused order (experiments/rerank_tune.py)
+        embed = {"embed": batch["embed"]} if "embed" in batch else {}
+        return {"row": batch["row"], "positions": batch["positions"], **embed, **scores.record()}
 
 
 def plan_images(groups: list[dict[str, Any]], uses: Callable[[Any, Sequence[Any]], set]) -> list[dict[str, Any]]:
@@ -118,7 +121,7 @@ class RankedGroups(L.LightningDataModule):
     """Pending query groups split across ranks (every ``world_size``-th), one per prediction step; the same list
     on every rank. With the scorer's vision cache, workers decode and process each group's new images ahead."""
 
-    def __init__(self, groups: list[dict[str, Any]], scorer: PairScorer | None = None, num_workers: int = 0) -> None:
+    def __init__(self, groups: list[dict[str, Any]], scorer: Scorer | None = None, num_workers: int = 0) -> None:
         super().__init__()
         self.groups, self.scorer, self.num_workers = groups, scorer, num_workers
 
@@ -133,7 +136,7 @@ class RankedGroups(L.LightningDataModule):
 
 
 class RerankWriter(BufferedShardWriter):
-    """Each row's option probabilities as JSONL shards of ``shard_size`` rows, named by their row ids."""
+    """Each row's record (scores and the scorer's extras) as JSONL shards of ``shard_size`` rows, named by their row ids."""
 
     suffix = ".jsonl"
 
@@ -149,15 +152,15 @@ class RerankWriter(BufferedShardWriter):
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in predictions), "hydra.run.dir")
 
 
-def rerank_signature(scorer: PairScorer, dataset: str) -> str:
-    """A hash of what shapes the option probabilities: weights, framing, calibration, dataset wording."""
-    blob = {"model": scorer.bb.metadata(), "framing": asdict(scorer.framing), "calibrate": scorer.calibrate,
-            "dataset": dataset}
+def rerank_signature(scorer: Scorer, dataset: str) -> str:
+    """A hash of what shapes the stored records: weights, the scorer and its settings (framing, prompts,
+    calibration, lambda, ...), dataset wording. Each scorer setting resumes from its own folder."""
+    blob = {"model": scorer.bb.metadata(), **scorer.signature(), "dataset": dataset}
     return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_rerank(out_dir: Path, stale_after_s: float = STALE_AFTER_S) -> dict[str, dict[str, Any]]:
-    """Row id -> {positions, probs} from the writer's shards.
+    """Row id -> its record ({positions, scores, extras}) from the writer's shards.
 
     An unreadable (torn) shard is deleted unless a writer replaced it since it was read; abandoned temporaries
     are removed, a live writer's never.
@@ -168,7 +171,7 @@ def read_rerank(out_dir: Path, stale_after_s: float = STALE_AFTER_S) -> dict[str
         try:
             seen = shard.stat()
             records = [json.loads(line) for line in shard.read_text().splitlines() if line.strip()]
-            if not records or not all({"row", "positions", "probs"} <= rec.keys() for rec in records):
+            if not records or not all({"row", "positions", "scores"} <= rec.keys() for rec in records):
                 raise ValueError("missing fields")
         except FileNotFoundError:
             continue  # another rank dropped it first
@@ -188,20 +191,21 @@ def pending_groups(groups: list[dict[str, Any]], done: Mapping[str, dict[str, An
     return [g for g in groups if done.get(g["row"], {}).get("positions") != g["positions"]]
 
 
-def fused_ranking(embed: torch.Tensor, positions: Sequence[int], probs: torch.Tensor, match_index: int,
-                  cfg: RerankConfig) -> torch.Tensor:
+def fused_ranking(embed: torch.Tensor, positions: Sequence[int], scores: torch.Tensor, cfg: RerankConfig,
+                  entropy: torch.Tensor | None = None) -> torch.Tensor:
     """Strict rank scores over the whole candidate list after stage 2.
 
-    The reranked top-K come first, ordered by the fused score; ties are broken by the
-    embedding score (``tie_break=embed``) or by the lowest option entropy (RetLLM), and
-    finally against the positive. The rest keep their stage-1 order.
+    The reranked top-K come first, ordered by the fused score (the rerank score alone, or ``w * score + (1 - w) *
+    cosine``); ties are broken by the embedding score (``tie_break=embed``) or by the lowest answer entropy
+    (``entropy``, RetLLM; scorers that record one), and finally against the positive. The rest keep their stage-1
+    order.
     """
     n = len(embed)
-    scores = PairScores(probs, match_index)
-    p_match = scores.match
-    fused = p_match if cfg.fusion == "rerank" else cfg.fusion_weight * p_match + (1 - cfg.fusion_weight) * embed[list(positions)]
+    fused = scores if cfg.fusion == "rerank" else cfg.fusion_weight * scores + (1 - cfg.fusion_weight) * embed[list(positions)]
     if cfg.tie_break == "entropy":
-        secondary = -scores.entropy  # lower entropy ranks first
+        if entropy is None:
+            raise ConfigError("pipeline.tie_break=entropy needs a scorer that records an entropy (choice, choice_debiased)")
+        secondary = -entropy  # lower entropy ranks first
     else:
         secondary = embed[list(positions)]
     top = sorted(range(len(positions)), key=lambda j: (-float(fused[j]), -float(secondary[j]), positions[j] == 0))
@@ -211,3 +215,9 @@ def fused_ranking(embed: torch.Tensor, positions: Sequence[int], probs: torch.Te
     ranked = torch.empty(n)
     ranked[torch.tensor(head + rest)] = torch.arange(n, 0, -1, dtype=torch.float)
     return ranked
+
+
+def fuse_record(embed: torch.Tensor, record: dict[str, Any], cfg: RerankConfig) -> torch.Tensor:
+    """:func:`fused_ranking` of one row from its stored record."""
+    entropy = torch.tensor(record["entropy"]) if "entropy" in record else None
+    return fused_ranking(embed, record["positions"], torch.tensor(record["scores"]), cfg, entropy)

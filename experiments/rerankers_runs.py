@@ -1,0 +1,151 @@
+"""Run the stage-2 scorer comparison of docs/rerankers.md: one run.py process per (split, setting), one at a time.
+
+    python experiments/rerankers_runs.py --model smollm2_135m --split dev
+    python experiments/rerankers_runs.py --model gemma3_270m --split test --settings choice cl_lambda1
+
+Each setting is FreeRet's stage 1 (method=freeret: h^Attn_L + the FreeRet prior) and one stage-2 scorer, on WordNet RD
+(the first ``--limit`` queries, top-``--rd-k``) and on the WordNet meta-task suite (top-``--suite-k``); ``--split dev``
+runs the dev twins (wordnet_rd_dev, suite=wordnet_meta_dev), where settings are chosen, ``test`` the shipped sets.
+Stage 1 is embedded once per model and split and reused from the embedding cache by every setting. Outputs go to
+``<out>/<model>/<split>/<setting>/{rd,suite}/`` (each run's results/*.json and its rerank shards), a log per run
+beside them, and ``<out>/<model>/<split>/runs.json`` (command, exit status, wall seconds per run).
+
+    python experiments/rerankers_runs.py --model smollm2_135m --split test --report
+
+``--report`` runs nothing: it collects the finished runs into ``docs/results/<model>/rerankers_<split>.json`` (per
+dataset: stage-1 hit@1 and each setting's hit@1 after reranking, pairs/s, flip rates, wall seconds) and a bar plot
+beside it, and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import REPO
+
+# setting -> run.py overrides (beyond the shared ones); stage 1 alone is every run's "embed" metrics. Chosen values
+# (lambda, weights, wording) are the configs' defaults, set from the dev split (docs/rerankers.md).
+SETTINGS: dict[str, list[str]] = {
+    "choice": ["scorer=choice"],
+    "choice_debiased": ["scorer=choice_debiased"],
+    "cl_lambda0": ["scorer=candidate_likelihood", "scorer.cpn_lambda=0"],
+    "cl_lambda1": ["scorer=candidate_likelihood", "scorer.cpn_lambda=1"],
+    "query_likelihood": ["scorer=query_likelihood"],
+    "bidirectional": ["rerank=blim"],
+    "listwise": ["scorer=listwise"],
+}
+
+
+def runs(model: str, split: str, limit: int, rd_k: int, suite_k: int, threads: int) -> dict[str, list[str]]:
+    """The two runs of a setting: WordNet RD and the meta-task suite, with the split's dataset names."""
+    base = ["method=freeret", f"model={model}", f"threads={threads}", "logger=none", "trainer.enable_progress_bar=false"]
+    rd = "wordnet_rd_dev" if split == "dev" else "wordnet_rd"
+    suite = "wordnet_meta_dev" if split == "dev" else "wordnet_meta"
+    return {"rd": [*base, f"dataset={rd}", f"dataset.limit={limit}", f"pipeline.top_k={rd_k}"],
+            "suite": [*base, f"suite={suite}", f"pipeline.top_k={suite_k}"]}
+
+
+def collect(folder: Path, settings: list[str]) -> dict:
+    """Per dataset: stage-1 metrics and each finished setting's reranked metrics and run figures."""
+    manifest = json.loads((folder / "runs.json").read_text()) if (folder / "runs.json").exists() else {}
+    table: dict[str, dict] = {}
+    for setting in settings:
+        for which in ("rd", "suite"):
+            for path in sorted((folder / setting / which / "results").glob("*.json")):
+                res = json.loads(path.read_text())
+                if "rerank" not in res.get("metrics", {}):
+                    continue
+                row = table.setdefault(res["dataset"], {"embed": res["metrics"]["embed"],
+                                                        "queries": res["counts"]["scored_queries"],
+                                                        "top_k": res["rerank"]["top_k"], "settings": {}})
+                pairs = row["queries"] * row["top_k"]  # every row here has at least K candidates
+                seconds = res["timing"].get("rerank_seconds")
+                row["settings"][setting] = {
+                    "rerank": res["metrics"]["rerank"], "rerank_seconds": seconds,
+                    "pairs_per_s": pairs / seconds if seconds and pairs else None,
+                    "scorer": res["rerank"]["scorer"], "scorer_summary": res["rerank"].get("scorer_summary"),
+                    "scorer_config": res["rerank"].get("scorer_config"), "fusion": res["rerank"].get("fusion"),
+                    "run_wall_seconds": manifest.get(f"{setting}/{which}", {}).get("wall_seconds"),
+                    "command": manifest.get(f"{setting}/{which}", {}).get("command"),
+                    "model": res["model"], "environment": res.get("environment")}
+    return table
+
+
+def report(model: str, split: str, folder: Path, settings: list[str]) -> None:
+    """docs/results/<model>/rerankers_<split>.json, its bar plot, and a markdown table on stdout."""
+    from _common import bar_chart, save
+
+    table = collect(folder, settings)
+    if not table:
+        raise SystemExit(f"no finished runs under {folder}")
+    out = REPO / "docs" / "results" / model / f"rerankers_{split}.json"
+    save(out, {"model": model, "split": split, "datasets": table})
+    names = list(table)
+    shown = [s for s in settings if any(s in table[d]["settings"] for d in names)]
+    series = {"stage 1": [table[d]["embed"]["hit@1"] for d in names]}
+    for s in shown:
+        series[s] = [table[d]["settings"].get(s, {}).get("rerank", {}).get("hit@1", float("nan")) for d in names]
+    bar_chart(out, [d.replace("wordnet_", "") for d in names], series, "hit@1",
+              f"Stage-2 scorers, {model}, {split} split")
+    print("| dataset (split) | queries | K | stage 1 | ceiling (stage-1 hit@K) | " + " | ".join(shown) + " |")
+    print("|---" * (5 + len(shown)) + "|")
+    for d in names:
+        row = table[d]
+        cells = [f"{row['settings'][s]['rerank']['hit@1']:.3f}" if s in row["settings"] else "-" for s in shown]
+        ceiling = row["embed"].get(f"hit@{row['top_k']}")
+        print(f"| {d} ({split}) | {row['queries']} | {row['top_k']} | {row['embed']['hit@1']:.3f} | "
+              f"{'-' if ceiling is None else f'{ceiling:.3f}'} | " + " | ".join(cells) + " |")
+    print()
+    print("| dataset (split) | setting | rerank pairs/s | rerank s | run wall s | flip rate |")
+    print("|---|---|---|---|---|---|")
+    for d in names:
+        for s, got in table[d]["settings"].items():
+            flip = (got.get("scorer_summary") or {}).get("flip_rate")
+            print(f"| {d} ({split}) | {s} | {got['pairs_per_s']:.2f} | {got['rerank_seconds']:.0f} | "
+                  f"{got['run_wall_seconds']} | {'-' if flip is None else f'{flip:.2f}'} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--split", choices=["dev", "test"], required=True)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--sets", nargs="+", default=["rd", "suite"], choices=["rd", "suite"])
+    ap.add_argument("--limit", type=int, default=200, help="WordNet RD: the first N queries")
+    ap.add_argument("--rd-k", type=int, default=50)
+    ap.add_argument("--suite-k", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--extra", nargs="*", default=[], help="more run.py overrides for every run")
+    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "rerankers")
+    ap.add_argument("--report", action="store_true", help="collect finished runs into docs/results (runs nothing)")
+    args = ap.parse_args()
+    folder = args.out / args.model / args.split
+    if args.report:
+        return report(args.model, args.split, folder, args.settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / "runs.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    plans = runs(args.model, args.split, args.limit, args.rd_k, args.suite_k, args.threads)
+    for setting in args.settings:
+        for which in args.sets:
+            run_dir = folder / setting / which
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, str(REPO / "run.py"), *plans[which], *SETTINGS[setting], *args.extra,
+                   f"hydra.run.dir={run_dir}"]
+            t = time.perf_counter()
+            with open(run_dir / "run.log", "w") as log:
+                code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            wall = time.perf_counter() - t
+            manifest[f"{setting}/{which}"] = {"command": cmd[1:], "exit": code, "wall_seconds": round(wall, 1),
+                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+            print(f"{args.model} {args.split} {setting}/{which}: exit {code}, {wall:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

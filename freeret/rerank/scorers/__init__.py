@@ -1,0 +1,11 @@
+"""Stage-2 scorers (``conf/scorer``): one small module per family of scorers behind one protocol (``base.py``).
+
+``choice`` (the paper's option probability) and ``choice_debiased`` (both option orders) in ``choice.py``;
+``candidate_likelihood`` (with BLiM's candidate-prior normalisation), ``query_likelihood`` (UPR) and
+``bidirectional`` (BLiM) in ``likelihood.py``; ``listwise`` in ``listwise.py``. :func:`scorer_spec` reads a config;
+:func:`specs` lists them.
+"""
+
+from freeret.rerank.scorers.registry import register, scorer_spec, specs
+
+__all__ = ["register", "scorer_spec", "specs"]
