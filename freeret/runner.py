@@ -41,7 +41,7 @@ from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
 from freeret.rerank.stage import (RankedGroups, RerankConfig, RerankModule, RerankWriter, fused_ranking, pending_groups,
                                   read_rerank, rerank_signature, top_k_groups)
-from freeret.retrieve.scoring import score_store
+from freeret.retrieve.ranking import Stage1Scoring
 from freeret.retrieve.store import ShardStore
 from freeret.workshare import BatchClaims
 
@@ -87,21 +87,30 @@ def run_device(cfg: Mapping[str, Any], spec: ModelSpec) -> torch.device:
 
 
 def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, prior: Prior, rset: RetrievalSet,
-                run_dir: Path, stats: dict[str, Any] | None = None) -> list[torch.Tensor]:
+                run_dir: Path, stats: dict[str, Any] | None = None,
+                record: dict[str, Any] | None = None) -> list[torch.Tensor]:
     """Embed every unique item not already in the store (Lightning predict + shard writer); return per-row
-    cosine scores streamed from the shards. ``stats`` (if given) receives how many items were computed/reused."""
+    stage-1 scores from the shards (``conf/retriever``, ``conf/postprocess``: applied when scoring, so they reuse
+    stored vectors). ``stats`` (if given) receives how many items were computed/reused; ``record`` what scored."""
+    scoring = Stage1Scoring.from_config(cfg)
+    if not scoring.retriever.dense:  # BM25 alone: nothing to embed
+        scores, info = scoring.score(rset, None, {}, {}, None, None)
+        if record is not None:
+            record.update(info)
+        return scores
     embed_cfg = cfg.get("embed") or {}
     collate = PromptCollator(backbone, prior, rset.name)
     prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
     signature = vector_signature(backbone, layer, prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
     setting = "embed.cache_dir" if embed_cfg.get("cache", True) else "hydra.run.dir"
-    key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in rset.items.values()}
+    corpus = scoring.corpus_items()  # an unlabeled corpus to fit post-processing on, embedded with this set's prompts
+    key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in [*rset.items.values(), *corpus]}
     barrier()  # in a multi-process run every rank sees the same finished shards, hence plans the same batches
     store = ShardStore(folder, stale_after_s(embed_cfg)).scan(want=key_of.values())
     dropped = len(store.dropped)
     unique: dict[str, Item] = {}  # one item per vector key (the same bytes under two paths are one vector)
-    for item in rset.items.values():
+    for item in [*rset.items.values(), *corpus]:
         unique.setdefault(key_of[item.key], dataclasses.replace(item, key=key_of[item.key]))
     items = list(unique.values())
     batch_size = int(embed_cfg.get("batch_size", 32))
@@ -128,7 +137,14 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
         stats.update(embed_items_computed=computed, embed_items_reused=len(items) - computed,
                      embed_batches_computed=batches, embed_batches_held_elsewhere=held_elsewhere,
                      embed_shards_dropped=dropped, embed_store=str(folder))
-    return score_store(rset.rows, store, key_of)
+    fit_keys: dict[str, list[str]] = {}  # label-free: every item's vector, by role (never rows or positives)
+    for item in corpus or rset.items.values():
+        fit_keys.setdefault(item.role, []).append(key_of[item.key])
+    head = backbone.model.get_output_embeddings().weight.detach().cpu() if scoring.postprocess.name == "lmhead_filter" else None
+    scores, info = scoring.score(rset, store, key_of, fit_keys, head, folder, setting, int(cfg.get("seed", 0)))
+    if record is not None:
+        record.update(info)
+    return scores
 
 
 def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankConfig, rset: RetrievalSet,
@@ -184,6 +200,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     staged = pipeline != "embed"
     framing = Framing.from_dict(cfg["framing"]) if staged else None
     rerank_cfg = RerankConfig.from_dict(pipeline_cfg) if staged else None
+    Stage1Scoring.from_config(cfg)  # bad retriever / postprocess values fail before weights load
     work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys fail before weights load
     main_name = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
     if main_name not in METRICS:
@@ -225,7 +242,8 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
 
     timing: dict[str, float] = {}
     t = time.perf_counter()
-    embed_scores = embed_stage(cfg, backbone, layer, prior, rset, run_dir, stats=timing)
+    stage1: dict[str, Any] = {}
+    embed_scores = embed_stage(cfg, backbone, layer, prior, rset, run_dir, stats=timing, record=stage1)
     timing["embed_seconds"] = time.perf_counter() - t
     n_positives = [row.n_positive for row in rset.rows]
     metrics = {"embed": fold_misses(retrieval_metrics(embed_scores, n_positives), len(rset.rows), n_missed)}
@@ -255,6 +273,8 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
                   "resolved_index": layer.resolve(backbone.num_layers), "apply_final_norm": layer.apply_final_norm},
         "task": {key: cfg["dataset"].get(key) for key in TASK_KEYS},
         "prior": prior.name,
+        "prior_detail": prior.describe(rset.name),
+        **stage1,  # retriever, postprocess (with its statistics' sha256)
         "framing": framing.name if framing else None,
         "rerank": (
             {**rerank_cfg.__dict__, "option_token_ids": scorer.option_ids,
@@ -287,8 +307,11 @@ def summary_line(payload: Mapping[str, Any]) -> str:
     rag = ""
     if payload.get("rag"):
         rag = f" | RAG EM={payload['rag']['exact_match_with_retrieval']:.3f} (closed-book {payload['rag']['exact_match_closed_book']:.3f})"
+    stage1 = "".join(f" | {key}={label}" for key, label, default in (
+        ("retriever", (payload.get("retriever") or {}).get("label", "dense"), "dense"),
+        ("postprocess", (payload.get("postprocess") or {}).get("label", "none"), "none")) if label != default)
     return (
-        f"{payload['dataset']}: {scores} | layer={payload['layer']['label']} | prior={payload['prior']}{framing} "
+        f"{payload['dataset']}: {scores} | layer={payload['layer']['label']} | prior={payload['prior']}{stage1}{framing} "
         f"| model={payload['model']['name']} | {payload['counts']['num_queries']} queries x "
         f"{payload['counts']['candidates_per_query']} candidates{rag}{failed_note(payload)} | {payload['timing']['wall_seconds']:.0f}s"
     )

@@ -284,7 +284,8 @@ def test_tables_average_meta_tasks_and_compare_with_the_paper():
     paper = load_paper([REPO / "data/paper/freeret.yaml"])["mmeb"]
     md = to_markdown(table, paper)
     assert "paper (Table 1)" in md and "69.4" in md and "-9.4" in md  # 60.0 - 69.4
-    assert "qwen25vl_7b,attn_last,freeret,two_stage,mcq,50,Overall,55.0,70.7,-15.70" in to_csv(table, paper)
+    assert "qwen25vl_7b,attn_last,last,freeret,dense,none,two_stage,mcq,50,Overall,55.0,70.7,-15.70" in to_csv(table, paper)
+    assert "Split: test." in md
 
 
 def test_make_tables_without_results_is_one_line(tmp_path):

@@ -21,19 +21,29 @@ import yaml
 
 from freeret.errors import DataError
 
-SETTING_KEYS = ("model", "layer", "prior", "pipeline", "framing", "top_k")
+SETTING_KEYS = ("model", "layer", "pooling", "prior", "retriever", "postprocess", "pipeline", "framing", "top_k")
 META_ORDER = ("classification", "vqa", "retrieval", "grounding", "qa", "video", "visdoc")
 META_LABELS = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval", "grounding": "Grounding",
                "qa": "QA", "video": "Video", "visdoc": "VisDoc"}
 
 
+def prior_label(payload: Mapping[str, Any]) -> str:
+    """The prior's name, with the number of demonstrations for a few-shot prior (``fewshot(k=4)``)."""
+    demos = (payload.get("prior_detail") or {}).get("demos")
+    return f"{payload['prior']}(k={demos['k']})" if demos else str(payload["prior"])
+
+
 def setting_of(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The row key of one results payload."""
+    """The row key of one results payload (result files from before an axis existed get its default)."""
     rerank = payload.get("rerank") or {}
+    retriever = (payload.get("retriever") or {}).get("label", "dense")
     return {
         "model": payload["model"]["name"],
         "layer": payload["layer"]["label"],
-        "prior": payload["prior"],
+        "pooling": (payload.get("pooling") or {}).get("label", "last"),
+        "prior": prior_label(payload),
+        "retriever": retriever,
+        "postprocess": (payload.get("postprocess") or {}).get("label", "none") if retriever != "bm25" else "-",
         "pipeline": payload["pipeline"],
         "framing": payload.get("framing"),
         "top_k": rerank.get("top_k"),
@@ -56,6 +66,18 @@ class Table:
     benchmark: str
     columns: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    split: str = "test"
+
+
+def data_split(payload: Mapping[str, Any]) -> str:
+    """``dev`` for a dev split (tuning data), else ``test`` (the shipped WordNet sets, MMEB-eval's IND/OOD sets)."""
+    return "dev" if (payload.get("task") or {}).get("split") == "dev" else "test"
+
+
+def suite_of(payload: Mapping[str, Any]) -> str:
+    """The benchmark a result belongs to, with a dev split's ``_dev`` dropped (dev and test share a name)."""
+    name = (payload.get("task") or {}).get("benchmark") or payload["dataset"]
+    return name[: -len("_dev")] if name.endswith("_dev") else name
 
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -90,7 +112,8 @@ def build_tables(payloads: list[dict[str, Any]], stage: str = "final", metric: s
             row = settings.setdefault(key, {"setting": dict(key), "scores": {}, "facts": {}})
             row["scores"][p["dataset"]] = score_of(p, stage, metric)
             row["facts"][p["dataset"]] = p.get("task") or {}
-        table = Table(bench, columns)
+        splits_seen = {data_split(p) for p in items}
+        table = Table(bench, columns, split=splits_seen.pop() if len(splits_seen) == 1 else "dev and test mixed")
         for row in settings.values():
             values: dict[str, Any] = {}
             for m in metas:
@@ -123,8 +146,13 @@ def paper_entry(setting: Mapping[str, Any], entries: list[dict[str, Any]]) -> di
 
 
 def label(setting: Mapping[str, Any]) -> str:
-    """A short human name for a setting."""
+    """A short human name for a setting (stage-1 axes shown when not at their default)."""
+    if setting.get("retriever") == "bm25":
+        return f"{setting['model']} · BM25"
     text = f"{setting['model']} · {setting['layer']} + {setting['prior']}"
+    for key, default in (("pooling", "last"), ("postprocess", "none"), ("retriever", "dense")):
+        if setting.get(key, default) != default:
+            text += f" + {setting[key]}"
     if setting.get("pipeline") != "embed":
         text += f" → {setting['framing']} rerank top-{setting['top_k']}"
     return text
@@ -138,8 +166,8 @@ def _fmt(value: Any) -> str:
 
 def to_markdown(table: Table, paper: list[dict[str, Any]] | None = None) -> str:
     """A Markdown table; rows with published numbers get 'paper' and 'Δ' rows under them."""
-    lines = [f"### {table.benchmark}", "", "| setting | " + " | ".join(table.columns) + " |",
-             "|---|" + "---|" * len(table.columns)]
+    lines = [f"### {table.benchmark}", "", f"Split: {table.split}.", "",
+             "| setting | " + " | ".join(table.columns) + " |", "|---|" + "---|" * len(table.columns)]
     for row in table.rows:
         vals = row["values"]
         lines.append(f"| {label(row['setting'])} | " + " | ".join(_fmt(vals.get(c)) for c in table.columns) + " |")
@@ -179,3 +207,40 @@ def per_dataset_csv(table: Table) -> str:
     for row in table.rows:
         writer.writerow([*(row["setting"][k] for k in SETTING_KEYS), *(_fmt(row["scores"].get(d)) for d in datasets)])
     return buf.getvalue()
+
+
+def leaderboard(payloads: list[dict[str, Any]], stage: str = "final", metric: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Settings ranked by their mean dev score, with each benchmark's dev and test means side by side.
+
+    Returns (columns, rows); a column is ``<benchmark> dev`` or ``<benchmark> test`` (the mean over its datasets),
+    a row ``{"setting", "values", "datasets"}``. Rows with no dev score sort last.
+    """
+    cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    suites: list[str] = []
+    for p in payloads:
+        suite = suite_of(p)
+        if suite not in suites:
+            suites.append(suite)
+        cells[tuple(setting_of(p).items())][f"{suite} {data_split(p)}"].append(score_of(p, stage, metric))
+    columns = [f"{suite} {split}" for suite in suites for split in ("dev", "test")]
+    rows = []
+    for key, by_column in cells.items():
+        values = {c: _mean(v) for c, v in by_column.items()}
+        rows.append({"setting": dict(key), "values": values, "datasets": {c: len(v) for c, v in by_column.items()}})
+    dev_columns = [c for c in columns if c.endswith(" dev")]
+
+    def rank_key(row: dict[str, Any]) -> tuple:
+        dev = [row["values"][c] for c in dev_columns if c in row["values"]]
+        return (not dev, -(sum(dev) / len(dev)) if dev else 0.0, label(row["setting"]))
+
+    return columns, sorted(rows, key=rank_key)
+
+
+def leaderboard_markdown(columns: list[str], rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
+    """The leaderboard as Markdown: one line per setting, dev and test columns side by side (scores in %)."""
+    lines = [f"### {title}", "", "Split: dev and test side by side; rows ranked by the mean of their dev columns "
+             "(settings are chosen on dev only).", "", "| setting | " + " | ".join(columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append(f"| {label(row['setting'])} | " + " | ".join(_fmt(row["values"].get(c)) for c in columns) + " |")
+    return "\n".join(lines) + "\n"

@@ -62,9 +62,16 @@ class RetrieverSpec:
         """Whether BM25 runs."""
         return self.name != "dense"
 
+    @property
+    def label(self) -> str:
+        """A short name for tables and summary lines, e.g. ``hybrid(rrf)``."""
+        if self.name != "hybrid":
+            return self.name
+        return f"hybrid(rrf, k={self.rrf_k:g})" if self.fusion == "rrf" else f"hybrid(weighted, w={self.weight:g})"
+
     def describe(self) -> dict[str, Any]:
         """For results: what ranked the candidates."""
-        out: dict[str, Any] = {"name": self.name}
+        out: dict[str, Any] = {"name": self.name, "label": self.label}
         if self.name == "hybrid":
             out.update(fusion=self.fusion, **({"rrf_k": self.rrf_k} if self.fusion == "rrf" else {"weight": self.weight}))
         if self.lexical:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -95,9 +95,20 @@ class PostprocessSpec:
 
     def describe(self) -> dict[str, Any]:
         """The parameters that shape the transform (for results and the statistics' identity)."""
-        out = {k: v for k, v in asdict(self).items() if k != "corpus"}
-        out["corpus"] = (self.corpus or {}).get("name") if self.fit_on == "corpus" else None
+        keys = {"abtt": ("d",), "lmhead_filter": ("top", "bottom", "center"), "whiten": ("dim", "eps")}
+        out: dict[str, Any] = {"name": self.name, **{k: getattr(self, k) for k in keys.get(self.name, ())}}
+        if self.needs_fit:
+            out.update(fit_on=self.fit_on, max_fit_items=self.max_fit_items)
+            if self.fit_on == "corpus":
+                out["corpus"] = (self.corpus or {}).get("name")
         return out
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and summary lines, e.g. ``abtt(d=2)``."""
+        params = {k: v for k, v in self.describe().items() if k not in ("name", "max_fit_items", "eps")
+                  and v not in (None, False, 0, "items")}
+        return self.name + (f"({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
 
 
 def _sample(x: torch.Tensor, limit: int | None, seed: int = 0) -> torch.Tensor:
@@ -196,7 +207,8 @@ class Statistics:
 
     def summary(self) -> dict[str, Any]:
         """What results record: the method, its parameters, how many vectors it was fitted on, the digest."""
-        return {**self.spec.describe(), "fitted_on": self.fitted_on, "statistics_sha256": self.digest}
+        return {**self.spec.describe(), "label": self.spec.label, "fitted_on": self.fitted_on,
+                "statistics_sha256": self.digest}
 
     def save(self, folder: Path, setting: str | None = None) -> Path:
         """Write ``<folder>/postprocess-<digest[:16]>.safetensors`` (atomically; kept if already there)."""

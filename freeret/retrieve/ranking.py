@@ -6,12 +6,13 @@ reuses the vectors in the store.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from freeret.data.retrieval_set import Item, Row
+from freeret.data.retrieval_set import Item, RetrievalSet, Row
 from freeret.retrieve.fusion import RetrieverSpec, fuse
 from freeret.retrieve.lexical import bm25_scores
 from freeret.retrieve.postprocess import IDENTITY, PostprocessSpec, Statistics, fit
@@ -53,3 +54,37 @@ def rank_rows(rows: Sequence[Row], items: Mapping[str, Item], retriever: Retriev
     if dense is None:
         return lexical
     return [fuse(d, b, retriever) for d, b in zip(dense, lexical)]
+
+
+@dataclass(frozen=True)
+class Stage1Scoring:
+    """How stage 1 turns stored vectors into scores: the retriever and the post-processing (``conf/retriever``,
+    ``conf/postprocess``)."""
+
+    retriever: RetrieverSpec
+    postprocess: PostprocessSpec
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "Stage1Scoring":
+        """From a run config (absent groups: dense, no post-processing); bad values fail before weights load."""
+        return cls(RetrieverSpec.from_dict(cfg.get("retriever")), PostprocessSpec.from_dict(cfg.get("postprocess")))
+
+    def corpus_items(self) -> list[Item]:
+        """Items of the named unlabeled corpus (``postprocess.fit_on=corpus``) to embed beside the run's own."""
+        if not (self.retriever.dense and self.postprocess.needs_fit and self.postprocess.fit_on == "corpus"):
+            return []
+        from freeret.data.datasets import load_dataset
+
+        return list(load_dataset(dict(self.postprocess.corpus or {})).items.values())
+
+    def score(self, rset: RetrievalSet, store: ShardStore | None, key_of: Mapping[str, str],
+              fit_keys: Mapping[str, Sequence[str]], head: torch.Tensor | None, folder: Path | None,
+              setting: str | None = None, seed: int = 0) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """Per-row scores and what results record (retriever, post-processing with its statistics' digest).
+        ``fit_keys``: store keys per role that the statistics are fitted on."""
+        stats = IDENTITY
+        if self.retriever.dense:
+            stats = fit_statistics(self.postprocess, store, fit_keys, head, folder, setting, seed)
+        scores = rank_rows(rset.rows, rset.items, self.retriever, store, key_of, stats)
+        return scores, {"retriever": self.retriever.describe(),
+                        "postprocess": stats.summary() if self.retriever.dense else None}
