@@ -28,7 +28,8 @@ from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.data.validate import check_set, fold_misses, set_image_limit, usable_rows
 from freeret.distributed import barrier, is_main, rank_sum
-from freeret.embed.layers import LayerSpec
+from freeret.embed.layers import LayerSpec, Readout
+from freeret.embed.pooling import PoolingSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError
 from freeret.eval.loggers import make_logger
@@ -86,7 +87,7 @@ def run_device(cfg: Mapping[str, Any], spec: ModelSpec) -> torch.device:
     return trainer.strategy.root_device
 
 
-def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, prior: Prior, rset: RetrievalSet,
+def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | Readout, prior: Prior, rset: RetrievalSet,
                 run_dir: Path, stats: dict[str, Any] | None = None,
                 record: dict[str, Any] | None = None) -> list[torch.Tensor]:
     """Embed every unique item not already in the store (Lightning predict + shard writer); return per-row
@@ -99,7 +100,8 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
             record.update(info)
         return scores
     embed_cfg = cfg.get("embed") or {}
-    collate = PromptCollator(backbone, prior, rset.name)
+    readout = Readout.of(layer)
+    collate = PromptCollator(backbone, prior, rset.name, content=bool(readout.pooling and readout.pooling.needs_content))
     prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
     signature = vector_signature(backbone, layer, prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
@@ -191,7 +193,7 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
     """
     start = time.perf_counter()
     spec = ModelSpec.from_dict(cfg["model"])
-    layer = LayerSpec.from_dict(cfg["layer"])
+    layer = Readout.from_config(cfg["layer"], cfg.get("pooling"))  # the point(s) and the pooling stage 1 reads
     prior = Prior.from_dict(cfg["prior"])
     pipeline_cfg = dict(cfg.get("pipeline") or {"name": "embed"})
     pipeline = pipeline_cfg.get("name", "embed")
@@ -269,8 +271,10 @@ def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, 
         "metrics": metrics,
         "tie_rule": TIE_RULE,
         "similarity": "cosine, fp32",
-        "layer": {"label": layer.label, "point": layer.point, "index": layer.index,
-                  "resolved_index": layer.resolve(backbone.num_layers), "apply_final_norm": layer.apply_final_norm},
+        "layer": {"label": layer.label, "point": layer.points[0].point, "index": layer.points[0].index,
+                  "resolved_index": layer.resolve(backbone.num_layers)[0],
+                  "apply_final_norm": layer.points[0].apply_final_norm, **layer.describe(backbone.num_layers)},
+        "pooling": (layer.pooling or PoolingSpec()).describe(),
         "task": {key: cfg["dataset"].get(key) for key in TASK_KEYS},
         "prior": prior.name,
         "prior_detail": prior.describe(rset.name),

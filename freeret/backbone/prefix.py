@@ -52,7 +52,7 @@ class PrefixCache:
     min_prefix: int = 8
     capacity: int = 8
     stats: PrefixStats = field(default_factory=PrefixStats)
-    _entries: "OrderedDict[tuple[tuple[int, ...], LayerSpec], list[tuple[Any, Any]]]" = field(
+    _entries: "OrderedDict[tuple[tuple[int, ...], tuple[LayerSpec, ...]], list[tuple[Any, Any]]]" = field(
         default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
@@ -64,14 +64,14 @@ class PrefixCache:
         extra = set(inputs) - TEXT_KEYS
         return extra <= TOKEN_TYPE_KEYS and not any(bool(inputs[k].any()) for k in extra)
 
-    def _kv(self, prefix: tuple[int, ...], spec: LayerSpec, device: torch.device) -> list[tuple[Any, Any]]:
-        key = (prefix, spec)
+    def _kv(self, prefix: tuple[int, ...], specs: tuple[LayerSpec, ...], device: torch.device) -> list[tuple[Any, Any]]:
+        key = (prefix, specs)
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
         ids = torch.tensor([prefix], device=device)
         cache = DynamicCache(config=self.config)
-        with capture(self.layers, self.norm, [spec]):  # layers past the pooled point are never needed
+        with capture(self.layers, self.norm, list(specs)):  # layers past the deepest pooled point are never needed
             run_until_captured(self.decoder, input_ids=ids, attention_mask=torch.ones_like(ids),
                                position_ids=torch.arange(len(prefix), device=device)[None], past_key_values=cache,
                                use_cache=True)
@@ -87,11 +87,21 @@ class PrefixCache:
 
     @torch.no_grad()
     def hidden_at_last(self, inputs: dict[str, torch.Tensor], spec: LayerSpec) -> torch.Tensor | None:
-        """(batch, hidden) at ``spec`` for each row's last real token, or None when the batch shares too little.
+        """(batch, hidden) at ``spec`` for each row's last real token, or None when the batch shares too little."""
+        pooled = self.pooled(inputs, (spec,))
+        return None if pooled is None else pooled[spec]
+
+    @torch.no_grad()
+    def pooled(self, inputs: dict[str, torch.Tensor], specs: tuple[LayerSpec, ...],
+               weights: torch.Tensor | None = None) -> dict[LayerSpec, torch.Tensor] | None:
+        """(batch, hidden) per point in ``specs``: the states weighted by ``weights`` (batch, seq; left-padded like
+        the inputs; None = the last token) summed over positions, or None when the batch shares too little. The
+        shared prefix stops before each row's first weighted position, so every pooled state comes from the suffix
+        forward.
 
         Vectorised on the inputs' device: rows are aligned at their first real token (left padding), compared
         column-wise for the shared prefix, and the suffixes gathered into a right-padded block; the host reads
-        only the row lengths and the prefix ids (its cache key).
+        only the row lengths, the first pooled positions and the prefix ids (its cache key).
         """
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         n, total = ids.shape
@@ -102,15 +112,17 @@ class PrefixCache:
         host_lengths = lengths.tolist()  # the shapes below depend on them
         shortest = min(host_lengths)
         starts = total - lengths  # row i's tokens are ids[i, starts[i]:]
+        # aligned position of each row's first pooled token (the last token without weights)
+        first_pooled = (weights != 0).float().argmax(1) - starts if weights is not None else lengths - 1
         aligned = ids.gather(1, starts[:, None] + torch.arange(shortest, device=ids.device))
         agree = (aligned == aligned[:1]).all(0).long().cumprod(0)
-        head = torch.cat([agree.sum().reshape(1), aligned[0]]).tolist()
-        n_prefix = min(head[0], shortest - 1)  # the last token stays a suffix
+        head = torch.cat([agree.sum().reshape(1), first_pooled.min().reshape(1), aligned[0]]).tolist()
+        n_prefix = min(head[0], head[1], shortest - 1)  # pooled tokens (at least the last) stay in the suffixes
         if n_prefix < self.min_prefix:
             self._plain(host_lengths)
             return None
         device = ids.device
-        kv = self._kv(tuple(head[1 : 1 + n_prefix]), spec, device)
+        kv = self._kv(tuple(head[2 : 2 + n_prefix]), tuple(specs), device)
         width = max(host_lengths) - n_prefix
         cols = torch.arange(width, device=device)
         suffix_lengths = lengths - n_prefix
@@ -121,7 +133,7 @@ class PrefixCache:
                                               v.expand(n, *v.shape[1:]) if v is not None else None) for k, v in kv],
                              config=self.config)
         positions = torch.arange(n_prefix, n_prefix + width, device=device).expand(n, width)
-        with capture(self.layers, self.norm, [spec]) as got:
+        with capture(self.layers, self.norm, list(specs)) as got:
             run_until_captured(self.decoder, input_ids=suffix_ids,
                                attention_mask=torch.cat([suffix_mask.new_ones(n, n_prefix), suffix_mask], dim=1),
                                position_ids=positions, past_key_values=cache, use_cache=True)
@@ -131,7 +143,10 @@ class PrefixCache:
         self.stats.tokens_skipped += n_prefix * (n - 1)
         if self.stats.record:
             self.stats.segments.extend((n_prefix, k - n_prefix) for k in host_lengths)
-        return got[spec][torch.arange(n, device=device), suffix_lengths - 1]
+        if weights is None:  # the last token: indexed, not multiplied
+            return {s: got[s][torch.arange(n, device=device), suffix_lengths - 1] for s in specs}
+        suffix_weights = torch.where(suffix_mask.bool(), weights.gather(1, at), torch.zeros((), device=device))
+        return {s: torch.einsum("bt,btd->bd", suffix_weights.float(), got[s].float()) for s in specs}
 
     def _plain(self, lengths: list[int]) -> None:
         """Count a batch that takes the plain forward (the caller returns None)."""
