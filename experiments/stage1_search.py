@@ -3,6 +3,7 @@
     python experiments/stage1_search.py --model smollm2_135m --out docs/results/smollm2_135m/stage1_search
     python experiments/stage1_search.py --model smollm2_135m --out ... --axes prior abtt_d    # some axes only
     python experiments/stage1_search.py --model smollm2_135m --out ... --test                 # once, on test
+    python experiments/stage1_search.py --spec experiments/stage1_search_cpu.yaml ...         # the lean CPU search
 
 The axes, the start and the baselines are data: ``search`` in ``conf/experiment/stage1_search.yaml``. Each axis is
 one ``run.py -m experiment=stage1_search`` sweep (suite ``stage1_dev``: the reverse dictionary's dev split and the
@@ -108,9 +109,9 @@ def matches(best: dict[str, Any], when: dict[str, Any] | None) -> bool:
     return True
 
 
-def search(model: str, out: Path, axes: list[str] | None, extra: list[str]) -> dict[str, Any]:
+def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec_path: Path = CONFIG) -> dict[str, Any]:
     """Run the axes (all, or those named) and return the state written to ``<out>/search.json``."""
-    spec = load_search()
+    spec = load_search(spec_path)
     state_file = out / "search.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {
         "model": model, "objective": "mean(RD dev hit@1, meta-task dev mean hit@1)", "best": dict(spec["start"]),
@@ -146,10 +147,10 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str]) -> d
     return state
 
 
-def test(model: str, out: Path, extra: list[str]) -> dict[str, Any]:
+def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG) -> dict[str, Any]:
     """The chosen setting on test (once) and the baselines on dev and test."""
     state = json.loads((out / "search.json").read_text())
-    spec = load_search()
+    spec = load_search(spec_path)
     runs = {"chosen": state["best"], **spec["baselines"]}
     state.setdefault("test", {})
     for name, setting in runs.items():
@@ -171,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for sweeps, logs and search.json")
     parser.add_argument("--axes", nargs="*", default=None, help="run only these axes (default: all not yet run)")
     parser.add_argument("--test", action="store_true", help="run the chosen setting and the baselines on test")
+    parser.add_argument("--spec", type=Path, default=CONFIG,
+                        help="a YAML file whose `search` section replaces the experiment's (e.g. stage1_search_cpu.yaml)")
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for every job (e.g. embed.batch_size=16)")
     args = parser.parse_args(argv)
     if args.test:
-        test(args.model, args.out, args.overrides)
+        test(args.model, args.out, args.overrides, args.spec)
     else:
-        search(args.model, args.out, args.axes, args.overrides)
+        search(args.model, args.out, args.axes, args.overrides, args.spec)
     return 0
 
 
