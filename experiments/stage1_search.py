@@ -162,8 +162,62 @@ def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG) -> d
             state["test"][tag] = {"setting": setting, "wall_s": wall, "jobs": job_records(out / "final" / tag)}
             (out / "search.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
             job = state["test"][tag]["jobs"][0]
-            print(f"{tag}: RD {job['rd']:.4f} meta {job['meta']:.4f} ({wall:.0f}s)", flush=True)
+            print(f"{tag}: RD {_pct(job['rd'])} meta {_pct(job['meta'])} ({wall:.0f}s)", flush=True)
     return state
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _label(setting: dict[str, Any], keys: list[str] | None = None) -> str:
+    return " ".join(f"{k}={_value(v)}" for k, v in setting.items() if keys is None or k in keys)
+
+
+def report(state: dict[str, Any], out: Path) -> str:
+    """A compact record (``<out>/search.json``: every job's setting, scores and wall time, without run folders),
+    the per-axis dev leaderboard and the final table as Markdown (``<out>/leaderboard.md``), and a bar chart of the
+    final runs (``<out>/final.png``). Returns the Markdown."""
+    from _common import bar_chart
+
+    out.mkdir(parents=True, exist_ok=True)
+    keep = ("setting", "scores", "rd", "meta", "objective", "wall_s", "embed_s")
+    compact = {**state, "axes": {name: {**{k: v for k, v in axis.items() if k != "jobs"},
+                                        "jobs": [{k: j.get(k) for k in keep} for j in axis.get("jobs", [])]}
+                                 for name, axis in state["axes"].items()},
+               "test": {tag: {**run, "jobs": [{k: j.get(k) for k in keep} for j in run["jobs"]]}
+                        for tag, run in state.get("test", {}).items()}}
+    (out / "search.json").write_text(json.dumps(compact, indent=1, sort_keys=True) + "\n")
+    lines = [f"### Dev search, {state['model']} (split: dev)", "",
+             f"Objective: {state['objective']}; hit@1 in %. Each axis starts from the best setting so far.", ""]
+    for name, axis in state["axes"].items():
+        if "skipped" in axis:
+            lines += [f"**{name}**: skipped ({axis['skipped']})", ""]
+            continue
+        swept = list(axis["sweep"])
+        lines += [f"**{name}** (from {_label(axis['from'])}; {axis['wall_s']:.0f} s)", "",
+                  "| setting | RD dev | meta dev | objective | wall s |", "|---|---|---|---|---|"]
+        for j in sorted(axis["jobs"], key=lambda j: -j["objective"]):
+            mark = " **(chosen)**" if axis.get("chosen") == j["setting"] else ""
+            lines.append(f"| {_label(j['setting'], swept)}{mark} | {_pct(j['rd'])} | {_pct(j['meta'])} | "
+                         f"{_pct(j['objective'])} | {j['wall_s']:.0f} |")
+        lines.append("")
+    lines += [f"Chosen on dev: `{_label(state['best'])}` (objective {_pct(state['best_objective'])}).", ""]
+    finals = state.get("test", {})
+    if finals:
+        lines += ["### Final runs (split named per column)", "", "| method | split | RD hit@1 | meta mean hit@1 | "
+                  "wall s |", "|---|---|---|---|---|"]
+        for tag, run in finals.items():
+            job = run["jobs"][0]
+            name, _, split = tag.rpartition("_")
+            lines.append(f"| {name} | {split} | {_pct(job['rd'])} | {_pct(job['meta'])} | {run['wall_s']:.0f} |")
+        names = sorted({tag.rpartition("_")[0] for tag in finals})
+        series = {f"RD {split}": [100 * (finals.get(f"{n}_{split}", {"jobs": [{"rd": 0}]})["jobs"][0]["rd"] or 0)
+                                  for n in names] for split in ("dev", "test")}
+        bar_chart(out / "final", names, series, "hit@1 (%)", f"Stage 1, {state['model']}: WordNet RD")
+    text = "\n".join(lines) + "\n"
+    (out / "leaderboard.md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,11 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for sweeps, logs and search.json")
     parser.add_argument("--axes", nargs="*", default=None, help="run only these axes (default: all not yet run)")
     parser.add_argument("--test", action="store_true", help="run the chosen setting and the baselines on test")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="write a compact search.json, leaderboard.md and final.png into this folder; run nothing")
     parser.add_argument("--spec", type=Path, default=CONFIG,
                         help="a YAML file whose `search` section replaces the experiment's (e.g. stage1_search_cpu.yaml)")
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for every job (e.g. embed.batch_size=16)")
     args = parser.parse_args(argv)
-    if args.test:
+    if args.report:
+        print(report(json.loads((args.out / "search.json").read_text()), args.report))
+    elif args.test:
         test(args.model, args.out, args.overrides, args.spec)
     else:
         search(args.model, args.out, args.axes, args.overrides, args.spec)

@@ -117,3 +117,25 @@ def test_search_driver_bookkeeping(tmp_path):
     assert record["rd"] == 0.2 and record["meta"] == pytest.approx(0.4) and record["objective"] == pytest.approx(0.3)
     assert record["wall_s"] == 6.0
     assert driver.parse_overrides(record["overrides"], {"prior", "postprocess.d"}) == {"prior": "e5v", "postprocess.d": 2}
+
+
+def test_search_report_names_the_split_and_marks_the_choice(tmp_path):
+    """The report keeps each job's scores and wall time, marks the chosen setting and names the split of each row."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import stage1_search as driver
+
+    job = {"setting": {"prior": "e5v"}, "scores": {"wordnet_rd_dev": 0.25}, "rd": 0.25, "meta": None,
+           "objective": 0.25, "wall_s": 3.0, "embed_s": 1.0, "overrides": ["prior=e5v"]}
+    other = {**job, "setting": {"prior": "freeret"}, "rd": 0.1, "objective": 0.1}
+    final = {"setting": {"prior": "e5v"}, "wall_s": 9.0, "jobs": [{**job, "rd": 0.2}]}
+    state = {"model": "m", "objective": "o", "best": {"prior": "e5v"}, "best_objective": 0.25,
+             "axes": {"prior": {"sweep": {"prior": ["e5v", "freeret"]}, "from": {"prior": "freeret"}, "wall_s": 5.0,
+                                "jobs": [other, job], "chosen": {"prior": "e5v"}}},
+             "test": {"chosen_test": final, "bm25_dev": final}}
+    text = driver.report(state, tmp_path)
+    assert "| prior=e5v **(chosen)** | 25.0 | - | 25.0 | 3 |" in text and "| prior=freeret | 10.0 |" in text
+    assert "| chosen | test | 20.0 | - | 9 |" in text and "| bm25 | dev | 20.0 |" in text
+    saved = json.loads((tmp_path / "search.json").read_text())
+    assert "overrides" not in saved["axes"]["prior"]["jobs"][0] and (tmp_path / "final.png").exists()
