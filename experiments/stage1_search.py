@@ -84,7 +84,7 @@ def run_sweep(model: str, args: list[str], sweep_dir: Path, extra: list[str]) ->
     with open(sweep_dir.with_suffix(".log"), "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"error: sweep failed ({sweep_dir.with_suffix('.log')}): {' '.join(args)}")
     return time.perf_counter() - start
@@ -205,8 +205,8 @@ def report(state: dict[str, Any], out: Path) -> str:
     lines += [f"Chosen on dev: `{_label(state['best'])}` (objective {_pct(state['best_objective'])}).", ""]
     finals = state.get("test", {})
     if finals:
-        lines += ["### Final runs (split named per column)", "", "| method | split | RD hit@1 | meta mean hit@1 | "
-                  "wall s |", "|---|---|---|---|---|"]
+        lines += ["### Final runs (split named per row)", "",
+                  "| method | split | RD hit@1 | meta mean hit@1 | wall s |", "|---|---|---|---|---|"]
         for tag, run in finals.items():
             job = run["jobs"][0]
             name, _, split = tag.rpartition("_")
