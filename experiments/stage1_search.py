@@ -147,14 +147,15 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
     return state
 
 
-def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG) -> dict[str, Any]:
-    """The chosen setting on test (once) and the baselines on dev and test."""
+def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
+         suites: tuple[str, ...] = ("stage1_dev", "stage1_test")) -> dict[str, Any]:
+    """The chosen setting on test (once) and the baselines on dev and test (or only the ``suites`` named)."""
     state = json.loads((out / "search.json").read_text())
     spec = load_search(spec_path)
     runs = {"chosen": state["best"], **spec["baselines"]}
     state.setdefault("test", {})
     for name, setting in runs.items():
-        for suite in ("stage1_dev", "stage1_test"):
+        for suite in suites:
             tag = f"{name}_{suite.split('_')[1]}"
             if tag in state["test"] or (name == "chosen" and suite == "stage1_dev"):
                 continue
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for sweeps, logs and search.json")
     parser.add_argument("--axes", nargs="*", default=None, help="run only these axes (default: all not yet run)")
     parser.add_argument("--test", action="store_true", help="run the chosen setting and the baselines on test")
+    parser.add_argument("--suites", nargs="+", default=["stage1_dev", "stage1_test"],
+                        help="with --test: the suites the final runs use (baselines run on each)")
     parser.add_argument("--report", type=Path, default=None,
                         help="write a compact search.json, leaderboard.md and final.png into this folder; run nothing")
     parser.add_argument("--spec", type=Path, default=CONFIG,
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(report(json.loads((args.out / "search.json").read_text()), args.report))
     elif args.test:
-        test(args.model, args.out, args.overrides, args.spec)
+        test(args.model, args.out, args.overrides, args.spec, tuple(args.suites))
     else:
         search(args.model, args.out, args.axes, args.overrides, args.spec)
     return 0
