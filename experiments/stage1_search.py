@@ -175,10 +175,10 @@ def _label(setting: dict[str, Any], keys: list[str] | None = None) -> str:
     return " ".join(f"{k}={_value(v)}" for k, v in setting.items() if keys is None or k in keys)
 
 
-def report(state: dict[str, Any], out: Path) -> str:
+def report(state: dict[str, Any], out: Path, spec_path: Path = CONFIG) -> str:
     """A compact record (``<out>/search.json``: every job's setting, scores and wall time, without run folders),
     the per-axis dev leaderboard and the final table as Markdown (``<out>/leaderboard.md``), and a bar chart of the
-    final runs (``<out>/final.png``). Returns the Markdown."""
+    final runs (``<out>/final.png``). Axes are listed in the spec's order. Returns the Markdown."""
     from _common import bar_chart
 
     out.mkdir(parents=True, exist_ok=True)
@@ -189,9 +189,12 @@ def report(state: dict[str, Any], out: Path) -> str:
                "test": {tag: {**run, "jobs": [{k: j.get(k) for k in keep} for j in run["jobs"]]}
                         for tag, run in state.get("test", {}).items()}}
     (out / "search.json").write_text(json.dumps(compact, indent=1, sort_keys=True) + "\n")
+    jobs = [j for axis in state["axes"].values() for j in axis.get("jobs", [])]
+    objective = state["objective"] if any(j["meta"] is not None for j in jobs) else "RD dev hit@1 (no meta-task dev run)"
     lines = [f"### Dev search, {state['model']} (split: dev)", "",
-             f"Objective: {state['objective']}; hit@1 in %. Each axis starts from the best setting so far.", ""]
-    for name, axis in state["axes"].items():
+             f"Objective: {objective}; hit@1 in %. Each axis starts from the best setting so far.", ""]
+    order = [a["name"] for a in load_search(spec_path)["axes"]]
+    for name, axis in sorted(state["axes"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         if "skipped" in axis:
             lines += [f"**{name}**: skipped ({axis['skipped']})", ""]
             continue
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for every job (e.g. embed.batch_size=16)")
     args = parser.parse_args(argv)
     if args.report:
-        print(report(json.loads((args.out / "search.json").read_text()), args.report))
+        print(report(json.loads((args.out / "search.json").read_text()), args.report, args.spec))
     elif args.test:
         test(args.model, args.out, args.overrides, args.spec, tuple(args.suites))
     else:

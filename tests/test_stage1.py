@@ -139,3 +139,20 @@ def test_search_report_names_the_split_and_marks_the_choice(tmp_path):
     assert "| chosen | test | 20.0 | - | 9 |" in text and "| bm25 | dev | 20.0 |" in text
     saved = json.loads((tmp_path / "search.json").read_text())
     assert "overrides" not in saved["axes"]["prior"]["jobs"][0] and (tmp_path / "final.png").exists()
+
+
+def test_freeret_plus_is_the_setting_chosen_on_dev():
+    """method=freeret_plus composes to exactly the setting the recorded dev search chose (config is data)."""
+    state = json.loads((REPO / "docs/results/smollm2_135m/stage1_search/search.json").read_text())
+    cfg = OmegaConf.to_container(compose(["method=freeret_plus"]), resolve=True)
+    for key, value in state["best"].items():
+        node = cfg
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        leaf = key.split(".")[-1]
+        got = node[leaf]["name"] if isinstance(node[leaf], dict) else node[leaf]
+        assert got == value, key
+    assert cfg["pipeline"]["name"] == "embed"
+    paper = OmegaConf.to_container(compose([]), resolve=True)  # the default stays the paper's method
+    assert (paper["prior"]["name"], paper["layer"]["name"], paper["pooling"]["name"], paper["postprocess"]["name"],
+            paper["retriever"]["name"]) == ("freeret", "attn_last", "last", "none", "dense")
