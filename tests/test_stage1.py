@@ -48,13 +48,14 @@ def test_stage1_axes_run_in_fast_mode_and_rescore_stored_vectors(tmp_path):
     assert first["pooling"]["name"] == "mean" and [p["index"] for p in first["layer"]["points"]] == [2, 2, 3]
     assert first["postprocess"]["label"] == "abtt(d=1)" and first["postprocess"]["fitted_on"] == {"all": 8}
     assert first["retriever"]["label"] == "hybrid(rrf, k=60)"
-    stats = list(Path(first["timing"]["embed_store"]).glob("postprocess-*.safetensors"))
+    stats = list(Path(first["timing"]["embed_store"]).rglob("postprocess-*.safetensors"))
     assert [p.name for p in stats] == [f"postprocess-{first['postprocess']['statistics_sha256'][:16]}.safetensors"]
     # another post-processing and fusion on the same vectors: nothing is embedded again
     (again,) = run_all(_cfg(tmp_path, "pooling=mean", "layer=attn_late_avg", "postprocess=lmhead_filter",
                             "retriever=hybrid", "retriever.fusion=weighted"))
     assert again["timing"]["embed_items_computed"] == 0 and again["timing"]["embed_store"] == first["timing"]["embed_store"]
     assert again["postprocess"]["statistics_sha256"] != first["postprocess"]["statistics_sha256"]
+    assert stats[0].exists() and again["timing"]["embed_shards_dropped"] == 0  # the store does not take them for shards
     # few-shot prior, last-k pooling, statistics fitted per role on an unlabeled corpus embedded beside the set
     (fewshot,) = run_all(_cfg(tmp_path, "prior=fewshot", "pooling=last_k", "postprocess=center",
                               "postprocess.fit_on=corpus", "+dataset@postprocess.corpus=wordnet_dev/ret_def2lemma",

@@ -211,11 +211,13 @@ class Statistics:
                 "statistics_sha256": self.digest}
 
     def save(self, folder: Path, setting: str | None = None) -> Path:
-        """Write ``<folder>/postprocess-<digest[:16]>.safetensors`` (atomically; kept if already there)."""
+        """Write ``<folder>/postprocess/postprocess-<digest[:16]>.safetensors`` (atomically; kept if already there).
+        A subfolder: the shard store reads every ``*.safetensors`` in ``folder`` as a shard."""
         from safetensors.torch import save
 
-        path = Path(folder) / f"postprocess-{self.digest[:16]}.safetensors"
+        path = Path(folder) / "postprocess" / f"postprocess-{self.digest[:16]}.safetensors"
         if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
             meta = {"spec": json.dumps(self.spec.describe(), sort_keys=True), "fitted_on": json.dumps(self.fitted_on),
                     "sha256": self.digest}
             write_bytes_atomic(path, save({k: v.contiguous() for k, v in self.tensors.items()}, metadata=meta), setting)
