@@ -28,7 +28,7 @@ from _bench_models import load
 from _common import REPO, bar_chart, conf, save
 
 from freeret.backbone.backbone import Backbone
-from freeret.backbone.capture import capture, run_until_captured
+from freeret.backbone.capture import run_until_captured
 from freeret.backbone.prefix import PrefixCache
 from freeret.data.datamodule import plan_batches
 from freeret.data.datasets import load_dataset
@@ -138,7 +138,7 @@ class Paths:
         useful = total = 0
         for idx in batches:
             inputs = self._inputs(idx)
-            with capture(self.bb.layers, self.bb.final_norm, [ATTN_LAST], stop=False) as got:
+            with self.bb.capture([ATTN_LAST], stop=False) as got:
                 result = run_until_captured(self.bb.model, **inputs, output_hidden_states=True)
             assert result.logits.shape[1] == inputs["input_ids"].shape[1]  # full logits, every position
             out[idx] = got[ATTN_LAST][:, -1].float().cpu()

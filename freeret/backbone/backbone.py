@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from freeret.backbone.capture import capture, decoder_parts, run_until_captured
+from freeret.backbone.capture import capture, run_until_captured
 from freeret.backbone.families import IMAGE, Family
 from freeret.embed.layers import LayerSpec, Readout
 
@@ -54,7 +55,7 @@ class Backbone:
     final_norm: nn.Module = field(init=False)
 
     def __post_init__(self) -> None:
-        _, self.layers, self.final_norm = decoder_parts(self.model)
+        _, self.layers, self.final_norm = self.family.decoder_parts(self.model)
 
     @property
     def num_layers(self) -> int:
@@ -92,13 +93,18 @@ class Backbone:
         """Left-padded model inputs for a batch of rendered prompts."""
         return self.prompter.inputs(prompts, images)
 
+    def capture(self, specs: Sequence[LayerSpec], stop: bool = True) -> AbstractContextManager[dict[LayerSpec, torch.Tensor]]:
+        """Hooks that read ``specs`` during a forward run inside the ``with`` (:func:`~freeret.backbone.capture.capture`
+        with this family's attention point)."""
+        return capture(self.layers, self.final_norm, specs, stop=stop, attn_point=self.family.attn_point)
+
     @torch.no_grad()
     def hidden_states(
         self, inputs: dict[str, torch.Tensor], specs: Sequence[LayerSpec], stop: bool = True
     ) -> dict[LayerSpec, torch.Tensor]:
         """(batch, seq, hidden) states at each requested point; the forward stops after the deepest."""
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        with capture(self.layers, self.final_norm, specs, stop=stop) as captured:
+        with self.capture(specs, stop=stop) as captured:
             run_until_captured(self.model, **inputs, use_cache=False, logits_to_keep=1)
         return captured
 

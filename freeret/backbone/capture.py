@@ -7,12 +7,14 @@ after the deepest point (final MLP, final norm, LM head) is computed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+# The default rule of attention points (families.py owns it; a family may override it).
+from freeret.backbone.families import attn_point as attn_point_module
 from freeret.embed.layers import LayerSpec
 
 
@@ -20,42 +22,17 @@ class _StopForward(Exception):
     """Raised by a hook once all requested points are captured."""
 
 
-def attn_point_module(layer: nn.Module) -> nn.Module:
-    """The module whose INPUT is h^Attn (residual + attention output) in this layer.
-
-    Llama/Qwen-style layers feed it to ``post_attention_layernorm``; Gemma-style layers
-    normalise the attention output before the residual add, so the same point is the
-    input of ``pre_feedforward_layernorm``.
-    """
-    for name in ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2"):
-        module = getattr(layer, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise TypeError(f"cannot find the post-attention point in {type(layer).__name__}")
-
-
-def decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
-    """(decoder, its layers, its final norm) for any causal LM or VLM in transformers."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    for attr in ("language_model", "text_model"):
-        inner = getattr(decoder, attr, None)
-        if inner is not None and hasattr(inner, "layers"):
-            decoder = inner
-    layers = getattr(decoder, "layers", None)
-    norm = getattr(decoder, "norm", None)
-    if not isinstance(layers, nn.ModuleList) or norm is None:
-        raise TypeError(f"cannot find decoder layers and final norm in {type(model).__name__}")
-    return decoder, layers, norm
-
-
 @contextmanager
 def capture(
-    layers: nn.ModuleList, norm: nn.Module, specs: Sequence[LayerSpec], stop: bool = True
+    layers: nn.ModuleList, norm: nn.Module, specs: Sequence[LayerSpec], stop: bool = True,
+    attn_point: Callable[[nn.Module], nn.Module] | None = None,
 ) -> Iterator[dict[LayerSpec, torch.Tensor]]:
     """Arm hooks that store each point's (batch, seq, hidden) tensor into the yielded dict.
 
-    Run the forward inside the ``with`` block wrapped in :func:`run_until_captured`.
+    Run the forward inside the ``with`` block wrapped in :func:`run_until_captured`. ``attn_point`` maps a layer to
+    the module whose input is h^Attn (the family's rule, :meth:`Family.attn_point`; default: the generic rule).
     """
+    attn_point = attn_point or attn_point_module
     n = len(layers)
     out: dict[LayerSpec, torch.Tensor] = {}
     wanted = set(specs)
@@ -70,7 +47,7 @@ def capture(
         idx = spec.resolve(n)
         if spec.point == "attn":
             handles.append(
-                attn_point_module(layers[idx]).register_forward_pre_hook(
+                attn_point(layers[idx]).register_forward_pre_hook(
                     lambda _m, args, spec=spec: store(spec, args[0])
                 )
             )

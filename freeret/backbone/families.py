@@ -1,19 +1,28 @@
-"""Model-family adapters: how each family loads, renders its chat prompt and batches inputs.
+"""Model-family adapters: how each family loads, renders its chat prompt, batches inputs, and where its parts are.
 
-A family's quirks live here and nowhere else. Add one with ``@register_family("name")``.
+A family's quirks live here and nowhere else: the model class, the processor recipe, where the decoder, the base
+model and the vision encoder sit inside a loaded model, which module's input is the attention point, and the
+position rule for text that follows a cached prefix (M-RoPE after an image). ``FAMILIES`` is the one list of
+families; the processors (``processors.py``) and the tiny test models (``tiny.py``) take theirs from it. Add a
+family with :func:`register`.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
+from torch import nn
 
 from freeret.errors import ConfigError
 
-FAMILIES: dict[str, "Family"] = {}
+FAMILIES: dict[str, Family] = {}
 
 
 class _ImageSlot:
@@ -25,22 +34,98 @@ class _ImageSlot:
 
 IMAGE = _ImageSlot()
 
-
-def register_family(name: str) -> Callable[[type["Family"]], type["Family"]]:
-    """Class decorator that registers a family adapter under ``name``."""
-
-    def wrap(cls: type[Family]) -> type[Family]:
-        FAMILIES[name] = cls(name)
-        return cls
-
-    return wrap
+# The module whose INPUT is h^Attn (residual + attention output) in a decoder layer, by layer layout, first match wins.
+# Gemma 2/3 normalise the attention output before the residual add (``post_attention_layernorm`` is that norm), so
+# their point is the input of ``pre_feedforward_layernorm``; Llama, Qwen2, Mistral (every family here): the input of
+# ``post_attention_layernorm``; GPT-2 style: ``ln_2``.
+ATTN_POINT_MODULES = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
 
 
-def get_family(name: str) -> "Family":
+def attn_point(layer: nn.Module) -> nn.Module:
+    """The module whose input is h^Attn in ``layer`` (see ``ATTN_POINT_MODULES``)."""
+    for name in ATTN_POINT_MODULES:
+        module = getattr(layer, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise TypeError(f"cannot find the post-attention point in {type(layer).__name__}")
+
+
+def _resolve(ref: str) -> Any:
+    """The object named ``"module:attribute"`` (imported on first use: processor modules are slow to import)."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class ProcessorRecipe:
+    """How to build a vision family's processor: processor class, image processor classes, how images nest.
+
+    Classes are ``"module:Class"`` references, imported when a processor is built (``torchvision_image_processor``'s
+    module imports torchvision, so it is imported only when chosen).
+    """
+
+    processor: str
+    image_processor: str
+    torchvision_image_processor: str
+    real_processor_name: str
+    nested_images: bool
+    pixel_limits: bool = False
+
+    @property
+    def processor_class(self) -> type:
+        """The processor class (a video-less subclass where the stock one wants a video processor)."""
+        return _resolve(self.processor)
+
+    @property
+    def image_processor_class(self) -> type:
+        """The PIL image processor class."""
+        return _resolve(self.image_processor)
+
+    def image_processor_for(self, backend: str) -> type:
+        """The image processor class of ``backend`` ("pil" or "torchvision")."""
+        return self.image_processor_class if backend == "pil" else _resolve(self.torchvision_image_processor)
+
+
+@dataclass(frozen=True)
+class PrefixPositions:
+    """Where a one-row prefix sits in position space: the ids to run it with (None: the model's default 0..P-1),
+    the first position after it, and how many position axes the text after it takes (3 for M-RoPE after an image)."""
+
+    prefix_ids: torch.Tensor | None
+    next: int
+    axes: int = 1
+
+    def suffix(self, n: int, width: int, device: torch.device) -> torch.Tensor:
+        """Explicit positions of ``n`` right-padded suffixes of ``width`` tokens: (n, width) or (axes, n, width)."""
+        positions = torch.arange(self.next, self.next + width, device=device).expand(n, width)
+        return positions if self.axes == 1 else positions.unsqueeze(0).expand(self.axes, n, width)
+
+
+def register(family: Family) -> Family:
+    """Add ``family`` to ``FAMILIES`` under its name."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
     """The adapter for ``name``, or a ConfigError listing the known families."""
     if name not in FAMILIES:
         raise ConfigError(f"unknown model family {name!r}; known: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[name]
+
+
+def vision_families() -> tuple[str, ...]:
+    """Names of the vision-language families, in registration order."""
+    return tuple(name for name, family in FAMILIES.items() if family.multimodal)
+
+
+def family_of(model: nn.Module) -> Family:
+    """The adapter for a loaded model, by its config's ``model_type`` (a text LM when no vision family claims it)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for family in FAMILIES.values():
+        if family.model_type is not None and family.model_type == model_type:
+            return family
+    return FAMILIES["text"]
 
 
 class Family:
@@ -48,10 +133,13 @@ class Family:
 
     multimodal = False
     image_count_dependent = False  # vision features change with the number of images in a prompt
+    model_type: str | None = None  # the config.model_type of the models this adapter serves (None: any text LM)
+    processor: ProcessorRecipe | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name
 
+    # -- loading -----------------------------------------------------------------------------------
     def model_class(self):
         """The transformers auto class that loads this family."""
         from transformers import AutoModelForCausalLM
@@ -70,6 +158,7 @@ class Family:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer, tokenizer
 
+    # -- prompts -----------------------------------------------------------------------------------
     def render(self, processor: Any, parts: Sequence[str | _ImageSlot], chat: bool, system: str | None) -> str:
         """The full prompt for one user turn; ``parts`` are texts and ``IMAGE`` slots, in order.
 
@@ -95,21 +184,53 @@ class Family:
         batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         return batch
 
+    # -- where things are in a loaded model ----------------------------------------------------------
+    def decoder_parts(self, model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+        """(text decoder, its layers, its final norm)."""
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+        for attr in ("language_model", "text_model"):
+            inner = getattr(decoder, attr, None)
+            if inner is not None and hasattr(inner, "layers"):
+                decoder = inner
+        layers = getattr(decoder, "layers", None)
+        norm = getattr(decoder, "norm", None)
+        if not isinstance(layers, nn.ModuleList) or norm is None:
+            raise TypeError(f"cannot find decoder layers and final norm in {type(model).__name__}")
+        return decoder, layers, norm
+
+    def base_model(self, model: nn.Module) -> nn.Module:
+        """The module that takes the model's whole inputs (images included) and returns ``last_hidden_state``
+        after the final norm, without the LM head."""
+        return model.get_decoder()
+
+    def image_encoder(self, model: nn.Module) -> Callable[..., Any]:
+        """The vision tower plus projector: processed pixels -> the features the decoder receives."""
+        raise ConfigError(f"model family {self.name!r} is text-only: it has no image encoder")
+
+    def attn_point(self, layer: nn.Module) -> nn.Module:
+        """The module whose input is h^Attn in ``layer``."""
+        return attn_point(layer)
+
+    def prefix_positions(self, base: nn.Module, inputs: Mapping[str, Any]) -> PrefixPositions:
+        """The position rule of a one-row prefix (``inputs`` as the base model takes them): plain 0..P-1."""
+        return PrefixPositions(None, int(inputs["input_ids"].shape[1]))
+
 
 def _has_bos(tokenizer: Any, prompts: list[str]) -> bool:
     bos = getattr(tokenizer, "bos_token", None)
     return bool(bos) and all(p.startswith(bos) for p in prompts)
 
 
-@register_family("text")
-class TextFamily(Family):
-    """Generic text causal LM."""
-
-
 class VisionFamily(Family):
     """Vision-language models loaded with AutoModelForImageTextToText (no remote code)."""
 
     multimodal = True
+
+    def __init__(self, name: str, processor: ProcessorRecipe, image_count_dependent: bool = False) -> None:
+        super().__init__(name)
+        self.model_type = name
+        self.processor = processor
+        self.image_count_dependent = image_count_dependent
 
     def model_class(self):
         from transformers import AutoModelForImageTextToText
@@ -128,8 +249,43 @@ class VisionFamily(Family):
 
         return dict(processor_inputs(self.name, processor, prompts, images))
 
+    def base_model(self, model: nn.Module) -> nn.Module:
+        return model.model  # the *Model under *ForConditionalGeneration: merges image features into the embeddings
 
-# These families differ only in their processors, whose quirks live in processors.py.
-for _name in ("qwen2_vl", "qwen2_5_vl", "idefics3", "llava_onevision", "internvl"):
-    FAMILIES[_name] = VisionFamily(_name)
-FAMILIES["llava_onevision"].image_count_dependent = True  # any-resolution tiles only for single-image prompts
+    def image_encoder(self, model: nn.Module) -> Callable[..., Any]:
+        return model.model.get_image_features
+
+
+class QwenVLFamily(VisionFamily):
+    """Qwen2-VL and Qwen2.5-VL: multimodal RoPE (M-RoPE). After an image, text positions are shifted by the image's
+    grid (a "rope delta") and run on three position axes, so text after a cached image prefix needs them explicit."""
+
+    def prefix_positions(self, base: nn.Module, inputs: Mapping[str, Any]) -> PrefixPositions:
+        if inputs.get("image_grid_thw") is None:
+            return super().prefix_positions(base, inputs)
+        wanted = inspect.signature(base.get_rope_index).parameters
+        positions, _ = base.get_rope_index(**{k: v for k, v in inputs.items() if k in wanted and k != "kwargs"})
+        return PrefixPositions(positions, int(positions.max()) + 1, axes=positions.shape[0])
+
+
+_PIL = "transformers:{}"
+_TV = "transformers.models.{0}.image_processing_{0}:{1}"
+_OURS = "freeret.backbone.processors:{}"
+
+register(Family("text"))
+register(QwenVLFamily("qwen2_vl", ProcessorRecipe(
+    _OURS.format("Qwen2VLImageOnlyProcessor"), _PIL.format("Qwen2VLImageProcessorPil"),
+    _TV.format("qwen2_vl", "Qwen2VLImageProcessor"), "Qwen2VLProcessor", nested_images=False, pixel_limits=True)))
+register(QwenVLFamily("qwen2_5_vl", ProcessorRecipe(
+    _OURS.format("Qwen2_5_VLImageOnlyProcessor"), _PIL.format("Qwen2VLImageProcessorPil"),
+    _TV.format("qwen2_vl", "Qwen2VLImageProcessor"), "Qwen2_5_VLProcessor", nested_images=False, pixel_limits=True)))
+register(VisionFamily("idefics3", ProcessorRecipe(
+    _PIL.format("Idefics3Processor"), _PIL.format("Idefics3ImageProcessorPil"),
+    _TV.format("idefics3", "Idefics3ImageProcessor"), "Idefics3Processor", nested_images=True)))
+register(VisionFamily("llava_onevision", ProcessorRecipe(
+    _OURS.format("LlavaOnevisionImageOnlyProcessor"), _PIL.format("LlavaOnevisionImageProcessorPil"),
+    _TV.format("llava_onevision", "LlavaOnevisionImageProcessor"), "LlavaOnevisionProcessor", nested_images=True),
+    image_count_dependent=True))  # any-resolution tiles only for single-image prompts
+register(VisionFamily("internvl", ProcessorRecipe(
+    _OURS.format("InternVLImageOnlyProcessor"), _PIL.format("GotOcr2ImageProcessorPil"),
+    _TV.format("got_ocr2", "GotOcr2ImageProcessor"), "InternVLProcessor", nested_images=False)))

@@ -2,8 +2,11 @@
 
 Every prompt of a batch starts with the same tokens (system turn, prior instruction up to the item), so
 those tokens run once into a KV cache; each item then runs only its own suffix (item text and the prompt's
-tail), right-padded with explicit positions, and is pooled at its last real token. The vectors equal the
+tail), right-padded with explicit positions, and is pooled at its last real token (or over its own tokens: the
+prefix then stops before the first pooled one). The vectors equal the
 plain left-padded forward up to float rounding (tested). Batches with images take the plain path.
+This module finds the shared prefix of a left-padded batch and keeps recent prefixes; running them is
+:mod:`freeret.backbone.shared_prefix`'s job.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
-from freeret.backbone.capture import capture, decoder_parts, run_until_captured
+from freeret.backbone.families import Family
+from freeret.backbone.shared_prefix import Prefix, SharedPrefix
 from freeret.embed.layers import LayerSpec
 
 TEXT_KEYS = frozenset({"input_ids", "attention_mask", "position_ids"})
@@ -45,45 +48,39 @@ class PrefixCache:
     """Runs text batches as (cached common prefix) + (right-padded suffixes); see the module docstring.
 
     ``min_prefix`` tokens must be shared before a batch takes this path; ``capacity`` distinct prefixes
-    (one per role x dataset, typically) are kept, least recently used dropped first.
+    (one per role x dataset, typically) are kept, least recently used dropped first. ``family``: the model's
+    adapter (default: found from the model's config).
     """
 
     model: nn.Module
     min_prefix: int = 8
     capacity: int = 8
+    family: Family | None = None
     stats: PrefixStats = field(default_factory=PrefixStats)
-    _entries: "OrderedDict[tuple[tuple[int, ...], tuple[LayerSpec, ...]], list[tuple[Any, Any]]]" = field(
-        default_factory=OrderedDict)
+    _entries: OrderedDict[tuple[tuple[int, ...], LayerSpec], Prefix] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
-        self.decoder, self.layers, self.norm = decoder_parts(self.model)
-        self.config = self.model.config.get_text_config(decoder=True)
+        self.runner = SharedPrefix(self.model, self.family)
 
     def applies(self, inputs: dict[str, Any]) -> bool:
         """True for text-only batches: no pixels, and token types (if any) all text."""
         extra = set(inputs) - TEXT_KEYS
         return extra <= TOKEN_TYPE_KEYS and not any(bool(inputs[k].any()) for k in extra)
 
-    def _kv(self, prefix: tuple[int, ...], specs: tuple[LayerSpec, ...], device: torch.device) -> list[tuple[Any, Any]]:
-        key = (prefix, specs)
+    def _prefix(self, ids: tuple[int, ...], spec: LayerSpec, device: torch.device) -> Prefix:
+        key = (ids, spec)
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
-        ids = torch.tensor([prefix], device=device)
-        cache = DynamicCache(config=self.config)
-        with capture(self.layers, self.norm, list(specs)):  # layers past the deepest pooled point are never needed
-            run_until_captured(self.decoder, input_ids=ids, attention_mask=torch.ones_like(ids),
-                               position_ids=torch.arange(len(prefix), device=device)[None], past_key_values=cache,
-                               use_cache=True)
-        kv = [(layer.keys, layer.values) if layer.is_initialized else (None, None) for layer in cache.layers]
-        self._entries[key] = kv
+        prefix = self.runner.run_prefix({"input_ids": torch.tensor([ids], device=device)}, stop_at=spec)
+        self._entries[key] = prefix
         self.stats.prefix_forwards += 1
-        self.stats.prefix_tokens_run += len(prefix)
+        self.stats.prefix_tokens_run += len(ids)
         if self.stats.record:
-            self.stats.segments.append((0, len(prefix)))
+            self.stats.segments.append((0, len(ids)))
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
-        return kv
+        return prefix
 
     @torch.no_grad()
     def hidden_at_last(self, inputs: dict[str, torch.Tensor], spec: LayerSpec) -> torch.Tensor | None:
@@ -122,31 +119,26 @@ class PrefixCache:
             self._plain(host_lengths)
             return None
         device = ids.device
-        kv = self._kv(tuple(head[2 : 2 + n_prefix]), tuple(specs), device)
+        n_layers = len(self.runner.layers)
+        deepest = max(specs, key=lambda s: s.order(n_layers))
+        prefix = self._prefix(tuple(head[2 : 2 + n_prefix]), deepest, device)
         width = max(host_lengths) - n_prefix
         cols = torch.arange(width, device=device)
         suffix_lengths = lengths - n_prefix
         suffix_mask = (cols[None] < suffix_lengths[:, None]).long()
         at = (starts[:, None] + n_prefix + cols[None]).clamp(max=total - 1)
         suffix_ids = torch.where(suffix_mask.bool(), ids.gather(1, at), torch.zeros_like(at))
-        cache = DynamicCache(ddp_cache_data=[(k.expand(n, *k.shape[1:]) if k is not None else None,
-                                              v.expand(n, *v.shape[1:]) if v is not None else None) for k, v in kv],
-                             config=self.config)
-        positions = torch.arange(n_prefix, n_prefix + width, device=device).expand(n, width)
-        with capture(self.layers, self.norm, list(specs)) as got:
-            run_until_captured(self.decoder, input_ids=suffix_ids,
-                               attention_mask=torch.cat([suffix_mask.new_ones(n, n_prefix), suffix_mask], dim=1),
-                               position_ids=positions, past_key_values=cache, use_cache=True)
+        suffix_weights = None
+        if weights is not None:
+            suffix_weights = torch.where(suffix_mask.bool(), weights.gather(1, at), torch.zeros((), device=device))
+        hidden = self.runner.pooled_states(prefix, suffix_ids, suffix_mask, specs, suffix_weights)
         run = sum(host_lengths) - n * n_prefix
         self.stats.suffix_tokens_run += run
         self.stats.suffix_padding += n * width - run
         self.stats.tokens_skipped += n_prefix * (n - 1)
         if self.stats.record:
             self.stats.segments.extend((n_prefix, k - n_prefix) for k in host_lengths)
-        if weights is None:  # the last token: indexed, not multiplied
-            return {s: got[s][torch.arange(n, device=device), suffix_lengths - 1] for s in specs}
-        suffix_weights = torch.where(suffix_mask.bool(), weights.gather(1, at), torch.zeros((), device=device))
-        return {s: torch.einsum("bt,btd->bd", suffix_weights.float(), got[s].float()) for s in specs}
+        return hidden
 
     def _plain(self, lengths: list[int]) -> None:
         """Count a batch that takes the plain forward (the caller returns None)."""

@@ -23,15 +23,13 @@ text, via ``render_chat``::
     )
 
 Text-only prompts drop the image entry. This works unchanged for every family in
-``FAMILIES``; the template writes the family's image placeholder (``<|image_pad|>``
+``PROCESSORS``; the template writes the family's image placeholder (``<|image_pad|>``
 inside ``<|vision_start|>...<|vision_end|>``, ``<image>``, ``<IMG_CONTEXT>``), which
 the processor then expands to the right number of image tokens.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,17 +38,14 @@ from PIL import Image
 from transformers import (
     AutoTokenizer,
     BatchFeature,
-    GotOcr2ImageProcessorPil,
-    Idefics3ImageProcessorPil,
-    Idefics3Processor,
     InternVLProcessor,
-    LlavaOnevisionImageProcessorPil,
     LlavaOnevisionProcessor,
     ProcessorMixin,
     Qwen2_5_VLProcessor,
-    Qwen2VLImageProcessorPil,
     Qwen2VLProcessor,
 )
+
+from freeret.backbone.families import FAMILIES, ProcessorRecipe
 
 IMAGE_TOKEN_CONTENT: dict[str, str] = {"type": "image"}
 """The content entry that stands for one image in a chat message (see the module docstring)."""
@@ -123,55 +118,8 @@ class InternVLImageOnlyProcessor(InternVLProcessor):
         )
 
 
-@dataclass(frozen=True)
-class FamilyProcessor:
-    """How to build one family's processor: its processor class, image processor classes, image nesting.
-
-    ``torchvision_image_processor`` is ``"module:Class"`` (its module imports torchvision, so it is imported
-    only when chosen).
-    """
-
-    processor_class: type[ProcessorMixin]
-    image_processor_class: type
-    torchvision_image_processor: str
-    real_processor_name: str
-    nested_images: bool
-    pixel_limits: bool = False
-
-    def image_processor_for(self, backend: str) -> type:
-        """The image processor class of ``backend`` ("pil" or "torchvision")."""
-        if backend == "pil":
-            return self.image_processor_class
-        module, name = self.torchvision_image_processor.split(":")
-        return getattr(importlib.import_module(module), name)
-
-
-_TV = "transformers.models.{}.image_processing_{}:{}"
-PROCESSORS: dict[str, FamilyProcessor] = {
-    "qwen2_vl": FamilyProcessor(
-        Qwen2VLImageOnlyProcessor, Qwen2VLImageProcessorPil, _TV.format("qwen2_vl", "qwen2_vl", "Qwen2VLImageProcessor"),
-        "Qwen2VLProcessor", nested_images=False, pixel_limits=True,
-    ),
-    "qwen2_5_vl": FamilyProcessor(
-        Qwen2_5_VLImageOnlyProcessor, Qwen2VLImageProcessorPil,
-        _TV.format("qwen2_vl", "qwen2_vl", "Qwen2VLImageProcessor"), "Qwen2_5_VLProcessor", nested_images=False,
-        pixel_limits=True,
-    ),
-    "idefics3": FamilyProcessor(
-        Idefics3Processor, Idefics3ImageProcessorPil, _TV.format("idefics3", "idefics3", "Idefics3ImageProcessor"),
-        "Idefics3Processor", nested_images=True,
-    ),
-    "llava_onevision": FamilyProcessor(
-        LlavaOnevisionImageOnlyProcessor, LlavaOnevisionImageProcessorPil,
-        _TV.format("llava_onevision", "llava_onevision", "LlavaOnevisionImageProcessor"), "LlavaOnevisionProcessor",
-        nested_images=True,
-    ),
-    "internvl": FamilyProcessor(
-        InternVLImageOnlyProcessor, GotOcr2ImageProcessorPil, _TV.format("got_ocr2", "got_ocr2", "GotOcr2ImageProcessor"),
-        "InternVLProcessor", nested_images=False,
-    ),
-}
-FAMILIES: tuple[str, ...] = tuple(PROCESSORS)
+PROCESSORS: dict[str, ProcessorRecipe] = {name: f.processor for name, f in FAMILIES.items() if f.processor is not None}
+"""Each vision family's processor recipe (the recipes and the family list live in ``families.py``)."""
 IMAGE_BACKENDS: tuple[str, ...] = ("auto", "pil", "torchvision")
 
 
@@ -202,12 +150,12 @@ def image_backend(requested: str = "auto") -> str:
     return requested
 
 
-def _family(family: str) -> FamilyProcessor:
-    """The processor recipe of ``family``; ValueError names the known families."""
+def _family(family: str) -> ProcessorRecipe:
+    """The processor recipe of ``family``; ValueError names the known vision families."""
     try:
         return PROCESSORS[family]
     except KeyError:
-        raise ValueError(f"unknown vision-language family {family!r}; known: {', '.join(FAMILIES)}") from None
+        raise ValueError(f"unknown vision-language family {family!r}; known: {', '.join(PROCESSORS)}") from None
 
 
 def load_processor(

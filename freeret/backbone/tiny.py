@@ -42,12 +42,12 @@ from transformers import (
 )
 
 from freeret.backbone.embedded import embedded_checkpoint
-from freeret.backbone.processors import PROCESSORS
+from freeret.backbone.families import get_family, vision_families
 from freeret.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-TINY_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "idefics3", "llava_onevision", "internvl")
+TINY_FAMILIES: tuple[str, ...] = vision_families()  # every vision family of the registry has a builder below
 TINY_VERSION = "v1"
 
 # Chat templates as the real checkpoints ship them (Qwen/Qwen2-VL-7B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct,
@@ -321,7 +321,7 @@ def build_tiny(family: str, seed: int = 0) -> TinyParts:
 
 def _save(family: str, parts: TinyParts, out: Path) -> None:
     """Write model, tokenizer, image processor, processor options and chat template like a hub checkpoint."""
-    spec = PROCESSORS[family]
+    spec = get_family(family).processor
     processor = spec.processor_class(
         parts.image_processor, parts.tokenizer, chat_template=parts.tokenizer.chat_template, **parts.processor_kwargs
     )

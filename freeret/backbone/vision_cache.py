@@ -59,7 +59,7 @@ class VisionFeatureCache:
 
     def __init__(self, backbone: Any, max_mb: float = 2048) -> None:
         self.bb, self.max_bytes = backbone, int(max_mb * MiB)
-        self.encode = backbone.model.model.get_image_features
+        self.encode = backbone.family.image_encoder(backbone.model)
         self.params = set(inspect.signature(self.encode).parameters)
         self.store: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
         self.nbytes = 0

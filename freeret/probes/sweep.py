@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from freeret.backbone.backbone import Backbone
-from freeret.backbone.capture import capture, run_until_captured
+from freeret.backbone.capture import run_until_captured
 from freeret.data.datamodule import PromptCollator, plan_batches
 from freeret.data.retrieval_set import Item
 from freeret.embed.layers import LayerSpec
@@ -64,7 +64,7 @@ def sweep_batch(backbone: Backbone, inputs: dict[str, Any]) -> tuple[torch.Tenso
     handle = backbone.layers[0].register_forward_pre_hook(
         lambda _m, args, kwargs: emb.__setitem__("x", args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
     try:
-        with capture(backbone.layers, backbone.final_norm, specs, stop=False) as captured:
+        with backbone.capture(specs, stop=False) as captured:
             out = run_until_captured(backbone.model, **inputs, use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()

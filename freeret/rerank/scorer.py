@@ -4,7 +4,8 @@ Two exact implementations of the same score:
 - ``naive``: one full forward per (query, candidate) prompt (the reference);
 - ``fast``: the query-side prefix runs once into a KV cache that every candidate
   suffix reuses; suffixes run right-padded in batches with explicit positions, and the
-  LM head is applied only at each suffix's last token and only to the option rows.
+  LM head is applied only at each suffix's last token and only to the option rows
+  (:class:`~freeret.backbone.shared_prefix.SharedPrefix`).
 Pairs whose candidate has an image take the batched full-forward path (the prefix
 cache is reused only for text suffixes); every image's vision features are computed
 once and reused across prompts (:class:`VisionFeatureCache`).
@@ -15,7 +16,6 @@ Devices: inputs go to the model's device; every score leaves the scorer on the C
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -25,6 +25,7 @@ import torch
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import IMAGE
 from freeret.backbone.image_records import ImageRecord
+from freeret.backbone.shared_prefix import SharedPrefix
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.visual import frame_count, load_visual
 from freeret.data.retrieval_set import Item
@@ -69,11 +70,8 @@ class PairScorer:
         self.head, self.middle, self.tail = framing.split(dataset)
         probe = self.prompt(Item.make("query", "q", None), Item.make("target", "c", None))
         self.option_ids = resolve_option_ids(backbone.tokenizer, probe, framing.options, f"framing '{framing.name}'")
-        self.base = backbone.model.get_decoder() if not backbone.family.multimodal else backbone.model.model
-        head = backbone.model.get_output_embeddings()
-        self.head_rows = head.weight[self.option_ids].detach()
-        self.head_bias = head.bias[self.option_ids].detach() if getattr(head, "bias", None) is not None else None
-        self.softcap = getattr(backbone.model.config.get_text_config(), "final_logit_softcapping", None)
+        self.shared = SharedPrefix(backbone.model, backbone.family)
+        self.rows = torch.tensor(self.option_ids)
 
     # -- prompts -----------------------------------------------------------------------------------
     def _parts(self, query: Item, cand: Item, cand_text: str | None = None) -> list:
@@ -92,15 +90,7 @@ class PairScorer:
 
     # -- scoring -----------------------------------------------------------------------------------
     def _option_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.head_rows.device != hidden.device:  # the model moved after this scorer was built: follow it once
-            self.head_rows = self.head_rows.to(hidden.device)
-            self.head_bias = self.head_bias.to(hidden.device) if self.head_bias is not None else None
-        logits = hidden.float() @ self.head_rows.float().T
-        if self.head_bias is not None:
-            logits = logits + self.head_bias.float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return self.shared.head_logits(hidden, self.rows)
 
     def _with_images(self, prompts: list[str], paths: list[list[str]]) -> dict:
         """Model inputs on the device. With the vision cache, each image is decoded and processed once per run and
@@ -136,7 +126,7 @@ class PairScorer:
             prompts = [self.prompt(query, c) for c in chunk]
             paths = [[p for p in (query.image, c.image) if p] for c in chunk]
             inputs = self._with_images(prompts, paths)
-            hidden = self.base(**inputs, use_cache=False).last_hidden_state[:, -1]
+            hidden = self.shared.base(**inputs, use_cache=False).last_hidden_state[:, -1]
             probs.append(_to_host(self._option_logits(hidden).softmax(-1)))
         return PairScores(torch.cat(probs), self.framing.match_index)
 
@@ -163,33 +153,14 @@ class PairScorer:
         return tok(prefix) + tok(suffix.replace(_SLOT, cand.text)) == tok(self.prompt(query, cand))
 
     def _fast_text(self, query: Item, texts: Sequence[str]) -> torch.Tensor:
-        prefix, suffix_template = self.split(query)
-        inputs = self._with_images([prefix], [[query.image] if query.image else []])
-        inputs.pop("position_ids", None)
-        cache = self.base(**inputs, use_cache=True).past_key_values
-        n_prefix = inputs["input_ids"].shape[1]
-        rope_deltas = getattr(self.base, "rope_deltas", None)  # M-RoPE (Qwen-VL): text after an image is shifted
-        tok = self.bb.tokenizer
+        prefix_text, suffix_template = self.split(query)
+        prefix = self.shared.run_prefix(self._with_images([prefix_text], [[query.image] if query.image else []]))
         out = []
         for start in range(0, len(texts), self.batch_size):
             chunk = [suffix_template.replace(_SLOT, t) for t in texts[start : start + self.batch_size]]
-            enc = tok(chunk, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
-            ids, mask = enc["input_ids"].to(self.bb.device), enc["attention_mask"].to(self.bb.device)
-            n, width = ids.shape
-            batch_cache = copy.deepcopy(cache)
-            batch_cache.batch_repeat_interleave(n)
-            positions = torch.arange(n_prefix, n_prefix + width, device=ids.device).expand(n, width)
-            if rope_deltas is not None and query.image:
-                positions = (positions + rope_deltas.to(ids.device)).unsqueeze(0).expand(3, n, width)
-            hidden = self.base(
-                input_ids=ids,
-                attention_mask=torch.cat([mask.new_ones(n, n_prefix), mask], dim=1),
-                position_ids=positions,
-                past_key_values=batch_cache,
-                use_cache=True,
-            ).last_hidden_state
-            last = hidden[torch.arange(n), mask.sum(1) - 1]
-            out.append(_to_host(self._option_logits(last).softmax(-1)))
+            enc = self.bb.tokenizer(chunk, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
+            logits = self.shared.last_logits(prefix, enc["input_ids"], enc["attention_mask"], self.rows)
+            out.append(_to_host(logits.softmax(-1)))
         return torch.cat(out)
 
     def score(self, query: Item, cands: Sequence[Item],
