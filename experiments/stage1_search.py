@@ -152,7 +152,9 @@ def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
     """The chosen setting on test (once) and the baselines on dev and test (or only the ``suites`` named)."""
     state = json.loads((out / "search.json").read_text())
     spec = load_search(spec_path)
-    runs = {"chosen": state["best"], **spec["baselines"]}
+    # every group the search sets is passed (the start's value unless the setting names it), so the experiment's own
+    # sweeper params never turn a final run into a sweep
+    runs = {"chosen": state["best"], **{k: {**spec["start"], **v} for k, v in spec["baselines"].items()}}
     state.setdefault("test", {})
     for name, setting in runs.items():
         for suite in suites:
