@@ -217,10 +217,11 @@ def report(state: dict[str, Any], out: Path, spec_path: Path = CONFIG) -> str:
             job = run["jobs"][0]
             name, _, split = tag.rpartition("_")
             lines.append(f"| {name} | {split} | {_pct(job['rd'])} | {_pct(job['meta'])} | {run['wall_s']:.0f} |")
-        names = sorted({tag.rpartition("_")[0] for tag in finals})
-        series = {f"RD {split}": [100 * (finals.get(f"{n}_{split}", {"jobs": [{"rd": 0}]})["jobs"][0]["rd"] or 0)
-                                  for n in names] for split in ("dev", "test")}
-        bar_chart(out / "final", names, series, "hit@1 (%)", f"Stage 1, {state['model']}: WordNet RD")
+        tests = {tag.rpartition("_")[0]: run["jobs"][0] for tag, run in finals.items() if tag.endswith("_test")}
+        names = sorted(tests)
+        series = {part: [100 * (tests[n][key] or 0) for n in names]
+                  for part, key in (("RD hit@1", "rd"), ("meta mean hit@1", "meta"))}
+        bar_chart(out / "final", names, series, "hit@1 (%)", f"Stage 1, {state['model']}, split: test")
     text = "\n".join(lines) + "\n"
     (out / "leaderboard.md").write_text(text)
     return text
