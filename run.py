@@ -43,10 +43,10 @@ def main(cfg: DictConfig) -> float:
     config = OmegaConf.to_container(cfg, resolve=True)
     config["run_dir"] = hydra_cfg.runtime.output_dir
     launch = launch_state()
-    payloads = one_line_errors(lambda: run_all(config, on_result=lambda p: print(summary_line(p), flush=True)),
-                               bool(cfg.get("debug")))
+    results = one_line_errors(lambda: run_all(config, on_result=lambda r: print(summary_line(r), flush=True)),
+                              bool(cfg.get("debug")))
     end_run(launch)  # the next job of a sweep starts its own ranks
-    return sum(float(p["main_score"]) for p in payloads) / len(payloads)
+    return sum(r.main_score for r in results) / len(results)
 
 
 if __name__ == "__main__":

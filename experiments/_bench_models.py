@@ -5,7 +5,7 @@ MLP 8960, 12 query heads, 2 KV heads, vocabulary 151,936, tied embeddings) times
 layer. The number of decoder layers (28 in the real model) and of vision blocks (32) are arguments so a CPU run
 stays short; the vision tower keeps its real widths (1280 wide, 16 heads, 14 px patches, 2x2 merge). The
 tokenizer is SmolLM2's with the Qwen-VL special tokens and the real Qwen2-VL chat template (from
-``freeret.backbone.tiny``), so token counts differ a little from Qwen's own tokenizer.
+``freeret.testing.tiny``), so token counts differ a little from Qwen's own tokenizer.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import get_family
 from freeret.backbone.processors import Qwen2VLImageOnlyProcessor
-from freeret.backbone.tiny import (
+from freeret.testing.tiny import (
     QWEN2_VL_CHAT_TEMPLATE,
     QWEN_VL_TOKENS,
     _ids,

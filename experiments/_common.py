@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # this checkout's freeret, not another installed copy
-    sys.path.insert(0, str(REPO))
 
 
 def conf(group: str, name: str) -> dict[str, Any]:
     """One config-group entry from conf/ as a plain dict (no Hydra needed)."""
     return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / group / f"{name}.yaml"), resolve=True)
+
+
+def dataset_prompt(name: str):
+    """The prompt facts (``prompt:``) of ``conf/dataset/<name>.yaml``, which templates are bound to."""
+    from freeret.prompts import DatasetPrompt
+
+    return DatasetPrompt.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml")))
 
 
 def save(out: Path, payload: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from _bench_models import load
-from _common import REPO, bar_chart, conf, save
+from _common import REPO, bar_chart, conf, dataset_prompt, save
 
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.capture import run_until_captured
@@ -100,9 +100,9 @@ class Paths:
     """
 
     def __init__(self, bb: Backbone, items: list[Item], batch_size: int, seed: int = 0) -> None:
-        prior = Prior.from_dict(conf("prior", "freeret"))
+        prior = Prior.from_dict(conf("prior", "freeret")).for_dataset(dataset_prompt("wordnet_rd"))
         self.bb, self.items, self.bs = bb, items, batch_size
-        self.prompts = [bb.render(prior.render(it.role, it.text, False, "wordnet_rd")) for it in items]
+        self.prompts = [bb.render(prior.render(it.role, it.text, False)) for it in items]
         self.sorted_batches = plan_batches(items, batch_size)
         order = list(range(len(items)))
         random.Random(seed).shuffle(order)

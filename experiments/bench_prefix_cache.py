@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from _bench_models import load
-from _common import REPO, bar_chart, conf, save
+from _common import REPO, bar_chart, conf, dataset_prompt, save
 from bench_rerank import text_rows
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -112,7 +112,7 @@ def main() -> None:
     out = args.out or REPO / "outputs" / "bench" / f"prefix_cache_{args.model}.json"
     backbone = load(args.model, args.layers)
     backbone.model.to(args.device)
-    scorer = PairScorer(backbone, Framing.from_dict(conf("framing", "mcq")), "wordnet_rd")
+    scorer = PairScorer(backbone, Framing.from_dict(conf("framing", "mcq")).for_dataset(dataset_prompt("wordnet_rd")))
     work = []
     for query, cands in text_rows(args.k, args.queries):
         prefix_text, template = scorer.split(query)

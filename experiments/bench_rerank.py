@@ -2,7 +2,8 @@
 
     python experiments/bench_rerank.py --queries 2 --k 50
     python experiments/bench_rerank.py --case image --model qwen2vl_2b_dims --layers 2 --queries 1 --k 10 50
-Prints pairs/s for both, the speed-up, and the largest score difference; writes JSON and a bar plot.
+Prints pairs/s for both, the speed-up, and the largest score difference; writes JSON and a bar plot, with the
+decoder forwards and the token positions each path ran (``work``: counted by a hook on the decoder).
 ``naive`` is FreeRet's own reference (the decoder only, LM head on the last token's option rows); ``--hf`` adds
 the textbook loop, ``model(**inputs).logits[:, -1]`` (full-vocabulary logits at every position), as a third path.
 Cases: ``text`` = WordNet definitions against their candidate words; ``image`` = a bundled photo (scikit-image
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 from _bench_models import load
-from _common import REPO, bar_chart, conf, save
+from _common import REPO, bar_chart, conf, dataset_prompt, save
 
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item
@@ -41,7 +42,7 @@ def image_rows(k_max: int, queries: int, candidates: str = "definitions") -> lis
     """Image queries (full-size bundled photos) against the smoke captions then WordNet definitions or words."""
     from PIL import Image
 
-    from freeret.data.smoke import CAPTIONS, _load
+    from freeret.testing.smoke import CAPTIONS, _load
 
     folder = REPO / "outputs" / "bench" / "images"
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,7 @@ def candidate_images(k: int) -> list[Item]:
     """``k`` distinct full-size JPEG photos: the bundled ones, then mirrored, flipped, rotated and cropped copies."""
     from PIL import Image, ImageOps
 
-    from freeret.data.smoke import CAPTIONS, _load
+    from freeret.testing.smoke import CAPTIONS, _load
 
     folder = REPO / "outputs" / "bench" / "images" / "candidates"
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,12 +89,12 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
     from torch.utils.data import DataLoader
 
     from freeret.backbone.image_records import preprocess_visual
-    from freeret.data.smoke import CAPTIONS
     from freeret.data.visual import load_visual
     from freeret.rerank.stage import GroupCollator, plan_images
+    from freeret.testing.smoke import CAPTIONS
 
     queries = [Item.make("query", c, None) for c in list(CAPTIONS.values())[: args.queries]]
-    warm = PairScorer(backbone, framing, "smoke_mm", args.batch_size)
+    warm = PairScorer(backbone, framing, args.batch_size)
     warm.score(queries[0], candidate_images(1))
     rows = []
     for k in args.k:
@@ -101,12 +102,12 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
         groups = [{"row": str(i), "positions": list(range(k)), "query": q, "candidates": cands}
                   for i, q in enumerate(queries)]
         pairs = k * len(queries)
-        reference = PairScorer(backbone, framing, "smoke_mm", args.batch_size, vision_cache_mb=0)
+        reference = PairScorer(backbone, framing, args.batch_size, vision_cache_mb=0)
         t = time.perf_counter()
         naive = torch.cat([reference.naive(q, cands, batch_size=1).probs for q in queries])
         rec = {"k": k, "queries": len(queries), "pairs": pairs, "naive_pairs_per_s": pairs / (time.perf_counter() - t)}
         for workers in [0, *args.workers]:
-            scorer = PairScorer(backbone, framing, "smoke_mm", args.batch_size)
+            scorer = PairScorer(backbone, framing, args.batch_size)
             loader = DataLoader(plan_images(groups, scorer.image_uses), batch_size=None,  # type: ignore[arg-type]
                                 collate_fn=GroupCollator(backbone.prompter), num_workers=workers)
             t = time.perf_counter()
@@ -136,6 +137,25 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
               f"images/s once; main-process seconds {rec['preprocess_main_process_seconds']['per_pair']:.2f} -> "
               f"{rec['preprocess_main_process_seconds']['once_per_image']:.2f} (0 with workers)")
     return rows
+
+
+class DecoderWork:
+    """Counts the decoder forwards and the token positions they run (padding included), by a pre-hook."""
+
+    def __init__(self, decoder: torch.nn.Module) -> None:
+        self.forwards = self.tokens = 0
+        decoder.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        shape = ids.shape if ids is not None else kwargs["inputs_embeds"].shape[:2]
+        self.forwards += 1
+        self.tokens += int(shape[0] * shape[1])
+
+    def take(self) -> dict[str, int]:
+        """The counts since the last call, then zero."""
+        out, self.forwards, self.tokens = {"forwards": self.forwards, "tokens": self.tokens}, 0, 0
+        return out
 
 
 def text_rows(k_max: int, queries: int) -> list[tuple[Item, list[Item]]]:
@@ -192,37 +212,49 @@ def main() -> None:
                   "pairs / second", f"Rerank, image candidates, {backbone.spec.name}, {torch.get_num_threads()} threads")
         return
     dataset = "wordnet_rd" if args.case == "text" else "smoke_mm"
-    scorer = PairScorer(backbone, Framing.from_dict(conf("framing", args.framing)), dataset, args.batch_size)
+    framing = Framing.from_dict(conf("framing", args.framing)).for_dataset(dataset_prompt(dataset))
+    scorer = PairScorer(backbone, framing, args.batch_size)
     qrows = (image_rows(max(args.k), args.queries, args.candidates) if args.case == "image"
              else text_rows(max(args.k), args.queries))
     scorer.fast(qrows[0][0], qrows[0][1][:4])  # warm-up (and the query image's features into the cache)
     scorer.naive(qrows[0][0], qrows[0][1][:1])
+    counter = DecoderWork(scorer.shared.base)
     rows = []
     for k in args.k:
         times = {"naive": 0.0, "fast": 0.0, **({"hf": 0.0} if args.hf else {})}
-        max_diff = 0.0
+        work = {name: {"forwards": 0, "tokens": 0} for name in times}
+        diff = {"naive": 0.0, **({"hf": 0.0} if args.hf else {})}  # max |score - fast score| per path
+        counter.take()
         for query, all_cands in qrows:
             cands = all_cands[:k]
             t = time.perf_counter()
             naive = scorer.naive(query, cands, batch_size=1)
             times["naive"] += time.perf_counter() - t
+            for key, n in counter.take().items():
+                work["naive"][key] += n
             t = time.perf_counter()
             fast = scorer.fast(query, cands)
             times["fast"] += time.perf_counter() - t
-            max_diff = max(max_diff, float((naive.probs - fast.probs).abs().max()))
+            for key, n in counter.take().items():
+                work["fast"][key] += n
+            diff["naive"] = max(diff["naive"], float((naive.probs - fast.probs).abs().max()))
             if args.hf:
                 t = time.perf_counter()
                 hf = hf_naive(scorer, query, cands)
                 times["hf"] += time.perf_counter() - t
-                max_diff = max(max_diff, float((hf - fast.probs).abs().max()))
+                for key, n in counter.take().items():
+                    work["hf"][key] += n
+                diff["hf"] = max(diff["hf"], float((hf - fast.probs).abs().max()))
         pairs = k * len(qrows)
-        rec = {"k": k, "pairs": pairs, "naive_pairs_per_s": pairs / times["naive"], "fast_pairs_per_s": pairs / times["fast"],
-               "speedup": times["naive"] / times["fast"], "max_abs_score_diff": max_diff}
+        rec = {"k": k, "queries": len(qrows), "pairs": pairs, "naive_pairs_per_s": pairs / times["naive"],
+               "fast_pairs_per_s": pairs / times["fast"], "speedup": times["naive"] / times["fast"],
+               "max_abs_score_diff": max(diff.values()), "max_abs_score_diff_per_path": diff, "work": work}
         if args.hf:
             rec.update(hf_pairs_per_s=pairs / times["hf"], speedup_vs_hf=times["hf"] / times["fast"])
         rows.append(rec)
         print(f"K={k}: naive {rec['naive_pairs_per_s']:.1f} pairs/s | fast {rec['fast_pairs_per_s']:.1f} pairs/s | "
-              f"speed-up x{rec['speedup']:.2f} | max |score diff| {max_diff:.2e}"
+              f"speed-up x{rec['speedup']:.2f} | max |score diff| {rec['max_abs_score_diff']:.2e} | decoder forwards "
+              f"naive {work['naive']['forwards']}, fast {work['fast']['forwards']}"
               + (f" | textbook loop {rec['hf_pairs_per_s']:.1f} pairs/s, fast x{rec['speedup_vs_hf']:.2f}" if args.hf else ""))
     prefix_tokens = len(backbone.tokenizer(scorer.split(qrows[0][0])[0], add_special_tokens=False)["input_ids"])
     if qrows[0][0].image:  # the image placeholder expands to the processor's visual tokens

@@ -13,11 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 EXPERIMENTS = Path(__file__).resolve().parent
+
+
+def on_code(code: Path) -> None:
+    """Run this script again with ``code``'s freeret first on the import path (PYTHONPATH), unless it already is."""
+    if os.environ.get("FREERET_BENCH_CODE") == str(code.resolve()):
+        return
+    path = os.pathsep.join([str(code.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, "FREERET_BENCH_CODE": str(code.resolve())}
+    os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
 
 
 def main() -> None:
@@ -26,20 +36,22 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--queries", type=int, default=4)
     args = ap.parse_args()
-    sys.path.insert(0, str(args.code))  # that checkout's freeret wins
+    on_code(args.code)  # that checkout's freeret wins
     import torch
+    from bench_rerank import candidate_images
     from omegaconf import OmegaConf
 
     import freeret
     from freeret.backbone import ModelSpec, load_backbone
     from freeret.data import visual
     from freeret.data.retrieval_set import Item
-    from freeret.data.smoke import CAPTIONS
     from freeret.rerank.framing import Framing
     from freeret.rerank.scorer import PairScorer
 
-    sys.path.insert(1, str(EXPERIMENTS))
-    from bench_rerank import candidate_images
+    try:
+        from freeret.testing.smoke import CAPTIONS
+    except ImportError:  # a checkout from before test support moved to freeret/testing
+        from freeret.data.smoke import CAPTIONS
 
     torch.set_num_threads(1)
     bb = load_backbone(ModelSpec(name="tiny_qwen2vl", family="qwen2_vl", source="tiny"))
@@ -59,9 +71,9 @@ def main() -> None:
     spy(type(bb.processor.image_processor), "preprocess", "processor_calls")
     queries = [Item.make("query", c, None) for c in list(CAPTIONS.values())[: args.queries]]
     cands = candidate_images(args.k)
-    PairScorer(bb, framing, "smoke_mm", 16).fast(queries[0], cands[:1])  # warm-up
+    PairScorer(bb, framing, batch_size=16).fast(queries[0], cands[:1])  # warm-up
     counts.update(decodes=0, processor_calls=0)
-    scorer = PairScorer(bb, framing, "smoke_mm", 16)
+    scorer = PairScorer(bb, framing, batch_size=16)
     start = time.perf_counter()
     for query in queries:
         scorer.fast(query, cands)

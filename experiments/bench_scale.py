@@ -19,10 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import REPO, save
-
-sys.path.insert(0, str(REPO))  # this checkout's freeret, whichever one is installed
 
 DIM = 576  # SmolLM2-135M hidden size
 

@@ -10,16 +10,12 @@ what a job does around each batch with ``embed.lock`` on. The atomic write of on
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
 from _common import REPO, bar_chart, save
-
-sys.path.insert(0, str(REPO))  # this checkout's freeret, whichever one is installed
 
 DIM = 576  # SmolLM2-135M hidden size
 

@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import REPO, bar_chart, conf, save
+from _common import REPO, bar_chart, conf, dataset_prompt, save
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.datasets import load_dataset
 from freeret.embed.layers import LayerSpec
@@ -40,14 +40,15 @@ def main() -> None:
     rset = load_dataset({"name": "wordnet_rd", "path": "data/wordnet_rd/wordnet_rd.jsonl.gz", "limit": args.limit,
                          "pool": args.pool})
     run_dir = args.out.parent
+    prompt = dataset_prompt("wordnet_rd")
     t = time.perf_counter()
     embed_scores = embed_stage(cfg, backbone, LayerSpec.from_dict(conf("layer", args.layer)),
-                               Prior.from_dict(conf("prior", args.prior)), rset, run_dir)
+                               Prior.from_dict(conf("prior", args.prior)).for_dataset(prompt), rset, run_dir)
     results = {"embed": {"metrics": retrieval_metrics(embed_scores), "seconds": time.perf_counter() - t}}
     rerank_cfg = RerankConfig(top_k=args.k)
     for name in args.framings:
         t = time.perf_counter()
-        scorer = PairScorer(backbone, Framing.from_dict(conf("framing", name)), rset.name, rerank_cfg.batch_size)
+        scorer = PairScorer(backbone, Framing.from_dict(conf("framing", name)).for_dataset(prompt), rerank_cfg.batch_size)
         final = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir / name)
         results[name] = {"metrics": retrieval_metrics(final), "seconds": time.perf_counter() - t}
     for name, rec in results.items():

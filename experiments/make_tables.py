@@ -15,13 +15,19 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
-
-from freeret.errors import FreeRetError  # noqa: E402
-from freeret.eval.results import write_text_atomic  # noqa: E402
-from freeret.eval.tables import (build_tables, leaderboard, leaderboard_markdown, load_paper, load_results,  # noqa: E402
-                                 per_dataset_csv, to_csv, to_markdown)
-from freeret.paths import repo_root  # noqa: E402
+from freeret.errors import FreeRetError
+from freeret.eval.results import write_text_atomic
+from freeret.eval.tables import (
+    build_tables,
+    leaderboard,
+    leaderboard_markdown,
+    load_paper,
+    load_results,
+    per_dataset_csv,
+    to_csv,
+    to_markdown,
+)
+from freeret.paths import repo_root
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping
 from freeret.data.mmeb import locate
 from freeret.distributed import is_main
 from freeret.errors import ConfigError
-from freeret.runner import SharedModel, run
+from freeret.eval.results import RunResult
+from freeret.runner import SharedModel, check, run
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +48,19 @@ def dataset_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     return datasets
 
 
-def run_all(cfg: Mapping[str, Any], on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run the pipeline on every dataset of the run with one loaded model; returns the payloads."""
+def run_all(cfg: Mapping[str, Any], on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
+    """Run the pipeline on every dataset of the run with one loaded model; returns the results."""
     datasets = dataset_configs(cfg)
-    for dataset in datasets:  # missing data fails in one line before a (possibly large) model loads
+    for dataset in datasets:  # a config mistake or missing data fails in one line before a (possibly large) model loads
+        check({**cfg, "dataset": dataset})
         if dataset.get("kind") == "mmeb_subset":
             locate(dataset)
     shared = SharedModel()  # loaded once, by the first dataset, after that dataset's checks
-    payloads = []
+    results = []
     for i, dataset in enumerate(datasets, 1):
         log.info("dataset %d/%d: %s", i, len(datasets), dataset.get("name"))
-        payload = run({**cfg, "dataset": dataset}, shared)
-        payloads.append(payload)
+        result = run({**cfg, "dataset": dataset}, shared)
+        results.append(result)
         if on_result and is_main():
-            on_result(payload)
-    return payloads
+            on_result(result)
+    return results

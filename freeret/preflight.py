@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from freeret.backbone.families import IMAGE, Family, get_family
-from freeret.backbone.loading import ModelSpec, _load_kwargs
+from freeret.backbone.loading import _load_kwargs
+from freeret.backbone.spec import ModelSpec
 from freeret.data.retrieval_set import Item
 from freeret.embed.priors import Prior
 from freeret.errors import CheckpointNotFoundError
@@ -56,9 +57,9 @@ def load_text_side(spec: ModelSpec, checkpoint: tuple[str, str | None]) -> TextS
     return TextSide(spec, family, processor, tokenizer)
 
 
-def check_framing(side: TextSide, framing: Framing, dataset: str | None) -> list[int]:
+def check_framing(side: TextSide, framing: Framing) -> list[int]:
     """The framing's option ids in the probe prompt the scorer uses; ConfigError if not single distinct tokens."""
-    head, middle, tail = framing.split(dataset)
+    head, middle, tail = framing.split()
     query, cand = Item.make("query", "q", None), Item.make("target", "c", None)
     probe = side.render([head, query.text, middle, cand.text, tail]) + framing.answer_prefix
     return resolve_option_ids(side.tokenizer, probe, framing.options, f"framing '{framing.name}'")
@@ -75,12 +76,12 @@ def context_length(spec: ModelSpec, checkpoint: tuple[str, str | None], side: Te
     return min(n, tok) if 0 < tok < 1 << 30 else n
 
 
-def text_budget(side: TextSide, prior: Prior, dataset: str | None, context: int, with_images: bool) -> int:
+def text_budget(side: TextSide, prior: Prior, context: int, with_images: bool) -> int:
     """Most item-text tokens that fit: the context minus the longest empty prompt (and an image share)."""
     overhead = 0
     for role in ("query", "target"):
         for has_image in (False, True) if with_images and side.family.multimodal else (False,):
-            text = prior.render(role, "", has_image, dataset)
+            text = prior.render(role, "", has_image)
             prompt = side.render([IMAGE, text] if has_image else [text])
             overhead = max(overhead, side.count_tokens(prompt))
     reserve = context // IMAGE_SHARE if with_images else 0

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,17 +27,20 @@ from freeret.cache import item_cache_key, stale_after_s, store_dir, vector_signa
 from freeret.data.datamodule import PromptCollator, num_workers
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item, RetrievalSet
-from freeret.data.validate import check_set, fold_misses, set_image_limit, usable_rows
+from freeret.data.images import set_image_limit
+from freeret.data.validate import Report, check_set, fold_misses, usable_rows
 from freeret.distributed import barrier, is_main, rank_sum
 from freeret.embed.layers import LayerSpec, Readout
 from freeret.embed.pooling import PoolingSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError
 from freeret.eval.loggers import make_logger
-from freeret.eval.metrics import MAIN_SCORE, METRICS, TIE_RULE, retrieval_metrics
-from freeret.eval.results import environment, write_json
+from freeret.eval.metrics import MAIN_SCORE, METRICS, retrieval_metrics
+from freeret.eval.results import (DISTRIBUTIONS, SPLITS, Counts, LayerRecord, RerankRecord, RunResult, Task,
+                                   environment)
 from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, embed_rounds
 from freeret.preflight import check_framing, context_length, load_text_side, text_budget
+from freeret.prompts import DatasetPrompt
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
@@ -48,11 +52,23 @@ from freeret.workshare import BatchClaims
 
 log = logging.getLogger(__name__)
 PIPELINES = ("embed", "two_stage", "rag")
-TASK_KEYS = ("meta_task", "split", "benchmark")  # dataset-config facts that make_tables groups by
 # Our batch sampler yields every index by construction (plan_batches); Lightning cannot know that.
 warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
 warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # one query group per step, by design
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning internals on recent torch
+# RerankModule keeps batches where they are (the scorer moves its own tensors); Lightning warns whenever a module
+# overrides this hook and a datamodule is used, on every two-stage run.
+warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's product tips ("💡 Tip: ... litlogger / litmodels"): they say nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
 
 def make_trainer(cfg: Mapping[str, Any], callback=None, logger=None) -> L.Trainer:
@@ -101,7 +117,7 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | R
         return scores
     embed_cfg = cfg.get("embed") or {}
     readout = Readout.of(layer)
-    collate = PromptCollator(backbone, prior, rset.name, content=bool(readout.pooling and readout.pooling.needs_content))
+    collate = PromptCollator(backbone, prior, content=bool(readout.pooling and readout.pooling.needs_content))
     prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
     signature = vector_signature(backbone, layer, prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
@@ -180,148 +196,235 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: PairScorer, rerank_cfg: RerankC
     ]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """One run's configuration, parsed and checked; nothing is loaded yet. The prior and framing are bound to the
+    dataset's prompt facts (``dataset.prompt``)."""
+
+    cfg: Mapping[str, Any]
+    spec: ModelSpec
+    layer: Readout  # the point(s) and the pooling stage 1 reads
+    prior: Prior
+    pipeline: str
+    framing: Framing | None  # two-stage pipelines only
+    rerank: RerankConfig | None
+    main_metric: str
+    task: Task
+    run_dir: Path
+
+    @property
+    def staged(self) -> bool:
+        """Whether stage 2 (reranking) runs."""
+        return self.pipeline != "embed"
+
+
+def check(cfg: Mapping[str, Any]) -> Plan:
+    """Parse and check everything the config alone decides: a mistake is a one-line ConfigError here, before any
+    data or weights load (:func:`freeret.benchmark.run_all` checks every dataset of a suite this way first)."""
+    spec = ModelSpec.from_dict(cfg["model"])
+    layer = Readout.from_config(cfg["layer"], cfg.get("pooling"))
+    pipeline_cfg = dict(cfg.get("pipeline") or {"name": "embed"})
+    pipeline = pipeline_cfg.get("name", "embed")
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"pipeline={pipeline!r} is not available; choose one of {', '.join(PIPELINES)}")
+    prompt = DatasetPrompt.from_config(cfg["dataset"])
+    prior = Prior.from_dict(cfg["prior"]).for_dataset(prompt)
+    staged = pipeline != "embed"
+    framing = Framing.from_dict(cfg["framing"]).for_dataset(prompt) if staged else None
+    rerank = RerankConfig.from_dict(pipeline_cfg) if staged else None
+    Stage1Scoring.from_config(cfg)  # bad retriever / postprocess values
+    work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys
+    main_metric = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
+    if main_metric not in METRICS:
+        raise ConfigError(f"dataset.main_metric={main_metric!r} is not one of {', '.join(METRICS)}")
+    task = Task.from_dict(cfg["dataset"])
+    if task.split not in (None, *SPLITS) or task.distribution not in (None, *DISTRIBUTIONS):
+        raise ConfigError(f"dataset {cfg['dataset'].get('name')}: split={task.split!r} must be one of "
+                          f"{', '.join(SPLITS)} and distribution={task.distribution!r} one of {', '.join(DISTRIBUTIONS)}")
+    return Plan(cfg, spec, layer, prior, pipeline, framing, rerank, main_metric, task,
+                Path(cfg.get("run_dir") or "outputs/run"))
+
+
+@dataclass
+class Inputs:
+    """What a run scores, checked before the weights load: the usable rows, the input report, the checkpoint."""
+
+    rset: RetrievalSet
+    report: Report
+    missed: int  # rows counted as misses: failed query or positive, or unreadable
+    checkpoint: tuple[str, str | None]
+    device: torch.device | None  # where to load the weights (None: a shared backbone is already loaded)
+
+
+def prepare(plan: Plan, shared: SharedModel | None = None) -> Inputs:
+    """Load the dataset and check it with the tokenizer alone: the device (a device map under DDP fails here), the
+    checkpoint, the layer index, the framing's option tokens, every row and item (bad input is recorded in
+    ``errors.jsonl`` and its rows count as misses; ``strict=true`` stops at the first one)."""
+    cfg = plan.cfg
+    rset = load_dataset(cfg["dataset"])
+    if plan.pipeline == "rag":
+        require_answers(rset)
+    L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    loaded = shared.backbone if shared else None
+    device = run_device(cfg, plan.spec) if loaded is None else None
+    checkpoint = resolve_checkpoint(plan.spec)
+    plan.layer.resolve(count_layers(plan.spec, checkpoint) if loaded is None else loaded.num_layers)
+    side = load_text_side(plan.spec, checkpoint)
+    if plan.framing is not None:
+        check_framing(side, plan.framing)
+    set_image_limit((cfg.get("images") or {}).get("max_pixels"))
+    budget = text_budget(side, plan.prior, context_length(plan.spec, checkpoint, side),
+                         any(it.image for it in rset.items.values()))
+    report = check_set(rset, bool(cfg.get("strict", False)), None, side.count_tokens, side.cut_tokens, budget)
+    if is_main():
+        report.write(plan.run_dir, rset.name)
+    rset, missed = usable_rows(rset, report.failed_items)
+    n_missed = len(missed) + report.bad_rows
+    if not rset.rows:
+        raise DataError(f"{rset.name}: no row can be scored ({n_missed} failed); the reasons are in "
+                        f"{plan.run_dir / 'errors.jsonl'}")
+    return Inputs(rset, report, n_missed, checkpoint, device)
+
+
+def load(plan: Plan, inputs: Inputs, shared: SharedModel | None = None) -> Backbone:
+    """The backbone: the one a benchmark already loaded, else the weights onto the run's device."""
+    if shared is not None and shared.backbone is not None:
+        return shared.backbone
+    backbone = load_backbone(plan.spec, inputs.checkpoint, inputs.device)
+    if shared is not None:
+        shared.backbone = backbone
+    return backbone
+
+
+@dataclass
+class StageResults:
+    """What the stages produced: metrics per stage, timings and store statistics, RAG answers, the scorer used."""
+
+    metrics: dict[str, dict[str, float]]
+    timing: dict[str, Any]
+    scorer: PairScorer | None = None
+    rag: dict[str, Any] | None = None
+    stage1: dict[str, Any] = dataclasses.field(default_factory=dict)  # retriever, postprocess (statistics' sha256)
+
+
+def stages(plan: Plan, inputs: Inputs, backbone: Backbone) -> StageResults:
+    """Stage 1 (embed and score every row), stage 2 (rerank each row's top-K) and RAG, as the pipeline says."""
+    rset, rerank = inputs.rset, plan.rerank
+    scorer = (PairScorer(backbone, plan.framing, rerank.batch_size, rerank.calibrate, rerank.vision_cache_mb)
+              if plan.framing is not None and rerank is not None else None)  # a bad framing fails before stage 1
+    timing: dict[str, Any] = {}
+    t = time.perf_counter()
+    stage1: dict[str, Any] = {}
+    embed_scores = embed_stage(plan.cfg, backbone, plan.layer, plan.prior, rset, plan.run_dir, stats=timing,
+                               record=stage1)
+    timing["embed_seconds"] = time.perf_counter() - t
+    n_positives = [row.n_positive for row in rset.rows]
+    metrics = {"embed": fold_misses(retrieval_metrics(embed_scores, n_positives), len(rset.rows), inputs.missed)}
+    final_scores = embed_scores
+    if scorer is not None and rerank is not None:
+        t = time.perf_counter()
+        final_scores = rerank_stage(plan.cfg, scorer, rerank, rset, embed_scores, plan.run_dir, stats=timing)
+        timing["rerank_seconds"] = time.perf_counter() - t
+        metrics["rerank"] = fold_misses(retrieval_metrics(final_scores, n_positives), len(rset.rows), inputs.missed)
+    rag = None
+    if plan.pipeline == "rag" and is_main():  # generation is not split across ranks
+        t = time.perf_counter()
+        rag = answer_stage(plan.cfg, backbone, rset, final_scores, plan.run_dir)
+        timing["rag_seconds"] = time.perf_counter() - t
+    return StageResults(metrics, timing, scorer, rag, stage1)
+
+
+def layer_record(layer: Readout, num_layers: int) -> LayerRecord:
+    """The result file's record of the point(s) read: the first point, and every point when several are averaged."""
+    first, detail = layer.points[0], layer.describe(num_layers)
+    several = len(layer.points) > 1
+    return LayerRecord(layer.label, first.point, first.index, layer.resolve(num_layers)[0], first.apply_final_norm,
+                       detail["points"] if several else None, detail.get("normalize_points"))
+
+
+def report(plan: Plan, inputs: Inputs, backbone: Backbone, done: StageResults, seconds: float) -> RunResult:
+    """The run's :class:`RunResult`, written to ``results/<dataset>.json`` and logged (rank 0)."""
+    rset, layer, framing = inputs.rset, plan.layer, plan.framing
+    rerank = None
+    if framing is not None and plan.rerank is not None and done.scorer is not None:
+        settings = {k: v for k, v in dataclasses.asdict(plan.rerank).items() if k != "top_k"}
+        rerank = RerankRecord(plan.rerank.top_k, list(framing.options), framing.match, list(done.scorer.option_ids),
+                              framing.variant, settings)
+    result = RunResult(
+        dataset=rset.name,
+        pipeline=plan.pipeline,
+        main_score_name=plan.main_metric,
+        main_score=done.metrics["rerank" if plan.staged else "embed"][plan.main_metric],
+        metrics=done.metrics,
+        layer=layer_record(layer, backbone.num_layers),
+        prior=plan.prior.name,
+        pooling=(layer.pooling or PoolingSpec()).describe(),
+        retriever=done.stage1.get("retriever"),
+        postprocess=done.stage1.get("postprocess"),
+        prior_detail=plan.prior.describe(),
+        task=plan.task,
+        counts=Counts(**{**rset.summary(), **inputs.report.counts(), "num_items_embedded": len(rset.items),
+                         "num_queries": len(rset.rows) + inputs.missed, "scored_queries": len(rset.rows),
+                         "failed_queries": inputs.missed}),
+        model=backbone.metadata(),
+        framing=framing.name if framing else None,
+        rerank=rerank,
+        rag=done.rag,
+        timing={**done.timing, "wall_seconds": seconds},
+        environment=environment(),
+        config=dict(plan.cfg),
+    )
+    if is_main():
+        result.write(plan.run_dir / "results" / f"{rset.name}.json", "hydra.run.dir")
+        logger = make_logger(plan.cfg.get("logger"), plan.run_dir)
+        if logger is not None:
+            logger.log_hyperparams(dict(plan.cfg))
+            logger.log_metrics({f"{rset.name}/{stage}/{k}": v for stage, m in done.metrics.items() for k, v in m.items()})
+            logger.finalize("success")
+    return result
+
+
 class SharedModel:
     """The backbone a benchmark's datasets share: the first run that needs it loads it, after its own checks."""
 
     backbone: Backbone | None = None
 
 
-def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> dict[str, Any]:
-    """Run the configured pipeline on ``cfg['dataset']``; returns the payload also written to ``results/<dataset>.json``.
+def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> RunResult:
+    """Run the configured pipeline on ``cfg['dataset']``: check the config, prepare and check the data, load the
+    model, run the stages, report; returns the :class:`RunResult` also written to ``results/<dataset>.json``.
 
     With ``shared``, a backbone loaded by an earlier run of the same ``cfg['model']`` is reused (benchmarks).
     """
     start = time.perf_counter()
-    spec = ModelSpec.from_dict(cfg["model"])
-    layer = Readout.from_config(cfg["layer"], cfg.get("pooling"))  # the point(s) and the pooling stage 1 reads
-    prior = Prior.from_dict(cfg["prior"])
-    pipeline_cfg = dict(cfg.get("pipeline") or {"name": "embed"})
-    pipeline = pipeline_cfg.get("name", "embed")
-    if pipeline not in PIPELINES:
-        raise ConfigError(f"pipeline={pipeline!r} is not available; choose one of {', '.join(PIPELINES)}")
-    staged = pipeline != "embed"
-    framing = Framing.from_dict(cfg["framing"]) if staged else None
-    rerank_cfg = RerankConfig.from_dict(pipeline_cfg) if staged else None
-    Stage1Scoring.from_config(cfg)  # bad retriever / postprocess values fail before weights load
-    work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys fail before weights load
-    main_name = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
-    if main_name not in METRICS:
-        raise ConfigError(f"dataset.main_metric={main_name!r} is not one of {', '.join(METRICS)}")
-    rset = load_dataset(cfg["dataset"])
-    if pipeline == "rag":
-        require_answers(rset)
-    run_dir = Path(cfg.get("run_dir") or "outputs/run")
-    L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-
-    backbone = shared.backbone if shared else None
-    device = run_device(cfg, spec) if backbone is None else None  # a device map under DDP fails here, before loading
-    checkpoint = resolve_checkpoint(spec)
-    # fail on a bad layer index before loading weights
-    layer.resolve(count_layers(spec, checkpoint) if backbone is None else backbone.num_layers)
-    # Bad input is recorded (errors.jsonl) and its rows count as misses; strict=true stops at the first one.
-    side = load_text_side(spec, checkpoint)  # tokenizer only: framing and text length are checked before weights
-    if staged:
-        check_framing(side, framing, rset.name)
-    set_image_limit((cfg.get("images") or {}).get("max_pixels"))
-    budget = text_budget(side, prior, rset.name, context_length(spec, checkpoint, side),
-                         any(it.image for it in rset.items.values()))
-    report = check_set(rset, bool(cfg.get("strict", False)), None, side.count_tokens, side.cut_tokens, budget)
-    if is_main():
-        report.write(run_dir, rset.name)
-    rset, missed = usable_rows(rset, report.failed_items)
-    n_missed = len(missed) + report.bad_rows
-    if not rset.rows:
-        raise DataError(f"{rset.name}: no row can be scored ({n_missed} failed); the reasons are in {run_dir / 'errors.jsonl'}")
-    if backbone is None:
-        backbone = load_backbone(spec, checkpoint, device)
-        if shared is not None:
-            shared.backbone = backbone
-    scorer = (PairScorer(backbone, framing, rset.name, rerank_cfg.batch_size, rerank_cfg.calibrate,
-                         rerank_cfg.vision_cache_mb) if staged else None)  # built before stage 1: a bad framing fails before any embedding work
-    logger = make_logger(cfg.get("logger"), run_dir) if is_main() else None
-
-    timing: dict[str, float] = {}
-    t = time.perf_counter()
-    stage1: dict[str, Any] = {}
-    embed_scores = embed_stage(cfg, backbone, layer, prior, rset, run_dir, stats=timing, record=stage1)
-    timing["embed_seconds"] = time.perf_counter() - t
-    n_positives = [row.n_positive for row in rset.rows]
-    metrics = {"embed": fold_misses(retrieval_metrics(embed_scores, n_positives), len(rset.rows), n_missed)}
-    final_scores = embed_scores
-    if staged:
-        t = time.perf_counter()
-        final_scores = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir, stats=timing)
-        timing["rerank_seconds"] = time.perf_counter() - t
-        metrics["rerank"] = fold_misses(retrieval_metrics(final_scores, n_positives), len(rset.rows), n_missed)
-    extra: dict[str, Any] = {}
-    if pipeline == "rag" and is_main():  # generation is not split across ranks
-        t = time.perf_counter()
-        extra["rag"] = answer_stage(cfg, backbone, rset, final_scores, run_dir)
-        timing["rag_seconds"] = time.perf_counter() - t
-    timing["wall_seconds"] = time.perf_counter() - start
-
-    final = metrics["rerank" if staged else "embed"]
-    payload = {
-        "dataset": rset.name,
-        "pipeline": pipeline,
-        "main_score_name": main_name,
-        "main_score": final[main_name],
-        "metrics": metrics,
-        "tie_rule": TIE_RULE,
-        "similarity": "cosine, fp32",
-        "layer": {"label": layer.label, "point": layer.points[0].point, "index": layer.points[0].index,
-                  "resolved_index": layer.resolve(backbone.num_layers)[0],
-                  "apply_final_norm": layer.points[0].apply_final_norm, **layer.describe(backbone.num_layers)},
-        "pooling": (layer.pooling or PoolingSpec()).describe(),
-        "task": {key: cfg["dataset"].get(key) for key in TASK_KEYS},
-        "prior": prior.name,
-        "prior_detail": prior.describe(rset.name),
-        **stage1,  # retriever, postprocess (with its statistics' sha256)
-        "framing": framing.name if framing else None,
-        "rerank": (
-            {**rerank_cfg.__dict__, "option_token_ids": scorer.option_ids,
-             "options": list(framing.options), "match": framing.match}
-            if staged else None
-        ),
-        "model": backbone.metadata(),
-        "counts": {**rset.summary(), "num_items_embedded": len(rset.items), **report.counts(),
-                   "num_queries": len(rset.rows) + n_missed, "scored_queries": len(rset.rows), "failed_queries": n_missed},
-        "timing": timing,
-        "environment": environment(),
-        "config": dict(cfg),
-        **extra,
-    }
-    if is_main():
-        write_json(run_dir / "results" / f"{rset.name}.json", payload, "hydra.run.dir")
-    if logger is not None:
-        logger.log_hyperparams(dict(cfg))
-        logger.log_metrics({f"{rset.name}/{stage}/{k}": v for stage, m in metrics.items() for k, v in m.items()})
-        logger.finalize("success")
-    return payload
+    plan = check(cfg)
+    inputs = prepare(plan, shared)
+    backbone = load(plan, inputs, shared)
+    done = stages(plan, inputs, backbone)
+    return report(plan, inputs, backbone, done, time.perf_counter() - start)
 
 
-def summary_line(payload: Mapping[str, Any]) -> str:
+def summary_line(result: RunResult) -> str:
     """The one-line summary printed after a run."""
-    stages = payload["metrics"]
-    name = payload.get("main_score_name", MAIN_SCORE)
-    scores = " -> ".join(f"{stage} {name}={m[name]:.4f}" for stage, m in stages.items())
-    framing = f" | framing={payload['framing']} top{payload['rerank']['top_k']}" if payload.get("framing") else ""
+    name = result.main_score_name
+    scores = " -> ".join(f"{stage} {name}={m[name]:.4f}" for stage, m in result.metrics.items())
+    framing = f" | framing={result.framing} top{result.rerank.top_k}" if result.framing and result.rerank else ""
     rag = ""
-    if payload.get("rag"):
-        rag = f" | RAG EM={payload['rag']['exact_match_with_retrieval']:.3f} (closed-book {payload['rag']['exact_match_closed_book']:.3f})"
+    if result.rag:
+        rag = f" | RAG EM={result.rag['exact_match_with_retrieval']:.3f} (closed-book {result.rag['exact_match_closed_book']:.3f})"
     stage1 = "".join(f" | {key}={label}" for key, label, default in (
-        ("retriever", (payload.get("retriever") or {}).get("label", "dense"), "dense"),
-        ("postprocess", (payload.get("postprocess") or {}).get("label", "none"), "none")) if label != default)
+        ("retriever", (result.retriever or {}).get("label", "dense"), "dense"),
+        ("postprocess", (result.postprocess or {}).get("label", "none"), "none")) if label != default)
     return (
-        f"{payload['dataset']}: {scores} | layer={payload['layer']['label']} | prior={payload['prior']}{stage1}{framing} "
-        f"| model={payload['model']['name']} | {payload['counts']['num_queries']} queries x "
-        f"{payload['counts']['candidates_per_query']} candidates{rag}{failed_note(payload)} | {payload['timing']['wall_seconds']:.0f}s"
+        f"{result.dataset}: {scores} | layer={result.layer.label} | prior={result.prior}{stage1}{framing} "
+        f"| model={result.model_name} | {result.counts.num_queries} queries x "
+        f"{result.counts.candidates_per_query} candidates{rag}{failed_note(result)} | {result.timing['wall_seconds']:.0f}s"
     )
 
 
-def failed_note(payload: Mapping[str, Any]) -> str:
+def failed_note(result: RunResult) -> str:
     """The summary line's note on failed queries (empty when none failed)."""
-    failed = payload["counts"].get("failed_queries", 0)
+    failed = result.counts.failed_queries
     return f" | {failed} failed queries counted as misses (errors.jsonl)" if failed else ""

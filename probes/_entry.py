@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from freeret.cli import exit_on_unknown_choice, one_line_errors
+from freeret.errors import ConfigError
+from freeret.probes.runner import run_probe, summary_line
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # this checkout's freeret, whatever is installed
-
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from freeret.cli import exit_on_unknown_choice, one_line_errors  # noqa: E402
-from freeret.errors import ConfigError  # noqa: E402
-from freeret.probes.runner import run_probe, summary_line  # noqa: E402
 
 
 def resolve_framings(config: dict[str, Any]) -> None:

@@ -11,13 +11,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
-
-from freeret.data.wordnet_splits import DEMOS, SEED, fewshot_demos  # noqa: E402
-from freeret.paths import repo_root  # noqa: E402
+from freeret.data.wordnet_splits import DEMOS, SEED, fewshot_demos
+from freeret.paths import repo_root
 
 
 def write_json(data: dict, path: Path) -> str:

@@ -13,14 +13,11 @@ import argparse
 import gzip
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
-
-from freeret.data.wordnet_splits import RD_QUERIES, SEED, SPLITS, build_rd, data_file  # noqa: E402
-from freeret.paths import repo_root  # noqa: E402
+from freeret.data.wordnet_splits import RD_QUERIES, SEED, SPLITS, build_rd, data_file
+from freeret.paths import repo_root
 
 
 def write_jsonl_gz(rows: list[dict], path: Path) -> str:

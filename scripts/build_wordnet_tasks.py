@@ -10,15 +10,18 @@ Byte-reproducible like build_wordnet_rd.py (sorted keys, gzip mtime=0).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
-
-from freeret.data.wordnet_splits import SEED, SPLITS, TASK_QUERIES, build_split_task, data_file  # noqa: E402
-from freeret.data.wordnet_tasks import BUILDERS  # noqa: E402
-from freeret.paths import repo_root  # noqa: E402
-from scripts.build_wordnet_rd import write_jsonl_gz  # noqa: E402
+from freeret.data.wordnet_splits import (
+    SEED,
+    SPLITS,
+    TASK_QUERIES,
+    build_split_task,
+    data_file,
+)
+from freeret.data.wordnet_tasks import BUILDERS
+from freeret.paths import repo_root
+from scripts.build_wordnet_rd import write_jsonl_gz
 
 
 def main(argv: list[str] | None = None) -> None:

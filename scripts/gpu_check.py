@@ -33,6 +33,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from freeret.eval.results import RunResult
+
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = ("tiny_qwen2vl", "tiny_qwen25vl", "tiny_idefics3", "tiny_llava_ov", "tiny_internvl")
 IMAGE_DATASETS = ("NIGHTS", "CIRR", "RefCOCO-Matching")  # image -> image, image + text -> image, both sides mixed
@@ -52,9 +54,9 @@ def run_args(device: str, dtype: str) -> list[str]:
             "trainer.enable_progress_bar=false"]
 
 
-def results_in(folder: Path) -> list[dict[str, Any]]:
+def results_in(folder: Path) -> list[RunResult]:
     """Every result file under ``folder`` (a run dir or a sweep dir)."""
-    return [json.loads(p.read_text()) for p in sorted(folder.rglob("results/*.json"))]
+    return [RunResult.read(p) for p in sorted(folder.rglob("results/*.json"))]
 
 
 def check_results(folder: Path, device: str, dtype: str, expect: int, rerank: bool) -> dict[str, Any]:
@@ -64,17 +66,17 @@ def check_results(folder: Path, device: str, dtype: str, expect: int, rerank: bo
     if len(found) != expect:
         problems.append(f"{len(found)} result files, expected {expect}")
     for res in found:
-        model, name = res["model"], f"{res['model']['name']}/{res['dataset']}"
+        model, name = res.model, f"{res.model_name}/{res.dataset}"
         if model.get("device") != device:
             problems.append(f"{name}: ran on {model.get('device')}, not {device}")
         if model.get("dtype") != dtype:
             problems.append(f"{name}: dtype {model.get('dtype')}, not {dtype}")
-        if rerank and not (res.get("metrics") or {}).get("rerank"):
+        if rerank and not res.metrics.get("rerank"):
             problems.append(f"{name}: no rerank metrics")
     if problems:
         raise AssertionError("; ".join(problems))
-    return {"results": len(found), "scores": {f"{r['model']['name']}/{r['dataset']}": r["main_score"] for r in found},
-            "wall_s": {f"{r['model']['name']}/{r['dataset']}": round(r["timing"]["wall_seconds"], 2) for r in found}}
+    return {"results": len(found), "scores": {f"{r.model_name}/{r.dataset}": r.main_score for r in found},
+            "wall_s": {f"{r.model_name}/{r.dataset}": round(r.timing["wall_seconds"], 2) for r in found}}
 
 
 def check_sweep_dirs(folder: Path, jobs: int) -> dict[str, Any]:

@@ -44,6 +44,15 @@ def compose(overrides: list[str] | None = None):
         return hydra_compose(config_name="config", overrides=overrides or [], return_hydra_config=False)
 
 
+def dataset_prompt(name: str):
+    """The prompt facts of ``conf/dataset/<name>.yaml`` (``mmeb/ImageNet-1K``, ``wordnet_rd``, ...), unresolved."""
+    from omegaconf import OmegaConf
+
+    from freeret.prompts import DatasetPrompt
+
+    return DatasetPrompt.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml")))
+
+
 def check_snapshot(path: Path, got) -> None:
     """Compare with a frozen JSON snapshot; renew on purpose with FREERET_UPDATE_SNAPSHOTS=1."""
     import json

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -41,14 +42,23 @@ def test_bench_embed_small(tmp_path):
     assert res["results"]["freeret"]["useful_tokens"] < res["results"]["freeret_noprefix"]["useful_tokens"]
     assert all(c["min"] >= 0.9999 for c in res["cosine"].values())
     assert set(res["mfu"]) == {"freeret", "freeret_noprefix"} and res["mfu"]["freeret"]["mfu"] > 0
+    paths = res["results"]  # every path without the prefix cache runs every prompt token; sorted batches pad alike
+    assert paths["naive_item"]["useful_tokens"] == paths["naive_batched"]["useful_tokens"] == paths["freeret_noprefix"]["useful_tokens"]
+    assert paths["freeret"]["padded_tokens"] == paths["freeret_noprefix"]["padded_tokens"]
     assert all(0 < r["cpu_seconds"] == pytest.approx(r["cpu_seconds_per_100_items"] * 6 / 100) for r in res["results"].values())
 
 
 @pytest.mark.slow
 def test_bench_rerank_small(tmp_path):
-    res = _run("bench_rerank.py", tmp_path / "r.json", "--queries", "1", "--k", "3", "--hf")
-    assert res["results"][0]["max_abs_score_diff"] < 1e-4  # fast vs naive and vs the textbook full-logits loop
-    assert res["results"][0]["hf_pairs_per_s"] > 0
+    res = _run("bench_rerank.py", tmp_path / "r.json", "--queries", "2", "--k", "3", "--hf", "--batch-size", "2")
+    row = res["results"][0]
+    assert row["max_abs_score_diff"] < 1e-4  # fast vs naive and vs the textbook full-logits loop
+    assert set(row["max_abs_score_diff_per_path"]) == {"naive", "hf"}
+    assert row["hf_pairs_per_s"] > 0
+    work = row["work"]  # decoder forwards: one per pair, or per query the prefix once and ceil(K / batch) suffix batches
+    assert work["naive"]["forwards"] == work["hf"]["forwards"] == row["pairs"] == 6
+    assert work["fast"]["forwards"] == row["queries"] * (1 + math.ceil(row["k"] / res["batch_size"])) == 6
+    assert work["fast"]["tokens"] < work["naive"]["tokens"] == work["hf"]["tokens"]
 
 
 @pytest.mark.slow

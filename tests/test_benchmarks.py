@@ -14,20 +14,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import REPO, check_snapshot, compose
+from conftest import REPO, check_snapshot, compose, dataset_prompt
 from freeret.data.datasets import load_dataset
 from freeret.data.mmeb import load_mmeb_subset
 from freeret.data.mmeb_v2 import write_jsonl
-from freeret.data.smoke import build_smoke_set
 from freeret.data.visual import frame_count, load_clip, sample_indices
 from freeret.data.wordnet import WORDNET_DIR
 from freeret.data.wordnet_tasks import BUILDERS, build_task
 from freeret.embed.priors import Prior
 from freeret.errors import DataError
 from freeret.eval.metrics import retrieval_metrics
+from freeret.eval.results import RunResult
 from freeret.eval.tables import build_tables, load_paper, to_csv, to_markdown
+from freeret.rerank.framing import Framing
+from freeret.testing.smoke import build_smoke_set
 
 MMEB_CONFIGS = sorted((REPO / "conf/dataset/mmeb").glob("*.yaml"))
 FAST = ["mode=fast", "logger=none", "trainer.enable_progress_bar=false", "threads=1"]
@@ -42,8 +45,8 @@ def run_py(args: list[str], out: Path, multirun: bool = False) -> subprocess.Com
                           capture_output=True, text=True, env=env, cwd=out, timeout=900)
 
 
-def all_results(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.rglob("results/*.json"))]
+def all_results(folder: Path) -> list[RunResult]:
+    return [RunResult.read(p) for p in sorted(folder.rglob("results/*.json"))]
 
 
 # --- MMEB configs -------------------------------------------------------------------------------------
@@ -54,7 +57,8 @@ def test_mmeb_has_the_36_datasets_with_meta_tasks_and_splits():
     assert len(datasets) == len(MMEB_CONFIGS) == 36
     tasks = [d.meta_task for d in datasets]
     assert [tasks.count(t) for t in ("classification", "vqa", "retrieval", "grounding")] == [10, 10, 12, 4]
-    ood = {d.name for d in datasets if d.split == "OOD"}
+    assert {d.split for d in datasets} == {"test"}  # MMEB-eval; IND/OOD is the distribution
+    ood = {d.name for d in datasets if d.distribution == "OOD"}
     assert ood == {"Place365", "ImageNet-A", "ImageNet-R", "ObjectNet", "Country211", "ScienceQA", "VizWiz", "GQA",
                    "TextVQA", "OVEN", "FashionIQ", "EDIS", "Wiki-SS-NQ", "Visual7W-Pointing", "RefCOCO", "RefCOCO-Matching"}
     assert all(d.query_instruction for d in datasets)
@@ -76,10 +80,26 @@ def test_freeret_prior_prompt_snapshots_per_mmeb_dataset():
     got = {}
     for path in MMEB_CONFIGS:
         name = path.stem
-        assert name in prior.datasets, f"conf/prior/freeret.yaml has no task alignment for {name}"
-        got[name] = {"query": prior.render("query", "<query>", True, name),
-                     "target": prior.render("target", "<target>", False, name)}
+        prompt = dataset_prompt(f"mmeb/{name}")
+        assert {"query_kind", "target_kind"} <= set(prompt.vars), f"conf/dataset/mmeb/{name}.yaml has no task alignment"
+        bound = prior.for_dataset(prompt)
+        got[name] = {"query": bound.render("query", "<query>", True), "target": bound.render("target", "<target>", False)}
     check_snapshot(REPO / "tests/snapshots/mmeb_prompts.json", got)
+
+
+def test_rerank_prompt_snapshots_per_mmeb_dataset_and_framing():
+    """The pair prompt (user turn) every framing asks for every MMEB dataset, variants applied as a run applies them;
+    ImageNet-1K asks mcq's presence question (issue 13). Renew on purpose: FREERET_UPDATE_SNAPSHOTS=1."""
+    framings = {p.stem: Framing.from_dict(OmegaConf.to_container(OmegaConf.load(p)))
+                for p in sorted((REPO / "conf/framing").glob("*.yaml"))}
+    got = {}
+    for path in MMEB_CONFIGS:
+        prompt = dataset_prompt(f"mmeb/{path.stem}")
+        for name, framing in framings.items():
+            head, middle, tail = framing.for_dataset(prompt).split()
+            got[f"{path.stem}/{name}"] = f"{head}<query>{middle}<candidate>{tail}"
+    assert "Object: <candidate>" in got["ImageNet-1K/mcq"] and "Candidate: <candidate>" in got["ImageNet-A/mcq"]
+    check_snapshot(REPO / "tests/snapshots/mmeb_rerank_prompts.json", got)
 
 
 def _mmeb_parquet(root: Path, subset: str, with_instruction: bool = True) -> None:
@@ -125,8 +145,8 @@ def test_mmeb_table1_fast_runs_all_36_datasets_and_makes_the_table(tmp_path):
     proc = run_py(["experiment=mmeb_table1", *FAST, "benchmark.limit=2"], tmp_path, multirun=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payloads = all_results(tmp_path)
-    assert len(payloads) == 36 and all(p["metrics"]["rerank"] for p in payloads)
-    assert {p["task"]["meta_task"] for p in payloads} == {"classification", "vqa", "retrieval", "grounding"}
+    assert len(payloads) == 36 and all(p.metrics["rerank"] for p in payloads)
+    assert {p.task.meta_task for p in payloads} == {"classification", "vqa", "retrieval", "grounding"}
     table = subprocess.run([sys.executable, str(REPO / "experiments/make_tables.py"), str(tmp_path)],
                            capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
@@ -150,11 +170,11 @@ def test_ablations_fast(experiment, swept, tmp_path):
     payloads = all_results(tmp_path)
     key, values = swept
     if key == "layer":
-        got = {p["layer"]["label"] for p in payloads}
+        got = {p.layer.label for p in payloads}
     elif key == "top_k":
-        got = {p["rerank"]["top_k"] for p in payloads}
+        got = {p.rerank.top_k for p in payloads}
     else:
-        got = {p[key] for p in payloads}
+        got = {getattr(p, key) for p in payloads}
     assert got == values
     assert len(payloads) == 4 * len(values)  # one dataset per meta-task for each swept value
 
@@ -164,7 +184,7 @@ def test_wordnet_meta_fast_both_methods(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     payloads = all_results(tmp_path)
     assert len(payloads) == 10
-    assert {(p["layer"]["label"], p["prior"], p["pipeline"]) for p in payloads} == {
+    assert {(p.layer.label, p.prior, p.pipeline) for p in payloads} == {
         ("attn_last", "freeret", "two_stage"), ("mlp_last_normed", "e5v", "embed")}
 
 
@@ -201,8 +221,8 @@ def test_video_task_end_to_end(tmp_path):
     proc = run_py(["model=tiny_qwen2vl", "dataset=mmeb_v2/video", "dataset.task=toyvideo", f"paths.mmeb_v2_root={tmp_path / 'v2'}",
                    "pipeline=two_stage", "pipeline.top_k=2", "logger=none", "trainer.enable_progress_bar=false"], tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "run/results/toyvideo.json").read_text())
-    assert result["main_score_name"] == "hit@1" and result["counts"]["num_queries"] == 3
+    result = RunResult.read(tmp_path / "run/results/toyvideo.json")
+    assert result.main_score_name == "hit@1" and result.counts.num_queries == 3
 
 
 def test_visdoc_task_multiple_positives_and_ndcg_at_5(tmp_path):
@@ -226,8 +246,8 @@ def test_visdoc_task_multiple_positives_and_ndcg_at_5(tmp_path):
     proc = run_py(["model=tiny_qwen2vl", "dataset=mmeb_v2/visdoc", "dataset.task=toydoc", f"paths.mmeb_v2_root={tmp_path / 'v2'}",
                    "logger=none", "trainer.enable_progress_bar=false"], tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "run/results/toydoc.json").read_text())
-    assert result["main_score_name"] == "ndcg@5" and result["main_score"] == result["metrics"]["embed"]["ndcg@5"]
+    result = RunResult.read(tmp_path / "run/results/toydoc.json")
+    assert result.main_score_name == "ndcg@5" and result.main_score == result.metrics["embed"]["ndcg@5"]
 
 
 def test_metrics_with_two_positives_match_hand_computation():
@@ -268,7 +288,9 @@ def test_wordnet_tasks_are_well_formed(task):
 # --- tables -------------------------------------------------------------------------------------------
 
 def _payload(dataset: str, meta: str, split: str, score: float, model: str = "qwen25vl_7b") -> dict:
-    return {"dataset": dataset, "main_score": score, "pipeline": "two_stage", "framing": "mcq", "prior": "freeret",
+    """A result file as written before RunResult (schema 1: no schema_version, MMEB's IND/OOD in task.split)."""
+    return {"dataset": dataset, "main_score": score, "main_score_name": "hit@1", "pipeline": "two_stage",
+            "metrics": {"embed": {"hit@1": 0.0}, "rerank": {"hit@1": score}}, "framing": "mcq", "prior": "freeret",
             "task": {"benchmark": "mmeb", "meta_task": meta, "split": split},
             "model": {"name": model}, "layer": {"label": "attn_last"}, "rerank": {"top_k": 50}}
 
@@ -276,7 +298,7 @@ def _payload(dataset: str, meta: str, split: str, score: float, model: str = "qw
 def test_tables_average_meta_tasks_and_compare_with_the_paper():
     payloads = [_payload("A", "classification", "IND", 0.5), _payload("B", "classification", "OOD", 0.7),
                 _payload("C", "vqa", "IND", 0.9), _payload("D", "grounding", "OOD", 0.1)]
-    (table,) = build_tables(payloads)
+    (table,) = build_tables(map(RunResult.from_dict, payloads))
     (row,) = table.rows
     assert row["values"]["Classification"] == pytest.approx(60.0)
     assert row["values"]["IND"] == pytest.approx(70.0) and row["values"]["OOD"] == pytest.approx(40.0)
@@ -286,6 +308,31 @@ def test_tables_average_meta_tasks_and_compare_with_the_paper():
     assert "paper (Table 1)" in md and "69.4" in md and "-9.4" in md  # 60.0 - 69.4
     assert "qwen25vl_7b,attn_last,last,freeret,dense,none,two_stage,mcq,50,Overall,55.0,70.7,-15.70" in to_csv(table, paper)
     assert "Split: test." in md
+
+
+def test_run_result_round_trips_and_reads_schema_1_files():
+    """RunResult to/from JSON; a result file written before it (schema 1) reads, its IND/OOD moved to distribution."""
+    old = _payload("A", "classification", "OOD", 0.5)
+    result = RunResult.from_dict(old)
+    assert (result.schema_version, result.task.split, result.task.distribution) == (2, "test", "OOD")
+    assert result.rerank.top_k == 50 and result.score("embed") == 0.0 and result.score() == 0.5
+    written = json.loads(json.dumps(result.to_dict()))
+    assert written["schema_version"] == 2 and written["task"] == {
+        "benchmark": "mmeb", "meta_task": "classification", "split": "test", "distribution": "OOD"}
+    assert RunResult.from_dict(written) == result
+    with pytest.raises(DataError, match="schema_version 3; this FreeRet reads up to 2"):
+        RunResult.from_dict({**old, "schema_version": 3})
+
+
+def test_tables_say_which_split_and_never_average_dev_with_test():
+    test = RunResult.from_dict(_payload("A", "classification", "IND", 0.5))
+    dev = RunResult.from_dict({**_payload("A_dev", "classification", "dev", 0.9)})
+    (table,) = build_tables([test, dev])
+    assert [(row["split"], row["values"]["Overall"]) for row in table.rows] == [("dev", 90.0), ("test", 50.0)]
+    md = to_markdown(table, load_paper([REPO / "data/paper/freeret.yaml"])["mmeb"])
+    assert md.startswith("### mmeb (dev, test)") and "mcq rerank top-50 · dev |" in md and "top-50 · test |" in md
+    assert md.count("paper (Table 1)") == 1  # published numbers are test numbers: never beside a dev row
+    assert to_csv(table).splitlines()[1].startswith("mmeb,dev,qwen25vl_7b,")
 
 
 def test_make_tables_without_results_is_one_line(tmp_path):
@@ -314,7 +361,7 @@ def test_mteb_encoder_runs_an_mteb_task_and_matches_freeret_embeddings(smollm):
     texts = ["a small domesticated carnivore", "a vehicle with two wheels"]
     got = torch.as_tensor(encoder.encode([{"text": texts}], prompt_type="document"))
     items = [Item.make("target", t, None) for t in texts]
-    batch = PromptCollator(smollm, prior, None)(items)
+    batch = PromptCollator(smollm, prior)(items)
     want = smollm.embed(batch["inputs"], layer).float()
     assert torch.nn.functional.cosine_similarity(got, want).min() > 0.9999
 
@@ -322,8 +369,9 @@ def test_mteb_encoder_runs_an_mteb_task_and_matches_freeret_embeddings(smollm):
 def test_tables_can_show_stage_one_and_another_metric():
     p = _payload("A", "classification", "IND", 0.5)
     p["metrics"] = {"embed": {"hit@1": 0.2, "hit@10": 0.9}, "rerank": {"hit@1": 0.5, "hit@10": 0.9}}
-    assert build_tables([p])[0].rows[0]["values"]["Overall"] == pytest.approx(50.0)
-    assert build_tables([p], stage="embed")[0].rows[0]["values"]["Overall"] == pytest.approx(20.0)
-    assert build_tables([p], stage="embed", metric="hit@10")[0].rows[0]["values"]["Overall"] == pytest.approx(90.0)
+    r = RunResult.from_dict(p)
+    assert build_tables([r])[0].rows[0]["values"]["Overall"] == pytest.approx(50.0)
+    assert build_tables([r], stage="embed")[0].rows[0]["values"]["Overall"] == pytest.approx(20.0)
+    assert build_tables([r], stage="embed", metric="hit@10")[0].rows[0]["values"]["Overall"] == pytest.approx(90.0)
     with pytest.raises(DataError, match="stage"):
-        build_tables([{**p, "metrics": {"embed": p["metrics"]["embed"]}}], stage="rerank")
+        build_tables([RunResult.from_dict({**p, "metrics": {"embed": p["metrics"]["embed"]}})], stage="rerank")

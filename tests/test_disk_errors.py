@@ -90,7 +90,7 @@ def test_full_disk_at_a_shard_and_at_the_results_file(tmp_path, monkeypatch, cap
 
     monkeypatch.undo()  # space freed
     payload = run(cfg)
-    assert payload["timing"]["embed_items_computed"] == 0 and (run_dir / "results" / "smoke_mm.json").exists()
+    assert payload.timing["embed_items_computed"] == 0 and (run_dir / "results" / "smoke_mm.json").exists()
 
 
 def test_read_only_cache_fails_before_computing_and_a_complete_one_is_read(tmp_path, monkeypatch, capsys):
@@ -123,9 +123,9 @@ def test_read_only_cache_fails_before_computing_and_a_complete_one_is_read(tmp_p
                     f"embed.cache_dir to another folder, {RESUMES}")
     assert whole_shards(store) == 4 and not temporaries(tmp_path)
     monkeypatch.undo()  # writable again: the rerun computes only what is missing
-    assert run(cfg)["timing"]["embed_items_computed"] == ITEMS - 8
+    assert run(cfg).timing["embed_items_computed"] == ITEMS - 8
     monkeypatch.setattr(os, "open", read_only)  # a complete cache that is read-only serves a run
-    assert run(cfg)["timing"]["embed_items_computed"] == 0
+    assert run(cfg).timing["embed_items_computed"] == 0
 
 
 @pytest.fixture
@@ -161,6 +161,6 @@ def test_real_full_and_read_only_tmpfs(tmp_path, tmpfs, capsys):
     assert line.startswith(f"error: cannot write to {store} (Read-only file system): make it writable")
     subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
     assert whole_shards(store) == done and not temporaries(tmpfs)
-    assert run(cfg)["timing"]["embed_items_computed"] == ITEMS - 2 * done
+    assert run(cfg).timing["embed_items_computed"] == ITEMS - 2 * done
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
-    assert run(cfg)["timing"]["embed_items_computed"] == 0
+    assert run(cfg).timing["embed_items_computed"] == 0

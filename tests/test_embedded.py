@@ -23,7 +23,7 @@ from conftest import REPO, compose
 
 from freeret.backbone import embedded
 from freeret.backbone.gguf_parts import PackagedGGUF, locate, numbered_parts, part_path
-from freeret.backbone.loading import ModelSpec
+from freeret.backbone.spec import ModelSpec
 from freeret.errors import CheckpointNotFoundError
 
 SCALING = ("qwen25coder_05b", "qwen25coder_15b")

@@ -21,9 +21,11 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, compose
-from freeret.backbone.loading import ModelSpec, _load_kwargs
+from freeret.backbone.loading import _load_kwargs
+from freeret.backbone.spec import ModelSpec
+from freeret.data.images import ImageProblem, open_image
 from freeret.data.retrieval_set import load_mmeb
-from freeret.data.validate import ImageProblem, check_set, fold_misses, open_image, usable_rows
+from freeret.data.validate import check_set, fold_misses, usable_rows
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError, FreeRetError
 from test_run import QUIET, results, run_py
@@ -174,15 +176,15 @@ def test_bad_corpus_end_to_end(tmp_path):
                    "images.max_pixels=100000", *QUIET], run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = results(run_dir, "bad")
-    counts = res["counts"]
-    assert counts["num_queries"] == N_ROWS and counts["failed_queries"] == MISSED
-    assert counts["scored_queries"] == N_ROWS - MISSED
-    assert counts["failed_items"] == len(BAD_IMAGES) + 2 and counts["bad_rows"] == len(BAD_ROWS)
+    counts = res.counts
+    assert counts.num_queries == N_ROWS and counts.failed_queries == MISSED
+    assert counts.scored_queries == N_ROWS - MISSED
+    assert counts.failed_items == len(BAD_IMAGES) + 2 and counts.bad_rows == len(BAD_ROWS)
     errors = [json.loads(line) for line in (run_dir / "errors.jsonl").read_text().splitlines()]
-    assert len(errors) == counts["failed_items"] + counts["bad_rows"] and all(e["reason"] for e in errors)
+    assert len(errors) == counts.failed_items + counts.bad_rows and all(e["reason"] for e in errors)
     warnings = (run_dir / "warnings.jsonl").read_text()
     assert "to fit the model's context" in warnings and "first frame" in warnings and "resized" in warnings
-    assert res["metrics"]["embed"]["hit@1"] <= counts["scored_queries"] / counts["num_queries"]
+    assert res.metrics["embed"]["hit@1"] <= counts.scored_queries / counts.num_queries
     assert f"{MISSED} failed queries counted as misses" in proc.stdout
 
 
@@ -226,6 +228,11 @@ def run_in_process(overrides: list[str], tmp_path: Path, monkeypatch) -> dict:
          "pipeline.vision_cache_items was replaced by pipeline.vision_cache_mb"),
         (["model=tiny_qwen2vl", "embed.lock=maybe"], "embed.lock='maybe' must be true, false or auto"),
         (["model=tiny_qwen2vl", "embed.stale_temp_hours=0"], "embed.stale_temp_hours=0 must be a positive number"),
+        (["model=tiny_qwen2vl", "+dataset.prompt.query_knd=image"], "dataset wordnet_rd: prompt.query_knd is not a prompt fact"),
+        (["model=tiny_qwen2vl", "dataset=mmeb/ImageNet-1K", "pipeline=two_stage", "dataset.prompt.framing_variant=presense"],
+         "which framing 'mcq' does not define (its variants: presence)"),
+        (["model=tiny_qwen2vl", "+prior.datasets.wordnet_rd.query_kind=definition"], "per-dataset entries (datasets:)"),
+        (["model=tiny_qwen2vl", "dataset.split=validation"], "split='validation' must be one of dev, test"),
     ],
 )
 def test_config_errors_come_before_weights(args, expected, tmp_path, monkeypatch):
@@ -233,6 +240,19 @@ def test_config_errors_come_before_weights(args, expected, tmp_path, monkeypatch
     with pytest.raises(FreeRetError) as info:
         run_in_process(args, tmp_path, monkeypatch)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_bad_prompt_fact_in_a_suite_stops_before_the_first_dataset(tmp_path, monkeypatch):
+    """benchmark.run_all binds every dataset's prompt facts before the first dataset runs (and loads the model)."""
+    from omegaconf import OmegaConf
+
+    from freeret import benchmark
+
+    monkeypatch.setattr(benchmark, "run", lambda *a, **k: pytest.fail("a dataset ran before the suite's prompts were checked"))
+    cfg = OmegaConf.to_container(compose(["suite=wordnet_meta", "pipeline=two_stage", *QUIET,
+                                          "+benchmark.datasets.qa_blank.prompt.framing_variant=fill"]), resolve=True)
+    with pytest.raises(ConfigError, match=r"^dataset wordnet_qa_blank asks for framing variant 'fill'"):
+        benchmark.run_all({**cfg, "run_dir": str(tmp_path)})
 
 
 @pytest.mark.parametrize(
@@ -341,11 +361,12 @@ def test_the_network_is_blocked_in_tests_and_their_subprocesses():
 
 
 def test_summary_line_reports_failed_queries_with_rag():
+    from freeret.eval.results import RunResult
     from freeret.runner import summary_line
 
-    payload = {"dataset": "d", "metrics": {"embed": {"hit@1": 0.5}}, "layer": {"label": "attn_last"}, "prior": "p",
-               "framing": None, "model": {"name": "m"}, "counts": {"num_queries": 4, "candidates_per_query": 2,
-               "failed_queries": 3}, "timing": {"wall_seconds": 1.0},
+    payload = {"dataset": "d", "main_score": 0.5, "metrics": {"embed": {"hit@1": 0.5}}, "layer": {"label": "attn_last"},
+               "prior": "p", "framing": None, "model": {"name": "m"}, "counts": {"num_queries": 4,
+               "candidates_per_query": 2, "failed_queries": 3}, "timing": {"wall_seconds": 1.0},
                "rag": {"exact_match_with_retrieval": 0.1, "exact_match_closed_book": 0.0}}
-    line = summary_line(payload)
+    line = summary_line(RunResult.from_dict(payload))
     assert "RAG EM=0.100" in line and "3 failed queries counted as misses" in line

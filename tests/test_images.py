@@ -92,10 +92,10 @@ def test_each_image_decoded_and_processed_once_per_run(qwen, t2i_groups, monkeyp
     decodes each of the 8 images once and processes each once, with the same scores."""
     decodes = _Spy(monkeypatch, visual, "open_image")
     processing = _Spy(monkeypatch, type(qwen.processor.image_processor), "preprocess")
-    reference = _predict(PairScorer(qwen, _framing(), "smoke_mm", batch_size=4, vision_cache_mb=0), t2i_groups)
+    reference = _predict(PairScorer(qwen, _framing(), batch_size=4, vision_cache_mb=0), t2i_groups)
     assert (decodes.calls, processing.calls) == (32, 4 * 2)  # per pair; one processor call per batch of 4 pairs
     decodes.calls = processing.calls = 0
-    scorer = PairScorer(qwen, _framing(), "smoke_mm", batch_size=4)
+    scorer = PairScorer(qwen, _framing(), batch_size=4)
     cached = _predict(scorer, t2i_groups)
     assert (decodes.calls, processing.calls) == (8, 8)
     assert scorer.vision.stats.misses == 8 and scorer.vision.stats.records_received == 8
@@ -106,13 +106,13 @@ def test_each_image_decoded_and_processed_once_per_run(qwen, t2i_groups, monkeyp
 @pytest.fixture(scope="module")
 def reference(qwen, t2i_groups):
     """Scores with every pair decoding and processing its own images (no vision cache)."""
-    return torch.tensor(_predict(PairScorer(qwen, _framing(), "smoke_mm", batch_size=4, vision_cache_mb=0), t2i_groups))
+    return torch.tensor(_predict(PairScorer(qwen, _framing(), batch_size=4, vision_cache_mb=0), t2i_groups))
 
 
 def test_workers_decode_and_process_for_the_main_process(qwen, t2i_groups, reference, monkeypatch):
     """With DataLoader workers the main process neither decodes nor processes an image."""
     decodes = _Spy(monkeypatch, visual, "open_image")  # counts the main process only
-    scorer = PairScorer(qwen, _framing(), "smoke_mm", batch_size=4)
+    scorer = PairScorer(qwen, _framing(), batch_size=4)
     got = _predict(scorer, t2i_groups, workers=2)
     assert decodes.calls == 0 and scorer.vision.stats.images_preprocessed == 0
     assert scorer.vision.stats.records_received == 8
@@ -122,10 +122,10 @@ def test_workers_decode_and_process_for_the_main_process(qwen, t2i_groups, refer
 def test_vision_cache_is_bounded_by_bytes(qwen, t2i_groups, reference):
     """A budget of about two images' features: the cache never holds more, evicts the rest, and reprocesses an
     evicted image when a later query needs it; the scores do not change."""
-    probe = PairScorer(qwen, _framing(), "smoke_mm", batch_size=4)
+    probe = PairScorer(qwen, _framing(), batch_size=4)
     probe.score(t2i_groups[0]["query"], t2i_groups[0]["candidates"][:1])
     per_image = next(iter(probe.vision.store.values())).nbytes
-    scorer = PairScorer(qwen, _framing(), "smoke_mm", batch_size=4, vision_cache_mb=2.5 * per_image / 2**20)
+    scorer = PairScorer(qwen, _framing(), batch_size=4, vision_cache_mb=2.5 * per_image / 2**20)
     got = _predict(scorer, t2i_groups)
     stats = scorer.vision.stats
     assert len(scorer.vision.store) == 2 and scorer.vision.nbytes <= scorer.vision.max_bytes
@@ -200,7 +200,7 @@ def test_stage1_workers_decode_for_the_main_process(qwen, monkeypatch):
 
     smoke = load_dataset({"name": "smoke_mm", "kind": "smoke"})
     items = [it for it in smoke.items.values() if it.image][:6]
-    collate = PromptCollator(qwen, Prior.from_dict(compose()["prior"]), "smoke_mm")
+    collate = PromptCollator(qwen, Prior.from_dict(compose()["prior"]))
     module = EmbedModule(qwen, LayerSpec("attn", -1))
 
     def embed(workers: int) -> torch.Tensor:

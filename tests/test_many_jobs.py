@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, compose
 from freeret.benchmark import run_all
+from freeret.eval.results import RunResult
 from freeret.retrieve.store import read_shards
 from freeret.workshare import LOCK_DIR
 
@@ -103,7 +104,7 @@ def reference(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     finally:
         torch.set_num_threads(threads)
     (store,) = [p for p in (tmp_path / "ref-cache").iterdir() if p.is_dir()]
-    return store, {p["dataset"]: p["metrics"] for p in payloads}
+    return store, {p.dataset: p.metrics for p in payloads}
 
 
 @pytest.mark.parametrize("lock", [True, False], ids=["lock", "nolock"])
@@ -130,10 +131,10 @@ def test_three_jobs_share_one_store_one_killed_and_restarted(tmp_path, reference
 
     batches = {}  # per job: batches its final run computed, and those another job held when it came to them
     for name, datasets in JOBS.items():
-        results = [json.loads((tmp_path / name / "results" / f"{d}.json").read_text()) for d in datasets]
-        assert {r["dataset"]: r["metrics"] for r in results} == {d: ref_metrics[d] for d in datasets}
-        batches[name] = (sum(r["timing"]["embed_batches_computed"] for r in results),
-                         sum(r["timing"]["embed_batches_held_elsewhere"] for r in results))
+        results = [RunResult.read(tmp_path / name / "results" / f"{d}.json") for d in datasets]
+        assert {r.dataset: r.metrics for r in results} == {d: ref_metrics[d] for d in datasets}
+        batches[name] = (sum(r.timing["embed_batches_computed"] for r in results),
+                         sum(r.timing["embed_batches_held_elsewhere"] for r in results))
     by_killed = sum(1 for w, _ in written.values() if w.endswith(f":{killed}"))
     computed = sum(b for b, _ in batches.values()) + by_killed
     print(f"\nembed.lock={lock}: 3 jobs, {len(read_shards(store))} unique items in {len(written)} planned batches, "

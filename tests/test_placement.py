@@ -47,10 +47,10 @@ def test_a_two_stage_suite_never_moves_the_model(tmp_path, moves):
     """2 datasets x (embed + rerank) = 4 trainer.predict calls; Lightning used to move the model to the device
     before each and back to the CPU after each (8 moves, plus one after loading)."""
     payloads = run_all(suite_config(tmp_path))
-    assert [p["dataset"] for p in payloads] == ["wordnet_cls_lexname", "wordnet_ret_def2lemma"]
-    assert all(p["timing"]["rerank_rows_computed"] == 4 for p in payloads)  # both stages ran on both datasets
+    assert [p.dataset for p in payloads] == ["wordnet_cls_lexname", "wordnet_ret_def2lemma"]
+    assert all(p.timing["rerank_rows_computed"] == 4 for p in payloads)  # both stages ran on both datasets
     assert moves == []
-    assert payloads[0]["model"]["device"] == "cpu"
+    assert payloads[0].model["device"] == "cpu"
 
 
 def test_weights_load_straight_onto_the_device(moves):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose
+from conftest import compose, dataset_prompt
 from PIL import Image
 from skimage import data as skdata
 
@@ -60,7 +60,7 @@ def _content_tokens(bb, batch, row: int) -> str:
 @pytest.mark.parametrize("prior", ["freeret", "fewshot", "e5v"])
 def test_mean_pooling_covers_exactly_the_items_text(smollm, prior):
     """The content mask is the item's text, wherever the prior puts it (even when the template repeats its words)."""
-    collate = PromptCollator(smollm, _prior(prior), "wordnet_rd", content=True)
+    collate = PromptCollator(smollm, _prior(prior).for_dataset(dataset_prompt("wordnet_rd")), content=True)
     items = [Item.make("query", t, None) for t in ["a word that is related to the word", "dog"]]
     batch = collate(items)
     assert _content_tokens(smollm, batch, 0).strip() == "a word that is related to the word"
@@ -69,7 +69,7 @@ def test_mean_pooling_covers_exactly_the_items_text(smollm, prior):
 
 def test_mean_last_k_and_points_equal_a_hand_pooling_on_the_plain_path(smollm):
     """Pooled vectors equal the same pooling of the captured states; several points average their unit vectors."""
-    collate = PromptCollator(smollm, _prior(), "wordnet_rd", content=True)
+    collate = PromptCollator(smollm, _prior().for_dataset(dataset_prompt("wordnet_rd")), content=True)
     batch = collate([Item.make("query", t, None) for t in TEXTS])
     inputs, content = batch["inputs"], batch["content"]
     a, b = LayerSpec("attn", -1), LayerSpec.parse("attn@0.5")
@@ -91,7 +91,7 @@ def test_mean_last_k_and_points_equal_a_hand_pooling_on_the_plain_path(smollm):
 def test_prefix_path_equals_plain_path_for_every_pooling(smollm, pooling):
     """The shared prefix stops before the first pooled token, so pooled states come from the suffixes; the vectors
     equal the plain forward's, also with several points."""
-    collate = PromptCollator(smollm, _prior("fewshot"), "wordnet_rd", content=True)
+    collate = PromptCollator(smollm, _prior("fewshot").for_dataset(dataset_prompt("wordnet_rd")), content=True)
     batch = collate([Item.make("query", t, None) for t in TEXTS])
     readout = Readout((LayerSpec("attn", -1), LayerSpec.parse("mlp@0.5")), PoolingSpec(pooling, k=3))
     cache = PrefixCache(smollm.model)
@@ -105,7 +105,7 @@ def test_prefix_path_equals_plain_path_for_every_pooling(smollm, pooling):
 @pytest.mark.parametrize("name", ["tiny_qwen2vl", "tiny_idefics3", "tiny_llava_ov"])
 def test_mean_pooling_covers_image_tokens_and_text_in_tiny_vlms(name):
     bb = load_backbone(ModelSpec.from_dict(compose([f"model={name}"])["model"]))
-    collate = PromptCollator(bb, _prior(), "smoke_mm", content=True)
+    collate = PromptCollator(bb, _prior().for_dataset(dataset_prompt("smoke_mm")), content=True)
     image_path = "/tmp/freeret_pool_test.png"
     Image.fromarray(skdata.astronaut()).resize((64, 64)).save(image_path)
     batch = collate([Item.make("query", "an astronaut in a suit", image_path),

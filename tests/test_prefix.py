@@ -15,17 +15,19 @@ from freeret.backbone.families import get_family
 from freeret.backbone.prefix import PrefixCache
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
+from freeret.prompts import DatasetPrompt
 
 TEXTS = ["dog", "a domestic animal that barks and is kept as a pet", "the act of running quickly", "ship", "x"]
 SPECS = [LayerSpec("attn", -1), LayerSpec("mlp", -2), LayerSpec("final_norm")]
 
 
 def _prior() -> Prior:
-    return Prior.from_dict(compose()["prior"])
+    cfg = compose()
+    return Prior.from_dict(cfg["prior"]).for_dataset(DatasetPrompt.from_config(cfg["dataset"]))  # wordnet_rd
 
 
 def _inputs(bb: Backbone, texts: list[str], role: str = "query"):
-    return bb.inputs([bb.render(_prior().render(role, t, False, "wordnet_rd")) for t in texts])
+    return bb.inputs([bb.render(_prior().render(role, t, False)) for t in texts])
 
 
 def _same(plain: torch.Tensor, cached: torch.Tensor) -> None:

@@ -51,14 +51,14 @@ def probe_config(overrides: list[str], run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def smol_sweep(smollm):
     items = [Item.make("target", w, None) for w in WORDS]
-    return items, sweep_items(smollm, items, Prior.from_dict(conf("prior", "e5v")), "wordnet_rd", batch_size=4)
+    return items, sweep_items(smollm, items, Prior.from_dict(conf("prior", "e5v")), batch_size=4)
 
 
 def test_sweep_points_equal_single_point_capture(smollm, smol_sweep):
     items, sweep = smol_sweep
     n = smollm.num_layers
     assert sweep.labels == point_labels(n) and sweep.states.shape[:2] == (1 + 2 * n, len(items))
-    prompts = [smollm.render(Prior.from_dict(conf("prior", "e5v")).render("target", it.text, False, "wordnet_rd"))
+    prompts = [smollm.render(Prior.from_dict(conf("prior", "e5v")).render("target", it.text, False))
                for it in items]
     inputs = smollm.inputs(prompts)
     for point, idx in (("attn", n - 1), ("mlp", n - 2), ("attn", 3)):
@@ -167,7 +167,7 @@ def test_flip_rate_is_the_share_of_changed_calls(smollm):
     rows = [(Item.make("query", q, None), Item.make("target", p, None), Item.make("target", n, None))
             for q, p, n in [("a domestic animal that barks", "dog", "violin")]]
     mcq = Framing.from_dict(conf("framing", "mcq"))
-    rec = framing_sensitivity.framing_record(smollm, mcq, rows, "wordnet_rd", content_free=[""])
+    rec = framing_sensitivity.framing_record(smollm, mcq, rows, content_free=[""])
     from freeret.rerank.scorer import PairScorer
 
     _, calls = framing_sensitivity.match_calls(PairScorer(smollm, mcq), rows)

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose
-from freeret.backbone.tiny import tiny_checkpoint
+from freeret.testing.tiny import tiny_checkpoint
 from freeret.runner import run
 
 REPO_ID = "freeret-test/tiny-qwen2vl"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, check_snapshot
+from conftest import REPO, check_snapshot, compose, dataset_prompt
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.retrieval_set import Item
 from freeret.errors import ConfigError
@@ -144,7 +144,52 @@ def test_vision_features_computed_once_per_image(model, family):
 
 
 def test_dataset_specific_framing_variant(smollm):
-    scorer = PairScorer(smollm, load_framing("mcq"), dataset="imagenet_1k")
+    scorer = PairScorer(smollm, load_framing("mcq").for_dataset(dataset_prompt("mmeb/ImageNet-1K")))
     prompt = scorer.prompt(QUERY, CANDS[0])
     assert "Object: dog\nA. Yes, the object is present" in prompt
     assert "Candidate:" not in prompt
+
+
+def test_imagenet_1k_gets_the_presence_question_in_table_1():
+    """Issue 13's bug: mcq's variant was keyed `imagenet_1k`, the dataset is named `ImageNet-1K`, and the exact
+    lookup never matched, so experiment=mmeb_table1 asked ImageNet-1K the generic question. The dataset config now
+    names the variant (prompt.framing_variant) and the runner binds it; the other 35 datasets keep the main one."""
+    from omegaconf import OmegaConf
+
+    from freeret.benchmark import dataset_configs
+    from freeret.runner import check
+
+    cfg = OmegaConf.to_container(compose(["experiment=mmeb_table1"]), resolve=True)
+    framings = {d["name"]: check({**cfg, "dataset": d}).framing for d in dataset_configs(cfg)}
+    assert len(framings) == 36
+    imagenet = framings.pop("ImageNet-1K")
+    assert imagenet.variant == "presence"
+    assert imagenet.split()[1] == "\nObject: " and imagenet.template.startswith("Task: Determine whether the object appears")
+    assert {(f.variant, f.template) for f in framings.values()} == {(None, load_framing("mcq").template)}
+
+
+def test_prompt_facts_and_variants_are_checked():
+    """An unknown prompt key, a variant the framing lacks and the old per-dataset keys are one-line errors."""
+    from freeret.prompts import DatasetPrompt
+
+    with pytest.raises(ConfigError, match=r"^dataset d: prompt.query_knd is not a prompt fact; the keys are query_kind"):
+        DatasetPrompt.from_config({"name": "d", "prompt": {"query_knd": "image"}})
+    with pytest.raises(ConfigError, match=r"prompt.scorer_variant is not a prompt fact"):
+        DatasetPrompt.from_config({"name": "d", "prompt": {"scorer_variant": "x"}})
+    typo = DatasetPrompt.from_config({"name": "d", "prompt": {"framing_variant": "presense"}})
+    with pytest.raises(ConfigError, match=r"^dataset d asks for framing variant 'presense' \(prompt.framing_variant\), "
+                                          r"which framing 'mcq' does not define \(its variants: presence\); add "
+                                          r"variants.presense"):
+        load_framing("mcq").for_dataset(typo)
+    mine = Framing.from_dict({"name": "mine", "template": "Q: {query}\nC: {candidate}\nOK?", "options": ["A", "B"],
+                              "match": "A"})
+    with pytest.raises(ConfigError, match=r"dataset ImageNet-1K asks for framing variant 'presence'.*'mine' does not "
+                                          r"define \(its variants: none\)"):
+        mine.for_dataset(dataset_prompt("mmeb/ImageNet-1K"))
+    assert mine.for_dataset(dataset_prompt("wordnet_rd")).template == mine.template  # no variant asked: main one
+    with pytest.raises(ConfigError, match=r"framing 'old': per-dataset templates \(datasets:\) are no longer read"):
+        Framing.from_dict({"name": "old", "template": "{query} {candidate}", "options": ["A", "B"], "match": "A",
+                           "datasets": {"imagenet_1k": "{query} {candidate}"}})
+    with pytest.raises(ConfigError) as info:
+        load_framing("yes_no").for_dataset(typo)
+    assert "\n" not in str(info.value)

@@ -3,21 +3,23 @@ the sweep, and the one-line errors; plus every config group composing and instan
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from conftest import REPO, compose
 from freeret.backbone import ModelSpec
-from freeret.backbone.tiny import TINY_FAMILIES
+from freeret.testing.tiny import TINY_FAMILIES
 from freeret.data.datasets import load_dataset
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
+from freeret.eval.results import RunResult
 from freeret.eval.loggers import make_logger
 from freeret.rerank.framing import Framing
 from freeret.rerank.stage import RerankConfig
@@ -32,8 +34,8 @@ def run_py(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -
                           capture_output=True, text=True, env=full_env, cwd=tmp_path, timeout=600)
 
 
-def results(run_dir: Path, dataset: str) -> dict:
-    return json.loads((run_dir / "results" / f"{dataset}.json").read_text())
+def results(run_dir: Path, dataset: str) -> RunResult:
+    return RunResult.read(run_dir / "results" / f"{dataset}.json")
 
 
 def options(group: str) -> list[str]:
@@ -44,7 +46,14 @@ def options(group: str) -> list[str]:
 def test_every_config_group_composes_and_instantiates(group, tmp_path):
     for option in options(group):
         cfg = compose([f"{group}={option}"])
-        assert group == "rerank" or cfg[group] is not None  # rerank presets are global (no key of their own)
+        if group == "rerank":  # presets are global (no key of their own): they set the framing and stage-2 keys
+            preset = OmegaConf.load(REPO / "conf" / "rerank" / f"{option}.yaml")
+            framing = next((d["override /framing"] for d in preset.get("defaults") or [] if "override /framing" in d),
+                           compose().framing.name)
+            assert cfg.framing.name == framing, option
+            assert all(cfg.pipeline[k] == v for k, v in (preset.get("pipeline") or {}).items()), option
+        else:
+            assert cfg[group] is not None
         ModelSpec.from_dict(cfg.model)
         LayerSpec.from_dict(cfg.layer)
         Prior.from_dict(cfg.prior)
@@ -72,22 +81,42 @@ def test_tiny_vlm_end_to_end_on_images(model, tmp_path):
     proc = run_py([f"model={model}", "dataset=smoke_mm", *QUIET], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = results(tmp_path, "smoke_mm")
-    assert res["counts"]["num_queries"] == 16 and res["counts"]["candidates_per_query"] == 8
-    assert 0.0 <= res["main_score"] <= 1.0
-    assert res["model"]["family"] == compose([f"model={model}"]).model.family
-    assert f"smoke_mm: embed hit@1={res['main_score']:.4f}" in proc.stdout
+    assert res.counts.num_queries == 16 and res.counts.candidates_per_query == 8
+    assert res.main_score == pytest.approx(hit_at_1_from_the_store(res), abs=1e-9)
+    assert res.model["family"] == compose([f"model={model}"]).model.family
+    assert f"smoke_mm: embed hit@1={res.main_score:.4f}" in proc.stdout
+
+
+def hit_at_1_from_the_store(res: RunResult) -> float:
+    """hit@1 recomputed by hand from the vectors the run stored: each item's key from its rendered prompt, cosine in
+    fp32, a tie counted against the positive. Catches a metric, scoring, keying or storage bug in the run."""
+    from freeret.backbone import load_backbone
+    from freeret.cache import item_cache_key
+    from freeret.data.datamodule import PromptCollator
+    from freeret.prompts import DatasetPrompt
+    from freeret.retrieve.store import read_shards
+
+    cfg = res.config
+    prior = Prior.from_dict(cfg["prior"]).for_dataset(DatasetPrompt.from_config(cfg["dataset"]))
+    collate = PromptCollator(load_backbone(ModelSpec.from_dict(cfg["model"])), prior)
+    stored = read_shards(Path(res.timing["embed_store"]))
+    rset = load_dataset(cfg["dataset"])
+    vec = {k: torch.nn.functional.normalize(stored[item_cache_key(it, collate.prompt(it))].float(), dim=-1)
+           for k, it in rset.items.items()}
+    hits = [all(vec[r.query] @ vec[r.candidates[0]] > vec[r.query] @ vec[c] for c in r.candidates[1:]) for r in rset.rows]
+    return sum(hits) / len(hits)
 
 
 def test_real_smollm2_wordnet_slice_beats_chance(tmp_path):
     proc = run_py(["dataset.limit=100", "dataset.pool=positives", *QUIET], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = results(tmp_path, "wordnet_rd")
-    assert res["counts"]["candidates_per_query"] == 100  # chance hit@1 = 0.01
-    assert res["main_score"] >= 0.05
+    assert res.counts.candidates_per_query == 100  # chance hit@1 = 0.01
+    assert res.main_score >= 0.05
     for key in ("revision", "dtype", "attn_implementation"):
-        assert res["model"][key]
-    assert res["environment"]["packages"]["transformers"]
-    assert res["layer"]["label"] == "attn_last" and res["prior"] == "freeret"
+        assert res.model[key]
+    assert res.environment["packages"]["transformers"]
+    assert res.layer.label == "attn_last" and res.prior == "freeret"
 
 
 def test_sweep_grid_fast(tmp_path):
@@ -98,7 +127,7 @@ def test_sweep_grid_fast(tmp_path):
          "dataset=smoke_mm", *QUIET, f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    combos = {(r["layer"]["label"], r["prior"]) for r in (json.loads(p.read_text()) for p in sweep.glob("*/results/smoke_mm.json"))}
+    combos = {(r.layer.label, r.prior) for r in map(RunResult.read, sweep.glob("*/results/smoke_mm.json"))}
     assert combos == {("attn_last", "e5v"), ("attn_last", "freeret"), ("mlp_last", "e5v"), ("mlp_last", "freeret")}
 
 
@@ -109,6 +138,7 @@ def test_sweep_grid_fast(tmp_path):
         (["model=qwen2vl_7b", "model.path=/nonexistent/ckpt"], "model.path=/nonexistent/ckpt"),
         (["model=tiny_qwen2vl", "layer.index=-9"], "layer.index=-9 is out of range"),
         (["dataset=local", "dataset.path=/nonexistent.jsonl"], "does not exist"),
+        (["+dataset.prompt.query_knd=definition"], "dataset wordnet_rd: prompt.query_knd is not a prompt fact"),
     ],
 )
 def test_errors_are_one_line(args, expected, tmp_path):
@@ -116,3 +146,16 @@ def test_errors_are_one_line(args, expected, tmp_path):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+
+
+def test_lightning_product_tips_are_not_printed(caplog, capfd):
+    """A run prints what is about the run: Lightning's litlogger / litmodels adverts are dropped (issue 13)."""
+    import logging
+
+    from freeret.runner import make_trainer
+
+    with caplog.at_level(logging.INFO):
+        make_trainer({"trainer": {"accelerator": "cpu", "enable_progress_bar": False}})
+    printed = caplog.text + "".join(capfd.readouterr())
+    assert "GPU available" in printed  # Lightning's own report still shows (the capture works)
+    assert "litlogger" not in printed and "Tip:" not in printed

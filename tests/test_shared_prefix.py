@@ -163,7 +163,7 @@ def test_states_and_logits_on_another_device_than_the_inputs(qwen, threads):
 def test_the_registry_is_the_one_list_of_families(smollm):
     """The processors and the tiny test models take their families from families.py; a loaded model finds its
     adapter; each adapter finds its decoder, base model and image encoder."""
-    from freeret.backbone import tiny
+    from freeret.testing import tiny
     from freeret.backbone.processors import PROCESSORS
 
     assert vision_families() == tuple(PROCESSORS) == tiny.TINY_FAMILIES

@@ -14,12 +14,17 @@ from safetensors.torch import load_file
 from skimage import data as skdata
 from transformers import AutoModelForImageTextToText
 
-from freeret.backbone import tiny
 from freeret.backbone.embedded import embedded_checkpoint
-from freeret.backbone.processors import IMAGE_TOKEN_CONTENT, load_processor, processor_inputs, render_chat
-from freeret.backbone.tiny import QWEN2_VL_CHAT_TEMPLATE, TINY_FAMILIES, tiny_checkpoint
+from freeret.backbone.processors import (
+    IMAGE_TOKEN_CONTENT,
+    load_processor,
+    processor_inputs,
+)
 from freeret.errors import CheckpointNotFoundError
 from freeret.paths import cache_dir
+from freeret.testing import tiny
+from freeret.testing.chat import render_chat
+from freeret.testing.tiny import QWEN2_VL_CHAT_TEMPLATE, TINY_FAMILIES, tiny_checkpoint
 
 TEXTS = ["Hi.", "A much longer sentence about an astronaut who drinks a cup of coffee in space."]
 
@@ -80,13 +85,13 @@ def test_tiny_model_forward(family: str, tiny_cache: Path, images: list[Image.Im
     assert decoder.layers[-1].post_attention_layernorm is not None
 
     image_id = processor.image_token_id
-    text_prompts = [render_chat(family, processor, text, 0) for text in TEXTS]
+    text_prompts = [render_chat(processor, text, 0) for text in TEXTS]
     text_batch = processor_inputs(family, processor, text_prompts, None)
     assert "pixel_values" not in text_batch
     assert not bool((text_batch["input_ids"] == image_id).any())
     _check_batch(model, text_batch, vocab_size)
 
-    image_prompts = [render_chat(family, processor, text, 1) for text in TEXTS]
+    image_prompts = [render_chat(processor, text, 1) for text in TEXTS]
     image_batch = processor_inputs(family, processor, image_prompts, [[images[0]], [images[1]]])
     assert "pixel_values" in image_batch
     assert bool(((image_batch["input_ids"] == image_id).sum(dim=1) > 0).all())
@@ -100,8 +105,8 @@ def test_render_chat_matches_plain_apply_chat_template(family: str, tiny_cache: 
     plain = processor.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
     )
-    assert render_chat(family, processor, "caption", 1) == plain
-    assert "caption" in render_chat(family, processor, "caption", 0)
+    assert render_chat(processor, "caption", 1) == plain
+    assert "caption" in render_chat(processor, "caption", 0)
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -164,7 +169,7 @@ def test_load_processor_legacy_qwen_layout(tiny_cache: Path, tmp_path: Path) -> 
         16 * 28 * 28,
     )
     batch = processor_inputs(
-        "qwen2_vl", limited, [render_chat("qwen2_vl", limited, "x", 1)], [[Image.new("RGB", (400, 400))]]
+        "qwen2_vl", limited, [render_chat(limited, "x", 1)], [[Image.new("RGB", (400, 400))]]
     )
     assert int((batch["input_ids"] == limited.image_token_id).sum()) == 16
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
+from conftest import REPO, compose, dataset_prompt
 from freeret.data import wordnet as wn
 from freeret.data.wordnet_tasks import BUILDERS
 from freeret.embed.priors import Prior
@@ -122,12 +122,17 @@ def test_fewshot_prior_shows_only_held_out_demonstrations(demos, dev_sets, test_
 
     prior = Prior.from_dict(OmegaConf.to_container(compose(["prior=fewshot", "prior.demos.k=16"]).prior, resolve=True))
     _, texts = used({**{f"{d}_t": r for d, r in test_sets.items()}, **{f"{d}_d": r for d, r in dev_sets.items()}})
+    configs = {"wordnet_rd": ("wordnet_rd", "wordnet_rd_dev")}
     for dataset in DATASETS:
-        for name in (dataset, f"{dataset}_dev"):
-            detail = prior.describe(name)["demos"]
+        test_cfg, dev_cfg = configs.get(dataset, (f"wordnet/{dataset.removeprefix('wordnet_')}",
+                                                  f"wordnet_dev/{dataset.removeprefix('wordnet_')}"))
+        for name, cfg_name in ((dataset, test_cfg), (f"{dataset}_dev", dev_cfg)):
+            bound = prior.for_dataset(dataset_prompt(cfg_name))
+            assert bound.dataset == name
+            detail = bound.describe()["demos"]
             assert detail["set"] == dataset and detail["k"] == 16
             assert detail["sha256"] == hashlib.sha256((DATA / "wordnet_fewshot" / "demos.json").read_bytes()).hexdigest()
-            prompt = prior.render("query", "ITEM", False, name)
+            prompt = bound.render("query", "ITEM", False)
             shown = re.findall(r': "(.*?)" means in one word:"(.*?)"\.', prompt)
             assert shown == [(x["text"], x["answer"]) for x in demos[dataset]]
             for text, answer in shown:
@@ -188,16 +193,26 @@ def _conf(group: str) -> list[dict]:
             for p in sorted((REPO / "conf" / group).glob("*.yaml"))]
 
 
+def _dataset_files(name: str) -> tuple[str, str]:
+    """The conf/dataset entries (test, dev) of a WordNet set."""
+    if name == "wordnet_rd":
+        return "wordnet_rd", "wordnet_rd_dev"
+    task = name.removeprefix("wordnet_")
+    return f"wordnet/{task}", f"wordnet_dev/{task}"
+
+
 def test_dev_sets_get_the_prompts_of_their_test_twins():
     """A setting chosen on dev must run unchanged on test: every prior and framing renders the same prompt."""
     for name in DATASETS:
+        test, dev = (dataset_prompt(path) for path in _dataset_files(name))
         for cfg in _conf("prior"):
             prior = Prior.from_dict(cfg)
             for role in ("query", "target"):
-                assert prior.render(role, "a text", False, f"{name}_dev") == prior.render(role, "a text", False, name), (cfg["name"], name)
+                got = prior.for_dataset(dev).render(role, "a text", False)
+                assert got == prior.for_dataset(test).render(role, "a text", False), (cfg["name"], name)
         for cfg in _conf("framing"):
             framing = Framing.from_dict(cfg)
-            assert framing.split(f"{name}_dev") == framing.split(name), (cfg["name"], name)
+            assert framing.for_dataset(dev).split() == framing.for_dataset(test).split(), (cfg["name"], name)
 
 
 def test_dev_suite_runs_in_fast_mode(tmp_path):
@@ -211,6 +226,6 @@ def test_dev_suite_runs_in_fast_mode(tmp_path):
     for dataset in cfg["benchmark"]["datasets"].values():
         dataset["pool"] = "positives"  # the kept rows' positives as candidates: a few items to embed
     payloads = run_all({**cfg, "run_dir": str(tmp_path)})
-    assert [p["dataset"] for p in payloads] == [f"{d}_dev" for d in DATASETS[1:]]
-    assert all(p["task"]["split"] == "dev" and p["task"]["benchmark"] == "wordnet_meta_dev" for p in payloads)
-    assert all(p["counts"]["num_queries"] == 2 for p in payloads)
+    assert [p.dataset for p in payloads] == [f"{d}_dev" for d in DATASETS[1:]]
+    assert all(p.task.split == "dev" and p.task.benchmark == "wordnet_meta_dev" for p in payloads)
+    assert all(p.counts.num_queries == 2 for p in payloads)

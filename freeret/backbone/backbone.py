@@ -12,10 +12,10 @@ from torch import nn
 
 from freeret.backbone.capture import capture, run_until_captured
 from freeret.backbone.families import IMAGE, Family
+from freeret.backbone.spec import ModelSpec
 from freeret.embed.layers import LayerSpec, Readout
 
 if TYPE_CHECKING:
-    from freeret.backbone.loading import ModelSpec
     from freeret.backbone.prefix import PrefixCache
 
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class Prompter:
     """Prompt rendering and input batching without the weights: what DataLoader workers hold (and pickle)."""
 
-    spec: "ModelSpec"
+    spec: ModelSpec
     family: Family
     processor: Any
 
@@ -44,7 +44,7 @@ class Prompter:
 class Backbone:
     """The frozen MLLM/LM that both stages share."""
 
-    spec: "ModelSpec"
+    spec: ModelSpec
     family: Family
     model: nn.Module
     processor: Any

@@ -3,70 +3,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import get_family
-from freeret.errors import CheckpointNotFoundError, ConfigError
+from freeret.backbone.spec import DTYPES, ModelSpec
+from freeret.errors import CheckpointNotFoundError
 from freeret.paths import hub_offline
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("hub", "embedded", "tiny")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate: one model over several GPUs
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything that says which weights run and how (a ``conf/model`` entry)."""
-
-    name: str
-    family: str = "text"
-    source: str = "hub"
-    hf_id: str | None = None
-    path: str | None = None
-    revision: str | None = None
-    dtype: str = "float32"
-    attn_implementation: str = "sdpa"
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    chat_template: bool = True
-    system_prompt: str | None = None
-    trust_remote_code: bool = False
-    device_map: str | None = None
-    image_processor: str = "auto"
-
-    @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "ModelSpec":
-        """Build from a ``conf/model`` mapping, rejecting unknown keys and values before any load."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ConfigError(f"unknown model config key(s): {', '.join(sorted(unknown))}")
-        spec = cls(**dict(cfg))
-        get_family(spec.family)
-        if spec.source not in SOURCES:
-            raise ConfigError(f"model.source={spec.source!r} is not one of {', '.join(SOURCES)}")
-        if spec.dtype not in DTYPES:
-            raise ConfigError(f"model.dtype={spec.dtype!r} is not one of {', '.join(DTYPES)}")
-        if spec.source == "hub" and not (spec.hf_id or spec.path):
-            raise ConfigError(f"model '{spec.name}' needs model.hf_id or model.path")
-        if spec.device_map is not None and spec.device_map not in DEVICE_MAPS:
-            raise ConfigError(f"model.device_map={spec.device_map!r} is not one of null, {', '.join(DEVICE_MAPS)}")
-        from freeret.backbone.processors import image_backend
-
-        image_backend(spec.image_processor)  # a bad value, or torchvision asked for where it does not import
-        return spec
-
-    @property
-    def from_hub(self) -> bool:
-        """Whether the weights come from the HF hub (cache) by id rather than from a folder."""
-        return self.source == "hub" and not self.path
 
 
 def resolve_checkpoint(spec: ModelSpec) -> tuple[str, str | None]:
@@ -88,7 +36,7 @@ def resolve_checkpoint(spec: ModelSpec) -> tuple[str, str | None]:
         path, revision = embedded_checkpoint(spec.name)
         return str(path), revision
     if spec.source == "tiny":
-        from freeret.backbone.tiny import tiny_checkpoint
+        from freeret.testing.tiny import tiny_checkpoint
 
         return str(tiny_checkpoint(spec.family)), "tiny-random-seed0"
     assert spec.hf_id

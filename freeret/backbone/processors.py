@@ -14,7 +14,7 @@ small subclasses whose ``__init__`` takes no video processor.
 
 Prompt text (``IMAGE_TOKEN_CONTENT``): callers render a single user turn with the
 processor's own chat template, one ``{"type": "image"}`` entry per image before the
-text, via ``render_chat``::
+text (``freeret.testing.chat.render_chat`` is the reference)::
 
     processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TEXT}]}],
@@ -190,15 +190,6 @@ def load_processor(
     if processor_dict.get("chat_template") is None and tokenizer.chat_template is not None:
         processor_dict["chat_template"] = tokenizer.chat_template
     return spec.processor_class.from_args_and_dict([images, tokenizer], processor_dict)
-
-
-def render_chat(family: str, processor: ProcessorMixin, text: str, n_images: int) -> str:
-    """One user turn with ``n_images`` images before ``text``, rendered by the processor's chat template."""
-    _family(family)
-    content: list[dict[str, str]] = [dict(IMAGE_TOKEN_CONTENT) for _ in range(n_images)]
-    content.append({"type": "text", "text": text})
-    messages = [{"role": "user", "content": content}]
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def processor_inputs(

@@ -67,15 +67,16 @@ def num_workers(value: int | None) -> int:
 
 class PromptCollator:
     """Turns a list of items into model inputs with the prior's prompts (in DataLoader workers when there are
-    some: it holds the processor, not the model). With ``content=True`` (``pooling=mean``) a batch also carries
-    ``content``: (batch, seq) bool, each item's own tokens (its text's and its images')."""
+    some: it holds the processor, not the model). ``prior`` is bound to the dataset (:meth:`Prior.for_dataset`).
+    With ``content=True`` (``pooling=mean``) a batch also carries ``content``: (batch, seq) bool, each item's own
+    tokens (its text's and its images')."""
 
-    def __init__(self, backbone: Backbone, prior: Prior, dataset: str | None, content: bool = False) -> None:
-        self.prompter, self.prior, self.dataset, self.content = backbone.prompter, prior, dataset, content
+    def __init__(self, backbone: Backbone, prior: Prior, content: bool = False) -> None:
+        self.prompter, self.prior, self.content = backbone.prompter, prior, content
 
     def prompt(self, item: Item, n_images: int | None = None) -> str:
         """The full prompt string for one item (a video clip puts one image per sampled frame)."""
-        text = self.prior.render(item.role, item.text, item.image is not None, self.dataset)
+        text = self.prior.render(item.role, item.text, item.image is not None)
         return self.prompter.render(text, n_images=frame_count(item.image) if n_images is None else n_images)
 
     def text_span(self, item: Item, prompt: str, n_images: int) -> tuple[int, int]:
@@ -84,7 +85,7 @@ class PromptCollator:
         text = item.text.strip()
         if not text:
             return 0, 0
-        slotted = self.prompter.render(self.prior.render(item.role, ITEM_SLOT, item.image is not None, self.dataset),
+        slotted = self.prompter.render(self.prior.render(item.role, ITEM_SLOT, item.image is not None),
                                        n_images=n_images)
         start = slotted.find(ITEM_SLOT)
         if start < 0 or slotted.replace(ITEM_SLOT, text) != prompt:

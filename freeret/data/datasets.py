@@ -17,7 +17,7 @@ def load_dataset(cfg: Mapping[str, Any]) -> RetrievalSet:
     limit = cfg.get("limit")
     pool = str(cfg.get("pool", "rows"))
     if kind == "smoke":
-        from freeret.data.smoke import build_smoke_set
+        from freeret.testing.smoke import build_smoke_set
 
         return load_mmeb(name, build_smoke_set(), limit=limit, pool=pool)
     if kind == "wordnet_qa":

@@ -4,7 +4,7 @@ Local layouts, tried in order under ``root`` (``paths.mmeb_root``):
 ``<root>/<Subset>/*.parquet`` (a snapshot of ``TIGER-Lab/MMEB-eval``), ``<root>/<Subset>.parquet``,
 ``<root>/<Subset>.jsonl`` or ``.jsonl.gz``. Images are read from ``image_root`` (default
 ``<root>/eval_images``, where the dataset's ``images.zip`` unpacks). ``source: fixture`` reads a
-generated miniature instead (:mod:`freeret.data.mmeb_fixture`), for the offline fast mode.
+generated miniature instead (:mod:`freeret.testing.mmeb_fixture`), for the offline fast mode.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def locate(cfg: Mapping[str, Any]) -> tuple[Path, list[Path]]:
     """(root, files) of one subset: local, else fetched from the hub; one-line DataError when neither works."""
     subset = str(cfg.get("subset") or cfg["name"])
     if cfg.get("source") == "fixture":
-        from freeret.data.mmeb_fixture import build_mmeb_fixture
+        from freeret.testing.mmeb_fixture import build_mmeb_fixture
 
         root = build_mmeb_fixture(cfg)
     elif cfg.get("source") not in (None, "local", "hub"):

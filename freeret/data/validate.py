@@ -1,87 +1,22 @@
 """Check every unique item before embedding: bad ones are recorded, not fatal (unless ``strict``).
 
-Images are opened with PIL's decompression-bomb guard, fully decoded, flattened to RGB
-(CMYK, palette, LA/RGBA on white, 16-bit scaled to 8-bit), animated images reduced to their
-first frame and images above ``max_pixels`` resized down keeping the aspect ratio. Texts longer
-than the model's context are cut to it. Failures and notes go to ``<run_dir>/errors.jsonl`` and
-``<run_dir>/warnings.jsonl``; rows whose query or positive failed count as misses.
+Each image is opened as the run will use it (:func:`freeret.data.images.open_image`: bomb guard, full decoding,
+RGB, resized above ``images.max_pixels``) and each clip read; texts longer than the model's context are cut to
+it. Failures and notes go to ``<run_dir>/errors.jsonl`` and ``<run_dir>/warnings.jsonl``; rows whose query or
+positive failed count as misses.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
-from PIL import Image
-
+from freeret.data.images import ImageProblem, open_image
 from freeret.data.retrieval_set import RetrievalSet, Row
+from freeret.data.visual import is_clip, load_clip
 from freeret.errors import DataError
-
-DEFAULT_MAX_PIXELS = 4096 * 4096  # images above this many pixels are resized down (aspect kept)
-BOMB_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's guard: above it an image is refused unread
-_limits = {"max_pixels": DEFAULT_MAX_PIXELS}
-
-
-class ImageProblem(Exception):
-    """An image that cannot be used; the message is the reason recorded for it."""
-
-
-def set_image_limit(max_pixels: int | None) -> None:
-    """Set the resize budget every later ``open_image`` call uses (the run's ``images.max_pixels``)."""
-    _limits["max_pixels"] = int(max_pixels or DEFAULT_MAX_PIXELS)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode as 8-bit RGB; transparency is composited on white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img).astype(np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def open_image(path: str, max_pixels: int | None = None, notes: list[str] | None = None) -> Image.Image:
-    """Open, fully decode and normalise one image; ImageProblem says why it cannot be used."""
-    budget = int(max_pixels or _limits["max_pixels"])
-    p = Path(path)
-    if not p.is_file():
-        raise ImageProblem(f"image file not found: {path}")
-    if p.stat().st_size == 0:
-        raise ImageProblem(f"image file is empty (0 bytes): {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
-                w, h = img.size
-                frames = int(getattr(img, "n_frames", 1) or 1)
-                if frames > 1:
-                    img.seek(0)
-                    if notes is not None:
-                        notes.append(f"animated image with {frames} frames: the first frame is used")
-                img.load()
-                out = _to_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageProblem(f"image refused by the decompression-bomb guard ({exc})") from exc
-    except ImageProblem:
-        raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
-        raise ImageProblem(f"image cannot be decoded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    if w * h > budget:
-        scale = math.sqrt(budget / (w * h))
-        size = (max(1, int(w * scale)), max(1, int(h * scale)))
-        out = out.resize(size, Image.Resampling.BICUBIC)
-        if notes is not None:
-            notes.append(f"image of {w}x{h} pixels resized to {size[0]}x{size[1]} (images.max_pixels={budget})")
-    return out
 
 
 @dataclass
@@ -133,8 +68,6 @@ def check_set(
     max_text_tokens: int | None = None,
 ) -> Report:
     """Check rows and items of ``rset`` in place (long texts are cut); ``strict`` raises at the first failure."""
-    from freeret.data.visual import is_clip, load_clip  # visual.py opens its frames with open_image
-
     report = Report()
     for problem in rset.problems:
         level = problem.get("level", "error")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence
 
-from freeret.data.validate import open_image
+from freeret.data.images import open_image
 from freeret.errors import DataError
 
 CLIP_FRAMES = 8
@@ -116,5 +116,5 @@ def load_visual(path: str) -> list[Image.Image]:
 
 
 def load_image(path: str) -> Image.Image:
-    """Open an image as 8-bit RGB, guarded and resized as in :func:`freeret.data.validate.open_image`."""
+    """Open an image as 8-bit RGB, guarded and resized as in :func:`freeret.data.images.open_image`."""
     return open_image(path)

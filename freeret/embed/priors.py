@@ -1,42 +1,36 @@
-"""Prompt priors: one-word prompt templates (YAML data under ``conf/prior``) rendered per item.
+"""Priors: prompt templates as data, rendered per item.
 
 A template names placeholders in braces. ``{text}`` is the item's text and ``{modality}``
 what the content is ("image", "sentence", "image and sentence"); every other placeholder
-comes from the prior's ``vars``, which per-dataset entries override and which may
-themselves contain placeholders. Images are placed by the model family's chat template,
-before the text, so a template only says where the text goes.
+comes from the prior's ``vars``, which may themselves contain placeholders. A dataset's prompt
+facts (its config's ``prompt:``, :mod:`freeret.prompts`) override those vars and may pick one of
+the prior's named ``variants``: :meth:`Prior.for_dataset`. Images are placed by the model
+family's chat template, before the text, so a template only says where the text goes.
 
 Few-shot priors (PromptEOL, arXiv 2307.16645) also use ``{demos}``: the first ``demos.k``
-(text, answer) demonstrations of the dataset's ``demo_set`` (a key of the JSON file
-``demos.file``; ``none`` = zero-shot), each rendered with ``demos.line`` (``{demo_text}``,
-``{demo_answer}`` and the vars). The demonstrations are held-out data: the shipped file's
-items are disjoint from every evaluation set (``tests/test_wordnet_splits.py``).
+(text, answer) demonstrations of the dataset's ``demo_set`` (a prompt fact naming a key of the
+JSON file ``demos.file``; ``none`` = zero-shot), each rendered with ``demos.line``
+(``{demo_text}``, ``{demo_answer}`` and the vars). The demonstrations are held-out data: the
+shipped file's items are disjoint from every evaluation set (``tests/test_wordnet_splits.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from freeret.errors import ConfigError
+from freeret.prompts import DatasetPrompt, pick_variant, placeholders
 
 ROLES = ("query", "target")
 BUILTIN_VARS = ("text", "modality", "demos")
 LITERALS = ("text", "demos", "demo_text", "demo_answer")  # inserted verbatim last: item texts may hold braces
 NO_DEMOS = "none"
+VARIANT_KEYS = ("query", "target", "vars")  # what a prior variant may replace
 _MAX_DEPTH = 5
-
-
-def placeholders(template: str) -> set[str]:
-    """Names of the ``{placeholders}`` in a format string."""
-    try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
-    except ValueError as exc:
-        raise ConfigError(f"malformed prompt template {template!r}: {exc}") from exc
 
 
 def modality(text: str, has_image: bool) -> str:
@@ -108,89 +102,112 @@ class Demonstrations:
 
 @dataclass(frozen=True)
 class Prior:
-    """Query and target templates plus their variables and per-dataset overrides (and, for few-shot priors, the
-    demonstrations)."""
+    """Query and target templates, their variables, named variants a dataset may pick, and (for few-shot priors)
+    the demonstrations."""
 
     name: str
     query: str
     target: str
     vars: Mapping[str, str] = field(default_factory=dict)
-    datasets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    variant: str | None = None  # the variant applied by for_dataset (None: the main templates)
     demos: Demonstrations | None = None
+    dataset: str | None = None  # the dataset for_dataset bound (for messages)
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "Prior":
-        """Build from a ``conf/prior`` mapping and check every placeholder resolves."""
+    def from_dict(cls, cfg: Mapping[str, Any]) -> Prior:
+        """Build from a ``conf/prior`` mapping and check every placeholder resolves (in every variant too)."""
         name = str(cfg.get("name", "custom"))
+        if "datasets" in cfg:
+            raise ConfigError(f"prior '{name}': per-dataset entries (datasets:) are no longer read; a dataset states "
+                              f"its prompt facts in its own config's prompt: section (freeret/prompts.py)")
+        variants: dict[str, Mapping[str, Any] | None] = {}
+        for key, over in (cfg.get("variants") or {}).items():
+            extra = set(over or {}) - set(VARIANT_KEYS)
+            if extra:
+                raise ConfigError(f"prior '{name}': variant {key} sets {', '.join(sorted(extra))}; a variant may set "
+                                  f"{', '.join(VARIANT_KEYS)}")
+            variants[str(key)] = None if over is None else {
+                k: ({kk: str(vv) for kk, vv in v.items()} if k == "vars" else str(v)) for k, v in over.items()}
         prior = cls(
             name=name,
             query=str(cfg["query"]),
             target=str(cfg.get("target", cfg["query"])),
             vars={k: str(v) for k, v in (cfg.get("vars") or {}).items()},
-            datasets={k: {kk: str(vv) for kk, vv in (v or {}).items()} for k, v in (cfg.get("datasets") or {}).items()},
+            variants=variants,
             demos=Demonstrations.from_dict(cfg["demos"], name) if cfg.get("demos") else None,
         )
         prior.validate()
+        for key in variants:
+            prior._with_variant(key, {}).validate()
         return prior
 
-    def describe(self, dataset: str | None = None) -> dict[str, Any]:
-        """For results: the prior's name and, for a few-shot prior, which demonstrations ``dataset`` got."""
+    def _with_variant(self, key: str | None, dataset_vars: Mapping[str, str], dataset: str | None = None) -> Prior:
+        over = (self.variants.get(key) if key else None) or {}
+        return Prior(name=self.name, query=over.get("query", self.query), target=over.get("target", self.target),
+                     vars={**self.vars, **(over.get("vars") or {}), **dataset_vars}, variant=key, demos=self.demos,
+                     dataset=dataset)
+
+    def for_dataset(self, prompt: DatasetPrompt | None) -> Prior:
+        """This prior as it renders ``prompt``'s dataset: the variant the dataset names, then its vars over the
+        prior's; checked (a variant this prior lacks, or a placeholder left undefined, is a ConfigError)."""
+        if prompt is None:
+            return self
+        pick_variant(self.variants, prompt, "prior", self.name)
+        bound = self._with_variant(prompt.variants.get("prior"), prompt.vars, prompt.dataset)
+        bound.validate(prompt.dataset)
+        return bound
+
+    def describe(self) -> dict[str, Any]:
+        """For results: the prior's name and, for a few-shot prior, which demonstrations its dataset got."""
         out: dict[str, Any] = {"name": self.name}
         if self.demos is not None:
-            demo_set = self.variables(dataset).get("demo_set", NO_DEMOS)
-            out["demos"] = {"k": len(self.demos.pairs(demo_set, self.name, dataset)), "set": demo_set,
+            demo_set = self.vars.get("demo_set", NO_DEMOS)
+            out["demos"] = {"k": len(self.demos.pairs(demo_set, self.name, self.dataset)), "set": demo_set,
                             "file": self.demos.file, "sha256": self.demos.sha256}
         return out
 
-    def variables(self, dataset: str | None) -> dict[str, str]:
-        """The prior's variables with ``dataset``'s overrides applied."""
-        merged = dict(self.vars)
-        merged.update(self.datasets.get(dataset or "", {}))
-        return merged
-
-    def template(self, role: str, dataset: str | None = None) -> str:
-        """The raw template for ``role``; a dataset may override it with a ``query``/``target`` entry."""
+    def template(self, role: str) -> str:
+        """The raw template for ``role``."""
         if role not in ROLES:
             raise ConfigError(f"prompt role must be one of {ROLES}, got {role!r}")
-        return self.datasets.get(dataset or "", {}).get(role, getattr(self, role))
+        return getattr(self, role)
 
-    def validate(self) -> None:
-        """Raise ConfigError naming any placeholder that no variable defines (for every dataset entry)."""
-        for dataset in [None, *self.datasets]:
-            known = set(self.variables(dataset)) | set(BUILTIN_VARS)
-            texts = [self.template(r, dataset) for r in ROLES] + list(self.variables(dataset).values())
-            for role in ROLES:
-                if "text" not in placeholders(self.template(role, dataset)):
-                    where = f" (dataset {dataset})" if dataset else ""
-                    raise ConfigError(
-                        f"prior '{self.name}'{where}: the {role} template has no {{text}} placeholder, so the item "
-                        f"would not be in its prompt; add {{text}} where the item goes"
-                    )
-            uses_demos = any("demos" in placeholders(self.template(r, dataset)) for r in ROLES)
-            if uses_demos and self.demos is None:
-                raise ConfigError(f"prior '{self.name}': a template uses {{demos}} but the prior has no demos: section")
-            if self.demos is not None:
-                texts.append(self.demos.line)
-                known |= {"demo_text", "demo_answer"}
-                self.demos.pairs(self.variables(dataset).get("demo_set", NO_DEMOS), self.name, dataset)
-            for text in texts:
-                missing = placeholders(text) - known
-                if missing:
-                    where = f" (dataset {dataset})" if dataset else ""
-                    raise ConfigError(
-                        f"prior '{self.name}'{where}: template uses undefined placeholder(s) "
-                        f"{', '.join(sorted(missing))}; define them under prior.vars"
-                    )
+    def validate(self, dataset: str | None = None) -> None:
+        """Raise ConfigError naming any placeholder that no variable defines, a template without {text}, or
+        demonstrations that cannot be found."""
+        where = f" (dataset {dataset})" if dataset else f" (variant {self.variant})" if self.variant else ""
+        known = set(self.vars) | set(BUILTIN_VARS)
+        for role in ROLES:
+            if "text" not in placeholders(self.template(role)):
+                raise ConfigError(
+                    f"prior '{self.name}'{where}: the {role} template has no {{text}} placeholder, so the item "
+                    f"would not be in its prompt; add {{text}} where the item goes"
+                )
+        texts = [self.template(r) for r in ROLES] + list(self.vars.values())
+        if any("demos" in placeholders(self.template(r)) for r in ROLES) and self.demos is None:
+            raise ConfigError(f"prior '{self.name}': a template uses {{demos}} but the prior has no demos: section")
+        if self.demos is not None:
+            texts.append(self.demos.line)
+            known |= {"demo_text", "demo_answer"}
+            self.demos.pairs(self.vars.get("demo_set", NO_DEMOS), self.name, dataset)
+        for text in texts:
+            missing = placeholders(text) - known
+            if missing:
+                raise ConfigError(
+                    f"prior '{self.name}'{where}: template uses undefined placeholder(s) "
+                    f"{', '.join(sorted(missing))}; define them under prior.vars"
+                )
 
-    def render(self, role: str, text: str, has_image: bool, dataset: str | None = None) -> str:
+    def render(self, role: str, text: str, has_image: bool) -> str:
         """The user-turn text for one item (images are added by the chat template)."""
-        values = self.variables(dataset)
+        values = dict(self.vars)
         values.update(text=text.strip(), modality=modality(text, has_image), demos="")
         if self.demos is not None:
-            pairs = self.demos.pairs(values.get("demo_set", NO_DEMOS), self.name, dataset)
+            pairs = self.demos.pairs(values.get("demo_set", NO_DEMOS), self.name, self.dataset)
             values["demos"] = "".join(_fill(self.demos.line, {**values, "demo_text": t, "demo_answer": a})
                                       for t, a in pairs)
-        out = self.template(role, dataset)
+        out = self.template(role)
         if not values["text"]:
             out = out.replace("{text}\n", "").replace("\n{text}", "")
         return _fill(out, values).strip()

@@ -21,23 +21,25 @@ from freeret.backbone import Backbone, ModelSpec, load_backbone
 from freeret.backbone.prefix import PrefixCache
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
+from freeret.prompts import DatasetPrompt
 
 
 class FreeRetEncoder:
     """Encodes mteb batches with a FreeRet backbone, sub-layer and prior."""
 
-    def __init__(self, backbone: Backbone, layer: LayerSpec, prior: Prior, dataset: str | None = None,
-                 prefix_cache: bool = True) -> None:
-        self.backbone, self.layer, self.prior, self.dataset = backbone, layer, prior, dataset
+    def __init__(self, backbone: Backbone, layer: LayerSpec, prior: Prior, prefix_cache: bool = True) -> None:
+        self.backbone, self.layer, self.prior = backbone, layer, prior
         self.prefix = PrefixCache(backbone.model) if prefix_cache else None
         self.mteb_model_meta = None  # mteb then names results after the model's class; similarity is ours
 
     @classmethod
     def from_config(cls, model: Mapping[str, Any], layer: Mapping[str, Any], prior: Mapping[str, Any],
-                    dataset: str | None = None) -> "FreeRetEncoder":
-        """Build from the same mappings as ``conf/model``, ``conf/layer`` and ``conf/prior``."""
+                    dataset: Mapping[str, Any] | None = None) -> FreeRetEncoder:
+        """Build from the same mappings as ``conf/model``, ``conf/layer`` and ``conf/prior``; a ``conf/dataset``
+        mapping, if given, contributes its prompt facts (``prompt:``)."""
         spec = ModelSpec.from_dict(model)
-        return cls(load_backbone(spec), LayerSpec.from_dict(layer), Prior.from_dict(prior), dataset)
+        bound = Prior.from_dict(prior).for_dataset(DatasetPrompt.from_config(dataset) if dataset else None)
+        return cls(load_backbone(spec), LayerSpec.from_dict(layer), bound)
 
     @staticmethod
     def _role(prompt_type: Any) -> str:
@@ -51,7 +53,7 @@ class FreeRetEncoder:
             images = [im if isinstance(im, list) else [im] for im in images]
             images = [[im.convert("RGB") for im in row] for row in images]
         prompts = [
-            self.backbone.render(self.prior.render(role, text or "", bool(images and images[i]), self.dataset),
+            self.backbone.render(self.prior.render(role, text or "", bool(images and images[i])),
                                  n_images=len(images[i]) if images else 0)
             for i, text in enumerate(texts)
         ]

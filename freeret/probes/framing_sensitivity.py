@@ -53,9 +53,9 @@ def swap_options(framing: Framing) -> Framing:
         raise ConfigError(f"framing '{framing.name}': the order swap needs exactly two options")
     a, b = framing.options
     template, moved = _swap_template(framing.template, a, b)
-    datasets = {k: _swap_template(v, a, b)[0] for k, v in framing.datasets.items()}
+    variants = {k: None if v is None else _swap_template(v, a, b)[0] for k, v in framing.variants.items()}
     match = (b if framing.match == a else a) if moved else framing.match
-    return replace(framing, name=f"{framing.name}_swapped", template=template, match=match, datasets=datasets)
+    return replace(framing, name=f"{framing.name}_swapped", template=template, match=match, variants=variants)
 
 
 def labelled_pairs(rset: RetrievalSet, n_queries: int, seed: int = 0) -> list[tuple[Item, Item, Item]]:
@@ -79,10 +79,10 @@ def match_calls(scorer: PairScorer, triples: Sequence[tuple[Item, Item, Item]]) 
 
 
 def framing_record(backbone: Backbone, framing: Framing, triples: Sequence[tuple[Item, Item, Item]],
-                   dataset: str | None, content_free: Sequence[str] = CONTENT_FREE) -> dict[str, Any]:
-    """Option bias, accuracy (and per class), flip rate and mean P(match) of one framing."""
-    scorer = PairScorer(backbone, framing, dataset)
-    swapped = PairScorer(backbone, swap_options(framing), dataset)
+                   content_free: Sequence[str] = CONTENT_FREE) -> dict[str, Any]:
+    """Option bias, accuracy (and per class), flip rate and mean P(match) of one framing (bound to the dataset)."""
+    scorer = PairScorer(backbone, framing)
+    swapped = PairScorer(backbone, swap_options(framing))
     labels = torch.tensor([True, False] * len(triples))
     p_match, calls = match_calls(scorer, triples)
     _, calls_swapped = match_calls(swapped, triples)

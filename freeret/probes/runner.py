@@ -24,6 +24,7 @@ from freeret.eval.results import environment, write_json
 from freeret.probes import anisotropy, framing_sensitivity, lexical_bias
 from freeret.probes.figures import draw
 from freeret.probes.sweep import short_label, sweep_items
+from freeret.prompts import DatasetPrompt
 from freeret.rerank.framing import Framing
 
 
@@ -39,6 +40,17 @@ def _highlight(cfg: Mapping[str, Any], num_layers: int) -> str | None:
     return None if layer.point == "final_norm" else f"{layer.point}_{layer.resolve(num_layers)}"
 
 
+def _prior(cfg: Mapping[str, Any]) -> Prior:
+    """The configured prior, bound to the configured dataset's prompt facts."""
+    return Prior.from_dict(cfg["prior"]).for_dataset(DatasetPrompt.from_config(cfg["dataset"]))
+
+
+def _framings(cfg: Mapping[str, Any], pcfg: Mapping[str, Any]) -> list[Framing]:
+    """The framings the framing probe compares (``probe.framings``, else the framing group), bound to the dataset."""
+    prompt = DatasetPrompt.from_config(cfg["dataset"])
+    return [Framing.from_dict(f).for_dataset(prompt) for f in (pcfg.get("framings") or [cfg["framing"]])]
+
+
 def run_anisotropy(cfg: Mapping[str, Any], pcfg: Mapping[str, Any], bb: Backbone) -> dict[str, Any]:
     """Anisotropy of unrelated dataset items (seeded sample of one role) at every point."""
     n_items, role = int(pcfg.get("n_items", 200)), str(pcfg.get("role", "target"))
@@ -48,7 +60,7 @@ def run_anisotropy(cfg: Mapping[str, Any], pcfg: Mapping[str, Any], bb: Backbone
     items = items[:n_items]
     if len(items) < 3:
         raise ConfigError(f"anisotropy needs at least 3 {role} items in dataset '{rset.name}', found {len(items)}")
-    sweep = sweep_items(bb, items, Prior.from_dict(cfg["prior"]), rset.name, int(pcfg.get("batch_size", 16)))
+    sweep = sweep_items(bb, items, _prior(cfg), int(pcfg.get("batch_size", 16)))
     profile = anisotropy.anisotropy_profile(sweep)
     _tail(profile, bb.num_layers)
     worst = max(profile[1:], key=lambda r: r["mean_cosine"])  # emb is one token's embedding: identical for all items
@@ -79,9 +91,8 @@ def run_lexical_bias(cfg: Mapping[str, Any], pcfg: Mapping[str, Any], bb: Backbo
     """alpha, beta, logit lens and synonym vs random similarity at every point."""
     seed = int(cfg.get("seed", 0))
     pairs = lexical_bias.synonym_pairs(int(pcfg.get("n_pairs", 250)), seed)
-    dataset = cfg["dataset"].get("name")
     items = [Item.make("target", w, None) for pair in pairs for w in pair]
-    sweep = sweep_items(bb, items, Prior.from_dict(cfg["prior"]), dataset, int(pcfg.get("batch_size", 16)))
+    sweep = sweep_items(bb, items, _prior(cfg), int(pcfg.get("batch_size", 16)))
     profile = lexical_bias.lexical_profile(bb, sweep, pairs, seed)
     _tail(profile, bb.num_layers)
     lens_rows = list(range(min(int(pcfg.get("lens_items", 4)), len(items))))
@@ -99,12 +110,12 @@ def run_lexical_bias(cfg: Mapping[str, Any], pcfg: Mapping[str, Any], bb: Backbo
 
 def run_framing_sensitivity(cfg: Mapping[str, Any], pcfg: Mapping[str, Any], bb: Backbone) -> dict[str, Any]:
     """Option bias, accuracy and order-flip rate of every framing (``probe.framings``, else the framing group)."""
-    framings = [Framing.from_dict(f) for f in (pcfg.get("framings") or [cfg["framing"]])]
+    framings = _framings(cfg, pcfg)
     n_queries = int(pcfg.get("n_queries", 20))
     rset = load_dataset({**cfg["dataset"], "limit": cfg["dataset"].get("limit") or n_queries})
     triples = framing_sensitivity.labelled_pairs(rset, n_queries, int(cfg.get("seed", 0)))
     content_free = tuple(pcfg.get("content_free") or framing_sensitivity.CONTENT_FREE)
-    records = [framing_sensitivity.framing_record(bb, f, triples, rset.name, content_free) for f in framings]
+    records = [framing_sensitivity.framing_record(bb, f, triples, content_free) for f in framings]
     by_name = {r["framing"]: r for r in records}
     summary = {f"{k}@{r['framing']}": r[k] for r in records for k in ("p_match_content_free", "accuracy", "flip_rate")}
     claims = {}
@@ -149,6 +160,7 @@ def run_probe(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     spec = ModelSpec.from_dict(cfg["model"])
+    _prior(cfg), _framings(cfg, pcfg) if name == "framing_sensitivity" else None  # prompt facts: checked before weights
     bb = load_backbone(spec, resolve_checkpoint(spec))
     run_dir = Path(cfg.get("run_dir") or "outputs/probe")
     logger = make_logger(cfg.get("logger"), run_dir)

@@ -72,10 +72,10 @@ def sweep_batch(backbone: Backbone, inputs: dict[str, Any]) -> tuple[torch.Tenso
     return torch.stack(states).float().cpu(), out.logits[:, -1].argmax(-1).cpu()
 
 
-def sweep_items(backbone: Backbone, items: Sequence[Item], prior: Prior, dataset: str | None,
-                batch_size: int = 16) -> Sweep:
-    """Sweep every item (rendered with ``prior``) in homogeneous, length-sorted batches; rows follow ``items``."""
-    collate = PromptCollator(backbone, prior, dataset)
+def sweep_items(backbone: Backbone, items: Sequence[Item], prior: Prior, batch_size: int = 16) -> Sweep:
+    """Sweep every item (rendered with ``prior``, bound to its dataset) in homogeneous, length-sorted batches; rows
+    follow ``items``."""
+    collate = PromptCollator(backbone, prior)
     n_points = 1 + 2 * backbone.num_layers
     states: torch.Tensor | None = None
     next_token = torch.empty(len(items), dtype=torch.long)

@@ -4,44 +4,59 @@ A framing is a template with ``{query}`` and ``{candidate}``, the option labels 
 chooses between, and which label means "match". The score of a pair is the softmax over
 the option tokens' logits at the answer position, read at the "match" option.
 The query must come first: everything before the candidate's line is a prefix shared
-by all candidates of a query (its KV cache is computed once).
+by all candidates of a query (its KV cache is computed once). A framing may define named
+``variants`` (another template for one kind of task); a dataset picks one through its
+prompt facts (``prompt.framing_variant``, :mod:`freeret.prompts`): :meth:`Framing.for_dataset`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from freeret.embed.priors import placeholders
 from freeret.errors import ConfigError
+from freeret.prompts import DatasetPrompt, pick_variant, placeholders
 
 REQUIRED = {"query", "candidate"}
 
 
 @dataclass(frozen=True)
 class Framing:
-    """Pair-scoring prompt: template, options, the matching option, and per-dataset template overrides."""
+    """Pair-scoring prompt: template, options, the matching option, and named template variants."""
 
     name: str
     template: str
     options: tuple[str, ...]
     match: str
     answer_prefix: str = ""
-    datasets: Mapping[str, str] = field(default_factory=dict)
+    variants: Mapping[str, str | None] = field(default_factory=dict)  # name -> template (None: the main one)
+    variant: str | None = None  # the variant applied by for_dataset (None: the main template)
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "Framing":
+    def from_dict(cls, cfg: Mapping[str, Any]) -> Framing:
         """Build from a ``conf/framing`` mapping and check it (before any model loads)."""
+        name = str(cfg.get("name", "custom"))
+        if "datasets" in cfg:
+            raise ConfigError(f"framing '{name}': per-dataset templates (datasets:) are no longer read; define a named "
+                              f"template under variants: and name it in the dataset config (prompt.framing_variant)")
         framing = cls(
-            name=str(cfg.get("name", "custom")),
+            name=name,
             template=str(cfg["template"]),
             options=tuple(str(o) for o in cfg["options"]),
             match=str(cfg["match"]),
             answer_prefix=str(cfg.get("answer_prefix") or ""),
-            datasets={k: str(v) for k, v in (cfg.get("datasets") or {}).items()},
+            variants={str(k): (None if v is None else str(v)) for k, v in (cfg.get("variants") or {}).items()},
         )
         framing.validate()
         return framing
+
+    def for_dataset(self, prompt: DatasetPrompt | None) -> Framing:
+        """This framing as it scores ``prompt``'s dataset: the template of the variant the dataset names (ConfigError
+        if this framing does not define it), else the main one."""
+        template = pick_variant(self.variants, prompt, "framing", self.name)
+        chosen = prompt.variants.get("framing") if prompt is not None else None
+        return replace(self, template=template or self.template, variants={}, variant=chosen)
 
     def validate(self) -> None:
         """Raise ConfigError for missing placeholders, a query after the candidate, or bad options."""
@@ -49,9 +64,11 @@ class Framing:
             raise ConfigError(f"framing '{self.name}': options must be at least two distinct labels, got {list(self.options)}")
         if self.match not in self.options:
             raise ConfigError(f"framing '{self.name}': match={self.match!r} is not one of the options {list(self.options)}")
-        for dataset, template in [(None, self.template), *self.datasets.items()]:
+        for variant, template in [(None, self.template), *self.variants.items()]:
+            if template is None:
+                continue
             names = placeholders(template)
-            where = f" (dataset {dataset})" if dataset else ""
+            where = f" (variant {variant})" if variant else ""
             if names != REQUIRED:
                 raise ConfigError(
                     f"framing '{self.name}'{where}: template must use exactly {{query}} and {{candidate}}, found {sorted(names)}"
@@ -64,13 +81,12 @@ class Framing:
         """Position of the matching option in ``options``."""
         return self.options.index(self.match)
 
-    def split(self, dataset: str | None = None) -> tuple[str, str, str]:
+    def split(self) -> tuple[str, str, str]:
         """(head, middle, tail) around the two slots: ``head{query}middle{candidate}tail``.
 
         The shared prefix ends at the start of the candidate's line, so that tokenising
         prefix and suffix apart gives the same ids as the whole prompt.
         """
-        template = self.datasets.get(dataset or "", self.template)
-        head, rest = template.split("{query}", 1)
+        head, rest = self.template.split("{query}", 1)
         middle, tail = rest.split("{candidate}", 1)
         return head, middle, tail

@@ -62,12 +62,12 @@ class PairScores:
 class PairScorer:
     """Scores a query against its candidates with a framing."""
 
-    def __init__(self, backbone: Backbone, framing: Framing, dataset: str | None = None, batch_size: int = 16,
-                 calibrate: bool = False, vision_cache_mb: float = 2048) -> None:
+    def __init__(self, backbone: Backbone, framing: Framing, batch_size: int = 16, calibrate: bool = False,
+                 vision_cache_mb: float = 2048) -> None:
         self.bb, self.framing, self.batch_size, self.calibrate = backbone, framing, batch_size, calibrate
         self.vision = (VisionFeatureCache(backbone, vision_cache_mb)
                        if backbone.family.multimodal and vision_cache_mb > 0 else None)
-        self.head, self.middle, self.tail = framing.split(dataset)
+        self.head, self.middle, self.tail = framing.split()  # bound to the dataset: Framing.for_dataset
         probe = self.prompt(Item.make("query", "q", None), Item.make("target", "c", None))
         self.option_ids = resolve_option_ids(backbone.tokenizer, probe, framing.options, f"framing '{framing.name}'")
         self.shared = SharedPrefix(backbone.model, backbone.family)

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 from PIL import Image
 
-from freeret.data.smoke import CAPTIONS, build_smoke_set
 from freeret.paths import cache_dir
+from freeret.testing.smoke import CAPTIONS, build_smoke_set
 
 VERSION = "v1"
 
