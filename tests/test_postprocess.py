@@ -194,12 +194,13 @@ def test_rank_rows_dense_bm25_and_hybrid(tmp_path: Path):
 
 def _result(dataset: str, benchmark: str | None, split: str, score: float, post: str = "none", prior: str = "e5v",
             retriever: str = "dense") -> dict:
-    return {"dataset": dataset, "main_score": score, "pipeline": "embed", "prior": prior, "model": {"name": "m"},
+    return {"dataset": dataset, "main_score": score, "metrics": {"embed": {"hit@1": score}}, "pipeline": "embed", "prior": prior, "model": {"name": "m"},
             "layer": {"label": "attn_last"}, "task": {"benchmark": benchmark, "split": split, "meta_task": "retrieval"},
             "postprocess": {"label": post}, "retriever": {"label": retriever}}
 
 
 def test_leaderboard_puts_dev_and_test_side_by_side_and_ranks_by_dev():
+    from freeret.eval.results import RunResult
     from freeret.eval.tables import build_tables, leaderboard, leaderboard_markdown, to_markdown
 
     payloads = [_result("wordnet_rd_dev", None, "dev", 0.2), _result("wordnet_rd", None, "test", 0.25),
@@ -207,6 +208,7 @@ def test_leaderboard_puts_dev_and_test_side_by_side_and_ranks_by_dev():
                 _result("wordnet_rd_dev", None, "dev", 0.3, post="abtt(d=2)"),
                 _result("a_dev", "meta_dev", "dev", 0.1, post="abtt(d=2)"),
                 _result("wordnet_rd", None, "test", 0.9, retriever="bm25")]
+    payloads = [RunResult.from_dict(p) for p in payloads]
     columns, rows = leaderboard(payloads)
     assert columns == ["wordnet_rd dev", "wordnet_rd test", "meta dev", "meta test"]
     first, second, third = rows
@@ -216,6 +218,7 @@ def test_leaderboard_puts_dev_and_test_side_by_side_and_ranks_by_dev():
     assert third["setting"]["retriever"] == "bm25"  # no dev score: last, however good its test score
     md = leaderboard_markdown(columns, rows)
     assert "| m · attn_last + e5v | 20.0 | 25.0 | 50.0 | – |" in md and "m · BM25" in md
-    splits = {t.benchmark: t.split for t in build_tables(payloads)}
-    assert splits["meta_dev"] == "dev" and splits["wordnet_rd"] == "test" and splits["wordnet_rd_dev"] == "dev"
-    assert "Split: dev." in to_markdown(next(t for t in build_tables(payloads) if t.benchmark == "meta_dev"))
+    tables = {t.benchmark: t for t in build_tables(payloads)}
+    splits = {name: {row["split"] for row in t.rows} for name, t in tables.items()}
+    assert splits["meta_dev"] == {"dev"} and splits["wordnet_rd"] == {"test"} and splits["wordnet_rd_dev"] == {"dev"}
+    assert "### meta_dev (dev)" in to_markdown(tables["meta_dev"])
