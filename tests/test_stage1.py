@@ -43,7 +43,7 @@ def _cfg(tmp_path: Path, *overrides: str) -> dict:
 
 
 def test_stage1_axes_run_in_fast_mode_and_rescore_stored_vectors(tmp_path):
-    (first,) = run_all(_cfg(tmp_path, "pooling=mean", "layer=attn_late_avg", "postprocess=abtt", "retriever=hybrid"))
+    (first,) = _payloads(run_all(_cfg(tmp_path, "pooling=mean", "layer=attn_late_avg", "postprocess=abtt", "retriever=hybrid")))
     assert first["timing"]["embed_items_computed"] == 8  # 4 queries + their 4 positives
     assert first["pooling"]["name"] == "mean" and [p["index"] for p in first["layer"]["points"]] == [2, 2, 3]
     assert first["postprocess"]["label"] == "abtt(d=1)" and first["postprocess"]["fitted_on"] == {"all": 8}
@@ -51,25 +51,30 @@ def test_stage1_axes_run_in_fast_mode_and_rescore_stored_vectors(tmp_path):
     stats = list(Path(first["timing"]["embed_store"]).rglob("postprocess-*.safetensors"))
     assert [p.name for p in stats] == [f"postprocess-{first['postprocess']['statistics_sha256'][:16]}.safetensors"]
     # another post-processing and fusion on the same vectors: nothing is embedded again
-    (again,) = run_all(_cfg(tmp_path, "pooling=mean", "layer=attn_late_avg", "postprocess=lmhead_filter",
-                            "retriever=hybrid", "retriever.fusion=weighted"))
+    (again,) = _payloads(run_all(_cfg(tmp_path, "pooling=mean", "layer=attn_late_avg", "postprocess=lmhead_filter",
+                            "retriever=hybrid", "retriever.fusion=weighted")))
     assert again["timing"]["embed_items_computed"] == 0 and again["timing"]["embed_store"] == first["timing"]["embed_store"]
     assert again["postprocess"]["statistics_sha256"] != first["postprocess"]["statistics_sha256"]
     assert stats[0].exists() and again["timing"]["embed_shards_dropped"] == 0  # the store does not take them for shards
     # few-shot prior, last-k pooling, statistics fitted per role on an unlabeled corpus embedded beside the set
-    (fewshot,) = run_all(_cfg(tmp_path, "prior=fewshot", "pooling=last_k", "postprocess=center",
+    (fewshot,) = _payloads(run_all(_cfg(tmp_path, "prior=fewshot", "pooling=last_k", "postprocess=center",
                               "postprocess.fit_on=corpus", "+dataset@postprocess.corpus=wordnet_dev/ret_def2lemma",
-                              "postprocess.corpus.limit=3", "postprocess.corpus.pool=positives"))
+                              "postprocess.corpus.limit=3", "postprocess.corpus.pool=positives")))
     assert fewshot["prior_detail"]["demos"]["set"] == "wordnet_rd" and fewshot["prior_detail"]["demos"]["k"] == 1
     assert fewshot["postprocess"]["corpus"] == "wordnet_ret_def2lemma_dev"
     assert fewshot["postprocess"]["fitted_on"] == {"all": 6}  # the corpus's 3 queries + 3 positives, not the set's
     assert fewshot["timing"]["embed_items_computed"] == 14
 
 
+def _payloads(results):
+    """Result files as the JSON mappings they are written as."""
+    return [r.to_dict() for r in results]
+
+
 def test_bm25_alone_embeds_nothing_and_scores_as_bm25s_does(tmp_path):
-    (payload,) = run_all(_cfg(tmp_path, "retriever=bm25", "benchmark.limit=30"))
+    (payload,) = _payloads(run_all(_cfg(tmp_path, "retriever=bm25", "benchmark.limit=30")))
     assert "embed_items_computed" not in payload["timing"] and not (tmp_path / "cache").exists()
-    assert payload["retriever"]["name"] == "bm25" and payload["postprocess"] is None
+    assert payload["retriever"]["name"] == "bm25" and payload.get("postprocess") is None
     rset = load_dataset({**compose(["dataset=wordnet_rd_dev"]).dataset, "limit": 30, "pool": "positives"})
     scores = bm25_scores(rset.rows, rset.items, RetrieverSpec.from_dict(compose(["retriever=bm25"]).retriever).bm25)
     want = retrieval_metrics(scores, [1] * len(scores))
