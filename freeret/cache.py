@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
-from freeret.embed.layers import LayerSpec
+from freeret.embed.layers import LayerSpec, Readout
 from freeret.errors import ConfigError
 from freeret.paths import cache_dir
 from freeret.retrieve.store import FORMAT
@@ -51,7 +51,7 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def vector_signature(backbone: Backbone, layer: LayerSpec, prefix_cache: bool = False) -> dict[str, Any]:
+def vector_signature(backbone: Backbone, layer: LayerSpec | Readout, prefix_cache: bool = False) -> dict[str, Any]:
     """Everything besides the item that shapes a vector (the prompt, hence the prior, is in the item key).
 
     ``prefix_cache`` (shared-prompt KV reuse), the device type and the image processing backend move vectors only
@@ -64,8 +64,7 @@ def vector_signature(backbone: Backbone, layer: LayerSpec, prefix_cache: bool = 
                                            "attn_implementation", "num_layers", "min_pixels", "max_pixels",
                                            "device", "image_processor")},
         "weights": _weights_fingerprint(backbone.checkpoint_dir),
-        "layer": {"point": layer.point, "index": layer.resolve(backbone.num_layers),
-                  "apply_final_norm": layer.apply_final_norm},
+        "layer": Readout.of(layer).describe(backbone.num_layers),  # points, their averaging, the pooling
         "prefix_cache": prefix_cache,
         "code": code_fingerprint(),
         "transformers": _version("transformers"),

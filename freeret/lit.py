@@ -15,7 +15,7 @@ from freeret.backbone.backbone import Backbone
 from freeret.backbone.prefix import PrefixCache
 from freeret.data.datamodule import ItemDataModule, plan_batches
 from freeret.distributed import barrier, rank_sum
-from freeret.embed.layers import LayerSpec
+from freeret.embed.layers import LayerSpec, Readout
 from freeret.retrieve.store import ShardStore, shard_name, write_shard
 from freeret.storage import check_writable
 from freeret.workshare import BatchClaims, batch_id
@@ -24,14 +24,15 @@ from freeret.workshare import BatchClaims, batch_id
 class EmbedModule(L.LightningModule):
     """``predict_step`` runs the backbone to the chosen sub-layer and pools the last token."""
 
-    def __init__(self, backbone: Backbone, layer: LayerSpec, prefix: PrefixCache | None = None) -> None:
+    def __init__(self, backbone: Backbone, layer: LayerSpec | Readout, prefix: PrefixCache | None = None) -> None:
         super().__init__()
         # The model is deliberately not a submodule: Lightning would copy it to the device before every predict
         # and back to the CPU after; it loads on the run's device and stays there (runner.run_device).
         self.backbone, self.layer, self.prefix = backbone, layer, prefix
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        return {"keys": batch["keys"], "embeddings": self.backbone.embed(batch["inputs"], self.layer, self.prefix)}
+        vectors = self.backbone.embed(batch["inputs"], self.layer, self.prefix, batch.get("content"))
+        return {"keys": batch["keys"], "embeddings": vectors}
 
 
 class BufferedShardWriter(BasePredictionWriter):

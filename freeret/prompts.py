@@ -30,6 +30,10 @@ DATASET_VARS: dict[str, str] = {
     "query_kind": "what a query is, in a few words ('definition', 'question about the image')",
     "target_kind": "what a candidate is ('word', 'object class')",
     "semantic_grounding": "the FreeRet prior's grounding line, where the dataset needs its own wording",
+    "demo_set": "the few-shot prior's demonstration set (a key of data/wordnet_fewshot/demos.json, or none)",
+    "query_unit": "what a PromptEOL line calls a query ('sentence', 'word'; default: its modality)",
+    "target_unit": "what a PromptEOL line calls a candidate ('word'; default: its modality)",
+    "demo_unit": "what a PromptEOL line calls a demonstration ('sentence', 'word')",
 }
 VARIANT_OWNERS = ("prior", "framing")  # ``<owner>_variant`` names one of that config group's variants
 T = TypeVar("T")

@@ -37,7 +37,8 @@ from freeret.data.images import set_image_limit
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.data.validate import Report, check_set, fold_misses, usable_rows
 from freeret.distributed import barrier, is_main, rank_sum
-from freeret.embed.layers import LayerSpec
+from freeret.embed.layers import LayerSpec, Readout
+from freeret.embed.pooling import PoolingSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError
 from freeret.eval.loggers import make_logger
@@ -70,7 +71,7 @@ from freeret.rerank.stage import (
     rerank_signature,
     top_k_groups,
 )
-from freeret.retrieve.scoring import score_store
+from freeret.retrieve.ranking import Stage1Scoring
 from freeret.retrieve.store import ShardStore
 from freeret.workshare import BatchClaims
 
@@ -127,22 +128,32 @@ def run_device(cfg: Mapping[str, Any], spec: ModelSpec) -> torch.device:
     return trainer.strategy.root_device
 
 
-def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, prior: Prior, rset: RetrievalSet,
-                run_dir: Path, stats: dict[str, Any] | None = None) -> list[torch.Tensor]:
+def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | Readout, prior: Prior, rset: RetrievalSet,
+                run_dir: Path, stats: dict[str, Any] | None = None,
+                record: dict[str, Any] | None = None) -> list[torch.Tensor]:
     """Embed every unique item not already in the store (Lightning predict + shard writer); return per-row
-    cosine scores streamed from the shards. ``stats`` (if given) receives how many items were computed/reused."""
+    stage-1 scores from the shards (``conf/retriever``, ``conf/postprocess``: applied when scoring, so they reuse
+    stored vectors). ``stats`` (if given) receives how many items were computed/reused; ``record`` what scored."""
+    scoring = Stage1Scoring.from_config(cfg)
+    if not scoring.retriever.dense:  # BM25 alone: nothing to embed
+        scores, info = scoring.score(rset, None, {}, {}, None, None)
+        if record is not None:
+            record.update(info)
+        return scores
     embed_cfg = cfg.get("embed") or {}
-    collate = PromptCollator(backbone, prior)
+    readout = Readout.of(layer)
+    collate = PromptCollator(backbone, prior, content=bool(readout.pooling and readout.pooling.needs_content))
     prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
     signature = vector_signature(backbone, layer, prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
     setting = "embed.cache_dir" if embed_cfg.get("cache", True) else "hydra.run.dir"
-    key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in rset.items.values()}
+    corpus = scoring.corpus_items()  # an unlabeled corpus to fit post-processing on, embedded with this set's prompts
+    key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in [*rset.items.values(), *corpus]}
     barrier()  # in a multi-process run every rank sees the same finished shards, hence plans the same batches
     store = ShardStore(folder, stale_after_s(embed_cfg)).scan(want=key_of.values())
     dropped = len(store.dropped)
     unique: dict[str, Item] = {}  # one item per vector key (the same bytes under two paths are one vector)
-    for item in rset.items.values():
+    for item in [*rset.items.values(), *corpus]:
         unique.setdefault(key_of[item.key], dataclasses.replace(item, key=key_of[item.key]))
     items = list(unique.values())
     batch_size = int(embed_cfg.get("batch_size", 32))
@@ -169,7 +180,14 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec, pr
         stats.update(embed_items_computed=computed, embed_items_reused=len(items) - computed,
                      embed_batches_computed=batches, embed_batches_held_elsewhere=held_elsewhere,
                      embed_shards_dropped=dropped, embed_store=str(folder))
-    return score_store(rset.rows, store, key_of)
+    fit_keys: dict[str, list[str]] = {}  # label-free: every item's vector, by role (never rows or positives)
+    for item in corpus or rset.items.values():
+        fit_keys.setdefault(item.role, []).append(key_of[item.key])
+    head = backbone.model.get_output_embeddings().weight.detach().cpu() if scoring.postprocess.name == "lmhead_filter" else None
+    scores, info = scoring.score(rset, store, key_of, fit_keys, head, folder, setting, int(cfg.get("seed", 0)))
+    if record is not None:
+        record.update(info)
+    return scores
 
 
 def rerank_stage(cfg: Mapping[str, Any], scorer: Scorer, rerank_cfg: RerankConfig, rset: RetrievalSet,
@@ -227,7 +245,7 @@ class Plan:
 
     cfg: Mapping[str, Any]
     spec: ModelSpec
-    layer: LayerSpec
+    layer: Readout  # the point(s) and the pooling stage 1 reads
     prior: Prior
     pipeline: str
     framing: Framing | None  # two-stage pipelines with a choice scorer only
@@ -248,7 +266,7 @@ def check(cfg: Mapping[str, Any]) -> Plan:
     """Parse and check everything the config alone decides: a mistake is a one-line ConfigError here, before any
     data or weights load (:func:`freeret.benchmark.run_all` checks every dataset of a suite this way first)."""
     spec = ModelSpec.from_dict(cfg["model"])
-    layer = LayerSpec.from_dict(cfg["layer"])
+    layer = Readout.from_config(cfg["layer"], cfg.get("pooling"))
     pipeline_cfg = dict(cfg.get("pipeline") or {"name": "embed"})
     pipeline = pipeline_cfg.get("name", "embed")
     if pipeline not in PIPELINES:
@@ -258,6 +276,7 @@ def check(cfg: Mapping[str, Any]) -> Plan:
     staged = pipeline != "embed"
     rerank = RerankConfig.from_dict(pipeline_cfg) if staged else None
     scoring, framing = stage2_spec(cfg, rerank, prompt) if staged else (None, None)
+    Stage1Scoring.from_config(cfg)  # bad retriever / postprocess values
     work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys
     main_metric = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
     if main_metric not in METRICS:
@@ -334,6 +353,7 @@ class StageResults:
     scorer: Scorer | None = None
     rag: dict[str, Any] | None = None
     scorer_summary: dict[str, Any] = field(default_factory=dict)
+    stage1: dict[str, Any] = field(default_factory=dict)  # retriever, postprocess (statistics' sha256)
 
 
 def stages(plan: Plan, inputs: Inputs, backbone: Backbone) -> StageResults:
@@ -345,7 +365,9 @@ def stages(plan: Plan, inputs: Inputs, backbone: Backbone) -> StageResults:
     summary: dict[str, Any] = {}
     timing: dict[str, Any] = {}
     t = time.perf_counter()
-    embed_scores = embed_stage(plan.cfg, backbone, plan.layer, plan.prior, rset, plan.run_dir, stats=timing)
+    stage1: dict[str, Any] = {}
+    embed_scores = embed_stage(plan.cfg, backbone, plan.layer, plan.prior, rset, plan.run_dir, stats=timing,
+                               record=stage1)
     timing["embed_seconds"] = time.perf_counter() - t
     n_positives = [row.n_positive for row in rset.rows]
     metrics = {"embed": fold_misses(retrieval_metrics(embed_scores, n_positives), len(rset.rows), inputs.missed)}
@@ -361,7 +383,15 @@ def stages(plan: Plan, inputs: Inputs, backbone: Backbone) -> StageResults:
         t = time.perf_counter()
         rag = answer_stage(plan.cfg, backbone, rset, final_scores, plan.run_dir)
         timing["rag_seconds"] = time.perf_counter() - t
-    return StageResults(metrics, timing, scorer, rag, summary)
+    return StageResults(metrics, timing, scorer, rag, summary, stage1)
+
+
+def layer_record(layer: Readout, num_layers: int) -> LayerRecord:
+    """The result file's record of the point(s) read: the first point, and every point when several are averaged."""
+    first, detail = layer.points[0], layer.describe(num_layers)
+    several = len(layer.points) > 1
+    return LayerRecord(layer.label, first.point, first.index, layer.resolve(num_layers)[0], first.apply_final_norm,
+                       detail["points"] if several else None, detail.get("normalize_points"))
 
 
 def report(plan: Plan, inputs: Inputs, backbone: Backbone, done: StageResults, seconds: float) -> RunResult:
@@ -381,9 +411,12 @@ def report(plan: Plan, inputs: Inputs, backbone: Backbone, done: StageResults, s
         main_score_name=plan.main_metric,
         main_score=done.metrics["rerank" if plan.staged else "embed"][plan.main_metric],
         metrics=done.metrics,
-        layer=LayerRecord(layer.label, layer.point, layer.index, layer.resolve(backbone.num_layers),
-                          layer.apply_final_norm),
+        layer=layer_record(layer, backbone.num_layers),
         prior=plan.prior.name,
+        pooling=(layer.pooling or PoolingSpec()).describe(),
+        retriever=done.stage1.get("retriever"),
+        postprocess=done.stage1.get("postprocess"),
+        prior_detail=plan.prior.describe(),
         task=plan.task,
         counts=Counts(**{**rset.summary(), **inputs.report.counts(), "num_items_embedded": len(rset.items),
                          "num_queries": len(rset.rows) + inputs.missed, "scored_queries": len(rset.rows),
@@ -437,8 +470,11 @@ def summary_line(result: RunResult) -> str:
     rag = ""
     if result.rag:
         rag = f" | RAG EM={result.rag['exact_match_with_retrieval']:.3f} (closed-book {result.rag['exact_match_closed_book']:.3f})"
+    stage1 = "".join(f" | {key}={label}" for key, label, default in (
+        ("retriever", (result.retriever or {}).get("label", "dense"), "dense"),
+        ("postprocess", (result.postprocess or {}).get("label", "none"), "none")) if label != default)
     return (
-        f"{result.dataset}: {scores} | layer={result.layer.label} | prior={result.prior}{framing} "
+        f"{result.dataset}: {scores} | layer={result.layer.label} | prior={result.prior}{stage1}{framing} "
         f"| model={result.model_name} | {result.counts.num_queries} queries x "
         f"{result.counts.candidates_per_query} candidates{rag}{failed_note(result)} | {result.timing['wall_seconds']:.0f}s"
     )

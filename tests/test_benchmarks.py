@@ -150,7 +150,7 @@ def test_mmeb_table1_fast_runs_all_36_datasets_and_makes_the_table(tmp_path):
     table = subprocess.run([sys.executable, str(REPO / "experiments/make_tables.py"), str(tmp_path)],
                            capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
-    header = next(line for line in table.stdout.splitlines() if line.startswith("| setting"))
+    header = next(line for line in table.stdout.splitlines() if line.startswith("| setting · split"))
     for col in ("Classification", "VQA", "Retrieval", "Grounding", "IND", "OOD", "Overall"):
         assert col in header
     assert (tmp_path / "tables" / "mmeb.csv").exists()
@@ -306,7 +306,8 @@ def test_tables_average_meta_tasks_and_compare_with_the_paper():
     paper = load_paper([REPO / "data/paper/freeret.yaml"])["mmeb"]
     md = to_markdown(table, paper)
     assert "paper (Table 1)" in md and "69.4" in md and "-9.4" in md  # 60.0 - 69.4
-    assert "qwen25vl_7b,attn_last,freeret,two_stage,mcq,50,Overall,55.0,70.7,-15.70" in to_csv(table, paper)
+    assert "qwen25vl_7b,attn_last,last,freeret,dense,none,two_stage,mcq,50,Overall,55.0,70.7,-15.70" in to_csv(table, paper)
+    assert "### mmeb (test)" in md
 
 
 def test_run_result_round_trips_and_reads_schema_1_files():

@@ -8,14 +8,15 @@ from omegaconf import OmegaConf
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 
-from conftest import REPO, check_snapshot, dataset_prompt
+from conftest import REPO, check_snapshot, compose, dataset_prompt
 
 PRIORS = sorted(p.stem for p in (REPO / "conf" / "prior").glob("*.yaml"))
 SNAPSHOT = REPO / "tests" / "snapshots" / "prompts.json"
 
 
 def load_prior(name: str) -> Prior:
-    return Prior.from_dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "prior" / f"{name}.yaml")))
+    """A prior as a run composes it (an option may extend another through its defaults list)."""
+    return Prior.from_dict(OmegaConf.to_container(compose([f"prior={name}"]).prior, resolve=True))
 
 
 def test_missing_placeholder_is_a_config_error():

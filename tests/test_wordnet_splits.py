@@ -115,6 +115,32 @@ def test_demos_are_disjoint_from_every_dev_and_test_set(demos, dev_sets, test_se
                 assert x["answer"] in labels[dataset]
 
 
+def test_fewshot_prior_shows_only_held_out_demonstrations(demos, dev_sets, test_sets):
+    """prior=fewshot on every WordNet set, test and dev: the demonstrations in the rendered prompt are the dataset's own
+    held-out pairs (the file checked above), and no demonstration text is a query or positive of any dev or test set."""
+    import re
+
+    prior = Prior.from_dict(OmegaConf.to_container(compose(["prior=fewshot", "prior.demos.k=16"]).prior, resolve=True))
+    _, texts = used({**{f"{d}_t": r for d, r in test_sets.items()}, **{f"{d}_d": r for d, r in dev_sets.items()}})
+    configs = {"wordnet_rd": ("wordnet_rd", "wordnet_rd_dev")}
+    for dataset in DATASETS:
+        test_cfg, dev_cfg = configs.get(dataset, (f"wordnet/{dataset.removeprefix('wordnet_')}",
+                                                  f"wordnet_dev/{dataset.removeprefix('wordnet_')}"))
+        for name, cfg_name in ((dataset, test_cfg), (f"{dataset}_dev", dev_cfg)):
+            bound = prior.for_dataset(dataset_prompt(cfg_name))
+            assert bound.dataset == name
+            detail = bound.describe()["demos"]
+            assert detail["set"] == dataset and detail["k"] == 16
+            assert detail["sha256"] == hashlib.sha256((DATA / "wordnet_fewshot" / "demos.json").read_bytes()).hexdigest()
+            prompt = bound.render("query", "ITEM", False)
+            shown = re.findall(r': "(.*?)" means in one word:"(.*?)"\.', prompt)
+            assert shown == [(x["text"], x["answer"]) for x in demos[dataset]]
+            for text, answer in shown:
+                assert norm(text) not in texts
+                if dataset not in CLASSIFICATION:  # a classification answer is a shared label
+                    assert norm(answer) not in texts
+
+
 @needs_wordnet
 def test_every_split_rebuilds_byte_for_byte(tmp_path, capsys):
     """The scripts rebuild the test sets, the dev sets and the demonstrations to the shipped bytes."""
@@ -162,7 +188,9 @@ def test_dev_configs_mirror_the_test_configs():
 
 
 def _conf(group: str) -> list[dict]:
-    return [OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((REPO / "conf" / group).glob("*.yaml"))]
+    """Every option of a config group, composed as a run composes it (an option may extend another)."""
+    return [OmegaConf.to_container(compose([f"{group}={p.stem}"])[group], resolve=True)
+            for p in sorted((REPO / "conf" / group).glob("*.yaml"))]
 
 
 def _dataset_files(name: str) -> tuple[str, str]:

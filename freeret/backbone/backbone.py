@@ -13,7 +13,7 @@ from torch import nn
 from freeret.backbone.capture import capture, run_until_captured
 from freeret.backbone.families import IMAGE, Family
 from freeret.backbone.spec import ModelSpec
-from freeret.embed.layers import LayerSpec
+from freeret.embed.layers import LayerSpec, Readout
 
 if TYPE_CHECKING:
     from freeret.backbone.prefix import PrefixCache
@@ -108,23 +108,39 @@ class Backbone:
             run_until_captured(self.model, **inputs, use_cache=False, logits_to_keep=1)
         return captured
 
-    def embed(self, inputs: dict[str, torch.Tensor], spec: LayerSpec, prefix: "PrefixCache | None" = None) -> torch.Tensor:
-        """Last-token embeddings (batch, hidden) in fp32 at ``spec``; needs left padding.
+    def embed(self, inputs: dict[str, torch.Tensor], spec: "LayerSpec | Readout", prefix: "PrefixCache | None" = None,
+              content: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings (batch, hidden) in fp32; needs left padding. ``spec``: one point read at the last token, or a
+        :class:`~freeret.embed.layers.Readout` (several points averaged, another pooling; ``content`` marks each
+        item's own tokens for ``pooling=mean``).
 
         With ``prefix``, a text batch runs its shared prompt prefix once from a KV cache (same vectors, fewer tokens).
         """
+        readout = Readout.of(spec)
         mask = inputs["attention_mask"]
         if not bool(mask[:, -1].all()):
             raise ValueError("last-token pooling needs left padding: the last position of a row is padding")
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        hidden = None
+        points = readout.points
+        weights = None if readout.single else readout.pooling.weights(inputs["attention_mask"], content)
+        pooled = None
         if prefix is not None and prefix.applies(inputs):
-            hidden = prefix.hidden_at_last(inputs, spec)
-        if hidden is None:
-            hidden = self.hidden_states(inputs, [spec])[spec][:, -1]
-        if spec.apply_final_norm and spec.point != "final_norm":
-            hidden = self.final_norm(hidden)
-        return hidden.float()
+            pooled = prefix.pooled(inputs, points, weights)
+        if pooled is None:
+            states = self.hidden_states(inputs, points)
+            pooled = {p: states[p][:, -1] if weights is None else
+                      torch.einsum("bt,btd->bd", weights.to(states[p].device), states[p].float()) for p in points}
+        vectors = []
+        for point in points:
+            hidden = pooled[point]
+            if point.apply_final_norm and point.point != "final_norm":
+                hidden = self.final_norm(hidden)
+            vectors.append(hidden.float())
+        if len(vectors) == 1:
+            return vectors[0]
+        if readout.normalize_points:
+            vectors = [torch.nn.functional.normalize(v, dim=-1) for v in vectors]
+        return torch.stack([v.to(vectors[0].device) for v in vectors]).mean(0)
 
     def metadata(self) -> dict[str, Any]:
         """What identifies these weights and how they ran, for result files."""

@@ -2,7 +2,8 @@
 
 Every prompt of a batch starts with the same tokens (system turn, prior instruction up to the item), so
 those tokens run once into a KV cache; each item then runs only its own suffix (item text and the prompt's
-tail), right-padded with explicit positions, and is pooled at its last real token. The vectors equal the
+tail), right-padded with explicit positions, and is pooled at its last real token (or over its own tokens: the
+prefix then stops before the first pooled one). The vectors equal the
 plain left-padded forward up to float rounding (tested). Batches with images take the plain path.
 This module finds the shared prefix of a left-padded batch and keeps recent prefixes; running them is
 :mod:`freeret.backbone.shared_prefix`'s job.
@@ -83,11 +84,21 @@ class PrefixCache:
 
     @torch.no_grad()
     def hidden_at_last(self, inputs: dict[str, torch.Tensor], spec: LayerSpec) -> torch.Tensor | None:
-        """(batch, hidden) at ``spec`` for each row's last real token, or None when the batch shares too little.
+        """(batch, hidden) at ``spec`` for each row's last real token, or None when the batch shares too little."""
+        pooled = self.pooled(inputs, (spec,))
+        return None if pooled is None else pooled[spec]
+
+    @torch.no_grad()
+    def pooled(self, inputs: dict[str, torch.Tensor], specs: tuple[LayerSpec, ...],
+               weights: torch.Tensor | None = None) -> dict[LayerSpec, torch.Tensor] | None:
+        """(batch, hidden) per point in ``specs``: the states weighted by ``weights`` (batch, seq; left-padded like
+        the inputs; None = the last token) summed over positions, or None when the batch shares too little. The
+        shared prefix stops before each row's first weighted position, so every pooled state comes from the suffix
+        forward.
 
         Vectorised on the inputs' device: rows are aligned at their first real token (left padding), compared
         column-wise for the shared prefix, and the suffixes gathered into a right-padded block; the host reads
-        only the row lengths and the prefix ids (its cache key).
+        only the row lengths, the first pooled positions and the prefix ids (its cache key).
         """
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         n, total = ids.shape
@@ -98,22 +109,29 @@ class PrefixCache:
         host_lengths = lengths.tolist()  # the shapes below depend on them
         shortest = min(host_lengths)
         starts = total - lengths  # row i's tokens are ids[i, starts[i]:]
+        # aligned position of each row's first pooled token (the last token without weights)
+        first_pooled = (weights != 0).float().argmax(1) - starts if weights is not None else lengths - 1
         aligned = ids.gather(1, starts[:, None] + torch.arange(shortest, device=ids.device))
         agree = (aligned == aligned[:1]).all(0).long().cumprod(0)
-        head = torch.cat([agree.sum().reshape(1), aligned[0]]).tolist()
-        n_prefix = min(head[0], shortest - 1)  # the last token stays a suffix
+        head = torch.cat([agree.sum().reshape(1), first_pooled.min().reshape(1), aligned[0]]).tolist()
+        n_prefix = min(head[0], head[1], shortest - 1)  # pooled tokens (at least the last) stay in the suffixes
         if n_prefix < self.min_prefix:
             self._plain(host_lengths)
             return None
         device = ids.device
-        prefix = self._prefix(tuple(head[1 : 1 + n_prefix]), spec, device)
+        n_layers = len(self.runner.layers)
+        deepest = max(specs, key=lambda s: s.order(n_layers))
+        prefix = self._prefix(tuple(head[2 : 2 + n_prefix]), deepest, device)
         width = max(host_lengths) - n_prefix
         cols = torch.arange(width, device=device)
         suffix_lengths = lengths - n_prefix
         suffix_mask = (cols[None] < suffix_lengths[:, None]).long()
         at = (starts[:, None] + n_prefix + cols[None]).clamp(max=total - 1)
         suffix_ids = torch.where(suffix_mask.bool(), ids.gather(1, at), torch.zeros_like(at))
-        hidden = self.runner.states(prefix, suffix_ids, suffix_mask, spec)
+        suffix_weights = None
+        if weights is not None:
+            suffix_weights = torch.where(suffix_mask.bool(), weights.gather(1, at), torch.zeros((), device=device))
+        hidden = self.runner.pooled_states(prefix, suffix_ids, suffix_mask, specs, suffix_weights)
         run = sum(host_lengths) - n * n_prefix
         self.stats.suffix_tokens_run += run
         self.stats.suffix_padding += n * width - run

@@ -21,7 +21,7 @@ sit on another GPU than the embeddings); logits are computed on the LM head's de
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +99,8 @@ class SharedPrefix:
         """Where token ids go: the embedding's device."""
         return self.base.get_input_embeddings().weight.device
 
-    def _capture(self, spec: LayerSpec):
-        return capture(self.layers, self.norm, [spec], attn_point=self.family.attn_point)
+    def _capture(self, specs: Sequence[LayerSpec]):
+        return capture(self.layers, self.norm, list(specs), attn_point=self.family.attn_point)
 
     @torch.no_grad()
     def run_prefix(self, inputs: Mapping[str, Any], stop_at: LayerSpec | None = None) -> Prefix:
@@ -123,28 +123,37 @@ class SharedPrefix:
         if stop_at is None:
             last = self.base(**inputs, past_key_values=cache, use_cache=True).last_hidden_state[0, -1]
         else:
-            with self._capture(stop_at):  # layers past the point are never needed
+            with self._capture([stop_at]):  # layers past the point are never needed
                 run_until_captured(self.base, **inputs, past_key_values=cache, use_cache=True)
         return Prefix(cache, int(ids.shape[1]), positions, stop_at, last)
 
     def _suffixes(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor, spec: LayerSpec | None) -> torch.Tensor:
         """(n, width, hidden) states of right-padded suffixes after ``prefix``: at ``spec``, or after the final norm."""
-        if spec is None and prefix.stop_at is not None:
+        if spec is None:
+            return self._suffix_states(prefix, ids, mask, None)
+        return self._suffix_states(prefix, ids, mask, (spec,))[spec]
+
+    def _suffix_states(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor,
+                       specs: Sequence[LayerSpec] | None) -> Any:
+        """The suffixes' (n, width, hidden) states at each of ``specs`` (a dict; the forward stops after the deepest),
+        or after the final norm (one tensor) when ``specs`` is None."""
+        if specs is None and prefix.stop_at is not None:
             raise ValueError(f"this prefix stopped at {prefix.stop_at.label}: run it through for logits")
         n_layers = len(self.layers)
-        if spec is not None and prefix.stop_at is not None and spec.order(n_layers) > prefix.stop_at.order(n_layers):
-            raise ValueError(f"this prefix stopped at {prefix.stop_at.label}, before {spec.label}")
+        for spec in specs or ():
+            if prefix.stop_at is not None and spec.order(n_layers) > prefix.stop_at.order(n_layers):
+                raise ValueError(f"this prefix stopped at {prefix.stop_at.label}, before {spec.label}")
         device = self.input_device
         ids, mask = ids.to(device), mask.to(device)
         n, width = ids.shape
         kwargs = {"input_ids": ids, "attention_mask": torch.cat([mask.new_ones(n, prefix.length), mask], dim=1),
                   "position_ids": prefix.positions.suffix(n, width, device), "past_key_values": prefix.view(n),
                   "use_cache": True}
-        if spec is None:
+        if specs is None:
             return self.base(**kwargs).last_hidden_state
-        with self._capture(spec) as got:
+        with self._capture(specs) as got:
             run_until_captured(self.base, **kwargs)
-        return got[spec]
+        return dict(got)
 
     @staticmethod
     def _at_last(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -157,6 +166,17 @@ class SharedPrefix:
         """(n, hidden) state at ``spec`` at each suffix's last real token (on that layer's device); the forward
         stops there."""
         return self._at_last(self._suffixes(prefix, ids, mask, spec), mask)
+
+    @torch.no_grad()
+    def pooled_states(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor, specs: Sequence[LayerSpec],
+                      weights: torch.Tensor | None = None) -> dict[LayerSpec, torch.Tensor]:
+        """(n, hidden) per point of ``specs`` (one forward, stopped after the deepest): at each suffix's last real
+        token, or, with ``weights`` (n, width, aligned with the suffixes, 0 at padding), the states' weighted sum
+        over positions (fp32; ``pooling=mean`` / ``last_k``)."""
+        got = self._suffix_states(prefix, ids, mask, specs)
+        if weights is None:
+            return {s: self._at_last(h, mask) for s, h in got.items()}
+        return {s: torch.einsum("bt,btd->bd", weights.to(h.device).float(), h.float()) for s, h in got.items()}
 
     @torch.no_grad()
     def last_logits(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor,

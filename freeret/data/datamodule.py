@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count, load_visual
+from freeret.embed.pooling import ITEM_SLOT, content_mask, content_span, image_token_id
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 
@@ -66,20 +67,42 @@ def num_workers(value: int | None) -> int:
 
 class PromptCollator:
     """Turns a list of items into model inputs with the prior's prompts (in DataLoader workers when there are
-    some: it holds the processor, not the model). ``prior`` is bound to the dataset (:meth:`Prior.for_dataset`)."""
+    some: it holds the processor, not the model). ``prior`` is bound to the dataset (:meth:`Prior.for_dataset`).
+    With ``content=True`` (``pooling=mean``) a batch also carries ``content``: (batch, seq) bool, each item's own
+    tokens (its text's and its images')."""
 
-    def __init__(self, backbone: Backbone, prior: Prior) -> None:
-        self.prompter, self.prior = backbone.prompter, prior
+    def __init__(self, backbone: Backbone, prior: Prior, content: bool = False) -> None:
+        self.prompter, self.prior, self.content = backbone.prompter, prior, content
 
     def prompt(self, item: Item, n_images: int | None = None) -> str:
         """The full prompt string for one item (a video clip puts one image per sampled frame)."""
         text = self.prior.render(item.role, item.text, item.image is not None)
         return self.prompter.render(text, n_images=frame_count(item.image) if n_images is None else n_images)
 
+    def text_span(self, item: Item, prompt: str, n_images: int) -> tuple[int, int]:
+        """Characters of ``prompt`` that are the item's own text: located by rendering the prompt with a slot in
+        its place (so a template that repeats the text's words cannot mislead)."""
+        text = item.text.strip()
+        if not text:
+            return 0, 0
+        slotted = self.prompter.render(self.prior.render(item.role, ITEM_SLOT, item.image is not None),
+                                       n_images=n_images)
+        start = slotted.find(ITEM_SLOT)
+        if start < 0 or slotted.replace(ITEM_SLOT, text) != prompt:
+            raise ConfigError(f"pooling=mean cannot locate the item's text in its prompt (prior {self.prior.name})")
+        return start, start + len(text)
+
     def __call__(self, items: list[Item]) -> dict[str, Any]:
         images = [load_visual(it.image) for it in items] if items[0].image is not None else None
-        prompts = [self.prompt(it, len(images[i]) if images else 0) for i, it in enumerate(items)]
-        return {"keys": [it.key for it in items], "inputs": self.prompter.inputs(prompts, images)}
+        counts = [len(images[i]) if images else 0 for i in range(len(items))]
+        prompts = [self.prompt(it, counts[i]) for i, it in enumerate(items)]
+        batch = {"keys": [it.key for it in items], "inputs": self.prompter.inputs(prompts, images)}
+        if self.content:
+            tokenizer = getattr(self.prompter.processor, "tokenizer", self.prompter.processor)
+            spans = [content_span(tokenizer, p, *self.text_span(it, p, counts[i])) for i, (it, p) in
+                     enumerate(zip(items, prompts))]
+            batch["content"] = content_mask(batch["inputs"]["input_ids"], spans, image_token_id(self.prompter.processor))
+        return batch
 
 
 class ItemDataModule(L.LightningDataModule):

@@ -94,6 +94,8 @@ class LayerRecord:
     index: int | None
     resolved_index: int | None
     apply_final_norm: bool = False
+    points: list[dict[str, Any]] | None = None  # every point averaged (layer.points), resolved; None: the one above
+    normalize_points: bool | None = None  # several points: each unit-normalised before averaging
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,11 @@ class RunResult:
     framing: str | None = None
     rerank: RerankRecord | None = None
     rag: dict[str, Any] | None = None
+    # stage-1 readout and scoring axes (issue 15); absent in files written before they existed
+    pooling: dict[str, Any] | None = None  # label, k, ...
+    retriever: dict[str, Any] | None = None  # label (dense, bm25, hybrid), fusion settings
+    postprocess: dict[str, Any] | None = None  # label, settings, statistics digest
+    prior_detail: dict[str, Any] | None = None  # e.g. few-shot demonstrations (k, ids)
     timing: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
@@ -184,8 +191,9 @@ class RunResult:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out.update(layer=asdict(self.layer), task=asdict(self.task), counts=asdict(self.counts),
                    rerank=self.rerank.to_dict() if self.rerank else None)
-        if self.rag is None:
-            out.pop("rag")
+        for optional in ("rag", "pooling", "retriever", "postprocess", "prior_detail"):
+            if out[optional] is None:
+                out.pop(optional)
         return out
 
     @classmethod
@@ -207,7 +215,8 @@ class RunResult:
             main_score=float(d["main_score"]),
             metrics={stage: dict(m) for stage, m in d["metrics"].items()},
             layer=LayerRecord(str(layer.get("label")), str(layer.get("point")), layer.get("index"),
-                              layer.get("resolved_index"), bool(layer.get("apply_final_norm", False))),
+                              layer.get("resolved_index"), bool(layer.get("apply_final_norm", False)),
+                              layer.get("points"), layer.get("normalize_points")),
             prior=str(d.get("prior")),
             task=Task.from_dict(d.get("task")),
             counts=Counts(**counts),
@@ -215,6 +224,10 @@ class RunResult:
             framing=d.get("framing"),
             rerank=RerankRecord.from_dict(d["rerank"]) if d.get("rerank") else None,
             rag=d.get("rag"),
+            pooling=d.get("pooling"),
+            retriever=d.get("retriever"),
+            postprocess=d.get("postprocess"),
+            prior_detail=d.get("prior_detail"),
             timing=dict(d.get("timing") or {}),
             environment=dict(d.get("environment") or {}),
             config=dict(d.get("config") or {}),

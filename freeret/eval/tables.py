@@ -23,18 +23,28 @@ import yaml
 from freeret.errors import DataError
 from freeret.eval.results import DISTRIBUTIONS, RunResult
 
-SETTING_KEYS = ("model", "layer", "prior", "pipeline", "framing", "top_k")
+SETTING_KEYS = ("model", "layer", "pooling", "prior", "retriever", "postprocess", "pipeline", "framing", "top_k")
 META_ORDER = ("classification", "vqa", "retrieval", "grounding", "qa", "video", "visdoc")
 META_LABELS = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval", "grounding": "Grounding",
                "qa": "QA", "video": "Video", "visdoc": "VisDoc"}
 
 
+def prior_label(result: RunResult) -> str:
+    """The prior's name, with the number of demonstrations for a few-shot prior (``fewshot(k=4)``)."""
+    demos = (result.prior_detail or {}).get("demos")
+    return f"{result.prior}(k={demos['k']})" if demos else str(result.prior)
+
+
 def setting_of(result: RunResult) -> dict[str, Any]:
-    """The setting of one result (its row, with its split)."""
+    """The setting of one result (its row key; result files from before a stage-1 axis existed get its default)."""
+    retriever = (result.retriever or {}).get("label", "dense")
     return {
         "model": result.model_name,
         "layer": result.layer.label,
-        "prior": result.prior,
+        "pooling": (result.pooling or {}).get("label", "last"),
+        "prior": prior_label(result),
+        "retriever": retriever,
+        "postprocess": (result.postprocess or {}).get("label", "none") if retriever != "bm25" else "-",
         "pipeline": result.pipeline,
         "framing": result.framing,
         "top_k": result.rerank.top_k if result.rerank else None,
@@ -57,6 +67,18 @@ class Table:
     benchmark: str
     columns: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    split: str = "test"
+
+
+def data_split(result: RunResult) -> str:
+    """``dev`` for a dev split (tuning data), else ``test`` (the shipped WordNet sets, MMEB-eval's sets)."""
+    return "dev" if result.task.split == "dev" else "test"
+
+
+def suite_of(result: RunResult) -> str:
+    """The benchmark a result belongs to, with a dev split's ``_dev`` dropped (dev and test share a name)."""
+    name = result.task.benchmark or result.dataset
+    return name[: -len("_dev")] if name.endswith("_dev") else name
 
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -119,12 +141,22 @@ def paper_entry(setting: Mapping[str, Any], entries: list[dict[str, Any]], split
     return None
 
 
-def label(setting: Mapping[str, Any], split: str | None = None) -> str:
-    """A short human name for a setting, with the split its numbers come from."""
+def setting_text(setting: Mapping[str, Any]) -> str:
+    """A short human name for a setting (stage-1 axes shown when not at their default)."""
+    if setting.get("retriever") == "bm25":
+        return f"{setting['model']} · BM25"
     text = f"{setting['model']} · {setting['layer']} + {setting['prior']}"
+    for key, default in (("pooling", "last"), ("postprocess", "none"), ("retriever", "dense")):
+        if setting.get(key, default) != default:
+            text += f" + {setting[key]}"
     if setting.get("pipeline") != "embed":
         text += f" → {setting['framing']} rerank top-{setting['top_k']}"
-    return f"{text} · {split or 'split ?'}"
+    return text
+
+
+def label(setting: Mapping[str, Any], split: str | None = None) -> str:
+    """A short human name for a setting, with the split its numbers come from."""
+    return f"{setting_text(setting)} · {split or 'split ?'}"
 
 
 def _fmt(value: Any) -> str:
@@ -179,3 +211,41 @@ def per_dataset_csv(table: Table) -> str:
         writer.writerow([row["split"], *(row["setting"][k] for k in SETTING_KEYS),
                          *(_fmt(row["scores"].get(d)) for d in datasets)])
     return buf.getvalue()
+
+
+def leaderboard(results: Iterable[RunResult], stage: str = "final", metric: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Settings ranked by their mean dev score, with each benchmark's dev and test means side by side.
+
+    Returns (columns, rows); a column is ``<benchmark> dev`` or ``<benchmark> test`` (the mean over its datasets),
+    a row ``{"setting", "values", "datasets"}``. Rows with no dev score sort last.
+    """
+    cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    suites: list[str] = []
+    for p in results:
+        suite = suite_of(p)
+        if suite not in suites:
+            suites.append(suite)
+        cells[tuple(setting_of(p).items())][f"{suite} {data_split(p)}"].append(score_of(p, stage, metric))
+    columns = [f"{suite} {split}" for suite in suites for split in ("dev", "test")]
+    rows = []
+    for key, by_column in cells.items():
+        values = {c: _mean(v) for c, v in by_column.items()}
+        rows.append({"setting": dict(key), "values": values, "datasets": {c: len(v) for c, v in by_column.items()}})
+    dev_columns = [c for c in columns if c.endswith(" dev")]
+
+    def rank_key(row: dict[str, Any]) -> tuple:
+        dev = [row["values"][c] for c in dev_columns if c in row["values"]]
+        return (not dev, -(sum(dev) / len(dev)) if dev else 0.0, setting_text(row["setting"]))
+
+    return columns, sorted(rows, key=rank_key)
+
+
+def leaderboard_markdown(columns: list[str], rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
+    """The leaderboard as Markdown: one line per setting, dev and test columns side by side (scores in %)."""
+    lines = [f"### {title}", "", "Split: dev and test side by side; rows ranked by the mean of their dev columns "
+             "(settings are chosen on dev only).", "", "| setting | " + " | ".join(columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append(f"| {setting_text(row['setting'])} | " + " | ".join(_fmt(row["values"].get(c)) for c in columns)
+                     + " |")
+    return "\n".join(lines) + "\n"

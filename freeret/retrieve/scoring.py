@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,11 @@ def score_rows(rows: Sequence[Row], embeddings: Mapping[str, torch.Tensor], budg
     return out
 
 
+Transform = Callable[[torch.Tensor, str], torch.Tensor]  # (raw vectors, role) -> vectors that cosine compares
+
+
 def score_store(rows: Sequence[Row], store: ShardStore, key_of: Mapping[str, str] | None = None,
-                budget: int = 1 << 24) -> list[torch.Tensor]:
+                budget: int = 1 << 24, transform: Transform | None = None) -> list[torch.Tensor]:
     """Per-row cosine scores streamed from a shard store: one shard in memory at a time.
 
     ``key_of`` maps item keys to store keys (identity when None). Queries are gathered once (one vector per
@@ -48,7 +51,7 @@ def score_store(rows: Sequence[Row], store: ShardStore, key_of: Mapping[str, str
     missing = [k for k in need if k not in store]
     if missing:
         raise DataError(f"{len(missing)} items have no embedding (first: {missing[0]})")
-    queries = F.normalize(store.gather(sk(r.query) for r in rows).float(), dim=-1)
+    queries = F.normalize(transform(store.gather(sk(r.query) for r in rows).float(), "query"), dim=-1)
     width = max((len(r.candidates) for r in rows), default=0)
     shard_of = torch.full((len(rows), width), -1, dtype=torch.int32)
     pos_of = torch.zeros((len(rows), width), dtype=torch.int64)
@@ -61,7 +64,7 @@ def score_store(rows: Sequence[Row], store: ShardStore, key_of: Mapping[str, str
         hit = shard_of == n
         if not hit.any():
             continue
-        cands = F.normalize(emb.float(), dim=-1)
+        cands = F.normalize(transform(emb.float(), "target"), dim=-1)
         step = max(1, budget // max(1, cands.shape[0]))
         for lo in range(0, len(rows), step):
             block = hit[lo : lo + step]

@@ -1,0 +1,254 @@
+"""Coordinate-wise stage-1 search on DEV data, then the chosen setting once on TEST (issue 15).
+
+    python experiments/stage1_search.py --model smollm2_135m --out docs/results/smollm2_135m/stage1_search
+    python experiments/stage1_search.py --model smollm2_135m --out ... --axes prior abtt_d    # some axes only
+    python experiments/stage1_search.py --model smollm2_135m --out ... --test                 # once, on test
+    python experiments/stage1_search.py --spec experiments/stage1_search_cpu.yaml ...         # the lean CPU search
+
+The axes, the start and the baselines are data: ``search`` in ``conf/experiment/stage1_search.yaml``. Each axis is
+one ``run.py -m experiment=stage1_search`` sweep (suite ``stage1_dev``: the reverse dictionary's dev split and the
+meta-task dev suite) from the best setting so far; a job's objective is the mean of its RD dev hit@1 and its
+meta-task dev mean hit@1, and it replaces the best only if higher. ``<out>/search.json`` keeps every job's scores,
+overrides and wall time, and the best setting after each axis; a rerun skips finished axes (and the embedding cache
+skips finished vectors). ``--test`` runs the chosen setting and the baselines on suite ``stage1_test``, and the
+baselines on dev too; nothing is chosen from a test score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "conf" / "experiment" / "stage1_search.yaml"
+QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+
+
+def load_search(path: Path = CONFIG) -> dict[str, Any]:
+    """The ``search`` section of the experiment config."""
+    return yaml.safe_load(path.read_text())["search"]
+
+
+def _value(v: Any) -> str:
+    return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
+
+
+def overrides(best: dict[str, Any], sweep: dict[str, list[Any]] | None = None) -> list[str]:
+    """Command-line overrides for a sweep from ``best``: every key of ``best`` is passed (so the experiment's own
+    sweeper params never apply), with the swept keys' lists. Dotted keys use ``++`` (set whether or not present)."""
+    merged = {**best, **(sweep or {})}
+    return [f"{'++' if '.' in k else ''}{k}={_value(v)}" for k, v in merged.items()]
+
+
+def set_choice(best: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """``best`` with ``key`` set; choosing a config group drops the previous choice's own keys (``group.*``)."""
+    out = {k: v for k, v in best.items() if "." in key or not k.startswith(key + ".")}
+    out[key] = value
+    return out
+
+
+def job_records(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One record per job of a multirun folder: its overrides, per-dataset scores, RD / meta dev means, objective."""
+    records = []
+    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        results = [json.loads(p.read_text()) for p in sorted((job / "results").glob("*.json"))]
+        if not results:
+            continue
+        task = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        scores = {r["dataset"]: r["main_score"] for r in results}
+        rd = [s for d, s in scores.items() if d.startswith("wordnet_rd")]
+        meta = [s for d, s in scores.items() if not d.startswith("wordnet_rd")]
+        record = {"job": int(job.name), "overrides": task, "scores": scores,
+                  "rd": rd[0] if rd else None, "meta": sum(meta) / len(meta) if meta else None,
+                  "wall_s": sum(r["timing"]["wall_seconds"] for r in results),
+                  "embed_s": sum(r["timing"].get("embed_seconds", 0.0) for r in results)}
+        parts = [x for x in (record["rd"], record["meta"]) if x is not None]
+        record["objective"] = sum(parts) / len(parts)
+        records.append(record)
+    return records
+
+
+def run_sweep(model: str, args: list[str], sweep_dir: Path, extra: list[str]) -> float:
+    """One ``run.py -m`` into ``sweep_dir`` (log beside it); returns its wall time."""
+    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(REPO / "run.py"), "-m", "experiment=stage1_search", f"model={model}", *args, *QUIET,
+           *extra, f"hydra.sweep.dir={sweep_dir}"]
+    start = time.perf_counter()
+    with open(sweep_dir.with_suffix(".log"), "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: sweep failed ({sweep_dir.with_suffix('.log')}): {' '.join(args)}")
+    return time.perf_counter() - start
+
+
+def parse_overrides(task: list[str], keys: set[str]) -> dict[str, Any]:
+    """The values of ``keys`` in a job's override list."""
+    out = {}
+    for item in task:
+        key, _, value = item.lstrip("+").partition("=")
+        if key in keys:
+            out[key] = yaml.safe_load(value)
+    return out
+
+
+def matches(best: dict[str, Any], when: dict[str, Any] | None) -> bool:
+    """Whether ``best`` has the values an axis's ``when`` asks for (a list = any of them)."""
+    for key, want in (when or {}).items():
+        allowed = want if isinstance(want, list) else [want]
+        if best.get(key) not in allowed:
+            return False
+    return True
+
+
+def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec_path: Path = CONFIG) -> dict[str, Any]:
+    """Run the axes (all, or those named) and return the state written to ``<out>/search.json``."""
+    spec = load_search(spec_path)
+    state_file = out / "search.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {
+        "model": model, "objective": "mean(RD dev hit@1, meta-task dev mean hit@1)", "best": dict(spec["start"]),
+        "best_objective": None, "axes": {}}
+    for axis in spec["axes"]:
+        name = axis["name"]
+        if (axes and name not in axes) or name in state["axes"]:
+            continue
+        if not matches(state["best"], axis.get("when")):
+            state["axes"][name] = {"skipped": f"best setting does not match {axis['when']}"}
+            continue
+        sweep = {k: v if isinstance(v, list) else [v] for k, v in axis["sweep"].items()}
+        best = state["best"]
+        for key in sweep:  # a group swept by this axis drops the previous choice's own keys
+            best = set_choice(best, key, best.get(key))
+        best = {k: v for k, v in best.items() if v is not None}
+        wall = run_sweep(model, overrides(best, sweep), out / name, extra)
+        records = job_records(out / name)
+        keys = set(best) | set(sweep)
+        for r in records:
+            r["setting"] = {**best, **parse_overrides(r["overrides"], keys)}
+        top = max(records, key=lambda r: r["objective"])
+        entry = {"sweep": sweep, "from": state["best"], "wall_s": wall, "jobs": records}
+        if state["best_objective"] is None or top["objective"] > state["best_objective"]:
+            state["best"], state["best_objective"] = top["setting"], top["objective"]
+            entry["chosen"] = top["setting"]
+        else:
+            entry["chosen"] = None  # the best so far stays
+        state["axes"][name] = entry
+        out.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+        print(f"{name}: best {state['best']} objective {state['best_objective']:.4f} ({wall:.0f}s)", flush=True)
+    return state
+
+
+def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
+         suites: tuple[str, ...] = ("stage1_dev", "stage1_test")) -> dict[str, Any]:
+    """The chosen setting on test (once) and the baselines on dev and test (or only the ``suites`` named)."""
+    state = json.loads((out / "search.json").read_text())
+    spec = load_search(spec_path)
+    # every group the search sets is passed (the start's value unless the setting names it), so the experiment's own
+    # sweeper params never turn a final run into a sweep
+    runs = {"chosen": state["best"], **{k: {**spec["start"], **v} for k, v in spec["baselines"].items()}}
+    state.setdefault("test", {})
+    for name, setting in runs.items():
+        for suite in suites:
+            tag = f"{name}_{suite.split('_')[1]}"
+            if tag in state["test"] or (name == "chosen" and suite == "stage1_dev"):
+                continue
+            wall = run_sweep(model, [*overrides(setting), f"suite={suite}"], out / "final" / tag, extra)
+            state["test"][tag] = {"setting": setting, "wall_s": wall, "jobs": job_records(out / "final" / tag)}
+            (out / "search.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+            job = state["test"][tag]["jobs"][0]
+            print(f"{tag}: RD {_pct(job['rd'])} meta {_pct(job['meta'])} ({wall:.0f}s)", flush=True)
+    return state
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _label(setting: dict[str, Any], keys: list[str] | None = None) -> str:
+    return " ".join(f"{k}={_value(v)}" for k, v in setting.items() if keys is None or k in keys)
+
+
+def report(state: dict[str, Any], out: Path, spec_path: Path = CONFIG) -> str:
+    """A compact record (``<out>/search.json``: every job's setting, scores and wall time, without run folders),
+    the per-axis dev leaderboard and the final table as Markdown (``<out>/leaderboard.md``), and a bar chart of the
+    final runs (``<out>/final.png``). Axes are listed in the spec's order. Returns the Markdown."""
+    from _common import bar_chart
+
+    out.mkdir(parents=True, exist_ok=True)
+    keep = ("setting", "scores", "rd", "meta", "objective", "wall_s", "embed_s")
+    compact = {**state, "axes": {name: {**{k: v for k, v in axis.items() if k != "jobs"},
+                                        "jobs": [{k: j.get(k) for k in keep} for j in axis.get("jobs", [])]}
+                                 for name, axis in state["axes"].items()},
+               "test": {tag: {**run, "jobs": [{k: j.get(k) for k in keep} for j in run["jobs"]]}
+                        for tag, run in state.get("test", {}).items()}}
+    (out / "search.json").write_text(json.dumps(compact, indent=1, sort_keys=True) + "\n")
+    jobs = [j for axis in state["axes"].values() for j in axis.get("jobs", [])]
+    objective = state["objective"] if any(j["meta"] is not None for j in jobs) else "RD dev hit@1 (no meta-task dev run)"
+    lines = [f"### Dev search, {state['model']} (split: dev)", "",
+             f"Objective: {objective}; hit@1 in %. Each axis starts from the best setting so far.", ""]
+    order = [a["name"] for a in load_search(spec_path)["axes"]]
+    for name, axis in sorted(state["axes"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        if "skipped" in axis:
+            lines += [f"**{name}**: skipped ({axis['skipped']})", ""]
+            continue
+        swept = list(axis["sweep"])
+        lines += [f"**{name}** (from {_label(axis['from'])}; {axis['wall_s']:.0f} s)", "",
+                  "| setting | RD dev | meta dev | objective | wall s |", "|---|---|---|---|---|"]
+        for j in sorted(axis["jobs"], key=lambda j: -j["objective"]):
+            mark = " **(chosen)**" if axis.get("chosen") == j["setting"] else ""
+            lines.append(f"| {_label(j['setting'], swept)}{mark} | {_pct(j['rd'])} | {_pct(j['meta'])} | "
+                         f"{_pct(j['objective'])} | {j['wall_s']:.0f} |")
+        lines.append("")
+    lines += [f"Chosen on dev: `{_label(state['best'])}` (objective {_pct(state['best_objective'])}).", ""]
+    finals = state.get("test", {})
+    if finals:
+        lines += ["### Final runs (split named per row)", "",
+                  "| method | split | RD hit@1 | meta mean hit@1 | wall s |", "|---|---|---|---|---|"]
+        for tag, run in finals.items():
+            job = run["jobs"][0]
+            name, _, split = tag.rpartition("_")
+            lines.append(f"| {name} | {split} | {_pct(job['rd'])} | {_pct(job['meta'])} | {run['wall_s']:.0f} |")
+        tests = {tag.rpartition("_")[0]: run["jobs"][0] for tag, run in finals.items() if tag.endswith("_test")}
+        names = sorted(tests)
+        series = {part: [100 * (tests[n][key] or 0) for n in names]
+                  for part, key in (("RD hit@1", "rd"), ("meta mean hit@1", "meta"))}
+        bar_chart(out / "final", names, series, "hit@1 (%)", f"Stage 1, {state['model']}, split: test")
+    text = "\n".join(lines) + "\n"
+    (out / "leaderboard.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder for sweeps, logs and search.json")
+    parser.add_argument("--axes", nargs="*", default=None, help="run only these axes (default: all not yet run)")
+    parser.add_argument("--test", action="store_true", help="run the chosen setting and the baselines on test")
+    parser.add_argument("--suites", nargs="+", default=["stage1_dev", "stage1_test"],
+                        help="with --test: the suites the final runs use (baselines run on each)")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="write a compact search.json, leaderboard.md and final.png into this folder; run nothing")
+    parser.add_argument("--spec", type=Path, default=CONFIG,
+                        help="a YAML file whose `search` section replaces the experiment's (e.g. stage1_search_cpu.yaml)")
+    parser.add_argument("overrides", nargs="*", help="extra run.py overrides for every job (e.g. embed.batch_size=16)")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(report(json.loads((args.out / "search.json").read_text()), args.report, args.spec))
+    elif args.test:
+        test(args.model, args.out, args.overrides, args.spec, tuple(args.suites))
+    else:
+        search(args.model, args.out, args.axes, args.overrides, args.spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

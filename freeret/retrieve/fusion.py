@@ -1,0 +1,100 @@
+"""Which scores rank a row's candidates: dense cosine, BM25, or both fused (``conf/retriever``).
+
+Fusion is per row, over that row's candidates:
+
+- ``rrf``: reciprocal rank fusion, ``sum_r 1 / (k + rank_r)``; a rank is 1 + the number of candidates scored
+  strictly higher, so tied candidates share a rank (a stable sort would favour the positive, listed first).
+- ``weighted``: ``w * norm(dense) + (1 - w) * norm(bm25)``, each min-max normalised over the row (a constant
+  row normalises to 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from freeret.errors import ConfigError
+from freeret.retrieve.lexical import BM25Spec
+
+KINDS = ("dense", "bm25", "hybrid")
+FUSIONS = ("rrf", "weighted")
+
+
+@dataclass(frozen=True)
+class RetrieverSpec:
+    """One ``conf/retriever`` entry."""
+
+    name: str = "dense"
+    fusion: str = "rrf"
+    rrf_k: float = 60.0
+    weight: float = 0.5  # weighted fusion: the dense share
+    bm25: BM25Spec = field(default_factory=BM25Spec)
+
+    def __post_init__(self) -> None:
+        if self.name not in KINDS:
+            raise ConfigError(f"retriever.name={self.name!r} is not one of {', '.join(KINDS)}")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"retriever.fusion={self.fusion!r} is not one of {', '.join(FUSIONS)}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ConfigError(f"retriever.weight={self.weight} must lie in [0, 1]")
+        if self.rrf_k < 0:
+            raise ConfigError(f"retriever.rrf_k={self.rrf_k} must be >= 0")
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any] | None) -> "RetrieverSpec":
+        """Build from a ``conf/retriever`` mapping (None = dense), refusing unknown keys."""
+        cfg = dict(cfg or {})
+        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown retriever key(s) {', '.join(unknown)}")
+        cfg["bm25"] = BM25Spec.from_dict(cfg.get("bm25"))
+        return cls(**cfg)
+
+    @property
+    def dense(self) -> bool:
+        """Whether stage 1 needs embeddings."""
+        return self.name != "bm25"
+
+    @property
+    def lexical(self) -> bool:
+        """Whether BM25 runs."""
+        return self.name != "dense"
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and summary lines, e.g. ``hybrid(rrf)``."""
+        if self.name != "hybrid":
+            return self.name
+        return f"hybrid(rrf, k={self.rrf_k:g})" if self.fusion == "rrf" else f"hybrid(weighted, w={self.weight:g})"
+
+    def describe(self) -> dict[str, Any]:
+        """For results: what ranked the candidates."""
+        out: dict[str, Any] = {"name": self.name, "label": self.label}
+        if self.name == "hybrid":
+            out.update(fusion=self.fusion, **({"rrf_k": self.rrf_k} if self.fusion == "rrf" else {"weight": self.weight}))
+        if self.lexical:
+            out["bm25"] = dict(self.bm25.__dict__)
+        return out
+
+
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """1 + how many entries score strictly higher (ties share the best rank), fp32."""
+    ascending = scores.sort().values
+    higher = scores.numel() - torch.searchsorted(ascending, scores, right=True)
+    return 1.0 + higher.float()
+
+
+def minmax(scores: torch.Tensor) -> torch.Tensor:
+    """Scores scaled to [0, 1] over the row; a constant row becomes zeros."""
+    lo, hi = scores.min(), scores.max()
+    return (scores - lo) / (hi - lo) if hi > lo else torch.zeros_like(scores)
+
+
+def fuse(dense: torch.Tensor, lexical: torch.Tensor, spec: RetrieverSpec) -> torch.Tensor:
+    """One row's fused scores (see the module docstring)."""
+    dense, lexical = dense.float(), lexical.float()
+    if spec.fusion == "rrf":
+        return 1.0 / (spec.rrf_k + ranks(dense)) + 1.0 / (spec.rrf_k + ranks(lexical))
+    return spec.weight * minmax(dense) + (1.0 - spec.weight) * minmax(lexical)

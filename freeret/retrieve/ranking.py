@@ -1,0 +1,90 @@
+"""Stage-1 scores of every row from the stored raw vectors: post-processing statistics, then dense, BM25 or fused.
+
+Nothing here re-embeds: post-processing and the retriever choice are applied when scoring, so a sweep over them
+reuses the vectors in the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from freeret.data.retrieval_set import Item, RetrievalSet, Row
+from freeret.retrieve.fusion import RetrieverSpec, fuse
+from freeret.retrieve.lexical import bm25_scores
+from freeret.retrieve.postprocess import IDENTITY, PostprocessSpec, Statistics, fit
+from freeret.retrieve.scoring import score_store
+from freeret.retrieve.store import ShardStore
+
+
+def fit_vectors(spec: PostprocessSpec, store: ShardStore, keys_by_role: Mapping[str, Sequence[str]]) -> dict[str, torch.Tensor]:
+    """The raw vectors each statistics group is fitted on: store keys per role -> per group (``spec.groups``).
+    Keys are de-duplicated and sorted, so the fit does not depend on row order or on which item is a positive."""
+    groups: dict[str, set[str]] = {}
+    for role, keys in keys_by_role.items():
+        groups.setdefault(spec.group(role), set()).update(keys)
+    return {g: store.gather(sorted(keys)) for g, keys in groups.items() if keys}
+
+
+def fit_statistics(spec: PostprocessSpec, store: ShardStore | None, keys_by_role: Mapping[str, Sequence[str]],
+                   head: torch.Tensor | None = None, folder: Path | None = None, setting: str | None = None,
+                   seed: int = 0) -> Statistics:
+    """Fit ``spec`` on the stored vectors of ``keys_by_role`` (and the LM head for ``lmhead_filter``); written to
+    ``folder`` (beside the shards) when given."""
+    if spec.name == "none":
+        return IDENTITY
+    vectors = fit_vectors(spec, store, keys_by_role) if (spec.needs_fit and store is not None) else {}
+    stats = fit(spec, vectors, head, seed)
+    if folder is not None:
+        stats.save(folder, setting)
+    return stats
+
+
+def rank_rows(rows: Sequence[Row], items: Mapping[str, Item], retriever: RetrieverSpec,
+              store: ShardStore | None = None, key_of: Mapping[str, str] | None = None,
+              statistics: Statistics = IDENTITY) -> list[torch.Tensor]:
+    """Per-row candidate scores (candidate order, positive first) for the configured retriever."""
+    dense = score_store(rows, store, key_of, transform=statistics.apply) if retriever.dense else None
+    if not retriever.lexical:
+        return dense
+    lexical = bm25_scores(rows, items, retriever.bm25)
+    if dense is None:
+        return lexical
+    return [fuse(d, b, retriever) for d, b in zip(dense, lexical)]
+
+
+@dataclass(frozen=True)
+class Stage1Scoring:
+    """How stage 1 turns stored vectors into scores: the retriever and the post-processing (``conf/retriever``,
+    ``conf/postprocess``)."""
+
+    retriever: RetrieverSpec
+    postprocess: PostprocessSpec
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "Stage1Scoring":
+        """From a run config (absent groups: dense, no post-processing); bad values fail before weights load."""
+        return cls(RetrieverSpec.from_dict(cfg.get("retriever")), PostprocessSpec.from_dict(cfg.get("postprocess")))
+
+    def corpus_items(self) -> list[Item]:
+        """Items of the named unlabeled corpus (``postprocess.fit_on=corpus``) to embed beside the run's own."""
+        if not (self.retriever.dense and self.postprocess.needs_fit and self.postprocess.fit_on == "corpus"):
+            return []
+        from freeret.data.datasets import load_dataset
+
+        return list(load_dataset(dict(self.postprocess.corpus or {})).items.values())
+
+    def score(self, rset: RetrievalSet, store: ShardStore | None, key_of: Mapping[str, str],
+              fit_keys: Mapping[str, Sequence[str]], head: torch.Tensor | None, folder: Path | None,
+              setting: str | None = None, seed: int = 0) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """Per-row scores and what results record (retriever, post-processing with its statistics' digest).
+        ``fit_keys``: store keys per role that the statistics are fitted on."""
+        stats = IDENTITY
+        if self.retriever.dense:
+            stats = fit_statistics(self.postprocess, store, fit_keys, head, folder, setting, seed)
+        scores = rank_rows(rset.rows, rset.items, self.retriever, store, key_of, stats)
+        return scores, {"retriever": self.retriever.describe(),
+                        "postprocess": stats.summary() if self.retriever.dense else None}

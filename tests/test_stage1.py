@@ -1,0 +1,164 @@
+"""Stage-1 axes end to end (issue 15): every option composes, the axes run in fast mode, post-processing and
+retriever choices re-score stored vectors, BM25 alone embeds nothing, and the search driver's bookkeeping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, compose
+from omegaconf import OmegaConf
+
+from freeret.benchmark import run_all
+from freeret.data.datasets import load_dataset
+from freeret.embed.layers import Readout
+from freeret.embed.priors import Prior
+from freeret.errors import ConfigError
+from freeret.eval.metrics import retrieval_metrics
+from freeret.retrieve.fusion import RetrieverSpec
+from freeret.retrieve.lexical import bm25_scores
+from freeret.retrieve.postprocess import PostprocessSpec, Statistics
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["pooling", "postprocess", "retriever", "layer", "prior"])
+def test_every_stage1_option_composes_and_builds(group):
+    for option in options(group):
+        cfg = OmegaConf.to_container(compose([f"{group}={option}"]), resolve=True)
+        Readout.from_config(cfg["layer"], cfg["pooling"]).resolve(30)
+        PostprocessSpec.from_dict(cfg["postprocess"])
+        RetrieverSpec.from_dict(cfg["retriever"])
+        Prior.from_dict(cfg["prior"])
+
+
+def _cfg(tmp_path: Path, *overrides: str) -> dict:
+    base = ["dataset=wordnet_rd_dev", "mode=fast", "benchmark.limit=4", "dataset.pool=positives", "logger=none",
+            "trainer.enable_progress_bar=false", f"embed.cache_dir={tmp_path / 'cache'}"]
+    return {**OmegaConf.to_container(compose([*base, *overrides]), resolve=True), "run_dir": str(tmp_path / "run")}
+
+
+def test_stage1_axes_run_in_fast_mode_and_rescore_stored_vectors(tmp_path):
+    (first,) = _payloads(run_all(_cfg(tmp_path, "pooling=mean", "layer=attn_late_avg", "postprocess=abtt", "retriever=hybrid")))
+    assert first["timing"]["embed_items_computed"] == 8  # 4 queries + their 4 positives
+    assert first["pooling"]["name"] == "mean" and [p["index"] for p in first["layer"]["points"]] == [2, 2, 3]
+    assert first["postprocess"]["label"] == "abtt(d=1)" and first["postprocess"]["fitted_on"] == {"all": 8}
+    assert first["retriever"]["label"] == "hybrid(rrf, k=60)"
+    stats = list(Path(first["timing"]["embed_store"]).rglob("postprocess-*.safetensors"))
+    assert [p.name for p in stats] == [f"postprocess-{first['postprocess']['statistics_sha256'][:16]}.safetensors"]
+    # another post-processing and fusion on the same vectors: nothing is embedded again
+    (again,) = _payloads(run_all(_cfg(tmp_path, "pooling=mean", "layer=attn_late_avg", "postprocess=lmhead_filter",
+                            "retriever=hybrid", "retriever.fusion=weighted")))
+    assert again["timing"]["embed_items_computed"] == 0 and again["timing"]["embed_store"] == first["timing"]["embed_store"]
+    assert again["postprocess"]["statistics_sha256"] != first["postprocess"]["statistics_sha256"]
+    assert stats[0].exists() and again["timing"]["embed_shards_dropped"] == 0  # the store does not take them for shards
+    # few-shot prior, last-k pooling, statistics fitted per role on an unlabeled corpus embedded beside the set
+    (fewshot,) = _payloads(run_all(_cfg(tmp_path, "prior=fewshot", "pooling=last_k", "postprocess=center",
+                              "postprocess.fit_on=corpus", "+dataset@postprocess.corpus=wordnet_dev/ret_def2lemma",
+                              "postprocess.corpus.limit=3", "postprocess.corpus.pool=positives")))
+    assert fewshot["prior_detail"]["demos"]["set"] == "wordnet_rd" and fewshot["prior_detail"]["demos"]["k"] == 1
+    assert fewshot["postprocess"]["corpus"] == "wordnet_ret_def2lemma_dev"
+    assert fewshot["postprocess"]["fitted_on"] == {"all": 6}  # the corpus's 3 queries + 3 positives, not the set's
+    assert fewshot["timing"]["embed_items_computed"] == 14
+
+
+def _payloads(results):
+    """Result files as the JSON mappings they are written as."""
+    return [r.to_dict() for r in results]
+
+
+def test_bm25_alone_embeds_nothing_and_scores_as_bm25s_does(tmp_path):
+    (payload,) = _payloads(run_all(_cfg(tmp_path, "retriever=bm25", "benchmark.limit=30")))
+    assert "embed_items_computed" not in payload["timing"] and not (tmp_path / "cache").exists()
+    assert payload["retriever"]["name"] == "bm25" and payload.get("postprocess") is None
+    rset = load_dataset({**compose(["dataset=wordnet_rd_dev"]).dataset, "limit": 30, "pool": "positives"})
+    scores = bm25_scores(rset.rows, rset.items, RetrieverSpec.from_dict(compose(["retriever=bm25"]).retriever).bm25)
+    want = retrieval_metrics(scores, [1] * len(scores))
+    assert payload["metrics"]["embed"] == pytest.approx(want)
+    assert payload["main_score"] > 1 / 30  # definitions share stems with some of their words
+
+
+def test_bad_stage1_values_stop_before_weights_load(tmp_path):
+    for override, match in [("postprocess.d=-1", "postprocess.d"), ("++retriever.weight=3", "retriever.weight"),
+                            ("pooling.name=max", "pooling.name"), ("layer.index=1.5", "relative depth")]:
+        cfg = _cfg(tmp_path, "postprocess=abtt" if override.startswith("postprocess") else "retriever=dense", override)
+        with pytest.raises(ConfigError, match=match):
+            run_all(cfg)
+
+
+def test_statistics_file_round_trips(tmp_path):
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    from freeret.retrieve.postprocess import fit
+
+    stats = fit(PostprocessSpec(name="abtt", d=2), {"all": x})
+    back = Statistics.load(stats.spec, stats.save(tmp_path))
+    assert torch.allclose(back.apply(x, "query"), stats.apply(x, "query"))
+
+
+def test_search_driver_bookkeeping(tmp_path):
+    """Overrides from the best setting, group choices dropping their old keys, `when`, and job records."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import stage1_search as driver
+
+    best = {"prior": "fewshot", "prior.demos.k": 4, "postprocess": "abtt", "postprocess.d": 8}
+    assert driver.overrides(best, {"postprocess": ["center", "whiten"]}) == [
+        "prior=fewshot", "++prior.demos.k=4", "postprocess=center,whiten", "++postprocess.d=8"]
+    assert driver.set_choice(best, "postprocess", "whiten") == {"prior": "fewshot", "prior.demos.k": 4,
+                                                               "postprocess": "whiten"}
+    assert driver.matches(best, {"postprocess": ["center", "abtt"]}) and not driver.matches(best, {"prior": "e5v"})
+    job = tmp_path / "sweep" / "0"
+    (job / "results").mkdir(parents=True)
+    (job / ".hydra").mkdir()
+    (job / ".hydra" / "overrides.yaml").write_text("- prior=e5v\n- ++postprocess.d=2\n")
+    for name, score in [("wordnet_rd_dev", 0.2), ("wordnet_qa_blank_dev", 0.5), ("wordnet_cls_lexname_dev", 0.3)]:
+        (job / "results" / f"{name}.json").write_text(json.dumps(
+            {"dataset": name, "main_score": score, "timing": {"wall_seconds": 2.0, "embed_seconds": 1.0}}))
+    (record,) = driver.job_records(tmp_path / "sweep")
+    assert record["rd"] == 0.2 and record["meta"] == pytest.approx(0.4) and record["objective"] == pytest.approx(0.3)
+    assert record["wall_s"] == 6.0
+    assert driver.parse_overrides(record["overrides"], {"prior", "postprocess.d"}) == {"prior": "e5v", "postprocess.d": 2}
+
+
+def test_search_report_names_the_split_and_marks_the_choice(tmp_path):
+    """The report keeps each job's scores and wall time, marks the chosen setting and names the split of each row."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import stage1_search as driver
+
+    job = {"setting": {"prior": "e5v"}, "scores": {"wordnet_rd_dev": 0.25}, "rd": 0.25, "meta": None,
+           "objective": 0.25, "wall_s": 3.0, "embed_s": 1.0, "overrides": ["prior=e5v"]}
+    other = {**job, "setting": {"prior": "freeret"}, "rd": 0.1, "objective": 0.1}
+    final = {"setting": {"prior": "e5v"}, "wall_s": 9.0, "jobs": [{**job, "rd": 0.2}]}
+    state = {"model": "m", "objective": "o", "best": {"prior": "e5v"}, "best_objective": 0.25,
+             "axes": {"prior": {"sweep": {"prior": ["e5v", "freeret"]}, "from": {"prior": "freeret"}, "wall_s": 5.0,
+                                "jobs": [other, job], "chosen": {"prior": "e5v"}}},
+             "test": {"chosen_test": final, "bm25_dev": final}}
+    text = driver.report(state, tmp_path)
+    assert "| prior=e5v **(chosen)** | 25.0 | - | 25.0 | 3 |" in text and "| prior=freeret | 10.0 |" in text
+    assert "| chosen | test | 20.0 | - | 9 |" in text and "| bm25 | dev | 20.0 |" in text
+    saved = json.loads((tmp_path / "search.json").read_text())
+    assert "overrides" not in saved["axes"]["prior"]["jobs"][0] and (tmp_path / "final.png").exists()
+
+
+def test_freeret_plus_is_the_setting_chosen_on_dev():
+    """method=freeret_plus composes to exactly the setting the recorded dev search chose (config is data)."""
+    state = json.loads((REPO / "docs/results/smollm2_135m/stage1_search/search.json").read_text())
+    cfg = OmegaConf.to_container(compose(["method=freeret_plus"]), resolve=True)
+    for key, value in state["best"].items():
+        node = cfg
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        leaf = key.split(".")[-1]
+        got = node[leaf]["name"] if isinstance(node[leaf], dict) else node[leaf]
+        assert got == value, key
+    assert cfg["pipeline"]["name"] == "embed"
+    paper = OmegaConf.to_container(compose([]), resolve=True)  # the default stays the paper's method
+    assert (paper["prior"]["name"], paper["layer"]["name"], paper["pooling"]["name"], paper["postprocess"]["name"],
+            paper["retriever"]["name"]) == ("freeret", "attn_last", "last", "none", "dense")
