@@ -47,6 +47,9 @@ def score_store(rows: Sequence[Row], store: ShardStore, key_of: Mapping[str, str
     queries, the output and one shard (times a row chunk within ``budget`` floats), whatever the store size.
     """
     sk = (lambda k: key_of[k]) if key_of is not None else (lambda k: k)
+    if transform is None:  # no post-processing: raw vectors
+        def transform(x: torch.Tensor, role: str) -> torch.Tensor:
+            return x
     need = [sk(k) for r in rows for k in (r.query, *r.candidates)]
     missing = [k for k in need if k not in store]
     if missing:
