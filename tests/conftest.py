@@ -27,6 +27,17 @@ def no_network(monkeypatch):
         monkeypatch.setattr(owner, name, fn)
 
 
+@pytest.fixture
+def threads():
+    """One torch thread for the test: many tiny ops (the simulated device, tiny models) run slower oversubscribed."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smollm():
     """The real embedded SmolLM2-135M backbone, loaded once."""

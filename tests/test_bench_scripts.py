@@ -74,6 +74,6 @@ def test_bench_rerank_image_candidates_small(tmp_path):
 @pytest.mark.slow
 def test_bench_rerank_scorers_small(tmp_path):
     scorers = ["choice", "choice_debiased", "candidate_likelihood", "query_likelihood", "bidirectional", "listwise"]
-    res = _run("bench_rerank.py", tmp_path / "sc.json", "--scorers", *scorers, "--queries", "1", "--k", "3", "4")
-    assert [(r["scorer"], r["k"]) for r in res["results"]] == [(s, k) for s in scorers for k in (3, 4)]
+    res = _run("bench_rerank.py", tmp_path / "sc.json", "--scorers", *scorers, "--queries", "1", "--k", "3")
+    assert [(r["scorer"], r["k"]) for r in res["results"]] == [(s, 3) for s in scorers]
     assert all(r["max_abs_score_diff"] < 1e-4 and r["pairs"] == r["k"] for r in res["results"])

@@ -42,15 +42,6 @@ def qwen():
     return load_backbone(ModelSpec(name="tiny_qwen2vl", family="qwen2_vl", source="tiny"))
 
 
-@pytest.fixture
-def threads():
-    """One thread: the simulation runs many tiny ops, which oversubscribed threads slow down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_simulated_cuda_refuses_mixed_devices():
     with simulated_cuda():
         a = torch.arange(6.0, device="cuda").reshape(2, 3)

@@ -36,15 +36,6 @@ def qwen() -> Backbone:
     return load_backbone(ModelSpec(name="tiny_qwen2vl", family="qwen2_vl", source="tiny"))
 
 
-@pytest.fixture
-def threads():
-    """One thread: the simulated device runs many tiny ops, which oversubscribed threads slow down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _image() -> Image.Image:
     """A fixed 56x56 colour pattern (no file, no resampling)."""
     y, x = np.mgrid[0:56, 0:56]
