@@ -35,7 +35,7 @@ DATASET_VARS: dict[str, str] = {
     "target_unit": "what a PromptEOL line calls a candidate ('word'; default: its modality)",
     "demo_unit": "what a PromptEOL line calls a demonstration ('sentence', 'word')",
 }
-VARIANT_OWNERS = ("prior", "framing")  # ``<owner>_variant`` names one of that config group's variants
+VARIANT_OWNERS = ("prior", "framing", "scorer")  # ``<owner>_variant`` names one of that config group's variants
 T = TypeVar("T")
 
 
@@ -53,7 +53,7 @@ class DatasetPrompt:
 
     dataset: str
     vars: Mapping[str, str] = field(default_factory=dict)
-    variants: Mapping[str, str] = field(default_factory=dict)  # owner ("prior", "framing") -> variant name
+    variants: Mapping[str, str] = field(default_factory=dict)  # owner ("prior", "framing", "scorer") -> variant name
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> DatasetPrompt:
@@ -79,7 +79,7 @@ class DatasetPrompt:
 
 
 def pick_variant(variants: Mapping[str, T | None], prompt: DatasetPrompt | None, owner: str, name: str) -> T | None:
-    """The variant of prior/framing ``name`` that ``prompt``'s dataset asks for (None: its main wording);
+    """The variant of prior/framing/scorer ``name`` that ``prompt``'s dataset asks for (None: its main wording);
     ConfigError when it does not define that variant."""
     wanted = prompt.variants.get(owner) if prompt is not None else None
     if wanted is None:

@@ -228,6 +228,7 @@ def stage2_spec(cfg: Mapping[str, Any], rerank_cfg: RerankConfig, prompt: Datase
     """The scorer spec and (for the choice scorers) the framing bound to the dataset, checked against the
     pipeline's stage-2 keys."""
     spec = scorer_spec(cfg.get("scorer"))
+    spec.check_variant(prompt)  # the dataset's prompt.scorer_variant, where the scorer has prompts of its own
     framing = Framing.from_dict(cfg["framing"]).for_dataset(prompt) if spec.uses_framing else None
     if rerank_cfg.calibrate and not spec.takes_calibrate:
         raise ConfigError(f"pipeline.calibrate=true divides out an option prior: scorer={spec.name} has no options "

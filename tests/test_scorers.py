@@ -328,3 +328,45 @@ def test_results_record_the_scorer_and_the_flip_rate(tmp_path):
     cl = _run(tmp_path / "cl", ["scorer=candidate_likelihood"])
     assert cl["framing"] is None and cl["rerank"]["scorer_config"]["cpn_lambda"] == 1.0
     assert "{query}" in cl["rerank"]["prompt"] and cl["rerank"]["scorer_summary"] == {}
+
+
+def test_a_dataset_picks_a_scorer_variant(smollm):
+    """``prompt.scorer_variant`` in a dataset's config picks the scorer's named wording (null: its main one); the
+    dataset's vars fill it as they fill the main one."""
+    import dataclasses
+
+    from freeret.prompts import DatasetPrompt
+    from freeret.rerank.scorers.prompts import SlotPrompt
+    from freeret.rerank.stage import rerank_signature
+
+    base = spec_of("query_likelihood")
+    prompt = SlotPrompt(template=base.prompt.template, slots=("candidate",), answer_prefix=base.prompt.answer_prefix,
+                        vars=base.prompt.vars, variants={"terse": "Entry: {candidate}\nA {query_kind} of it:", "plain": None})
+    spec = dataclasses.replace(base, prompt=prompt)
+    cand = Item.make("target", "dog", None)
+
+    def scorer(variant, query_kind="definition"):
+        dataset = DatasetPrompt("wordnet_rd", {"query_kind": query_kind}, {"scorer": variant} if variant else {})
+        return spec.build(BuildContext(smollm, None, dataset, 3))
+
+    assert "Entry: dog\nA definition of it:" in scorer("terse").prompt(cand)
+    assert scorer("plain").prompt(cand) == scorer(None).prompt(cand) and "Entry:" not in scorer(None).prompt(cand)
+    # the resume folder is named by the bound wording: another variant or another var is another folder
+    signature = {(v, k): rerank_signature(scorer(v, k), "wordnet_rd") for v in ("terse", "plain", None)
+                 for k in ("definition", "gloss")}
+    assert signature["plain", "definition"] == signature[None, "definition"]
+    assert len({signature["terse", "definition"], signature[None, "definition"], signature["terse", "gloss"]}) == 3
+
+
+def test_an_undefined_scorer_variant_stops_before_weights(tmp_path, monkeypatch):
+    from test_errors import run_in_process
+
+    from freeret.runner import check
+
+    args = ["model=tiny_qwen2vl", "dataset=wordnet_rd", "pipeline=two_stage", "++dataset.prompt.scorer_variant=nope"]
+    with pytest.raises(FreeRetError) as info:
+        run_in_process([*args, "scorer=query_likelihood"], tmp_path, monkeypatch)
+    assert "dataset wordnet_rd asks for scorer variant 'nope' (prompt.scorer_variant), which scorer " \
+           "'query_likelihood' does not define" in str(info.value) and "\n" not in str(info.value)
+    # the choice scorers have no prompt of their own (the framing's wording): a scorer variant does not concern them
+    check(OmegaConf.to_container(compose([*args, "scorer=choice"]), resolve=True))

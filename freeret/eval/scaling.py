@@ -20,11 +20,17 @@ from freeret.eval.results import RunResult
 LAYERS = {"layer_attn_last": "h^Attn_L", "layer_mlp_last": "h^MLP_L", "method_e5v": "E5-V (normed last layer, E5-V prompt)"}
 PRIORS = {"prior_none": "none", "prior_e5v": "E5-V base", "prior_grounding": "+ grounding",
           "prior_grounding_noise": "+ noise suppression", "layer_attn_last": "+ task alignment (FreeRet)"}
+METHODS = {"layer_attn_last": "FreeRet (paper: h^Attn_L, FreeRet prior)", "method_e5v": "E5-V",
+           "method_freeret_plus": "freeret_plus (few-shot prior, ABTT; chosen on SmolLM2 dev)"}
 PAPER_FRAMINGS = ("right_wrong", "yes_no", "true_false", "mcq")  # Table 3c
 FRAMINGS = (*PAPER_FRAMINGS, "mmembed", "retllm")
+SCORERS = {"choice_debiased": "choice (MCQ), both option orders", "cl_pmi": "candidate likelihood, PMI (lambda=1)",
+           "query_likelihood": "query likelihood (UPR)", "blim": "BLiM (bidirectional)", "listwise": "listwise"}
+RERANKS = (*FRAMINGS, *SCORERS)  # run rerank_<name>: the paper's framings (scorer=choice), then the other scorers
+META = {"meta_freeret": "FreeRet (MCQ rerank)", "meta_e5v": "E5-V", "meta_freeret_plus": "freeret_plus (stage 1)"}
 PROBES = ("probe_lexical_bias", "probe_anisotropy", "probe_framing_sensitivity")
-ALL_RUNS = (*LAYERS, *(r for r in PRIORS if r not in LAYERS), *(f"rerank_{f}" for f in FRAMINGS), *PROBES,
-            "meta_freeret", "meta_e5v")  # every run the table reads
+ALL_RUNS = (*LAYERS, *(r for r in PRIORS if r not in LAYERS), "method_freeret_plus", *(f"rerank_{f}" for f in RERANKS),
+            *PROBES, *META)  # every run the table reads
 
 
 @dataclass
@@ -143,6 +149,16 @@ FINDINGS: list[tuple[str, Callable[[ModelResults], bool | None]]] = [
      lambda m: _gt(m.meta_mean("meta_freeret"), m.meta_mean("meta_e5v"))),
 ]
 
+# (our additions' claims, same form): does what we built help at each size?
+ADDITIONS: list[tuple[str, Callable[[ModelResults], bool | None]]] = [
+    ("freeret_plus beats FreeRet's stage 1 (RD)", lambda m: _gt(m.hit1("method_freeret_plus"), m.hit1("layer_attn_last"))),
+    ("freeret_plus beats E5-V (RD)", lambda m: _gt(m.hit1("method_freeret_plus"), m.hit1("method_e5v"))),
+    *((f"{label} rerank beats stage 1 (RD)", lambda m, r=f"rerank_{name}": _gt(m.hit1(r, "rerank"), m.hit1(r)))
+      for name, label in SCORERS.items()),
+    ("freeret_plus beats E5-V on the meta-task suite (mean hit@1)",
+     lambda m: _gt(m.meta_mean("meta_freeret_plus"), m.meta_mean("meta_e5v"))),
+]
+
 
 def smallest_holding(verdicts: list[bool | None]) -> int | None:
     """Index (models sorted by size) of the smallest model from which a finding holds at every larger model that
@@ -158,11 +174,13 @@ def smallest_holding(verdicts: list[bool | None]) -> int | None:
     return first
 
 
+def _short_size(size: int | None) -> str:
+    return "?" if size is None else f"{size / 1e9:.2f}B" if size >= 1e9 else f"{size / 1e6:.0f}M"
+
+
 def size_label(m: ModelResults) -> str:
     """'135M', '1.78B' ... plus the code-tuned mark."""
-    size = m.size
-    text = "?" if size is None else f"{size / 1e9:.2f}B" if size >= 1e9 else f"{size / 1e6:.0f}M"
-    return f"{m.name} ({text}{', code-tuned' if m.code_tuned else ''})"
+    return f"{m.name} ({_short_size(m.size)}{', code-tuned' if m.code_tuned else ''})"
 
 
 def _series(models: list[ModelResults], value: Callable[[ModelResults], float | None]) -> tuple[list[float], list[float]]:
@@ -180,10 +198,14 @@ def panels(models: list[ModelResults]) -> list[tuple[str, str, dict[str, Callabl
     """(title, y label, {line label: value per model}) for each claim's panel."""
     return [
         ("Stage-1 read-out (RD test)", "hit@1", {label: (lambda m, r=run: m.hit1(r)) for run, label in LAYERS.items()}),
+        ("Stage-1 methods (RD test)", "hit@1", {label: (lambda m, r=run: m.hit1(r)) for run, label in METHODS.items()}),
         ("Explicit priors at h^Attn_L (RD test)", "hit@1", {label: (lambda m, r=run: m.hit1(r)) for run, label in PRIORS.items()}),
         ("Rerank framings, top-K (RD test)", "hit@1",
          {"stage 1": lambda m: m.hit1("rerank_mcq"),
           **{f: (lambda m, f=f: m.hit1(f"rerank_{f}", "rerank")) for f in FRAMINGS}}),
+        ("Rerank scorers, top-K (RD test)", "hit@1",
+         {"stage 1": lambda m: m.hit1("rerank_mcq"), "choice (MCQ)": lambda m: m.hit1("rerank_mcq", "rerank"),
+          **{label: (lambda m, r=f"rerank_{name}": m.hit1(r, "rerank")) for name, label in SCORERS.items()}}),
         ("Lexical bias at the last layer", "cosine",
          {f"{k} at {p}": _summary("probe_lexical_bias", f"{k}@{p}") for k in ("alpha", "beta") for p in ("attn_last", "mlp_last")}),
         ("Synonym-pair similarity", "cosine",
@@ -195,7 +217,8 @@ def panels(models: list[ModelResults]) -> list[tuple[str, str, dict[str, Callabl
         ("WordNet meta-task suite (test)", "mean hit@1",
          {"FreeRet (MCQ rerank)": lambda m: m.meta_mean("meta_freeret"),
           "FreeRet stage 1": lambda m: m.meta_mean("meta_freeret", "embed"),
-          "E5-V": lambda m: m.meta_mean("meta_e5v")}),
+          "E5-V": lambda m: m.meta_mean("meta_e5v"),
+          "freeret_plus": lambda m: m.meta_mean("meta_freeret_plus")}),
     ]
 
 
@@ -205,8 +228,10 @@ def draw_study(models: list[ModelResults], out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     spec = panels(models)
+    ticks = sorted({m.size for m in models if m.size is not None})
     cols = 4
     fig, axes = plt.subplots((len(spec) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.4 * ((len(spec) + cols - 1) // cols)))
     for ax, (title, ylabel, lines) in zip(axes.flat, spec):
@@ -215,6 +240,10 @@ def draw_study(models: list[ModelResults], out: Path) -> Path:
             if xs:
                 ax.plot(xs, ys, marker="o", label=label)
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [_short_size(t) for t in ticks])  # one labelled tick per model, no log-decade clutter
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        if ticks:
+            ax.set_xlim(ticks[0] / 1.4, ticks[-1] * 1.4)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("parameters (log)", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)

@@ -28,6 +28,7 @@ from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count
 from freeret.errors import ConfigError
+from freeret.prompts import DatasetPrompt
 from freeret.rerank.options import option_text
 from freeret.rerank.scorers.base import (
     TEXT,
@@ -44,7 +45,7 @@ from freeret.rerank.scorers.lm import (
     run_prefix,
     suffix_logprobs,
 )
-from freeret.rerank.scorers.prompts import MARK, SlotPrompt, split_at_line
+from freeret.rerank.scorers.prompts import MARK, SlotPrompt, bind, split_at_line
 from freeret.rerank.scorers.registry import register
 
 REDUCTIONS = ("mean", "sum")
@@ -74,9 +75,9 @@ def reduce_logprobs(logprobs: torch.Tensor, how: str) -> float:
 class _ItemPrompt:
     """Renders a scorer's prompt around one item and tokenises the scored text that follows it."""
 
-    def __init__(self, bb, prompt: SlotPrompt, end: str, facts: Mapping[str, str] | None = None) -> None:
+    def __init__(self, bb, prompt: SlotPrompt, end: str, dataset: DatasetPrompt | None, scorer: str) -> None:
         self.bb, self.end = bb, end
-        (self.head, self.tail), self.answer = prompt.split(facts=facts)  # the dataset's vars over the YAML's
+        (self.head, self.tail), self.answer = bind(prompt, dataset, scorer)  # the dataset's variant and vars
 
     def render(self, item: Item) -> str:
         """The prompt around ``item`` (its visual first), ending where the scored text starts."""
@@ -119,6 +120,9 @@ class CandidateLikelihoodSpec(ScorerSpec):
             raise ConfigError(f"scorer={self.name}: cpn_lambda must be a number >= 0 (0 = raw likelihood, 1 = PMI), "
                               f"got {self.cpn_lambda!r}")
 
+    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+        return (self.prompt,)
+
     def build(self, ctx: BuildContext) -> CandidateLikelihood:
         return CandidateLikelihood(self, ctx)
 
@@ -131,7 +135,7 @@ class CandidateLikelihood(NoRunState):
     def __init__(self, spec: CandidateLikelihoodSpec, ctx: BuildContext, vision: VisionFeatureCache | None = None) -> None:
         self.spec, self.bb, self.batch_size = spec, ctx.backbone, ctx.batch_size
         self.vision = vision if vision is not None else _vision(ctx)
-        self.text = _ItemPrompt(self.bb, spec.prompt, spec.end, ctx.prompt.vars if ctx.prompt else None)
+        self.text = _ItemPrompt(self.bb, spec.prompt, spec.end, ctx.prompt, spec.name)
         self.priors: dict[str, float] = {}  # candidate text -> reduced log-likelihood under the content-free prompt
         self.priors_computed = 0
 
@@ -196,7 +200,8 @@ class CandidateLikelihood(NoRunState):
         return {(query.image, self.vision.count(frame_count(query.image)))}
 
     def signature(self) -> dict[str, Any]:
-        return {"scorer": self.name, "spec": self.spec.as_dict()}
+        # the prompts as bound to the dataset (its vars and scorer variant): another wording is another folder
+        return {"scorer": self.name, "spec": self.spec.as_dict(), "bound": self.describe()}
 
     def describe(self) -> dict[str, Any]:
         return {"prompt": self.prompt(Item.make("query", "{query}", None)), "prior_prompt": self.prior_prompt()}
@@ -234,6 +239,9 @@ class QueryLikelihoodSpec(ScorerSpec):
     def validate(self) -> None:
         _check_reduce(self, self.reduce)
 
+    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+        return (self.prompt,)
+
     def build(self, ctx: BuildContext) -> QueryLikelihood:
         return QueryLikelihood(self, ctx)
 
@@ -246,7 +254,7 @@ class QueryLikelihood(NoRunState):
     def __init__(self, spec: QueryLikelihoodSpec, ctx: BuildContext, vision: VisionFeatureCache | None = None) -> None:
         self.spec, self.bb, self.batch_size = spec, ctx.backbone, ctx.batch_size
         self.vision = vision if vision is not None else _vision(ctx)
-        self.text = _ItemPrompt(self.bb, spec.prompt, spec.end, ctx.prompt.vars if ctx.prompt else None)
+        self.text = _ItemPrompt(self.bb, spec.prompt, spec.end, ctx.prompt, spec.name)
         self.shared, self.suffix = split_at_line(self.prompt(Item.make("target", MARK, None)))
         self._prefix = None  # the shared start's KV cache, run once per run
 
@@ -315,7 +323,8 @@ class QueryLikelihood(NoRunState):
         return {(c.image, self.vision.count(frame_count(c.image))) for c in cands if c.image}
 
     def signature(self) -> dict[str, Any]:
-        return {"scorer": self.name, "spec": self.spec.as_dict()}
+        # the prompts as bound to the dataset (its vars and scorer variant): another wording is another folder
+        return {"scorer": self.name, "spec": self.spec.as_dict(), "bound": self.describe()}
 
     def describe(self) -> dict[str, Any]:
         return {"prompt": self.prompt(Item.make("target", "{candidate}", None))}
@@ -360,6 +369,9 @@ class BidirectionalSpec(ScorerSpec):
     def validate(self) -> None:
         in_unit_interval(self, "weight", self.weight)
 
+    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+        return (*self.candidate.slot_prompts(), *self.query.slot_prompts())
+
     def build(self, ctx: BuildContext) -> Bidirectional:
         return Bidirectional(self, ctx)
 
@@ -389,7 +401,8 @@ class Bidirectional:
         return set()  # text only
 
     def signature(self) -> dict[str, Any]:
-        return {"scorer": self.name, "spec": self.spec.as_dict()}
+        # the prompts as bound to the dataset (its vars and scorer variant): another wording is another folder
+        return {"scorer": self.name, "spec": self.spec.as_dict(), "bound": self.describe()}
 
     def describe(self) -> dict[str, Any]:
         return {"candidate": self.cl.describe(), "query": self.ql.describe()}

@@ -48,7 +48,7 @@ from freeret.rerank.scorers.lm import (
     run_prefix,
     suffix_last_logits,
 )
-from freeret.rerank.scorers.prompts import MARK, SlotPrompt, fill, split_at_line
+from freeret.rerank.scorers.prompts import MARK, SlotPrompt, bind, fill, split_at_line
 from freeret.rerank.scorers.registry import register
 
 log = logging.getLogger(__name__)
@@ -98,13 +98,16 @@ class ListwiseSpec(ScorerSpec):
             raise ConfigError(f"scorer={self.name}: compact={self.compact!r} is not one of null, caption")
 
     def preflight(self, side: Any, prompt: Any, framing: Any) -> None:
-        pieces, answer = self.prompt.split(facts=prompt.vars if prompt is not None else None)
+        pieces, answer = bind(self.prompt, prompt, self.name)
         probe = side.render([pieces[0], "q", pieces[1], self.line_text(0, "c"), pieces[2]]) + answer
         resolve_option_ids(side.tokenizer, probe, self.labels[: self.window], f"scorer={self.name} labels")
 
     def line_text(self, index: int, text: str) -> str:
         """The list line of the ``index``-th candidate of a window."""
         return fill(self.line, {"label": self.labels[index]}, ("candidate",)).replace("{candidate}", text)
+
+    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+        return (self.prompt,)
 
     def build(self, ctx: BuildContext) -> Listwise:
         return Listwise(self, ctx)
@@ -130,7 +133,7 @@ class Listwise:
         self.spec, self.bb, self.batch_size = spec, ctx.backbone, ctx.batch_size
         bb = ctx.backbone
         self.vision = VisionFeatureCache(bb, ctx.vision_cache_mb) if bb.family.multimodal and ctx.vision_cache_mb > 0 else None
-        (self.head, self.middle, self.tail), self.answer = spec.prompt.split(facts=ctx.prompt.vars if ctx.prompt else None)
+        (self.head, self.middle, self.tail), self.answer = bind(spec.prompt, ctx.prompt, spec.name)
         probe = self.prompt(Item.make("query", "q", None), [Item.make("target", "c", None)])
         self.label_ids = resolve_option_ids(bb.tokenizer, probe, spec.labels[: spec.window], f"scorer={self.name} labels")
         self.rows = torch.tensor(self.label_ids)
@@ -288,7 +291,8 @@ class Listwise:
         return uses | {(c.image, 1) for c in cands if c.image}
 
     def signature(self) -> dict[str, Any]:
-        return {"scorer": self.name, "spec": self.spec.as_dict()}
+        # the prompts as bound to the dataset (its vars and scorer variant): another wording is another folder
+        return {"scorer": self.name, "spec": self.spec.as_dict(), "bound": self.describe()}
 
     def describe(self) -> dict[str, Any]:
         return {"label_token_ids": self.label_ids, "labels": list(self.spec.labels[: self.spec.window]),

@@ -14,6 +14,7 @@ from typing import Any
 
 from freeret.embed.priors import placeholders
 from freeret.errors import ConfigError
+from freeret.prompts import DatasetPrompt, pick_variant
 
 MARK = "\u2063SLOT\u2063"  # stands for a per-candidate part while a rendered prompt is split
 
@@ -44,7 +45,7 @@ class SlotPrompt:
     slots: tuple[str, ...]
     answer_prefix: str = ""
     vars: Mapping[str, str] = field(default_factory=dict)
-    variants: Mapping[str, str] = field(default_factory=dict)
+    variants: Mapping[str, str | None] = field(default_factory=dict)  # name -> template (None: the main one)
 
     @classmethod
     def from_config(cls, cfg: Any, slots: tuple[str, ...], owner: str) -> SlotPrompt:
@@ -56,7 +57,7 @@ class SlotPrompt:
             raise ConfigError(f"{owner}: unknown prompt key(s) {', '.join(unknown)}")
         prompt = cls(template=str(cfg["template"]), slots=slots, answer_prefix=str(cfg.get("answer_prefix") or ""),
                      vars={str(k): str(v) for k, v in (cfg.get("vars") or {}).items()},
-                     variants={str(k): str(v) for k, v in (cfg.get("variants") or {}).items()})
+                     variants={str(k): None if v is None else str(v) for k, v in (cfg.get("variants") or {}).items()})
         prompt.validate(owner)
         return prompt
 
@@ -67,7 +68,7 @@ class SlotPrompt:
 
     def validate(self, owner: str) -> None:
         """Each slot once and in order, every other placeholder a known variable."""
-        for variant, template in [(None, self.template), *self.variants.items()]:
+        for variant, template in [(None, self.template), *((k, v) for k, v in self.variants.items() if v is not None)]:
             where = f"{owner}{f' (variant {variant})' if variant else ''}"
             marks = ["{" + slot + "}" for slot in self.slots]
             if any(template.count(m) != 1 for m in marks):
@@ -85,9 +86,19 @@ class SlotPrompt:
         if variant is not None and variant not in self.variants:
             raise ConfigError(f"prompt variant {variant!r} is not defined (variants: {', '.join(self.variants) or 'none'})")
         values = {**self.vars, **(facts or {})}
-        text = fill(self.variants[variant] if variant is not None else self.template, values, self.slots)
+        text = fill(self.variants[variant] or self.template if variant is not None else self.template, values, self.slots)
         pieces = []
         for slot in self.slots:
             before, text = text.split("{" + slot + "}")
             pieces.append(before)
         return [*pieces, text], fill(self.answer_prefix, values)
+
+
+def bind(prompt: SlotPrompt, dataset: DatasetPrompt | None, scorer: str) -> tuple[list[str], str]:
+    """``prompt.split`` for a dataset: the variant it names in ``prompt.scorer_variant`` (ConfigError when the
+    scorer's YAML does not define it) and its vars over the YAML's defaults."""
+    if dataset is None:
+        return prompt.split()
+    variant = dataset.variants.get("scorer")
+    pick_variant(prompt.variants, dataset, "scorer", scorer)
+    return prompt.split(variant=variant, facts=dataset.vars)
