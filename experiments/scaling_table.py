@@ -19,11 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a pl
 from freeret.errors import FreeRetError
 from freeret.eval.results import write_text_atomic
 from freeret.eval.scaling import (
+    ADDITIONS,
     ALL_RUNS,
     FINDINGS,
-    FRAMINGS,
     LAYERS,
+    META,
     PRIORS,
+    RERANKS,
     ModelResults,
     load_study,
     size_label,
@@ -51,9 +53,11 @@ def figure_rows(models: list[ModelResults]) -> list[tuple[str, list[str]]]:
     rows: list[tuple[str, list[str]]] = []
     for run, label in LAYERS.items():
         rows.append((f"RD stage-1 hit@1: {label}", [_hit(m, run) for m in models]))
+    rows.append(("RD stage-1 hit@1: freeret_plus (few-shot prior, ABTT; chosen on SmolLM2 dev)",
+                 [_hit(m, "method_freeret_plus") for m in models]))
     for run, label in PRIORS.items():
         rows.append((f"RD stage-1 hit@1 at h^Attn_L, prior {label}", [_hit(m, run) for m in models]))
-    for framing in FRAMINGS:
+    for framing in RERANKS:
         run = f"rerank_{framing}"
         cells = [("-" if m.hit1(run, "rerank") is None else
                   f"{m.hit1(run):.2f} -> {m.hit1(run, 'rerank'):.2f} (n={m.queries(run)}, "
@@ -80,7 +84,7 @@ def figure_rows(models: list[ModelResults]) -> list[tuple[str, list[str]]]:
                      [_probe(m, "probe_framing_sensitivity", f"p_match_content_free@{framing}") for m in models]))
     rows.append(("framing probe: labelled pairs",
                  [str((m.probe("probe_framing_sensitivity") or {}).get("n_pairs", "-")) for m in models]))
-    for run, label in (("meta_freeret", "FreeRet (MCQ rerank)"), ("meta_e5v", "E5-V")):
+    for run, label in META.items():
         cells = []
         for m in models:
             payloads = m.payloads(run)
@@ -92,10 +96,10 @@ def figure_rows(models: list[ModelResults]) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def findings_rows(models: list[ModelResults]) -> list[tuple[str, list[str], str]]:
-    """(finding, yes/no/- per model, smallest size from which it holds)."""
+def findings_rows(models: list[ModelResults], claims=FINDINGS) -> list[tuple[str, list[str], str]]:
+    """(finding, yes/no/- per model, smallest size from which it holds) for each of ``claims``."""
     out = []
-    for claim, test in FINDINGS:
+    for claim, test in claims:
         verdicts = [test(m) for m in models]
         first = smallest_holding(verdicts)
         cells = ["-" if v is None else "yes" if v else "no" for v in verdicts]
@@ -124,6 +128,10 @@ def markdown(models: list[ModelResults]) -> str:
     lines += ["", "## Paper findings per size (yes / no / - not run) and the smallest size from which each holds", "",
               head.rstrip().replace(" |\n|", " | smallest size |\n|", 1) + " --- |"]
     lines += [f"| {c} | " + " | ".join(cells) + f" | {first} |" for c, cells, first in findings_rows(models)]
+    lines += ["", "## What we added (freeret_plus, the likelihood scorers) per size, same form", "",
+              head.rstrip().replace(" |\n|", " | smallest size |\n|", 1) + " --- |"]
+    lines += [f"| {c} | " + " | ".join(cells) + f" | {first} |"
+              for c, cells, first in findings_rows(models, ADDITIONS)]
     lines += ["", "## Wall seconds per run (2 shared CPU cores, nice 10, 1 torch thread, fp32)", "", head.rstrip()]
     lines += [f"| {q} | " + " | ".join(cells) + " |" for q, cells in wall_rows(models)]
     lines += ["", "## Not run (CPU budget)", ""]

@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 import scaling
 import scaling_table
 
-from freeret.eval.scaling import FINDINGS, ModelResults, load_study, smallest_holding
+from freeret.eval.scaling import ADDITIONS, FINDINGS, ModelResults, load_study, smallest_holding
 
 FIXTURE = REPO / "tests" / "fixtures" / "scaling"
 
@@ -75,7 +75,7 @@ def test_table_reads_the_committed_results():
                 score = m.runs[run]["results"][0]["metrics"]["embed"]["hit@1"]
                 assert f"{score:.2f} (n={m.queries(run)})" in table
     lines = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
-    for claim, test in FINDINGS:
+    for claim, test in (*FINDINGS, *ADDITIONS):
         verdicts = [test(m) for m in models]
         assert lines[claim].count(" yes ") == verdicts.count(True), claim
 
@@ -89,7 +89,8 @@ def test_findings_read_the_right_stages():
 
     m = ModelResults("m", {"layer_attn_last": run(0.5), "layer_mlp_last": run(0.4), "method_e5v": run(0.6),
                            "prior_e5v": run(0.3), "prior_grounding": run(0.3), "prior_grounding_noise": run(0.45),
-                           "rerank_mcq": run(0.5, 0.55), "rerank_yes_no": run(0.5, 0.6)})
+                           "rerank_mcq": run(0.5, 0.55), "rerank_yes_no": run(0.5, 0.6),
+                           "method_freeret_plus": run(0.55), "rerank_query_likelihood": run(0.5, 0.45)})
     verdict = {claim: test(m) for claim, test in FINDINGS}
     assert verdict["h^Attn_L beats h^MLP_L (stage-1 hit@1, FreeRet prior)"] is True
     assert verdict["FreeRet stage 1 beats E5-V (normed last layer + E5-V prompt)"] is False
@@ -97,6 +98,11 @@ def test_findings_read_the_right_stages():
     assert verdict["MCQ rerank of the top-K beats stage 1"] is True
     assert verdict["MCQ is the best framing after reranking (ties count)"] is False
     assert verdict["alpha collapses at the final MLP"] is None  # the probe did not run
+    ours = {claim: test(m) for claim, test in ADDITIONS}
+    assert ours["freeret_plus beats FreeRet's stage 1 (RD)"] is True
+    assert ours["freeret_plus beats E5-V (RD)"] is False
+    assert ours["query likelihood (UPR) rerank beats stage 1 (RD)"] is False
+    assert ours["BLiM (bidirectional) rerank beats stage 1 (RD)"] is None  # not run
 
 
 def test_notebook_executes_on_committed_results(tmp_path, monkeypatch):
