@@ -147,11 +147,14 @@ def test_search_report_names_the_split_and_marks_the_choice(tmp_path):
     assert "overrides" not in saved["axes"]["prior"]["jobs"][0] and (tmp_path / "final.png").exists()
 
 
-def test_freeret_plus_is_the_setting_chosen_on_dev():
-    """method=freeret_plus composes to exactly the setting the recorded dev search chose (config is data)."""
-    state = json.loads((REPO / "docs/results/smollm2_135m/stage1_search/search.json").read_text())
-    cfg = OmegaConf.to_container(compose(["method=freeret_plus"]), resolve=True)
-    for key, value in state["best"].items():
+@pytest.mark.parametrize("preset, model", [("freeret_plus", "smollm2_135m"), ("freeret_plus_270m", "gemma3_270m")])
+def test_freeret_plus_is_the_setting_chosen_on_dev(preset, model):
+    """Each freeret_plus preset composes to exactly the setting its model's recorded dev search chose (config is
+    data); a key the search never moved keeps the search's start (e.g. the few-shot prior's default k)."""
+    state = json.loads((REPO / f"docs/results/{model}/stage1_search/search.json").read_text())
+    cfg = OmegaConf.to_container(compose([f"method={preset}"]), resolve=True)
+    best = {"prior.demos.k": OmegaConf.load(REPO / "conf/prior/fewshot.yaml").demos.k, **state["best"]}
+    for key, value in best.items():
         node = cfg
         for part in key.split(".")[:-1]:
             node = node[part]
