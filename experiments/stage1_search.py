@@ -227,20 +227,52 @@ def report(state: dict[str, Any], out: Path, spec_path: Path = CONFIG) -> str:
     return text
 
 
+def compare(states: list[dict[str, Any]], spec_path: Path = CONFIG) -> str:
+    """Markdown: every axis's dev objective for several models side by side (rows: the swept values; bold: the value
+    that beat the best so far and became the best), and each model's chosen setting. Settings differ in what each axis started
+    from (each model's own best so far), so a row compares the swept values, not whole settings."""
+    models = [s["model"] for s in states]
+    order = [a["name"] for a in load_search(spec_path)["axes"]]
+    names = sorted({n for s in states for n in s["axes"]}, key=lambda n: order.index(n) if n in order else len(order))
+    lines = ["| axis | swept value | " + " | ".join(f"{m} dev" for m in models) + " |",
+             "|---|---|" + "---|" * len(models)]
+    for name in names:
+        rows: dict[str, dict[str, str]] = {}
+        for state in states:
+            axis = state["axes"].get(name, {})
+            for job in axis.get("jobs", []):
+                label = _label(job["setting"], list(axis["sweep"]))
+                kept = axis.get("chosen") == job["setting"]  # it beat the best so far and became the best
+                rows.setdefault(label, {})[state["model"]] = f"**{_pct(job['objective'])}**" if kept else _pct(job["objective"])
+        for label, scores in rows.items():
+            cells = [scores.get(m, "-") for m in models]
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | chosen on dev | dev objective |", "|---|---|---|"]
+    lines += [f"| {s['model']} | `{_label(s['best'])}` | {_pct(s['best_objective'])} |" for s in states]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--out", type=Path, required=True, help="folder for sweeps, logs and search.json")
+    parser.add_argument("--model", default=None, help="a conf/model name (every mode but --compare)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for sweeps, logs and search.json (every mode but --compare)")
     parser.add_argument("--axes", nargs="*", default=None, help="run only these axes (default: all not yet run)")
     parser.add_argument("--test", action="store_true", help="run the chosen setting and the baselines on test")
     parser.add_argument("--suites", nargs="+", default=["stage1_dev", "stage1_test"],
                         help="with --test: the suites the final runs use (baselines run on each)")
     parser.add_argument("--report", type=Path, default=None,
                         help="write a compact search.json, leaderboard.md and final.png into this folder; run nothing")
+    parser.add_argument("--compare", type=Path, nargs="+", default=None,
+                        help="print the dev leaderboards of these search folders side by side; run nothing")
     parser.add_argument("--spec", type=Path, default=CONFIG,
                         help="a YAML file whose `search` section replaces the experiment's (e.g. stage1_search_cpu.yaml)")
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for every job (e.g. embed.batch_size=16)")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare([json.loads((folder / "search.json").read_text()) for folder in args.compare], args.spec))
+        return 0
+    if args.model is None or args.out is None:
+        parser.error("--model and --out are required (except with --compare)")
     if args.report:
         print(report(json.loads((args.out / "search.json").read_text()), args.report, args.spec))
     elif args.test:

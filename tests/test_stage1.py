@@ -147,6 +147,23 @@ def test_search_report_names_the_split_and_marks_the_choice(tmp_path):
     assert "overrides" not in saved["axes"]["prior"]["jobs"][0] and (tmp_path / "final.png").exists()
 
 
+def test_search_compare_puts_models_side_by_side():
+    """--compare: one row per swept value, a column per model, bold where a value became the model's best."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import stage1_search as driver
+
+    def state(model, scores, chosen):
+        jobs = [{"setting": {"prior": p}, "objective": v} for p, v in scores.items()]
+        return {"model": model, "best": {"prior": chosen}, "best_objective": scores[chosen],
+                "axes": {"prior": {"sweep": {"prior": list(scores)}, "jobs": jobs, "chosen": {"prior": chosen}}}}
+
+    text = driver.compare([state("a", {"e5v": 0.3, "fewshot": 0.2}, "e5v"), state("b", {"fewshot": 0.5}, "fewshot")])
+    assert "| prior | prior=e5v | **30.0** | - |" in text and "| prior | prior=fewshot | 20.0 | **50.0** |" in text
+    assert "| a | `prior=e5v` | 30.0 |" in text
+
+
 @pytest.mark.parametrize("preset, model", [("freeret_plus", "smollm2_135m"), ("freeret_plus_270m", "gemma3_270m")])
 def test_freeret_plus_is_the_setting_chosen_on_dev(preset, model):
     """Each freeret_plus preset composes to exactly the setting its model's recorded dev search chose (config is
