@@ -24,6 +24,7 @@ from freeret.eval.scaling import (
     FINDINGS,
     LAYERS,
     META,
+    METHODS,
     PRIORS,
     RERANKS,
     ModelResults,
@@ -53,8 +54,8 @@ def figure_rows(models: list[ModelResults]) -> list[tuple[str, list[str]]]:
     rows: list[tuple[str, list[str]]] = []
     for run, label in LAYERS.items():
         rows.append((f"RD stage-1 hit@1: {label}", [_hit(m, run) for m in models]))
-    rows.append(("RD stage-1 hit@1: freeret_plus (few-shot prior, ABTT; chosen on SmolLM2 dev)",
-                 [_hit(m, "method_freeret_plus") for m in models]))
+    for run in ("method_freeret_plus", "method_freeret_plus_270m"):
+        rows.append((f"RD stage-1 hit@1: {METHODS[run]}", [_hit(m, run) for m in models]))
     for run, label in PRIORS.items():
         rows.append((f"RD stage-1 hit@1 at h^Attn_L, prior {label}", [_hit(m, run) for m in models]))
     for framing in RERANKS:
