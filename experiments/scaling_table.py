@@ -133,7 +133,7 @@ def markdown(models: list[ModelResults]) -> str:
               head.rstrip().replace(" |\n|", " | smallest size |\n|", 1) + " --- |"]
     lines += [f"| {c} | " + " | ".join(cells) + f" | {first} |"
               for c, cells, first in findings_rows(models, ADDITIONS)]
-    lines += ["", "## Wall seconds per run (2 shared CPU cores, nice 10, 1 torch thread, fp32)", "", head.rstrip()]
+    lines += ["", "## Wall seconds per run (2 CPU cores shared with other jobs, nice 5-10, 1 torch thread, fp32)", "", head.rstrip()]
     lines += [f"| {q} | " + " | ".join(cells) + " |" for q, cells in wall_rows(models)]
     lines += ["", "## Not run (CPU budget)", ""]
     for m in models:
