@@ -175,8 +175,9 @@ def test_prompt_facts_and_variants_are_checked():
 
     with pytest.raises(ConfigError, match=r"^dataset d: prompt.query_knd is not a prompt fact; the keys are query_kind"):
         DatasetPrompt.from_config({"name": "d", "prompt": {"query_knd": "image"}})
-    with pytest.raises(ConfigError, match=r"prompt.scorer_variant is not a prompt fact"):
-        DatasetPrompt.from_config({"name": "d", "prompt": {"scorer_variant": "x"}})
+    with pytest.raises(ConfigError, match=r"prompt.pipeline_variant is not a prompt fact"):  # owners: prior, framing, scorer
+        DatasetPrompt.from_config({"name": "d", "prompt": {"pipeline_variant": "x"}})
+    assert DatasetPrompt.from_config({"name": "d", "prompt": {"scorer_variant": "x"}}).variants == {"scorer": "x"}
     typo = DatasetPrompt.from_config({"name": "d", "prompt": {"framing_variant": "presense"}})
     with pytest.raises(ConfigError, match=r"^dataset d asks for framing variant 'presense' \(prompt.framing_variant\), "
                                           r"which framing 'mcq' does not define \(its variants: presence\); add "
