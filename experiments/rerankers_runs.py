@@ -43,7 +43,6 @@ SETTINGS: dict[str, list[str]] = {
     "blim_w025": ["rerank=blim", "scorer.weight=0.25"],
     "blim_w075": ["rerank=blim", "scorer.weight=0.75"],
 }
-DEV_GRID = ["cl_lambda0", "cl_lambda05", "cl_lambda1", "query_likelihood", "blim_w025", "bidirectional", "blim_w075"]
 
 
 def runs(model: str, split: str, limit: int, rd_k: int, suite_k: int, threads: int) -> dict[str, list[str]]:

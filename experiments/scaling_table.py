@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
@@ -27,6 +28,7 @@ from freeret.eval.scaling import (
     METHODS,
     PRIORS,
     RERANKS,
+    STAGE1_PLUS,
     ModelResults,
     load_study,
     size_label,
@@ -54,7 +56,7 @@ def figure_rows(models: list[ModelResults]) -> list[tuple[str, list[str]]]:
     rows: list[tuple[str, list[str]]] = []
     for run, label in LAYERS.items():
         rows.append((f"RD stage-1 hit@1: {label}", [_hit(m, run) for m in models]))
-    for run in ("method_freeret_plus", "method_freeret_plus_270m"):
+    for run in STAGE1_PLUS:
         rows.append((f"RD stage-1 hit@1: {METHODS[run]}", [_hit(m, run) for m in models]))
     for run, label in PRIORS.items():
         rows.append((f"RD stage-1 hit@1 at h^Attn_L, prior {label}", [_hit(m, run) for m in models]))
@@ -97,7 +99,8 @@ def figure_rows(models: list[ModelResults]) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def findings_rows(models: list[ModelResults], claims=FINDINGS) -> list[tuple[str, list[str], str]]:
+def findings_rows(models: list[ModelResults], claims: list[tuple[str, Callable[[ModelResults], bool | None]]] = FINDINGS
+                  ) -> list[tuple[str, list[str], str]]:
     """(finding, yes/no/- per model, smallest size from which it holds) for each of ``claims``."""
     out = []
     for claim, test in claims:

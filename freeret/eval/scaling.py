@@ -30,8 +30,8 @@ SCORERS = {"choice_debiased": "choice (MCQ), both option orders", "cl_pmi": "can
 RERANKS = (*FRAMINGS, *SCORERS)  # run rerank_<name>: the paper's framings (scorer=choice), then the other scorers
 META = {"meta_freeret": "FreeRet (MCQ rerank)", "meta_e5v": "E5-V", "meta_freeret_plus": "freeret_plus (stage 1)"}
 PROBES = ("probe_lexical_bias", "probe_anisotropy", "probe_framing_sensitivity")
-ALL_RUNS = (*LAYERS, *(r for r in PRIORS if r not in LAYERS), "method_freeret_plus", "method_freeret_plus_270m",
-            *(f"rerank_{f}" for f in RERANKS),
+STAGE1_PLUS = tuple(r for r in METHODS if r not in LAYERS)  # the freeret_plus presets' stage-1 runs
+ALL_RUNS = (*LAYERS, *(r for r in PRIORS if r not in LAYERS), *STAGE1_PLUS, *(f"rerank_{f}" for f in RERANKS),
             *PROBES, *META)  # every run the table reads
 
 

@@ -86,7 +86,7 @@ class SlotPrompt:
         if variant is not None and variant not in self.variants:
             raise ConfigError(f"prompt variant {variant!r} is not defined (variants: {', '.join(self.variants) or 'none'})")
         values = {**self.vars, **(facts or {})}
-        text = fill(self.variants[variant] or self.template if variant is not None else self.template, values, self.slots)
+        text = fill(self.variants.get(variant) or self.template, values, self.slots)  # None (no variant, or null): main
         pieces = []
         for slot in self.slots:
             before, text = text.split("{" + slot + "}")
@@ -99,6 +99,5 @@ def bind(prompt: SlotPrompt, dataset: DatasetPrompt | None, scorer: str) -> tupl
     scorer's YAML does not define it) and its vars over the YAML's defaults."""
     if dataset is None:
         return prompt.split()
-    variant = dataset.variants.get("scorer")
-    pick_variant(prompt.variants, dataset, "scorer", scorer)
-    return prompt.split(variant=variant, facts=dataset.vars)
+    pick_variant(prompt.variants, dataset, "scorer", scorer)  # the one-line error naming the dataset and the scorer
+    return prompt.split(variant=dataset.variants.get("scorer"), facts=dataset.vars)
