@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from _common import REPO, save
 
-from freeret.search import build_index, exact_topk, recall_at_k
+from freeret.cli import one_line_errors
+from freeret.search import build_index, exact_topk, faiss_module, recall_at_k
 
 
 def make_vectors(n: int, dim: int, kind: str, centres: int, noise: float, seed: int) -> np.ndarray:
@@ -38,9 +39,8 @@ def make_vectors(n: int, dim: int, kind: str, centres: int, noise: float, seed: 
 
 
 def set_threads(n: int) -> None:
-    """Same thread count for torch and faiss, so neither side gets more cores."""
-    import faiss
-
+    """Same thread count for torch and faiss, so neither side gets more cores (a missing faiss stops here)."""
+    faiss = faiss_module("experiments/bench_search.py")
     torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
 
@@ -180,7 +180,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "search.json")
     args = ap.parse_args()
-    set_threads(args.threads)
+    one_line_errors(lambda: set_threads(args.threads))
 
     cases = []
     for dim in args.dims:

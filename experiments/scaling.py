@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
-
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -31,12 +29,10 @@ from freeret.benchmark import dataset_configs
 from freeret.errors import ConfigError
 from freeret.eval.results import write_json
 from freeret.paths import cache_dir, repo_root
-from freeret.probes.runner import run_probe
+from freeret.probes.runner import resolve_framings, run_probe
 from freeret.runner import SharedModel, run, summary_line
 
 CONF = repo_root() / "conf"
-sys.path.insert(0, str(repo_root() / "probes"))
-from _entry import resolve_framings
 
 
 def study() -> dict[str, Any]:

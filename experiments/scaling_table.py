@@ -15,8 +15,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
-
 from freeret.errors import FreeRetError
 from freeret.eval.results import write_text_atomic
 from freeret.eval.scaling import (

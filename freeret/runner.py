@@ -277,7 +277,7 @@ def check(cfg: Mapping[str, Any]) -> Plan:
     staged = pipeline != "embed"
     rerank = RerankConfig.from_dict(pipeline_cfg) if staged else None
     scoring, framing = stage2_spec(cfg, rerank, prompt) if staged else (None, None)
-    Stage1Scoring.from_config(cfg)  # bad retriever / postprocess values
+    Stage1Scoring.from_config(cfg).retriever.require()  # bad retriever / postprocess values; bm25s installed
     work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys
     main_metric = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
     if main_metric not in METRICS:

@@ -12,15 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from freeret.optional import require
+
 KINDS = ("exact", "flat", "ivf", "hnsw")
 
 
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("faiss is needed for flat/ivf/hnsw indexes: pip install faiss-cpu") from err
-    return faiss
+def faiss_module(needed_by: str = "freeret.search (flat, ivf and hnsw indexes)") -> Any:
+    """faiss, or a one-line error naming what needs it and how to install it (exact search needs nothing)."""
+    return require("faiss", needed_by)
 
 
 @torch.inference_mode()
@@ -72,7 +71,7 @@ def build_index(base: np.ndarray | torch.Tensor, kind: str = "exact", nlist: int
     n, dim = base.shape
     if kind == "exact":
         return SearchIndex(kind, dim, {}, torch.as_tensor(base, dtype=torch.float32))
-    faiss = _faiss()
+    faiss = faiss_module(f"freeret.search's {kind} index")
     x = np.ascontiguousarray(np.asarray(base, dtype=np.float32))
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)

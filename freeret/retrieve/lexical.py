@@ -8,12 +8,14 @@ never a prompt template; an item without text (an image alone) scores 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from freeret.data.retrieval_set import Item, Row
 from freeret.errors import ConfigError
+from freeret.optional import require
 
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 
@@ -43,28 +45,39 @@ class BM25Spec:
             raise ConfigError(f"unknown retriever.bm25 key(s) {', '.join(unknown)}")
         return cls(**cfg)
 
+    def require(self, retriever: str) -> None:
+        """Import what this spec uses (bm25s; PyStemmer when a stemmer is set), so that a missing package is one
+        line before any weights load; ``retriever`` names the config choice that needs it."""
+        lexical_module(f"retriever={retriever}")
+        if self.stemmer:
+            self.stemmer_module()
+
+    def stemmer_module(self) -> ModuleType:
+        """PyStemmer (``Stemmer``), or a one-line error saying how to install it or to turn the stemmer off."""
+        return require("Stemmer", f"retriever.bm25.stemmer={self.stemmer}", "set retriever.bm25.stemmer=null")
+
     def tokenizer(self):
         """A bm25s tokenizer with this spec's stemmer and stop words."""
+        lexical_module()
         from bm25s.tokenization import Tokenizer
 
         stemmer = None
         if self.stemmer:
             try:
-                import Stemmer
-            except ImportError as exc:
-                raise ConfigError("retriever.bm25.stemmer needs PyStemmer (pip install PyStemmer), or set "
-                                  "retriever.bm25.stemmer=null") from exc
-            try:
-                stemmer = Stemmer.Stemmer(self.stemmer)
+                stemmer = self.stemmer_module().Stemmer(self.stemmer)
             except KeyError as exc:
                 raise ConfigError(f"retriever.bm25.stemmer={self.stemmer!r} is not a Snowball language") from exc
         return Tokenizer(stemmer=stemmer, stopwords=self.stopwords or [])
 
 
+def lexical_module(needed_by: str = "BM25 (retriever=bm25 or hybrid)") -> ModuleType:
+    """bm25s, or a one-line error naming what needs it and how to install it."""
+    return require("bm25s", needed_by)
+
+
 def bm25_scores(rows: Sequence[Row], items: Mapping[str, Item], spec: BM25Spec) -> list[torch.Tensor]:
     """Per-row BM25 scores of the query's text against each of its candidates' texts (fp32, candidate order)."""
-    import bm25s
-
+    bm25s = lexical_module()
     cand_keys = sorted({k for r in rows for k in r.candidates})
     index = {k: i for i, k in enumerate(cand_keys)}
     tokenizer = spec.tokenizer()
