@@ -19,7 +19,7 @@ class MissingDependencyError(ConfigError):
 
 
 @dataclass(frozen=True)
-class Optional:
+class Dependency:
     """One optional dependency: the name it is installed by and the setup.cfg extra that holds it."""
 
     package: str  # the name pip installs it by
@@ -32,13 +32,13 @@ class Optional:
 
 
 # import name -> the package and its extra
-OPTIONAL: dict[str, Optional] = {
-    "bm25s": Optional("bm25s", "lexical"),
-    "Stemmer": Optional("PyStemmer", "lexical"),
-    "faiss": Optional("faiss-cpu", "search"),
-    "mteb": Optional("mteb", "interop"),
-    "nbformat": Optional("nbformat", "notebooks"),
-    "nbclient": Optional("nbclient", "notebooks"),
+OPTIONAL: dict[str, Dependency] = {
+    "bm25s": Dependency("bm25s", "lexical"),
+    "Stemmer": Dependency("PyStemmer", "lexical"),
+    "faiss": Dependency("faiss-cpu", "search"),
+    "mteb": Dependency("mteb", "interop"),
+    "nbformat": Dependency("nbformat", "notebooks"),
+    "nbclient": Dependency("nbclient", "notebooks"),
 }
 
 
