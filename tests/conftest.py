@@ -1,8 +1,13 @@
-"""Shared fixtures: offline guard, the real embedded SmolLM2, config composition."""
+"""Shared fixtures: offline guard, caches in a fresh folder per session, the real embedded SmolLM2.
+
+Helpers that tests import (config composition, snapshots, run.py in process) live in ``helpers.py``."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,14 @@ REPO = Path(__file__).resolve().parent.parent
 # Python subprocesses (run.py in end-to-end tests) import tests/offline/sitecustomize.py, which blocks them too;
 # they and the notebook kernels import this checkout's freeret, whichever checkout the editable install points at.
 os.environ["FREERET_NO_NETWORK"] = "1"
+# Caches (FreeRet's converted checkpoints, tiny models and vectors; the HF hub, matplotlib and mteb caches under
+# XDG_CACHE_HOME) go to a fresh folder per session, never the user's ~/.cache: timings do not depend on a warm
+# cache, and a test cannot pass on something only an earlier session left there. Subprocesses inherit it.
+SESSION_CACHE = Path(tempfile.mkdtemp(prefix="freeret-tests-cache-"))
+atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)
+os.environ["FREERET_CACHE"] = str(SESSION_CACHE / "freeret")
+os.environ["XDG_CACHE_HOME"] = str(SESSION_CACHE)
+os.environ["MPLCONFIGDIR"] = str(SESSION_CACHE / "matplotlib")
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO / "tests" / "offline"), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
@@ -45,31 +58,3 @@ def smollm():
     from freeret.backbone import ModelSpec, load_backbone
 
     return load_backbone(ModelSpec(name="smollm2_135m", source="embedded"))
-
-
-def compose(overrides: list[str] | None = None):
-    """Compose the Hydra config as run.py would (without running)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides or [], return_hydra_config=False)
-
-
-def dataset_prompt(name: str):
-    """The prompt facts of ``conf/dataset/<name>.yaml`` (``mmeb/ImageNet-1K``, ``wordnet_rd``, ...), unresolved."""
-    from omegaconf import OmegaConf
-
-    from freeret.prompts import DatasetPrompt
-
-    return DatasetPrompt.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml")))
-
-
-def check_snapshot(path: Path, got) -> None:
-    """Compare with a frozen JSON snapshot; renew on purpose with FREERET_UPDATE_SNAPSHOTS=1."""
-    import json
-
-    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1":
-        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    assert path.exists(), f"missing snapshot {path.name}: create it with FREERET_UPDATE_SNAPSHOTS=1"
-    assert got == json.loads(path.read_text())

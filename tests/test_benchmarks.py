@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import REPO, check_snapshot, compose, dataset_prompt
+from helpers import REPO, all_results, check_snapshot, compose, dataset_prompt, run_main, run_py
 from freeret.data.datasets import load_dataset
 from freeret.data.mmeb import load_mmeb_subset
 from freeret.data.mmeb_v2 import write_jsonl
@@ -35,18 +32,6 @@ from freeret.testing.smoke import build_smoke_set
 MMEB_CONFIGS = sorted((REPO / "conf/dataset/mmeb").glob("*.yaml"))
 FAST = ["mode=fast", "logger=none", "trainer.enable_progress_bar=false", "threads=1"]
 EXPERIMENTS = ["mmeb_table1", "ablation_layer", "ablation_prior", "ablation_framing", "topk", "wordnet_meta"]
-
-
-def run_py(args: list[str], out: Path, multirun: bool = False) -> subprocess.CompletedProcess:
-    out.mkdir(parents=True, exist_ok=True)
-    where = f"hydra.sweep.dir={out}" if multirun else f"hydra.run.dir={out}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *(["-m"] if multirun else []), *args, where],
-                          capture_output=True, text=True, env=env, cwd=out, timeout=900)
-
-
-def all_results(folder: Path) -> list[RunResult]:
-    return [RunResult.read(p) for p in sorted(folder.rglob("results/*.json"))]
 
 
 # --- MMEB configs -------------------------------------------------------------------------------------
@@ -142,13 +127,12 @@ def test_mmeb_missing_data_and_missing_images_are_one_line_errors(tmp_path):
 # --- experiments end to end in fast mode ----------------------------------------------------------------
 
 def test_mmeb_table1_fast_runs_all_36_datasets_and_makes_the_table(tmp_path):
-    proc = run_py(["experiment=mmeb_table1", *FAST, "benchmark.limit=2"], tmp_path, multirun=True)
+    proc = run_py(["-m", "experiment=mmeb_table1", *FAST, "benchmark.limit=2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payloads = all_results(tmp_path)
     assert len(payloads) == 36 and all(p.metrics["rerank"] for p in payloads)
     assert {p.task.meta_task for p in payloads} == {"classification", "vqa", "retrieval", "grounding"}
-    table = subprocess.run([sys.executable, str(REPO / "experiments/make_tables.py"), str(tmp_path)],
-                           capture_output=True, text=True, timeout=120)
+    table = run_main("experiments/make_tables.py", [str(tmp_path)])
     assert table.returncode == 0, table.stderr
     header = next(line for line in table.stdout.splitlines() if line.startswith("| setting · split"))
     for col in ("Classification", "VQA", "Retrieval", "Grounding", "IND", "OOD", "Overall"):
@@ -164,8 +148,8 @@ def test_mmeb_table1_fast_runs_all_36_datasets_and_makes_the_table(tmp_path):
 ])
 def test_ablations_fast(experiment, swept, tmp_path):
     extra = ["pipeline.top_k=2,3"] if experiment == "topk" else []
-    proc = run_py([f"experiment={experiment}", *FAST, "benchmark.limit=2", "benchmark.max_per_task=1", *extra],
-                  tmp_path, multirun=True)
+    proc = run_py(["-m", f"experiment={experiment}", *FAST, "benchmark.limit=2", "benchmark.max_per_task=1", *extra],
+                  tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payloads = all_results(tmp_path)
     key, values = swept
@@ -180,7 +164,7 @@ def test_ablations_fast(experiment, swept, tmp_path):
 
 
 def test_wordnet_meta_fast_both_methods(tmp_path):
-    proc = run_py(["experiment=wordnet_meta", *FAST, "benchmark.limit=2", "pipeline.top_k=2"], tmp_path, multirun=True)
+    proc = run_py(["-m", "experiment=wordnet_meta", *FAST, "benchmark.limit=2", "pipeline.top_k=2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payloads = all_results(tmp_path)
     assert len(payloads) == 10
@@ -336,8 +320,7 @@ def test_tables_say_which_split_and_never_average_dev_with_test():
 
 
 def test_make_tables_without_results_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "experiments/make_tables.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_main("experiments/make_tables.py", [str(tmp_path)])
     assert proc.returncode == 2 and proc.stderr.startswith("error: no results/*.json")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from helpers import REPO
 from devicesim import SimTensor, on_cpu, simulated_cuda
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.prefix import PrefixCache

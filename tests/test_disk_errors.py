@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose
+from helpers import compose
 from freeret.cli import one_line_errors
 from freeret.retrieve.store import check_shard
 from freeret.runner import run

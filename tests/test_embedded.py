@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose
+from helpers import REPO, compose
 
 from freeret.backbone import embedded
 from freeret.backbone.gguf_parts import PackagedGGUF, locate, numbered_parts, part_path

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, compose
+from helpers import REPO, compose
 from freeret.backbone.loading import _load_kwargs
 from freeret.backbone.spec import ModelSpec
 from freeret.data.images import ImageProblem, open_image
@@ -28,7 +28,7 @@ from freeret.data.retrieval_set import load_mmeb
 from freeret.data.validate import check_set, fold_misses, usable_rows
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError, FreeRetError
-from test_run import QUIET, results, run_py
+from helpers import QUIET, results, run_py, run_py_process
 
 BAD_IMAGES = {  # file -> words the recorded reason must contain
     "missing.png": "not found",
@@ -263,7 +263,7 @@ def test_a_bad_prompt_fact_in_a_suite_stops_before_the_first_dataset(tmp_path, m
     ],  # errors raised inside run() are printed as one line by run.py: test_run.py::test_errors_are_one_line
 )
 def test_errors_are_one_line_without_traceback(args, expected, tmp_path):
-    proc = run_py([*args, *QUIET], tmp_path)
+    proc = run_py_process([*args, *QUIET], tmp_path)  # the unknown-choice check runs before Hydra, in the process
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr[-3000:]

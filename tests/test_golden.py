@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import REPO
+from helpers import REPO
 from PIL import Image
 from safetensors.torch import load_file, save_file
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from skimage import data as skdata
 
-from conftest import REPO
+from helpers import REPO
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.families import IMAGE
 from freeret.backbone.image_records import PIXEL_KEYS, preprocess, record_inputs

@@ -21,7 +21,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
+from helpers import REPO, compose
 from freeret.benchmark import run_all
 from freeret.eval.results import RunResult
 from freeret.retrieve.store import read_shards

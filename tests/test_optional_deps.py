@@ -12,7 +12,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from conftest import REPO, compose
+from helpers import REPO, compose
 from omegaconf import OmegaConf
 
 import freeret.runner

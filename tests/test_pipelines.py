@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
 from freeret.eval.results import RunResult
 from freeret.rag import exact_match, normalize_answer
-from test_run import QUIET, results, run_py
+from helpers import QUIET, results, run_py
 
 SLICE = ["dataset.pool=positives", *QUIET]
 
@@ -39,10 +36,8 @@ def test_two_stage_real_smollm2_keeps_the_top_k_set(tmp_path):
 
 def test_baseline_and_framing_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), "-m", "pipeline=two_stage", "framing=mcq,yes_no,true_false,right_wrong",
-         "model=tiny_qwen2vl", "dataset=smoke_mm", "pipeline.top_k=2", *QUIET, f"hydra.sweep.dir={sweep}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    proc = run_py(["-m", "pipeline=two_stage", "framing=mcq,yes_no,true_false,right_wrong", "model=tiny_qwen2vl",
+                   "dataset=smoke_mm", "pipeline.top_k=2", *QUIET], sweep)
     assert proc.returncode == 0, proc.stderr[-3000:]
     framings = {RunResult.read(p).framing for p in sweep.glob("*/results/smoke_mm.json")}
     assert framings == {"mcq", "yes_no", "true_false", "right_wrong"}

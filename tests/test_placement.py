@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import PreTrainedModel
 
-from conftest import compose
+from helpers import compose
 from freeret.benchmark import run_all
 
 SUITE = ["suite=wordnet_meta", "benchmark.only=[wordnet_cls_lexname,wordnet_ret_def2lemma]", "benchmark.limit=4",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose, dataset_prompt
+from helpers import compose, dataset_prompt
 from PIL import Image
 from skimage import data as skdata
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose
+from helpers import compose
 from PIL import Image
 from skimage import data as skdata
 

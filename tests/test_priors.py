@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 
-from conftest import REPO, check_snapshot, compose, dataset_prompt
+from helpers import REPO, check_snapshot, compose, dataset_prompt
 
 PRIORS = sorted(p.stem for p in (REPO / "conf" / "prior").glob("*.yaml"))
 SNAPSHOT = REPO / "tests" / "snapshots" / "prompts.json"

@@ -17,7 +17,7 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 from torch.nn.functional import cosine_similarity
 
-from conftest import REPO
+from helpers import REPO
 from freeret.data.retrieval_set import Item
 from freeret.data.wordnet import load_synsets
 from freeret.embed.layers import LayerSpec

@@ -13,7 +13,7 @@ import huggingface_hub
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose
+from helpers import compose
 from freeret.testing.tiny import tiny_checkpoint
 from freeret.runner import run
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, check_snapshot, compose, dataset_prompt
+from helpers import REPO, check_snapshot, compose, dataset_prompt
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.retrieval_set import Item
 from freeret.errors import ConfigError

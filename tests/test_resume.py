@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
+from helpers import REPO, compose
 from freeret.retrieve.store import check_shard
 from freeret.runner import run
 

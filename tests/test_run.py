@@ -3,16 +3,13 @@ the sweep, and the one-line errors; plus every config group composing and instan
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
+from helpers import QUIET, REPO, compose, results, run_py, run_py_process
 from freeret.backbone import ModelSpec
 from freeret.testing.tiny import TINY_FAMILIES
 from freeret.data.datasets import load_dataset
@@ -23,20 +20,6 @@ from freeret.eval.results import RunResult
 from freeret.eval.loggers import make_logger
 from freeret.rerank.framing import Framing
 from freeret.rerank.stage import RerankConfig
-
-QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
-
-
-def run_py(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={tmp_path}"],
-                          capture_output=True, text=True, env=full_env, cwd=tmp_path, timeout=600)
-
-
-def results(run_dir: Path, dataset: str) -> RunResult:
-    return RunResult.read(run_dir / "results" / f"{dataset}.json")
-
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
@@ -122,27 +105,27 @@ def test_real_smollm2_wordnet_slice_beats_chance(tmp_path):
 def test_sweep_grid_fast(tmp_path):
     """The README's sweep (-m layer=... prior=...) with the joblib launcher, on a tiny model."""
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), "-m", "layer=attn_last,mlp_last", "prior=e5v,freeret", "model=tiny_qwen2vl",
-         "dataset=smoke_mm", *QUIET, f"hydra.sweep.dir={sweep}"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path, timeout=600)
+    proc = run_py_process(["-m", "layer=attn_last,mlp_last", "prior=e5v,freeret", "model=tiny_qwen2vl", "dataset=smoke_mm",
+                           *QUIET], sweep)  # the real process: Hydra's sweeper and the joblib launcher
     assert proc.returncode == 0, proc.stderr[-3000:]
     combos = {(r.layer.label, r.prior) for r in map(RunResult.read, sweep.glob("*/results/smoke_mm.json"))}
     assert combos == {("attn_last", "e5v"), ("attn_last", "freeret"), ("mlp_last", "e5v"), ("mlp_last", "freeret")}
 
 
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        (["model=qwen2vl_7b", "prior=caption"], "Qwen/Qwen2-VL-7B-Instruct"),
-        (["model=qwen2vl_7b", "model.path=/nonexistent/ckpt"], "model.path=/nonexistent/ckpt"),
-        (["model=tiny_qwen2vl", "layer.index=-9"], "layer.index=-9 is out of range"),
-        (["dataset=local", "dataset.path=/nonexistent.jsonl"], "does not exist"),
-        (["+dataset.prompt.query_knd=definition"], "dataset wordnet_rd: prompt.query_knd is not a prompt fact"),
-    ],
-)
+ONE_LINE_ERRORS = [
+    (["model=qwen2vl_7b", "prior=caption"], "Qwen/Qwen2-VL-7B-Instruct"),
+    (["model=qwen2vl_7b", "model.path=/nonexistent/ckpt"], "model.path=/nonexistent/ckpt"),
+    (["model=tiny_qwen2vl", "layer.index=-9"], "layer.index=-9 is out of range"),
+    (["dataset=local", "dataset.path=/nonexistent.jsonl"], "does not exist"),
+    (["+dataset.prompt.query_knd=definition"], "dataset wordnet_rd: prompt.query_knd is not a prompt fact"),
+]
+
+
+@pytest.mark.parametrize("args, expected", ONE_LINE_ERRORS)
 def test_errors_are_one_line(args, expected, tmp_path):
-    proc = run_py([*args, *QUIET], tmp_path, env={"HF_HOME": str(tmp_path / "hf")})
+    """An error raised inside the run is one line and exit code 2; the first case in a real process (all it prints)."""
+    runner = run_py_process if args == ONE_LINE_ERRORS[0][0] else run_py
+    proc = runner([*args, *QUIET], tmp_path, env={"HF_HOME": str(tmp_path / "hf")})
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr

@@ -8,7 +8,7 @@ import sys
 
 import nbformat
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 sys.path.insert(0, str(REPO / "experiments"))
 import scaling

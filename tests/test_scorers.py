@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import REPO, check_snapshot, compose
+from helpers import REPO, check_snapshot, compose
 from omegaconf import OmegaConf
 
 from freeret.backbone import ModelSpec, load_backbone

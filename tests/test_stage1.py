@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose
+from helpers import REPO, compose
 from omegaconf import OmegaConf
 
 from freeret.benchmark import run_all

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose, dataset_prompt
+from helpers import REPO, compose, dataset_prompt
 from freeret.data import wordnet as wn
 from freeret.data.wordnet_tasks import BUILDERS
 from freeret.embed.priors import Prior

@@ -1,0 +1,172 @@
+"""What many test modules share: the repo, config composition, snapshots, and run.py's job in this process.
+
+``run_py`` does what ``python run.py ARGS`` does (the unknown-choice check, composition, ``-m`` sweeps expanded as
+Hydra's basic sweeper does, one-line errors with exit code 2, one summary line per dataset) without starting a
+Python process: a cold start with torch, transformers and Lightning costs seconds, and most tests check the
+run, not the process. ``run_py_process`` starts the real one, for the tests whose subject is the process boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+
+
+def compose(overrides: list[str] | None = None, hydra: bool = False):
+    """Compose the Hydra config as run.py would (without running); ``hydra=True`` keeps the ``hydra`` node."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides or [], return_hydra_config=hydra)
+
+
+def dataset_prompt(name: str):
+    """The prompt facts of ``conf/dataset/<name>.yaml`` (``mmeb/ImageNet-1K``, ``wordnet_rd``, ...), unresolved."""
+    from omegaconf import OmegaConf
+
+    from freeret.prompts import DatasetPrompt
+
+    return DatasetPrompt.from_config(OmegaConf.to_container(OmegaConf.load(CONF / "dataset" / f"{name}.yaml")))
+
+
+def check_snapshot(path: Path, got: Any) -> None:
+    """Compare with a frozen JSON snapshot; renew on purpose with FREERET_UPDATE_SNAPSHOTS=1."""
+    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1":
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert path.exists(), f"missing snapshot {path.name}: create it with FREERET_UPDATE_SNAPSHOTS=1"
+    assert got == json.loads(path.read_text())
+
+
+def results(run_dir: Path, dataset: str):
+    """The result file one dataset of a run wrote."""
+    from freeret.eval.results import RunResult
+
+    return RunResult.read(run_dir / "results" / f"{dataset}.json")
+
+
+def all_results(folder: Path) -> list:
+    """Every result file under a run or sweep folder, in path order."""
+    from freeret.eval.results import RunResult
+
+    return [RunResult.read(p) for p in sorted(folder.rglob("results/*.json"))]
+
+
+@dataclass
+class Ran:
+    """What a finished run.py left: its exit code and what it printed (``subprocess.CompletedProcess``'s fields)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def sweep_jobs(args: list[str]) -> list[list[str]]:
+    """The overrides of each job of ``run.py -m ARGS``: the config's ``hydra.sweeper.params`` then the command
+    line (a key given twice keeps its last value), crossed in order, as Hydra's basic sweeper does."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = compose(args, hydra=True).hydra.sweeper.params or {}
+    overrides = OverridesParser.create().parse_overrides([*(f"{k}={v}" for k, v in params.items()), *args])
+    return BasicSweeper.split_arguments(overrides, None)[0]
+
+
+def _run_one(args: list[str], run_dir: Path, out: io.StringIO, err: io.StringIO) -> int:
+    """One job of run.py in this process; returns its exit code."""
+    from omegaconf import OmegaConf
+
+    from freeret.benchmark import run_all
+    from freeret.cli import one_line_errors
+    from freeret.runner import summary_line
+
+    cfg = compose(args)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["run_dir"] = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            one_line_errors(lambda: run_all(config, on_result=lambda r: print(summary_line(r), flush=True)),
+                            bool(cfg.get("debug")))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception:  # noqa: BLE001 - an uncaught error is what run.py would print and exit 1 with
+        err.write(traceback.format_exc())
+        return 1
+    return 0
+
+
+def run_py(args: list[str], run_dir: Path, env: dict[str, str] | None = None) -> Ran:
+    """``python run.py ARGS hydra.run.dir=RUN_DIR`` (``-m`` in ARGS: a sweep into RUN_DIR/<job>), in this process."""
+    from freeret.cli import unknown_choice
+
+    multirun = "-m" in args
+    args = [a for a in args if a != "-m" and not a.startswith("hydra.")]
+    out, err = io.StringIO(), io.StringIO()
+    problem = unknown_choice(args, CONF)
+    if problem:
+        return Ran(2, "", f"error: {problem}\n")
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        if not multirun:
+            return Ran(_run_one(args, run_dir, out, err), out.getvalue(), err.getvalue())
+        for num, job in enumerate(sweep_jobs(args)):
+            code = _run_one(job, run_dir / str(num), out, err)
+            if code:
+                return Ran(code, out.getvalue(), err.getvalue())
+        return Ran(0, out.getvalue(), err.getvalue())
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_py_process(args: list[str], run_dir: Path, env: dict[str, str] | None = None,
+                   timeout: int = 900) -> subprocess.CompletedProcess:
+    """The real ``python run.py ARGS`` in a new process, run dir (or sweep dir with ``-m``) RUN_DIR."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    where = f"hydra.sweep.dir={run_dir}" if "-m" in args else f"hydra.run.dir={run_dir}"
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args, where], capture_output=True, text=True,
+                          env=full_env, cwd=run_dir, timeout=timeout)
+
+
+def script(path: str):
+    """An entry-point script (``experiments/make_tables.py``) imported as a module, to call its ``main`` here.
+
+    Its folder goes on ``sys.path`` as when Python runs it (the experiments import ``_common``)."""
+    import importlib.util
+
+    file = REPO / path
+    if str(file.parent) not in sys.path:
+        sys.path.insert(0, str(file.parent))
+    spec = importlib.util.spec_from_file_location(f"script_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(path: str, argv: list[str]) -> Ran:
+    """``python PATH ARGV`` in this process: the script's ``main(argv)``, what it printed and its exit code."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = script(path).main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return Ran(code or 0, out.getvalue(), err.getvalue())
