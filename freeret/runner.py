@@ -54,7 +54,7 @@ from freeret.eval.results import (
     environment,
 )
 from freeret.lit import EmbeddingWriter, EmbedModule, RankedItemDataModule, embed_rounds
-from freeret.preflight import context_length, load_text_side, text_budget
+from freeret.preflight import TextSide, context_length, load_text_side, text_budget
 from freeret.prompts import DatasetPrompt
 from freeret.rag import answer_stage, require_answers
 from freeret.rerank.framing import Framing
@@ -301,6 +301,19 @@ class Inputs:
     device: torch.device | None  # where to load the weights (None: a shared backbone is already loaded)
 
 
+def text_side(plan: Plan, checkpoint: tuple[str, str | None], shared: SharedModel | None) -> tuple[TextSide, int]:
+    """The tokenizer side and context length of the run's checkpoint: loaded once per suite (each dataset of a
+    benchmark checks its rows with the same tokenizer; reloading it cost seconds per dataset)."""
+    key = (repr(plan.spec), checkpoint)
+    if shared is not None and key in shared.text_sides:
+        return shared.text_sides[key]
+    side = load_text_side(plan.spec, checkpoint)
+    found = side, context_length(plan.spec, checkpoint, side)
+    if shared is not None:
+        shared.text_sides[key] = found
+    return found
+
+
 def prepare(plan: Plan, shared: SharedModel | None = None) -> Inputs:
     """Load the dataset and check it with the tokenizer alone: the device (a device map under DDP fails here), the
     checkpoint, the layer index, the framing's option tokens, every row and item (bad input is recorded in
@@ -318,12 +331,11 @@ def prepare(plan: Plan, shared: SharedModel | None = None) -> Inputs:
     device = run_device(cfg, plan.spec) if loaded is None else None
     checkpoint = resolve_checkpoint(plan.spec)
     plan.layer.resolve(count_layers(plan.spec, checkpoint) if loaded is None else loaded.num_layers)
-    side = load_text_side(plan.spec, checkpoint)
+    side, context = text_side(plan, checkpoint, shared)
     if plan.scoring is not None:
         plan.scoring.preflight(side, plan.prompt, plan.framing)  # single-token options and labels
     set_image_limit((cfg.get("images") or {}).get("max_pixels"))
-    budget = text_budget(side, plan.prior, context_length(plan.spec, checkpoint, side),
-                         any(it.image for it in rset.items.values()))
+    budget = text_budget(side, plan.prior, context, any(it.image for it in rset.items.values()))
     report = check_set(rset, bool(cfg.get("strict", False)), None, side.count_tokens, side.cut_tokens, budget)
     if is_main():
         report.write(plan.run_dir, rset.name)
@@ -440,10 +452,13 @@ def report(plan: Plan, inputs: Inputs, backbone: Backbone, done: StageResults, s
     return result
 
 
+@dataclass
 class SharedModel:
-    """The backbone a benchmark's datasets share: the first run that needs it loads it, after its own checks."""
+    """What a benchmark's datasets share: the backbone (the first run that needs it loads it, after its own checks)
+    and the tokenizer side each dataset's rows are checked with."""
 
     backbone: Backbone | None = None
+    text_sides: dict[tuple[str, tuple[str, str | None]], tuple[TextSide, int]] = field(default_factory=dict)
 
 
 def run(cfg: Mapping[str, Any], shared: SharedModel | None = None) -> RunResult:

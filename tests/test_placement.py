@@ -24,6 +24,9 @@ def holds_a_model(module: torch.nn.Module) -> bool:
 def moves(monkeypatch) -> list[str]:
     """Every ``.to``/``.cpu``/``.cuda`` called on a transformers model or on a module holding one (a
     LightningModule): each is a host<->device copy of the weights on a GPU machine (a no-op copy on CPU)."""
+    from freeret.testing.tiny import tiny_checkpoint
+
+    tiny_checkpoint("qwen2_vl")  # built (and moved to fp32) before the spy when this test is the first to need it
     calls: list[str] = []
     for name in ("to", "cpu", "cuda"):
         original = getattr(torch.nn.Module, name)
@@ -51,6 +54,18 @@ def test_a_two_stage_suite_never_moves_the_model(tmp_path, moves):
     assert all(p.timing["rerank_rows_computed"] == 4 for p in payloads)  # both stages ran on both datasets
     assert moves == []
     assert payloads[0].model["device"] == "cpu"
+
+
+def test_a_suite_loads_the_tokenizer_once(tmp_path, monkeypatch):
+    """Every dataset of a suite checks its rows with the tokenizer of the one shared model: loaded once, not once per
+    dataset (a second or more each, 36 times over MMEB)."""
+    from freeret import runner
+
+    loads = []
+    original = runner.load_text_side
+    monkeypatch.setattr(runner, "load_text_side", lambda *a, **k: loads.append(a[0].name) or original(*a, **k))
+    payloads = run_all(suite_config(tmp_path))
+    assert len(payloads) == 2 and loads == ["tiny_qwen2vl"]
 
 
 def test_weights_load_straight_onto_the_device(moves):
