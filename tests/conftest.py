@@ -24,11 +24,21 @@ os.environ["FREERET_NO_NETWORK"] = "1"
 # Caches (FreeRet's converted checkpoints, tiny models and vectors; the HF hub, matplotlib and mteb caches under
 # XDG_CACHE_HOME) go to a fresh folder per session, never the user's ~/.cache: timings do not depend on a warm
 # cache, and a test cannot pass on something only an earlier session left there. Subprocesses inherit it.
-SESSION_CACHE = Path(tempfile.mkdtemp(prefix="freeret-tests-cache-"))
-atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)
+# Under pytest-xdist the workers share the folder their controller made (they inherit its environment).
+if os.environ.get("FREERET_TEST_SESSION_CACHE") and os.environ.get("PYTEST_XDIST_WORKER"):
+    SESSION_CACHE = Path(os.environ["FREERET_TEST_SESSION_CACHE"])
+else:
+    SESSION_CACHE = Path(tempfile.mkdtemp(prefix="freeret-tests-cache-"))
+    os.environ["FREERET_TEST_SESSION_CACHE"] = str(SESSION_CACHE)
+    atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)
 os.environ["FREERET_CACHE"] = str(SESSION_CACHE / "freeret")
 os.environ["XDG_CACHE_HOME"] = str(SESSION_CACHE)
 os.environ["MPLCONFIGDIR"] = str(SESSION_CACHE / "matplotlib")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, subprocesses too
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO / "tests" / "offline"), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
@@ -58,3 +68,15 @@ def smollm():
     from freeret.backbone import ModelSpec, load_backbone
 
     return load_backbone(ModelSpec(name="smollm2_135m", source="embedded"))
+
+
+# Modules whose tests start processes of their own (DDP ranks, killed and resumed runs, concurrent jobs).
+PROCESS_HEAVY = {"test_resume.py", "test_many_jobs.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's ``--dist loadgroup``: a module's tests stay on one worker (its module-scoped
+    fixtures are built once), and the tests that start processes of their own run one after another."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("processes" if item.path.name in PROCESS_HEAVY else item.path.stem))
