@@ -163,10 +163,17 @@ def script(path: str):
 
 def run_main(path: str, argv: list[str]) -> Ran:
     """``python PATH ARGV`` in this process: the script's ``main(argv)``, what it printed and its exit code."""
+    import inspect
+
     out, err = io.StringIO(), io.StringIO()
+    main = script(path).main
+    saved = sys.argv
     try:
+        sys.argv = [str(REPO / path), *argv]  # for a main() that parses sys.argv itself
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = script(path).main(argv)
+            code = main(argv) if inspect.signature(main).parameters else main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved
     return Ran(code or 0, out.getvalue(), err.getvalue())

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import run_main
 
 
 def _run(script: str, out: Path, *args: str) -> dict:
-    cmd = [sys.executable, str(REPO / "experiments" / script), "--out", str(out), *args]
-    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    ran = run_main(f"experiments/{script}", ["--out", str(out), *args])
+    assert ran.returncode == 0, ran.stderr[-3000:]
     assert out.with_suffix(".png").exists()
     return json.loads(out.read_text())
 

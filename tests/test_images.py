@@ -192,7 +192,7 @@ def test_video_decoded_once_to_count_its_frames(tmp_path, monkeypatch):
 
 def test_stage1_workers_decode_for_the_main_process(qwen, monkeypatch):
     """Stage 1 with DataLoader workers: the same vectors, and the main process decodes nothing."""
-    from conftest import compose
+    from helpers import compose
     from freeret.data.datamodule import ItemDataModule, PromptCollator
     from freeret.embed.layers import LayerSpec
     from freeret.embed.priors import Prior

@@ -180,15 +180,13 @@ def test_bench_prefix_cache_small(tmp_path):
     """The benchmark of the three Cache APIs runs and counts what it claims: the same logits, and the views allocate
     less than copying the prefix per batch (bytes counted op by op, not timed)."""
     import json
-    import subprocess
-    import sys
 
-    from conftest import REPO
+    from helpers import run_main
 
     out = tmp_path / "p.json"
-    subprocess.run([sys.executable, str(REPO / "experiments" / "bench_prefix_cache.py"), "--model", "tiny_qwen2vl",
-                    "--k", "6", "--queries", "1", "--batch-size", "6", "--repeats", "1", "--out", str(out)],
-                   check=True, cwd=REPO, capture_output=True, text=True, timeout=600)
+    ran = run_main("experiments/bench_prefix_cache.py", ["--model", "tiny_qwen2vl", "--k", "6", "--queries", "1",
+                                                         "--batch-size", "6", "--repeats", "1", "--out", str(out)])
+    assert ran.returncode == 0, ran.stderr[-3000:]
     (row,) = json.loads(out.read_text())["results"]
     assert row["pairs"] == 6 and row["deepcopy_max_diff"] == row["ddp_expand_max_diff"] == 0
     assert row["views_peak_mib"] < row["deepcopy_peak_mib"] and row["views_peak_mib"] < row["ddp_expand_peak_mib"]
