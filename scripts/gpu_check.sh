@@ -14,7 +14,7 @@ if [ -d .gpu_bundle/wheels ]; then
   if [ "$(cat "$SITE/.bundle_stamp" 2>/dev/null)" != "$STAMP" ]; then
     rm -rf "$SITE" && mkdir -p "$SITE"
     if "$PY" -m pip --version >/dev/null 2>&1; then
-      "$PY" -m pip install --disable-pip-version-check -q --no-index --no-deps --no-compile --target "$SITE" \
+      "$PY" -m pip install --disable-pip-version-check --root-user-action=ignore -q --no-index --no-deps --no-compile --target "$SITE" \
         .gpu_bundle/wheels/*.whl || { echo "error: could not install .gpu_bundle/wheels into $SITE" >&2; exit 2; }
     else  # no pip: pure-Python wheels are zip files laid out as installed
       for whl in .gpu_bundle/wheels/*.whl; do "$PY" -m zipfile -e "$whl" "$SITE" || exit 2; done
