@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import configparser
-import importlib
+import importlib.util
 import json
 import platform
 import sys
@@ -81,13 +81,16 @@ def satisfied(req: Requirement, have: dict[str, Version]) -> bool:
 
 
 def module_info(module: str) -> dict[str, Any]:
-    """Version and file of one module, or the error importing it raised."""
+    """Version and file of one module (found, not imported: the steps import them), or why it is not there."""
     try:
-        mod = importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 - a module that does not import is a recorded fact, not a crash
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-    return {"version": installed(MODULES[module]) or getattr(mod, "__version__", None),
-            "file": getattr(mod, "__file__", None)}
+        spec = importlib.util.find_spec(module)
+    except ImportError as exc:  # its parent package is missing
+        spec, why = None, str(exc)
+    else:
+        why = f"no module named {module}"
+    if spec is None:
+        return {"error": why}
+    return {"version": installed(MODULES[module]), "file": spec.origin}
 
 
 def probe() -> dict[str, Any]:
