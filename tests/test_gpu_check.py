@@ -49,6 +49,14 @@ def test_every_bundle_pin_fits_setup_cfg_and_the_host_with_it_meets_the_checked_
     assert not gpu_env.satisfied(ranges["transformers"], host)  # why transformers travels: the host has 5.17
 
 
+def test_the_version_check_says_what_set_up_must_fix(monkeypatch):
+    host = {"transformers": "5.17", "hydra-core": "1.3.8", "omegaconf": "2.3.1", "lightning": "2.6.0"}
+    monkeypatch.setattr(gpu_env, "installed", host.get)
+    problems = gpu_env.unmet()
+    assert [p.split(":")[0] for p in problems] == ["transformers 5.17", "hydra-joblib-launcher"]
+    assert "not installed" in problems[1] and gpu_env.main(["check"]) == 1
+
+
 def test_each_bundled_wheel_is_pinned_pure_python_and_its_requirements_are_met_by_the_host_and_bundle():
     pins, host = gpu_env.read_pins(gpu_env.BUNDLE_LIST), gpu_env.read_pins(gpu_env.HOST_LIST)
     have = {**host, **pins}
