@@ -6,14 +6,20 @@ layer. The number of decoder layers (28 in the real model) and of vision blocks 
 stays short; the vision tower keeps its real widths (1280 wide, 16 heads, 14 px patches, 2x2 merge). The
 tokenizer is SmolLM2's with the Qwen-VL special tokens and the real Qwen2-VL chat template (from
 ``freeret.testing.tiny``), so token counts differ a little from Qwen's own tokenizer.
+
+Where SmolLM2's real weights are absent (the offline GPU host: its package is 88.6 MiB), ``weights="auto"`` builds
+SmolLM2-135M-Instruct's exact shape with seeded random weights from its saved tokenizer and config
+(``.gpu_bundle/smollm2_135m``, written by scripts/gpu_bundle.sh; ``$FREERET_SMOLLM2_CONFIG`` overrides).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
-from _common import conf
+from _common import REPO, conf
 from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
@@ -24,6 +30,7 @@ from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import get_family
 from freeret.backbone.processors import Qwen2VLImageOnlyProcessor
+from freeret.errors import CheckpointNotFoundError
 from freeret.testing.tiny import (
     QWEN2_VL_CHAT_TEMPLATE,
     QWEN_VL_TOKENS,
@@ -68,8 +75,48 @@ def qwen2vl_2b_dims(layers: int = 28, vision_depth: int = 32, max_pixels: int = 
     return Backbone(spec=spec, family=get_family("qwen2_vl"), model=model, processor=processor, tokenizer=tokenizer)
 
 
+def smollm2_config_dir() -> Path:
+    """Where SmolLM2's saved tokenizer and config are: ``$FREERET_SMOLLM2_CONFIG`` or ``.gpu_bundle/smollm2_135m``."""
+    return Path(os.environ.get("FREERET_SMOLLM2_CONFIG") or REPO / ".gpu_bundle" / "smollm2_135m")
+
+
+def smollm2_random(folder: Path, seed: int = 0) -> Backbone:
+    """SmolLM2-135M-Instruct's exact shape with seeded random weights (speed does not depend on the values)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not (folder / "config.json").is_file():
+        raise CheckpointNotFoundError(f"no SmolLM2 config in {folder}: run `bash scripts/gpu_bundle.sh` where the "
+                                      "real model is installed")
+    spec = ModelSpec.from_dict(conf("model", "smollm2_135m"))
+    family = get_family(spec.family)
+    processor, tokenizer = family.load_processor(folder)
+    config = AutoConfig.from_pretrained(folder)
+    config._attn_implementation = spec.attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    random_spec = ModelSpec(name="smollm2_135m_random", family=spec.family, source="hub",
+                            hf_id="(random weights, SmolLM2-135M-Instruct shape)")
+    return Backbone(spec=random_spec, family=family, model=model, processor=processor, tokenizer=tokenizer)
+
+
 def load(name: str, layers: int = 28, vision_depth: int = 2) -> Backbone:
     """A ``conf/model`` entry (e.g. smollm2_135m), or ``qwen2vl_2b_dims`` (random, real widths)."""
+    return load_weights(name, layers, vision_depth, "real")[0]
+
+
+def load_weights(name: str, layers: int = 28, vision_depth: int = 2, weights: str = "real") -> tuple[Backbone, str]:
+    """(backbone, "real" or "random"): a ``conf/model`` entry (e.g. smollm2_135m), or ``qwen2vl_2b_dims`` (random,
+    real widths). ``weights``: ``real``; ``random`` (SmolLM2's shape); ``auto`` = real where present, else random."""
     if name == "qwen2vl_2b_dims":
-        return qwen2vl_2b_dims(layers, vision_depth)
-    return load_backbone(ModelSpec.from_dict(conf("model", name)))
+        return qwen2vl_2b_dims(layers, vision_depth), "random"
+    if weights != "real" and name != "smollm2_135m":
+        raise ValueError(f"random weights are built for smollm2_135m only, not {name}")
+    if weights == "random":
+        return smollm2_random(smollm2_config_dir()), "random"
+    try:
+        return load_backbone(ModelSpec.from_dict(conf("model", name))), "real"
+    except CheckpointNotFoundError:
+        if weights == "real":
+            raise
+        return smollm2_random(smollm2_config_dir()), "random"

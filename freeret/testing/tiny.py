@@ -43,6 +43,7 @@ from transformers import (
 
 from freeret.backbone.embedded import embedded_checkpoint
 from freeret.backbone.families import get_family, vision_families
+from freeret.errors import CheckpointNotFoundError
 from freeret.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -140,10 +141,21 @@ class TinyParts:
     processor_kwargs: dict[str, Any]
 
 
+def smollm2_tokenizer_dir() -> Path:
+    """The SmolLM2 tokenizer's folder: the embedded checkpoint, or where its package is not installed (the offline
+    GPU host) the saved copy at ``$FREERET_SMOLLM2_CONFIG`` (``.gpu_bundle/smollm2_135m``, scripts/gpu_bundle.sh)."""
+    try:
+        return embedded_checkpoint("smollm2_135m")[0]
+    except CheckpointNotFoundError:
+        saved = os.environ.get("FREERET_SMOLLM2_CONFIG")
+        if saved and (Path(saved) / "tokenizer.json").is_file():
+            return Path(saved)
+        raise
+
+
 def _base_tokenizer(**kwargs: Any) -> PreTrainedTokenizerBase:
-    """The SmolLM2 tokenizer from the embedded checkpoint."""
-    ckpt_dir, _ = embedded_checkpoint("smollm2_135m")
-    return AutoTokenizer.from_pretrained(ckpt_dir, **kwargs)
+    """The SmolLM2 tokenizer (see :func:`smollm2_tokenizer_dir`)."""
+    return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir(), **kwargs)
 
 
 def _tokenizer(
