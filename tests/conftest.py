@@ -74,9 +74,14 @@ def smollm():
 PROCESS_HEAVY = {"test_resume.py", "test_many_jobs.py"}
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Groups for pytest-xdist's ``--dist loadgroup``: a module's tests stay on one worker (its module-scoped
-    fixtures are built once), and the tests that start processes of their own run one after another."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("processes" if item.path.name in PROCESS_HEAVY else item.path.stem))
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (``-n 2``): a module's tests go to one worker together, so its module-scoped fixtures are
+    built once, and the modules whose tests start processes of their own form one unit that runs one test at a time."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "processes" if Path(module).name in PROCESS_HEAVY else module
+
+    return ByModule(config, log)
