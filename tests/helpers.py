@@ -79,8 +79,10 @@ def sweep_jobs(args: list[str]) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = compose(args, hydra=True).hydra.sweeper.params or {}
-    overrides = OverridesParser.create().parse_overrides([*(f"{k}={v}" for k, v in params.items()), *args])
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(args) if not o.is_sweep_override()]
+    params = compose(fixed, hydra=True).hydra.sweeper.params or {}  # the experiment's own sweep
+    overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in params.items()), *args])
     return BasicSweeper.split_arguments(overrides, None)[0]
 
 

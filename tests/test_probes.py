@@ -185,7 +185,7 @@ def smol_results(tmp_path_factory):
                            "probe.lexical_bias.n_pairs=6", f"hydra.run.dir={root / 'lexical_bias'}"],
                           capture_output=True, text=True, env=env, cwd=root, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith("lexical_bias: model=smollm2_135m")
+    assert proc.stdout.splitlines()[-1].startswith("lexical_bias: model=smollm2_135m")  # after any log line
     out = {"lexical_bias": json.loads((root / "lexical_bias" / "probes" / "lexical_bias.json").read_text())}
     in_process = {"anisotropy": ["probe.anisotropy.n_items=8", "prior=e5v"],
                   "framing_sensitivity": ["probe.framing_sensitivity.n_queries=2",
