@@ -74,6 +74,7 @@ def smollm():
 PROCESS_HEAVY = {"test_resume.py", "test_many_jobs.py"}
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: no error where xdist is absent or off (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (``-n 2``): a module's tests go to one worker together, so its module-scoped fixtures are
     built once, and the modules whose tests start processes of their own form one unit that runs one test at a time."""

