@@ -94,10 +94,13 @@ def _run_one(args: list[str], run_dir: Path, out: io.StringIO, err: io.StringIO)
     from freeret.cli import one_line_errors
     from freeret.runner import summary_line
 
+    import torch
+
     cfg = compose(args)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["run_dir"] = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()  # a run's `threads=` is for its process: give this one back what it had
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             one_line_errors(lambda: run_all(config, on_result=lambda r: print(summary_line(r), flush=True)),
@@ -107,6 +110,8 @@ def _run_one(args: list[str], run_dir: Path, out: io.StringIO, err: io.StringIO)
     except Exception:  # noqa: BLE001 - an uncaught error is what run.py would print and exit 1 with
         err.write(traceback.format_exc())
         return 1
+    finally:
+        torch.set_num_threads(threads)
     return 0
 
 
