@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from freeret.cli import exit_on_unknown_choice, one_line_errors
+from freeret.cli import exit_on_unknown_choice, one_line_errors, quiet_lightning
 
 CONF = Path(__file__).resolve().parent / "conf"
 
@@ -33,10 +33,12 @@ def ranks_rerun_this_job(hydra_cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Run one configuration (one dataset or a benchmark); print a line per dataset; return the mean main score."""
-    from freeret.benchmark import run_all  # heavy imports (torch, lightning) after the cheap checks
+    # heavy imports (torch, lightning) after the cheap checks
+    from freeret.benchmark import run_all
     from freeret.distributed import end_run, launch_state
-    from freeret.runner import summary_line
+    from freeret.run.report import summary_line
 
+    quiet_lightning()
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         ranks_rerun_this_job(hydra_cfg)

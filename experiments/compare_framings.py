@@ -13,6 +13,7 @@ from pathlib import Path
 
 from _common import REPO, bar_chart, conf, dataset_prompt, save
 from freeret.backbone import ModelSpec, load_backbone
+from freeret.cli import quiet_lightning
 from freeret.data.datasets import load_dataset
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
@@ -20,7 +21,7 @@ from freeret.eval.metrics import retrieval_metrics
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
 from freeret.rerank.stage import RerankConfig
-from freeret.runner import embed_stage, rerank_stage
+from freeret.run.stages import embed_stage, rerank_stage
 
 
 def main() -> None:
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "framings" / "compare_framings.json")
     args = ap.parse_args()
+    quiet_lightning()
 
     cfg = {"trainer": {"accelerator": "auto", "devices": 1, "enable_progress_bar": True}, "embed": {"batch_size": 32}}
     backbone = load_backbone(ModelSpec.from_dict(conf("model", args.model)))

@@ -4,7 +4,7 @@
     python experiments/scaling.py --models smollm2_135m --runs layer_attn_last,method_e5v
     python experiments/scaling.py --dry-run                           # list the runs and their overrides
 
-Each model loads once and serves all its runs (retrieval runs through ``freeret.runner.run``, probes through
+Each model loads once and serves all its runs (retrieval runs through ``freeret.benchmark.run_all``, probes through
 ``freeret.probes.runner.run_probe``). A run whose ``<out>/<model>/<run>.json`` exists is skipped. Every result
 file holds the run's payload plus a ``scaling`` section: wall and CPU seconds of the run, the model's load time,
 the limits, the split, the overrides and whether the model is code-tuned. Scratch (rerank shards, probe PNGs) goes
@@ -25,12 +25,14 @@ from omegaconf import OmegaConf
 
 from freeret.backbone import ModelSpec
 from freeret.backbone.loading import load_backbone, resolve_checkpoint
-from freeret.benchmark import dataset_configs
+from freeret.benchmark import run_all
+from freeret.cli import quiet_lightning
 from freeret.errors import ConfigError
 from freeret.eval.results import write_json
 from freeret.paths import cache_dir, repo_root
 from freeret.probes.runner import resolve_framings, run_probe
-from freeret.runner import SharedModel, run, summary_line
+from freeret.run.inputs import SharedModel
+from freeret.run.report import summary_line
 
 CONF = repo_root() / "conf"
 
@@ -83,12 +85,8 @@ def execute(run_spec: dict[str, Any], config: dict[str, Any], shared: SharedMode
     if run_spec["kind"] == "probe":
         resolve_framings(config)
         return run_probe(run_spec["probe"], config, backbone=shared.backbone)
-    results = []
-    for dataset in dataset_configs(config):
-        result = run({**config, "dataset": dataset}, shared)
-        print(f"  {summary_line(result)}", flush=True)
-        results.append(result.to_dict())  # the mapping of results/<dataset>.json (RunResult.from_dict reads it)
-    return results
+    results = run_all(config, on_result=lambda result: print(f"  {summary_line(result)}", flush=True), shared=shared)
+    return [result.to_dict() for result in results]  # the mappings of results/<dataset>.json (RunResult.from_dict)
 
 
 def run_model(spec: dict[str, Any], model: str, out: Path, only: set[str] | None = None, dry_run: bool = False,
@@ -143,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="result folder (default scaling.out)")
     parser.add_argument("--dry-run", action="store_true", help="list pending runs and their overrides")
     args = parser.parse_args(argv)
+    quiet_lightning()
     spec = study()
     models = args.models.split(",") if args.models else spec["models"]
     named = set(args.runs.split(",")) if args.runs else None

@@ -14,7 +14,9 @@ from freeret.data.mmeb import locate
 from freeret.distributed import is_main
 from freeret.errors import ConfigError
 from freeret.eval.results import RunResult
-from freeret.runner import SharedModel, check, run
+from freeret.run.inputs import SharedModel
+from freeret.run.plan import check
+from freeret.runner import run
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +50,19 @@ def dataset_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     return datasets
 
 
-def run_all(cfg: Mapping[str, Any], on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
-    """Run the pipeline on every dataset of the run with one loaded model; returns the results."""
+def run_all(cfg: Mapping[str, Any], on_result: Callable[[RunResult], None] | None = None,
+            shared: SharedModel | None = None) -> list[RunResult]:
+    """Run the pipeline on every dataset of the run with one loaded model; returns the results.
+
+    ``shared``: a model (and tokenizer side) already loaded by the caller for ``cfg['model']``, kept across calls
+    (experiments/scaling.py runs many configs on one model); by default a new one, loaded by the first dataset."""
     datasets = dataset_configs(cfg)
     for dataset in datasets:  # a config mistake or missing data fails in one line before a (possibly large) model loads
         check({**cfg, "dataset": dataset})
         if dataset.get("kind") == "mmeb_subset":
             locate(dataset)
-    shared = SharedModel()  # loaded once, by the first dataset, after that dataset's checks
+    if shared is None:
+        shared = SharedModel()  # loaded once, by the first dataset, after that dataset's checks
     results = []
     for i, dataset in enumerate(datasets, 1):
         log.info("dataset %d/%d: %s", i, len(datasets), dataset.get("name"))

@@ -1,10 +1,13 @@
 """What every entry point does with a user-facing error: one line on stderr, exit code 2 (``debug`` re-raises);
-SIGTERM and SIGINT stop a run cleanly (one line, exit code 128 + signal)."""
+SIGTERM and SIGINT stop a run cleanly (one line, exit code 128 + signal); Lightning's noise is kept out of what a run
+prints (:func:`quiet_lightning`)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -12,6 +15,29 @@ from freeret.errors import FreeRetError
 from freeret.stop import handle_signals
 
 T = TypeVar("T")
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's product tips ("💡 Tip: ... litlogger / litmodels"): they say nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Filter what Lightning says about our loops by design, and its adverts: process-wide, so the entry points that
+    run pipelines call it (run.py, the probes, the experiments, the tests' in-process run.py); the library does not.
+    Imports nothing (Lightning need not be loaded yet); calling it again adds nothing."""
+    # Our batch sampler yields every index by construction (plan_batches); Lightning cannot know that.
+    warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+    warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # one query group per step, by design
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning internals on recent torch
+    # RerankModule keeps batches where they are (the scorer moves its own tensors); Lightning warns whenever a module
+    # overrides this hook and a datamodule is used, on every two-stage run.
+    warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdverts) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdverts())
 
 
 def one_line_errors(call: Callable[[], T], debug: bool = False) -> T:

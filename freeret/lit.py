@@ -1,24 +1,62 @@
-"""Lightning glue: a predict-only module that embeds batches and a writer that shards them."""
+"""Lightning glue: the predict-only Trainer and the device it runs on, a module that embeds batches and a writer
+that shards them."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.strategies import ParallelStrategy
 from torch.utils.data import DataLoader, Sampler
 
 from freeret import stop
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.prefix import PrefixCache
+from freeret.backbone.spec import ModelSpec
 from freeret.data.datamodule import ItemDataModule, plan_batches
 from freeret.distributed import barrier, rank_sum
 from freeret.embed.layers import LayerSpec, Readout
+from freeret.errors import ConfigError
 from freeret.retrieve.store import ShardStore, shard_name, write_shard
 from freeret.storage import check_writable
 from freeret.workshare import BatchClaims, batch_id
+
+
+def make_trainer(cfg: Mapping[str, Any], callback=None, logger=None) -> L.Trainer:
+    """A predict-only Lightning Trainer from ``conf/trainer`` (extra keys pass through)."""
+    trainer_cfg = dict(cfg.get("trainer") or {})
+    return L.Trainer(
+        accelerator=trainer_cfg.pop("accelerator", "auto"),
+        devices=trainer_cfg.pop("devices", 1),
+        logger=logger or False,
+        callbacks=[callback] if callback else None,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=bool(trainer_cfg.pop("enable_progress_bar", True)),
+        **trainer_cfg,
+    )
+
+
+def run_device(cfg: Mapping[str, Any], spec: ModelSpec) -> torch.device:
+    """The device this process predicts on, where the weights load: the root device of a trainer built from the
+    config (under DDP the rank's own, from LOCAL_RANK). A device map needs one process: DDP with it is refused."""
+    lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = lightning_info.level
+    lightning_info.setLevel(logging.WARNING)  # its device report would come before a one-line error; predict repeats it
+    try:
+        trainer = make_trainer(cfg)
+    finally:
+        lightning_info.setLevel(level)
+    if spec.device_map and (trainer.world_size > 1 or isinstance(trainer.strategy, ParallelStrategy)):
+        raise ConfigError(f"model.device_map={spec.device_map} spreads one model over the GPUs of one process and "
+                          f"cannot run under a multi-process trainer (trainer=ddp): use trainer=default, or drop "
+                          f"model.device_map to run one copy of the model per GPU")
+    return trainer.strategy.root_device
 
 
 class EmbedModule(L.LightningModule):
@@ -27,7 +65,7 @@ class EmbedModule(L.LightningModule):
     def __init__(self, backbone: Backbone, layer: LayerSpec | Readout, prefix: PrefixCache | None = None) -> None:
         super().__init__()
         # The model is deliberately not a submodule: Lightning would copy it to the device before every predict
-        # and back to the CPU after; it loads on the run's device and stays there (runner.run_device).
+        # and back to the CPU after; it loads on the run's device and stays there (run_device).
         self.backbone, self.layer, self.prefix = backbone, layer, prefix
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The optional dependencies: what needs each, and the one line that says how to install it when it is missing.
 
-Each is imported where it is used, through :func:`require`; a run's config check (:func:`freeret.runner.check`)
+Each is imported where it is used, through :func:`require`; a run's config check (:func:`freeret.run.plan.check`)
 requires what the config will use, so a missing package stops the run before any data or weights load.
 (torchvision has its own check: ``freeret.backbone.processors.image_backend``.)
 """

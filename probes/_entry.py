@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from freeret.cli import exit_on_unknown_choice, one_line_errors
+from freeret.cli import exit_on_unknown_choice, one_line_errors, quiet_lightning
 from freeret.probes.runner import resolve_framings, run_probe, summary_line
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,6 +19,7 @@ def entry(name: str) -> Callable[[], Any]:
     """The Hydra main function of probe ``name``."""
 
     exit_on_unknown_choice(REPO / "conf")
+    quiet_lightning()
 
     @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="probe")
     def main(cfg: DictConfig) -> None:

@@ -91,11 +91,12 @@ def _run_one(args: list[str], run_dir: Path, out: io.StringIO, err: io.StringIO)
     from omegaconf import OmegaConf
 
     from freeret.benchmark import run_all
-    from freeret.cli import one_line_errors
-    from freeret.runner import summary_line
+    from freeret.cli import one_line_errors, quiet_lightning
+    from freeret.run.report import summary_line
 
     import torch
 
+    quiet_lightning()  # as run.py's main does
     cfg = compose(args)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["run_dir"] = str(run_dir)

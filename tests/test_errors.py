@@ -202,11 +202,12 @@ def run_in_process(overrides: list[str], tmp_path: Path, monkeypatch) -> dict:
     from omegaconf import OmegaConf
 
     from freeret import runner
+    from freeret.run import inputs
 
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were loaded before the error")
 
-    monkeypatch.setattr(runner, "load_backbone", no_weights)
+    monkeypatch.setattr(inputs, "load_backbone", no_weights)
     cfg = OmegaConf.to_container(compose([*overrides, *QUIET]), resolve=True)
     return runner.run({**cfg, "run_dir": str(tmp_path)})
 
@@ -362,7 +363,7 @@ def test_the_network_is_blocked_in_tests_and_their_subprocesses():
 
 def test_summary_line_reports_failed_queries_with_rag():
     from freeret.eval.results import RunResult
-    from freeret.runner import summary_line
+    from freeret.run.report import summary_line
 
     payload = {"dataset": "d", "main_score": 0.5, "metrics": {"embed": {"hit@1": 0.5}}, "layer": {"label": "attn_last"},
                "prior": "p", "framing": None, "model": {"name": "m"}, "counts": {"num_queries": 4,

@@ -15,10 +15,11 @@ import pytest
 from helpers import REPO, compose
 from omegaconf import OmegaConf
 
-import freeret.runner
+import freeret.run.inputs
 from freeret.benchmark import run_all
 from freeret.cli import one_line_errors
 from freeret.optional import OPTIONAL, MissingDependencyError, require
+from freeret.run.plan import check
 
 
 def _absent(monkeypatch, *modules: str) -> None:
@@ -33,7 +34,7 @@ def _no_loading(monkeypatch) -> None:
         raise AssertionError("loaded data or weights before the dependency check")
 
     for name in ("load_dataset", "resolve_checkpoint", "load_backbone"):
-        monkeypatch.setattr(freeret.runner, name, loaded)
+        monkeypatch.setattr(freeret.run.inputs, name, loaded)
 
 
 def _error_line(capsys, call) -> str:
@@ -69,7 +70,7 @@ def test_bm25s_absent_stops_a_bm25_run_before_loading(tmp_path, monkeypatch, cap
 
 def test_dense_run_does_not_need_bm25s(tmp_path, monkeypatch):
     _absent(monkeypatch, "bm25s", "Stemmer")
-    freeret.runner.check(_run_cfg(tmp_path))
+    check(_run_cfg(tmp_path))
 
 
 def test_pystemmer_absent_stops_a_stemmed_bm25_run_before_loading(tmp_path, monkeypatch, capsys):
@@ -79,7 +80,7 @@ def test_pystemmer_absent_stops_a_stemmed_bm25_run_before_loading(tmp_path, monk
     line = _error_line(capsys, lambda: run_all(_run_cfg(tmp_path, "retriever=bm25")))
     assert line == ('error: retriever.bm25.stemmer=english needs PyStemmer, which is not installed: '
                     'pip install -e ".[lexical]", or set retriever.bm25.stemmer=null')
-    freeret.runner.check(_run_cfg(tmp_path, "retriever=bm25", "retriever.bm25.stemmer=null"))  # no PyStemmer needed
+    check(_run_cfg(tmp_path, "retriever=bm25", "retriever.bm25.stemmer=null"))  # no PyStemmer needed
 
 
 def test_faiss_absent_is_one_line_from_the_index_and_the_benchmark(monkeypatch, capsys):

@@ -59,11 +59,11 @@ def test_a_two_stage_suite_never_moves_the_model(tmp_path, moves):
 def test_a_suite_loads_the_tokenizer_once(tmp_path, monkeypatch):
     """Every dataset of a suite checks its rows with the tokenizer of the one shared model: loaded once, not once per
     dataset (a second or more each, 36 times over MMEB)."""
-    from freeret import runner
+    from freeret.run import inputs
 
     loads = []
-    original = runner.load_text_side
-    monkeypatch.setattr(runner, "load_text_side", lambda *a, **k: loads.append(a[0].name) or original(*a, **k))
+    original = inputs.load_text_side
+    monkeypatch.setattr(inputs, "load_text_side", lambda *a, **k: loads.append(a[0].name) or original(*a, **k))
     payloads = run_all(suite_config(tmp_path))
     assert len(payloads) == 2 and loads == ["tiny_qwen2vl"]
 
@@ -81,7 +81,7 @@ def test_each_ddp_rank_loads_on_its_local_gpu(monkeypatch):
     """Under trainer=ddp on a 2-GPU machine (CUDA faked for Lightning), the launcher's process (no LOCAL_RANK
     yet) gets cuda:0 and the rank Lightning starts with LOCAL_RANK=1 gets cuda:1."""
     from freeret.backbone import ModelSpec
-    from freeret.runner import run_device
+    from freeret.lit import run_device
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -94,11 +94,11 @@ def test_each_ddp_rank_loads_on_its_local_gpu(monkeypatch):
 
 
 def test_device_map_under_ddp_is_one_config_error_before_loading(tmp_path, monkeypatch):
-    from freeret import runner
     from freeret.errors import ConfigError
+    from freeret.run import inputs
 
-    monkeypatch.setattr(runner, "load_backbone", lambda *a, **k: pytest.fail("weights loaded"))
-    monkeypatch.setattr(runner, "resolve_checkpoint", lambda *a, **k: pytest.fail("checkpoint resolved"))
+    monkeypatch.setattr(inputs, "load_backbone", lambda *a, **k: pytest.fail("weights loaded"))
+    monkeypatch.setattr(inputs, "resolve_checkpoint", lambda *a, **k: pytest.fail("checkpoint resolved"))
     cfg = suite_config(tmp_path, ["trainer=ddp", "model.device_map=auto"])
     with pytest.raises(ConfigError, match=r"^model.device_map=auto .*\(trainer=ddp\)") as err:
         run_all(cfg)

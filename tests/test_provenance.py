@@ -88,12 +88,12 @@ def test_image_backend_is_torchvision_where_it_imports(monkeypatch, importable, 
 
 
 def test_torchvision_asked_for_where_it_does_not_import_is_one_line_before_loading(tmp_path, monkeypatch):
-    from freeret import runner
     from freeret.backbone import processors
     from freeret.errors import ConfigError
+    from freeret.run import inputs
 
     monkeypatch.setattr(processors, "torchvision_importable", lambda: False)
-    monkeypatch.setattr(runner, "load_backbone", lambda *a, **k: pytest.fail("weights loaded"))
+    monkeypatch.setattr(inputs, "load_backbone", lambda *a, **k: pytest.fail("weights loaded"))
     cfg = OmegaConf.to_container(compose(["model=tiny_qwen2vl", "dataset=smoke_mm", "model.image_processor=torchvision"]),
                                  resolve=True)
     with pytest.raises(ConfigError, match="^model.image_processor=torchvision but torchvision does not import") as err:

@@ -158,7 +158,7 @@ def test_imagenet_1k_gets_the_presence_question_in_table_1():
     from omegaconf import OmegaConf
 
     from freeret.benchmark import dataset_configs
-    from freeret.runner import check
+    from freeret.run.plan import check
 
     cfg = OmegaConf.to_container(compose(["experiment=mmeb_table1"]), resolve=True)
     framings = {d["name"]: check({**cfg, "dataset": d}).framing for d in dataset_configs(cfg)}

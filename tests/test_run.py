@@ -132,11 +132,14 @@ def test_errors_are_one_line(args, expected, tmp_path):
 
 
 def test_lightning_product_tips_are_not_printed(caplog, capfd):
-    """A run prints what is about the run: Lightning's litlogger / litmodels adverts are dropped (issue 13)."""
+    """A run prints what is about the run: Lightning's litlogger / litmodels adverts are dropped (issue 13) by the
+    filter every entry point installs."""
     import logging
 
-    from freeret.runner import make_trainer
+    from freeret.cli import quiet_lightning
+    from freeret.lit import make_trainer
 
+    quiet_lightning()
     with caplog.at_level(logging.INFO):
         make_trainer({"trainer": {"accelerator": "cpu", "enable_progress_bar": False}})
     printed = caplog.text + "".join(capfd.readouterr())

@@ -361,7 +361,7 @@ def test_a_dataset_picks_a_scorer_variant(smollm):
 def test_an_undefined_scorer_variant_stops_before_weights(tmp_path, monkeypatch):
     from test_errors import run_in_process
 
-    from freeret.runner import check
+    from freeret.run.plan import check
 
     args = ["model=tiny_qwen2vl", "dataset=wordnet_rd", "pipeline=two_stage", "++dataset.prompt.scorer_variant=nope"]
     with pytest.raises(FreeRetError) as info:
