@@ -88,13 +88,12 @@ def sweep_jobs(args: list[str]) -> list[list[str]]:
 
 def _run_one(args: list[str], run_dir: Path, out: io.StringIO, err: io.StringIO) -> int:
     """One job of run.py in this process; returns its exit code."""
+    import torch
     from omegaconf import OmegaConf
 
     from freeret.benchmark import run_all
     from freeret.cli import one_line_errors, quiet_lightning
     from freeret.run.report import summary_line
-
-    import torch
 
     quiet_lightning()  # as run.py's main does
     cfg = compose(args)
