@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import REPO, conf
 from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
 )
 
+from _common import REPO, conf
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import get_family

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import torch
+
 from _bench_models import load
 from _common import REPO, bar_chart, conf, dataset_prompt, save
-
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.capture import run_until_captured
 from freeret.backbone.prefix import PrefixCache

@@ -24,13 +24,13 @@ import weakref
 from pathlib import Path
 
 import torch
-from _bench_models import load
-from _common import REPO, bar_chart, conf, dataset_prompt, save
 from bench_rerank import text_rows
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import DynamicCache
 
+from _bench_models import load
+from _common import REPO, bar_chart, conf, dataset_prompt, save
 from freeret.backbone.shared_prefix import Prefix
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import _SLOT, PairScorer

@@ -1,7 +1,8 @@
 """Rerank throughput: one forward per pair (naive) vs the shared-prefix KV-cache path (fast), same run.
 
     python experiments/bench_rerank.py --queries 2 --k 50
-    python experiments/bench_rerank.py --scorers choice choice_debiased candidate_likelihood query_likelihood bidirectional listwise --k 10 50 100
+    python experiments/bench_rerank.py --k 10 50 100 \
+        --scorers choice choice_debiased candidate_likelihood query_likelihood bidirectional listwise
     python experiments/bench_rerank.py --case image --model qwen2vl_2b_dims --layers 2 --queries 1 --k 10 50
 Prints pairs/s for both, the speed-up, and the largest score difference; writes JSON and a bar plot, with the
 decoder forwards and the token positions each path ran (``work``: counted by a hook on the decoder).
@@ -33,9 +34,9 @@ import time
 from pathlib import Path
 
 import torch
+
 from _bench_models import load_weights
 from _common import REPO, bar_chart, conf, dataset_prompt, save
-
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item
 from freeret.rerank.framing import Framing
@@ -222,7 +223,6 @@ def phase_rates(phases: dict[str, dict[str, float]], path: str) -> dict[str, flo
 def scorers_case(backbone, args) -> list[dict]:
     """Each scorer's naive vs fast pairs/s at every K on WordNet definitions against their candidate words."""
     from _common import composed, dataset_prompt
-
     from freeret.rerank.scorers import scorer_spec
     from freeret.rerank.scorers.base import BuildContext
 
@@ -299,8 +299,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     default_name = "rerank_scorers.json" if args.scorers else "rerank.json"
-    out = args.out or REPO / "outputs" / "bench" / {"text": default_name, "image_candidates": f"rerank_image_candidates_{args.model}.json"}.get(
-        args.case, f"rerank_image_{args.candidates}_{args.model}.json")
+    names = {"text": default_name, "image_candidates": f"rerank_image_candidates_{args.model}.json"}
+    out = args.out or REPO / "outputs" / "bench" / names.get(args.case, f"rerank_image_{args.candidates}_{args.model}.json")
 
     backbone, weights = load_weights(args.model, args.layers, weights=args.weights)
     backbone.model.to(args.device)
@@ -382,7 +382,8 @@ def main() -> None:
     if qrows[0][0].image:  # the image placeholder expands to the processor's visual tokens
         prefix_tokens = int(scorer._with_images([scorer.split(qrows[0][0])[0]], [[qrows[0][0].image]])["input_ids"].shape[1])
     save(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": args.case,
-               "candidates": args.candidates if args.case == "image" else "wordnet_rd words", "framing": args.framing, "batch_size": args.batch_size,
+               "candidates": args.candidates if args.case == "image" else "wordnet_rd words", "framing": args.framing,
+               "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "prefix_tokens_first_query": prefix_tokens,
                "tokens_per_s_counts": DecoderWork.PHASES_NOTE, "results": rows})
     bar_chart(out, [f"K={r['k']}" for r in rows],

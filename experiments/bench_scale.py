@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from _common import REPO, save
 
 DIM = 576  # SmolLM2-135M hidden size

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, save
 
+from _common import REPO, save
 from freeret.cli import one_line_errors
 from freeret.search import build_index, exact_topk, faiss_module, recall_at_k
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from _common import REPO, bar_chart, save
 
 DIM = 576  # SmolLM2-135M hidden size

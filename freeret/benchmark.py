@@ -8,7 +8,8 @@ shrink a benchmark for the offline fast mode (``conf/mode/fast.yaml``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from freeret.data.mmeb import locate
 from freeret.distributed import is_main

@@ -8,8 +8,9 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from freeret.errors import FreeRetError
 from freeret.stop import handle_signals

@@ -4,9 +4,9 @@ that shards them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Sequence
+from typing import Any
 
 import lightning as L
 import torch

@@ -17,8 +17,8 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from freeret.errors import StorageError
 

@@ -19,13 +19,15 @@ Inference only: autograd is off inside (it cannot record on a device this torch 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
+
 
 @dataclass
 class Transfers:
@@ -49,7 +51,7 @@ class SimTensor(torch.Tensor):
     elem: torch.Tensor
 
     @staticmethod
-    def __new__(cls, elem: torch.Tensor) -> "SimTensor":
+    def __new__(cls, elem: torch.Tensor) -> SimTensor:
         out = torch.Tensor._make_wrapper_subclass(cls, elem.size(), strides=elem.stride(),
                                                   storage_offset=elem.storage_offset(), dtype=elem.dtype,
                                                   layout=elem.layout, device=SIM, requires_grad=False)

@@ -14,7 +14,6 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from helpers import REPO, all_results, check_snapshot, compose, dataset_prompt, run_main, run_py
 from freeret.data.datasets import load_dataset
 from freeret.data.mmeb import load_mmeb_subset
 from freeret.data.mmeb_v2 import write_jsonl
@@ -28,6 +27,7 @@ from freeret.eval.results import RunResult
 from freeret.eval.tables import build_tables, load_paper, to_csv, to_markdown
 from freeret.rerank.framing import Framing
 from freeret.testing.smoke import build_smoke_set
+from helpers import REPO, all_results, check_snapshot, compose, dataset_prompt, run_main, run_py
 
 MMEB_CONFIGS = sorted((REPO / "conf/dataset/mmeb").glob("*.yaml"))
 FAST = ["mode=fast", "logger=none", "trainer.enable_progress_bar=false", "threads=1"]

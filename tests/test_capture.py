@@ -20,7 +20,8 @@ def test_attn_point_is_layer_input_plus_attention_output(smollm):
     inp = _inputs(smollm, TEXTS[:3])
     last = smollm.layers[-1]
     seen = {}
-    h1 = last.register_forward_pre_hook(lambda m, a, k: seen.__setitem__("x", (a[0] if a else k["hidden_states"]).clone()), with_kwargs=True)
+    h1 = last.register_forward_pre_hook(lambda m, a, k: seen.__setitem__("x", (a[0] if a else k["hidden_states"]).clone()),
+                                        with_kwargs=True)
     h2 = last.self_attn.register_forward_hook(lambda m, a, o: seen.__setitem__("attn", o[0].clone()))
     try:
         got = smollm.hidden_states(inp, [LayerSpec("attn", -1)])[LayerSpec("attn", -1)]
@@ -74,7 +75,8 @@ def test_gemma_style_attention_point():
     layer = model.model.layers[-1]
     assert attn_point_module(layer) is layer.pre_feedforward_layernorm
     seen = {}
-    h1 = layer.register_forward_pre_hook(lambda m, a, k: seen.__setitem__("x", (a[0] if a else k["hidden_states"]).clone()), with_kwargs=True)
+    h1 = layer.register_forward_pre_hook(lambda m, a, k: seen.__setitem__("x", (a[0] if a else k["hidden_states"]).clone()),
+                                         with_kwargs=True)
     h2 = layer.post_attention_layernorm.register_forward_hook(lambda m, a, o: seen.__setitem__("a", o.clone()))
     spec = LayerSpec("attn", -1)
     with torch.no_grad(), capture(model.model.layers, model.model.norm, [spec]) as got:

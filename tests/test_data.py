@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import os
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +16,8 @@ from freeret.data.retrieval_set import load_mmeb
 from freeret.errors import ConfigError, DataError
 
 ROWS = [
-    {"qry_text": "<|image_1|>\nRepresent the given image", "qry_img_path": "img/a.png", "tgt_text": ["cat", "dog", "car"], "tgt_img_path": ["", "", ""]},
+    {"qry_text": "<|image_1|>\nRepresent the given image", "qry_img_path": "img/a.png", "tgt_text": ["cat", "dog", "car"],
+     "tgt_img_path": ["", "", ""]},
     {"qry_text": "find the dog", "qry_img_path": "", "tgt_text": ["dog", "cat", "car"], "tgt_img_path": ["", "", ""]},
 ]
 

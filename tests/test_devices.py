@@ -12,7 +12,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import REPO
 from devicesim import SimTensor, on_cpu, simulated_cuda
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.prefix import PrefixCache
@@ -23,6 +22,7 @@ from freeret.lit import EmbeddingWriter, EmbedModule
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
 from freeret.retrieve.store import read_shards
+from helpers import REPO
 
 QUERY = Item.make("query", "a domestic animal that barks", None)
 TEXTS = [Item.make("target", t, None) for t in ["dog", "an old wooden ship with three tall masts", "x"]]

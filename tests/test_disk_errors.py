@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import compose
 from freeret.cli import one_line_errors
 from freeret.retrieve.store import check_shard
 from freeret.runner import run
+from helpers import compose
 
 ARGS = ["model=tiny_qwen2vl", "dataset=smoke_mm", "embed.batch_size=2", "embed.shard_size=2", "logger=none",
         "trainer.enable_progress_bar=false"]

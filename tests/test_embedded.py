@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, compose
 
 from freeret.backbone import embedded
 from freeret.backbone.gguf_parts import PackagedGGUF, locate, numbered_parts, part_path
 from freeret.backbone.spec import ModelSpec
 from freeret.errors import CheckpointNotFoundError
+from helpers import REPO, compose
 
 SCALING = ("qwen25coder_05b", "qwen25coder_15b")
 

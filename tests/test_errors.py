@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import REPO, compose
 from freeret.backbone.loading import _load_kwargs
 from freeret.backbone.spec import ModelSpec
 from freeret.data.images import ImageProblem, open_image
@@ -28,7 +27,7 @@ from freeret.data.retrieval_set import load_mmeb
 from freeret.data.validate import check_set, fold_misses, usable_rows
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError, FreeRetError
-from helpers import QUIET, results, run_py, run_py_process
+from helpers import QUIET, REPO, compose, results, run_py, run_py_process
 
 BAD_IMAGES = {  # file -> words the recorded reason must contain
     "missing.png": "not found",

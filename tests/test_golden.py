@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import REPO
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -26,6 +25,7 @@ from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import Family, get_family, vision_families
 from freeret.backbone.prefix import PrefixCache
 from freeret.embed.layers import LayerSpec
+from helpers import REPO
 
 GOLDEN = REPO / "tests" / "golden"
 RELATIVE = 1e-5

@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 from PIL import Image
 from skimage import data as skdata
 
-from helpers import REPO
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.families import IMAGE
 from freeret.backbone.image_records import PIXEL_KEYS, preprocess, record_inputs
@@ -25,6 +24,7 @@ from freeret.errors import ConfigError
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
 from freeret.rerank.stage import RankedGroups, RerankConfig, RerankModule
+from helpers import REPO
 
 TINY = [("tiny_qwen2vl", "qwen2_vl"), ("tiny_qwen25vl", "qwen2_5_vl"), ("tiny_idefics3", "idefics3"),
         ("tiny_llava_ov", "llava_onevision"), ("tiny_internvl", "internvl")]
@@ -192,11 +192,11 @@ def test_video_decoded_once_to_count_its_frames(tmp_path, monkeypatch):
 
 def test_stage1_workers_decode_for_the_main_process(qwen, monkeypatch):
     """Stage 1 with DataLoader workers: the same vectors, and the main process decodes nothing."""
-    from helpers import compose
     from freeret.data.datamodule import ItemDataModule, PromptCollator
     from freeret.embed.layers import LayerSpec
     from freeret.embed.priors import Prior
     from freeret.lit import EmbedModule
+    from helpers import compose
 
     smoke = load_dataset({"name": "smoke_mm", "kind": "smoke"})
     items = [it for it in smoke.items.values() if it.image][:6]

@@ -21,11 +21,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import REPO, compose
 from freeret.benchmark import run_all
 from freeret.eval.results import RunResult
 from freeret.retrieve.store import read_shards
 from freeret.workshare import LOCK_DIR
+from helpers import REPO, compose
 
 DATASETS = ("wordnet_cls_lexname", "wordnet_cls_hypernym", "wordnet_ret_def2lemma")  # 29, 24 and 104 unique items
 JOBS = {"p1": DATASETS[:2], "p2": (DATASETS[0], DATASETS[2]), "p3": DATASETS[1:]}  # each dataset in two jobs

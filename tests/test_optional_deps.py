@@ -12,7 +12,6 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from helpers import REPO, compose
 from omegaconf import OmegaConf
 
 import freeret.run.inputs
@@ -20,6 +19,7 @@ from freeret.benchmark import run_all
 from freeret.cli import one_line_errors
 from freeret.optional import OPTIONAL, MissingDependencyError, require
 from freeret.run.plan import check
+from helpers import REPO, compose
 
 
 def _absent(monkeypatch, *modules: str) -> None:

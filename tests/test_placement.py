@@ -8,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 from transformers import PreTrainedModel
 
-from helpers import compose
 from freeret.benchmark import run_all
+from helpers import compose
 
 SUITE = ["suite=wordnet_meta", "benchmark.only=[wordnet_cls_lexname,wordnet_ret_def2lemma]", "benchmark.limit=4",
          "model=tiny_qwen2vl", "pipeline=two_stage", "pipeline.top_k=3", "embed.cache=false",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose, dataset_prompt
 from PIL import Image
 from skimage import data as skdata
 
@@ -18,6 +17,7 @@ from freeret.embed.layers import LayerSpec, Readout
 from freeret.embed.pooling import PoolingSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
+from helpers import compose, dataset_prompt
 
 TEXTS = ["dog", "a domestic animal that barks and is kept as a pet", "the act of running quickly", "ship"]
 

@@ -194,7 +194,8 @@ def test_rank_rows_dense_bm25_and_hybrid(tmp_path: Path):
 
 def _result(dataset: str, benchmark: str | None, split: str, score: float, post: str = "none", prior: str = "e5v",
             retriever: str = "dense") -> dict:
-    return {"dataset": dataset, "main_score": score, "metrics": {"embed": {"hit@1": score}}, "pipeline": "embed", "prior": prior, "model": {"name": "m"},
+    return {"dataset": dataset, "main_score": score, "metrics": {"embed": {"hit@1": score}}, "pipeline": "embed", "prior": prior,
+            "model": {"name": "m"},
             "layer": {"label": "attn_last"}, "task": {"benchmark": benchmark, "split": split, "meta_task": "retrieval"},
             "postprocess": {"label": post}, "retriever": {"label": retriever}}
 

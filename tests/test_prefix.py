@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose
 from PIL import Image
 from skimage import data as skdata
 
@@ -16,6 +15,7 @@ from freeret.backbone.prefix import PrefixCache
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.prompts import DatasetPrompt
+from helpers import compose
 
 TEXTS = ["dog", "a domestic animal that barks and is kept as a pet", "the act of running quickly", "ship", "x"]
 SPECS = [LayerSpec("attn", -1), LayerSpec("mlp", -2), LayerSpec("final_norm")]

@@ -7,7 +7,6 @@ from omegaconf import OmegaConf
 
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
-
 from helpers import REPO, check_snapshot, compose, dataset_prompt
 
 PRIORS = sorted(p.stem for p in (REPO / "conf" / "prior").glob("*.yaml"))

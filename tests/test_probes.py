@@ -17,7 +17,6 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 from torch.nn.functional import cosine_similarity
 
-from helpers import REPO
 from freeret.data.retrieval_set import Item
 from freeret.data.wordnet import load_synsets
 from freeret.embed.layers import LayerSpec
@@ -26,6 +25,7 @@ from freeret.probes import anisotropy, framing_sensitivity, lexical_bias
 from freeret.probes.runner import log_probe, run_probe
 from freeret.probes.sweep import point_labels, sweep_items
 from freeret.rerank.framing import Framing
+from helpers import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 WORDS = ["dog", "cat", "river", "quickly", "blue", "justice"]

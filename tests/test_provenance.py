@@ -13,9 +13,9 @@ import huggingface_hub
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import compose
-from freeret.testing.tiny import tiny_checkpoint
 from freeret.runner import run
+from freeret.testing.tiny import tiny_checkpoint
+from helpers import compose
 
 REPO_ID = "freeret-test/tiny-qwen2vl"
 COMMITS = {"a" * 40: 0, "b" * 40: 1}  # commit -> seed of the tiny weights it holds

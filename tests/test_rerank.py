@@ -6,13 +6,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import REPO, check_snapshot, compose, dataset_prompt
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.retrieval_set import Item
 from freeret.errors import ConfigError
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer, PairScores
 from freeret.rerank.stage import RerankConfig, fused_ranking
+from helpers import REPO, check_snapshot, compose, dataset_prompt
 
 FRAMINGS = sorted(p.stem for p in (REPO / "conf" / "framing").glob("*.yaml"))
 QUERY = Item.make("query", "a domestic animal that barks", None)
@@ -78,7 +78,8 @@ def test_fast_equals_naive_on_real_smollm2(name, smollm):
     tok = smollm.tokenizer
     for cand in CANDS:  # prefix and suffix tokenised apart give the whole prompt's ids
         whole = tok(scorer.prompt(QUERY, cand), add_special_tokens=False)["input_ids"]
-        parts = tok(prefix, add_special_tokens=False)["input_ids"] + tok(suffix.replace("\u2063CANDIDATE\u2063", cand.text), add_special_tokens=False)["input_ids"]
+        parts = (tok(prefix, add_special_tokens=False)["input_ids"]
+                 + tok(suffix.replace("\u2063CANDIDATE\u2063", cand.text), add_special_tokens=False)["input_ids"])
         assert parts == whole
     naive, fast = scorer.naive(QUERY, CANDS), scorer.fast(QUERY, CANDS)
     assert torch.allclose(naive.probs, fast.probs, atol=1e-4)
@@ -119,7 +120,8 @@ def test_fused_ranking_rules():
     tied = PairScores(torch.tensor([[0.6, 0.4], [0.6, 0.4]]), 0)
     ent = fused_ranking(embed, [0, 1], tied.scores, RerankConfig(top_k=2, tie_break="entropy"), tied.entropy)
     assert torch.argsort(-ent).tolist()[:2] == [1, 0]  # equal scores and entropies: the positive loses the tie
-    weighted = fused_ranking(embed, [1, 0], PairScores(torch.tensor([[0.0, 1.0], [0.5, 0.5]]), 0).scores, RerankConfig(top_k=2, fusion="weighted", fusion_weight=0.5))
+    weighted = fused_ranking(embed, [1, 0], PairScores(torch.tensor([[0.0, 1.0], [0.5, 0.5]]), 0).scores,
+                             RerankConfig(top_k=2, fusion="weighted", fusion_weight=0.5))
     assert torch.argsort(-weighted).tolist()[:2] == [0, 1]  # 0.5*0.5+0.5*0.5=0.5 beats 0.5*0+0.5*0.9=0.45
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import REPO, compose
 from freeret.retrieve.store import check_shard
 from freeret.runner import run
+from helpers import REPO, compose
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 # one shard per batch of 2 prompts, in the run dir: 16 shards for the 32 items of the image smoke set

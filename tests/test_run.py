@@ -9,17 +9,18 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import QUIET, REPO, compose, results, run_py, run_py_process
 from freeret.backbone import ModelSpec
-from freeret.testing.tiny import TINY_FAMILIES
 from freeret.data.datasets import load_dataset
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
-from freeret.eval.results import RunResult
 from freeret.eval.loggers import make_logger
+from freeret.eval.results import RunResult
 from freeret.rerank.framing import Framing
 from freeret.rerank.stage import RerankConfig
+from freeret.testing.tiny import TINY_FAMILIES
+from helpers import QUIET, REPO, compose, results, run_py, run_py_process
+
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))

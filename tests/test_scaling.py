@@ -8,6 +8,7 @@ import sys
 
 import nbformat
 import pytest
+
 from helpers import REPO
 
 sys.path.insert(0, str(REPO / "experiments"))

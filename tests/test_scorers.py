@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from helpers import REPO, check_snapshot, compose
 from omegaconf import OmegaConf
 
 from freeret.backbone import ModelSpec, load_backbone
@@ -19,6 +18,7 @@ from freeret.rerank.scorer import PairScorer
 from freeret.rerank.scorers import scorer_spec, specs
 from freeret.rerank.scorers.base import BuildContext
 from freeret.rerank.scorers.listwise import sliding_starts
+from helpers import REPO, check_snapshot, compose
 
 SCORERS = sorted(p.stem for p in (REPO / "conf" / "scorer").glob("*.yaml"))
 QUERY = Item.make("query", "a domestic animal that barks", None)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from devicesim import on_cpu, simulated_cuda
 from PIL import Image
 
+from devicesim import on_cpu, simulated_cuda
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import (
@@ -159,8 +159,8 @@ def test_states_and_logits_on_another_device_than_the_inputs(qwen, threads):
 def test_the_registry_is_the_one_list_of_families(smollm):
     """The processors and the tiny test models take their families from families.py; a loaded model finds its
     adapter; each adapter finds its decoder, base model and image encoder."""
-    from freeret.testing import tiny
     from freeret.backbone.processors import PROCESSORS
+    from freeret.testing import tiny
 
     assert vision_families() == tuple(PROCESSORS) == tiny.TINY_FAMILIES
     assert set(tiny.BUILDERS) == set(vision_families())  # every vision family has a tiny model to test it on

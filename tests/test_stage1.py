@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, compose
 from omegaconf import OmegaConf
 
 from freeret.benchmark import run_all
@@ -20,6 +19,7 @@ from freeret.eval.metrics import retrieval_metrics
 from freeret.retrieve.fusion import RetrieverSpec
 from freeret.retrieve.lexical import bm25_scores
 from freeret.retrieve.postprocess import PostprocessSpec, Statistics
+from helpers import REPO, compose
 
 
 def options(group: str) -> list[str]:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import REPO, compose, dataset_prompt
 from freeret.data import wordnet as wn
 from freeret.data.wordnet_tasks import BUILDERS
 from freeret.embed.priors import Prior
 from freeret.rerank.framing import Framing
+from helpers import REPO, compose, dataset_prompt
 
 DATA = REPO / "data"
 TASKS = list(BUILDERS)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -108,7 +109,7 @@ class Backbone:
             run_until_captured(self.model, **inputs, use_cache=False, logits_to_keep=1)
         return captured
 
-    def embed(self, inputs: dict[str, torch.Tensor], spec: "LayerSpec | Readout", prefix: "PrefixCache | None" = None,
+    def embed(self, inputs: dict[str, torch.Tensor], spec: LayerSpec | Readout, prefix: PrefixCache | None = None,
               content: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings (batch, hidden) in fp32; needs left padding. ``spec``: one point read at the last token, or a
         :class:`~freeret.embed.layers.Readout` (several points averaged, another pooling; ``content`` marks each

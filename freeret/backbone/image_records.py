@@ -13,8 +13,9 @@ every family, on every key but the pixels.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -58,7 +59,7 @@ class ImageRecord:
         return sum(v.numel() * v.element_size() for k, v in self.processed.items()
                    if k in PIXEL_KEYS and isinstance(v, torch.Tensor))
 
-    def without_pixels(self) -> "ImageRecord":
+    def without_pixels(self) -> ImageRecord:
         """The same record minus the pixels (kept once the vision tower has run on them)."""
         stripped = replace(self, processed={k: v for k, v in self.processed.items() if k not in PIXEL_KEYS})
         stripped.meta = self.meta  # the pixel stand-ins stay: the processor still counts tiles from them

@@ -35,6 +35,15 @@ from freeret.backbone.families import Family, PrefixPositions, family_of
 from freeret.embed.layers import LayerSpec
 
 
+def splits_exactly(tokenizer: Any, prefix: str, suffix: str, whole: str) -> bool:
+    """Whether tokenising ``prefix`` and ``suffix`` apart gives ``whole``'s ids: the shared-prefix path scores the
+    same tokens as one forward over the whole prompt only then (a split inside a word merges differently)."""
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return ids(prefix) + ids(suffix) == ids(whole)
+
+
 class _PrefixView(CacheLayerMixin):
     """One layer of a prefix cache, expanded to a batch as a view: each update returns prefix + new states and keeps
     nothing, so the prefix is never written and serves any number of batches."""
@@ -188,8 +197,9 @@ class SharedPrefix:
     def token_logprobs(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor,
                        scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """log P(suffix token j | prefix, suffix tokens before j), fp32 (n, width), 0 at padding; and the (n, width)
-        bool mask of the tokens read (real, and ``scored``). The LM head and the log-softmax over the vocabulary run at real suffix tokens only,
-        or only where ``scored`` (an (n, width) bool mask within the real tokens) is true: the rest read 0."""
+        bool mask of the tokens read (real, and ``scored``). The LM head and the log-softmax over the vocabulary run at
+        real suffix tokens only, or only where ``scored`` (an (n, width) bool mask within the real tokens) is true: the
+        rest read 0."""
         if prefix.last_hidden is None:
             raise ValueError(f"this prefix stopped at {prefix.stop_at.label if prefix.stop_at else '?'}: run it through")
         hidden = self._suffixes(prefix, ids, mask, None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ class ModelSpec:
     image_processor: str = "auto"
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "ModelSpec":
+    def from_dict(cls, cfg: Mapping[str, Any]) -> ModelSpec:
         """Build from a ``conf/model`` mapping, rejecting unknown keys and values before any load."""
         known = {f.name for f in fields(cls)}
         unknown = set(cfg) - known

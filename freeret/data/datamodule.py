@@ -7,7 +7,8 @@ text length inside a group so batches carry little padding.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch

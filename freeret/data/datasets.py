@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from freeret.data.retrieval_set import RetrievalSet, load_mmeb
 from freeret.errors import ConfigError

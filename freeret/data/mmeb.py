@@ -9,8 +9,9 @@ generated miniature instead (:mod:`freeret.testing.mmeb_fixture`), for the offli
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from freeret.data.retrieval_set import RetrievalSet, build_set, read_rows, resolve_path
 from freeret.errors import DataError

@@ -13,8 +13,9 @@ relevant pages come first, so the metrics know how many positives a row has.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from freeret.data.retrieval_set import RetrievalSet, build_set, read_rows, resolve_path
 from freeret.errors import DataError

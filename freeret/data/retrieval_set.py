@@ -10,9 +10,10 @@ import gzip
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from freeret.errors import DataError
 from freeret.paths import repo_root
@@ -33,7 +34,7 @@ class Item:
     image: str | None = None
 
     @staticmethod
-    def make(role: str, text: str, image: str | None) -> "Item":
+    def make(role: str, text: str, image: str | None) -> Item:
         """Build an item whose key is a stable content hash."""
         digest = hashlib.sha1(json.dumps([role, text, image]).encode()).hexdigest()[:16]
         return Item(key=f"{role[0]}-{digest}", role=role, text=text, image=image)

@@ -9,9 +9,10 @@ positive failed count as misses.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from freeret.data.images import ImageProblem, open_image
 from freeret.data.retrieval_set import RetrievalSet, Row

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from freeret.errors import DataError
 
@@ -183,13 +183,13 @@ class Exclusion:
     texts: frozenset[str] = frozenset()
 
     @classmethod
-    def of_rows(cls, rows: Iterable[Mapping]) -> "Exclusion":
+    def of_rows(cls, rows: Iterable[Mapping]) -> Exclusion:
         """The query synset, query text and positive text of every MMEB row (positive first)."""
         rows = list(rows)
         return cls(frozenset(int(r["synset_offset"]) for r in rows),
                    frozenset(_norm(t) for r in rows for t in (r["qry_text"], r["tgt_text"][0])))
 
-    def __or__(self, other: "Exclusion") -> "Exclusion":
+    def __or__(self, other: Exclusion) -> Exclusion:
         return Exclusion(self.synsets | other.synsets, self.texts | other.texts)
 
     def has_text(self, text: str) -> bool:

@@ -7,8 +7,9 @@ gloss, so retrieval can find the answer and a closed-book model has to know it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from freeret.data.retrieval_set import read_rows
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from freeret.data.wordnet import (
     _PLAIN_LEMMA,

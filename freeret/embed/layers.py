@@ -12,8 +12,9 @@ model sizes (``attn@1.0`` is the last layer, ``attn@1`` the second).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from freeret.errors import ConfigError
 
@@ -37,7 +38,7 @@ class LayerSpec:
                               f"(an absolute index is an integer)")
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "LayerSpec":
+    def from_dict(cls, cfg: Mapping[str, Any]) -> LayerSpec:
         """Build from a ``conf/layer`` mapping."""
         return cls(
             point=str(cfg.get("point", "attn")),
@@ -47,7 +48,7 @@ class LayerSpec:
         )
 
     @classmethod
-    def parse(cls, text: str, apply_final_norm: bool = False) -> "LayerSpec":
+    def parse(cls, text: str, apply_final_norm: bool = False) -> LayerSpec:
         """A point written ``attn@-1``, ``mlp@12``, ``attn@0.75`` (relative depth) or ``final_norm``."""
         point, _, index = str(text).partition("@")
         if point == "final_norm" and not index:
@@ -105,12 +106,12 @@ class Readout:
     name: str | None = None
 
     @classmethod
-    def of(cls, spec: "LayerSpec | Readout") -> "Readout":
+    def of(cls, spec: LayerSpec | Readout) -> Readout:
         """A readout for a single point with last-token pooling (or ``spec`` itself)."""
         return spec if isinstance(spec, Readout) else cls((spec,), name=spec.name)
 
     @classmethod
-    def from_config(cls, layer: Mapping[str, Any], pooling: Mapping[str, Any] | None = None) -> "Readout":
+    def from_config(cls, layer: Mapping[str, Any], pooling: Mapping[str, Any] | None = None) -> Readout:
         """From ``conf/layer`` (``points: [attn@0.75, attn@-1]``, or ``point`` + ``index``) and ``conf/pooling``."""
         from freeret.embed.pooling import PoolingSpec
 

@@ -11,8 +11,9 @@ image tokens before the text.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ class PoolingSpec:
             raise ConfigError(f"pooling.k={self.k} must be >= 1")
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any] | None) -> "PoolingSpec":
+    def from_dict(cls, cfg: Mapping[str, Any] | None) -> PoolingSpec:
         """Build from a ``conf/pooling`` mapping (None = last), refusing unknown keys."""
         cfg = dict(cfg or {})
         unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))

@@ -68,7 +68,7 @@ class Demonstrations:
     sha256: str
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any], prior: str) -> "Demonstrations":
+    def from_dict(cls, cfg: Mapping[str, Any], prior: str) -> Demonstrations:
         """Load ``demos.file`` (a JSON object: set name -> list of {text, answer}); one-line errors."""
         from freeret.data.retrieval_set import resolve_path
 

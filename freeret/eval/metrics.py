@@ -7,7 +7,7 @@ ours is the pessimistic reading, so a constant scorer gets hit@1 = 0, not 1.)
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchmetrics.functional.retrieval import (

@@ -12,7 +12,8 @@ similarity is cosine in fp32, as in FreeRet's own pipeline. mteb is an optional 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -7,8 +7,9 @@ forward runs to the end so that the model's own next-token prediction is read fr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -26,6 +26,7 @@ import torch
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import IMAGE
 from freeret.backbone.image_records import ImageRecord
+from freeret.backbone.shared_prefix import splits_exactly
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count
@@ -151,8 +152,7 @@ class PairScorer(NoRunState):
     def _split_is_exact(self, query: Item, cand: Item) -> bool:
         """True when tokenising prefix and suffix apart gives the whole prompt's ids (checked once per query)."""
         prefix, suffix = self.split(query)
-        tok = lambda text: self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return tok(prefix) + tok(suffix.replace(_SLOT, cand.text)) == tok(self.prompt(query, cand))
+        return splits_exactly(self.bb.tokenizer, prefix, suffix.replace(_SLOT, cand.text), self.prompt(query, cand))
 
     def _fast_text(self, query: Item, texts: Sequence[str]) -> torch.Tensor:
         prefix_text, suffix_template = self.split(query)

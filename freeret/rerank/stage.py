@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -22,8 +23,8 @@ from freeret.backbone.backbone import Prompter
 from freeret.backbone.image_records import preprocess_visual
 from freeret.data.retrieval_set import RetrievalSet
 from freeret.errors import ConfigError
-from freeret.lit import BufferedShardWriter, UntilStopped, rank_share
 from freeret.eval.results import write_text_atomic
+from freeret.lit import BufferedShardWriter, UntilStopped, rank_share
 from freeret.rerank.scorers.base import Scorer
 from freeret.storage import STALE_AFTER_S, drop_if_unchanged, remove_abandoned
 
@@ -47,7 +48,7 @@ class RerankConfig:
     num_workers: int | None = None
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "RerankConfig":
+    def from_dict(cls, cfg: Mapping[str, Any]) -> RerankConfig:
         """Pick stage-2 keys out of the pipeline mapping and check them."""
         if cfg.get("vision_cache_items") is not None:
             raise ConfigError("pipeline.vision_cache_items was replaced by pipeline.vision_cache_mb (MiB of vision "

@@ -10,8 +10,9 @@ Fusion is per row, over that row's candidates:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -43,7 +44,7 @@ class RetrieverSpec:
             raise ConfigError(f"retriever.rrf_k={self.rrf_k} must be >= 0")
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any] | None) -> "RetrieverSpec":
+    def from_dict(cls, cfg: Mapping[str, Any] | None) -> RetrieverSpec:
         """Build from a ``conf/retriever`` mapping (None = dense), refusing unknown keys."""
         cfg = dict(cfg or {})
         unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))

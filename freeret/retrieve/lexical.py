@@ -7,9 +7,10 @@ never a prompt template; an item without text (an image alone) scores 0.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -37,7 +38,7 @@ class BM25Spec:
             raise ConfigError(f"retriever.bm25 needs k1 >= 0 and 0 <= b <= 1, got k1={self.k1} b={self.b}")
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any] | None) -> "BM25Spec":
+    def from_dict(cls, cfg: Mapping[str, Any] | None) -> BM25Spec:
         """Build from a mapping, refusing unknown keys."""
         cfg = dict(cfg or {})
         unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))

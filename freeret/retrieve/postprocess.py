@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -70,7 +71,7 @@ class PostprocessSpec:
             raise ConfigError(f"postprocess.max_fit_items={self.max_fit_items} must be >= 2 or null")
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any] | None) -> "PostprocessSpec":
+    def from_dict(cls, cfg: Mapping[str, Any] | None) -> PostprocessSpec:
         """Build from a ``conf/postprocess`` mapping (None = no post-processing); unknown keys are refused."""
         cfg = dict(cfg or {})
         known = set(cls.__dataclass_fields__)
@@ -137,7 +138,7 @@ def lmhead_directions(head: torch.Tensor, top: int, bottom: int) -> torch.Tensor
 
 
 def fit(spec: PostprocessSpec, vectors: Mapping[str, torch.Tensor], head: torch.Tensor | None = None,
-        seed: int = 0) -> "Statistics":
+        seed: int = 0) -> Statistics:
     """Statistics for ``spec`` from raw vectors per group (``spec.groups``) and, for ``lmhead_filter``, the LM-head
     weight. Only vectors enter: no row, label or positive."""
     tensors: dict[str, torch.Tensor] = {}
@@ -224,7 +225,7 @@ class Statistics:
         return path
 
     @classmethod
-    def load(cls, spec: PostprocessSpec, path: Path) -> "Statistics":
+    def load(cls, spec: PostprocessSpec, path: Path) -> Statistics:
         """Read statistics written by :meth:`save` (for inspection; runs refit, which is cheap)."""
         from safetensors import safe_open
 

@@ -6,9 +6,10 @@ reuses the vectors in the store.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -65,7 +66,7 @@ class Stage1Scoring:
     postprocess: PostprocessSpec
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "Stage1Scoring":
+    def from_config(cls, cfg: Mapping[str, Any]) -> Stage1Scoring:
         """From a run config (absent groups: dense, no post-processing); bad values fail before weights load."""
         return cls(RetrieverSpec.from_dict(cfg.get("retriever")), PostprocessSpec.from_dict(cfg.get("postprocess")))
 

@@ -15,9 +15,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
@@ -95,7 +95,7 @@ class ShardStore:
         self._want: set[str] | None = None
         self._verify = True
 
-    def scan(self, verify: bool = True, want: Iterable[str] | None = None) -> "ShardStore":
+    def scan(self, verify: bool = True, want: Iterable[str] | None = None) -> ShardStore:
         """Index every whole shard; delete torn ones and abandoned temporaries so their items are recomputed.
 
         With ``want``, only those keys are indexed and only shards holding one are checksummed: memory and
@@ -108,7 +108,7 @@ class ShardStore:
             remove_abandoned(self.folder, ".*.tmp", self.stale_after_s)
         return self.refresh()
 
-    def refresh(self) -> "ShardStore":
+    def refresh(self) -> ShardStore:
         """Index the shards that appeared since the last scan (other processes' finished work)."""
         try:
             mtime = os.stat(self.folder).st_mtime_ns

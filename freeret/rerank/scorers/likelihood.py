@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from freeret.backbone.families import IMAGE
+from freeret.backbone.shared_prefix import splits_exactly
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count
@@ -282,8 +283,7 @@ class QueryLikelihood(NoRunState):
         return self._scores(self._lls(query, cands, 1))
 
     def _split_is_exact(self, cand: Item) -> bool:
-        tok = lambda text: self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return tok(self.shared) + tok(self.suffix.replace(MARK, cand.text)) == tok(self.prompt(cand))
+        return splits_exactly(self.bb.tokenizer, self.shared, self.suffix.replace(MARK, cand.text), self.prompt(cand))
 
     def _shared_lls(self, query: Item, cands: Sequence[Item]) -> list[float]:
         """Text candidates after the prompt's shared start (run once per run)."""

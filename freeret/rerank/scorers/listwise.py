@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from freeret.backbone.families import IMAGE
+from freeret.backbone.shared_prefix import splits_exactly
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count
@@ -205,8 +206,8 @@ class Listwise:
 
     def _split_is_exact(self, query: Item, window: Sequence[Item]) -> bool:
         prefix, suffix = self.split(query)
-        tok = lambda text: self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return tok(prefix) + tok(suffix.replace(MARK, self._block_text(window))) == tok(self.prompt(query, window))
+        return splits_exactly(self.bb.tokenizer, prefix, suffix.replace(MARK, self._block_text(window)),
+                              self.prompt(query, window))
 
     def _fast_windows(self, query: Item) -> Callable[[Sequence[Sequence[Item]]], list[torch.Tensor]]:
         """A window-probability function for ``query`` whose text-only windows run after its cached prefix."""
