@@ -8,6 +8,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -74,15 +75,24 @@ def smollm():
 PROCESS_HEAVY = {"test_resume.py", "test_many_jobs.py"}
 
 
+@cache
+def keeps_together(module: str) -> bool:
+    """Whether a test module has module-scoped fixtures (built once only if its tests share a worker)."""
+    return 'scope="module"' in (REPO / module).read_text()
+
+
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: no error where xdist is absent or off (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
-    """Under pytest-xdist (``-n 2``): a module's tests go to one worker together, so its module-scoped fixtures are
-    built once, and the modules whose tests start processes of their own form one unit that runs one test at a time."""
+    """Under pytest-xdist (``-n auto``): the units of work. A module with module-scoped fixtures is one unit (they are
+    built once); the multi-process modules together are one unit (one such test at a time); any other test is a unit
+    of its own. xdist hands out the units with the most tests first, so single tests fill the end evenly."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class ByModule(LoadScopeScheduling):
+    class Units(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return "processes" if Path(module).name in PROCESS_HEAVY else module
+            if Path(module).name in PROCESS_HEAVY:
+                return "processes"
+            return module if keeps_together(module) else nodeid
 
-    return ByModule(config, log)
+    return Units(config, log)
