@@ -80,9 +80,14 @@ def test_weights_load_straight_onto_the_device(moves):
 def test_each_ddp_rank_loads_on_its_local_gpu(monkeypatch):
     """Under trainer=ddp on a 2-GPU machine (CUDA faked for Lightning), the launcher's process (no LOCAL_RANK
     yet) gets cuda:0 and the rank Lightning starts with LOCAL_RANK=1 gets cuda:1."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     from freeret.backbone import ModelSpec
     from freeret.lit import run_device
 
+    # The LOCAL_RANK=1 trainer sets Lightning's process-wide rank to 1, which silences every later rank-zero message
+    # in this process (a later test's "GPU available" report): give it back afterwards.
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
