@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,6 @@ def results(run_dir: Path, dataset: str):
     return RunResult.read(run_dir / "results" / f"{dataset}.json")
 
 
-def all_results(folder: Path) -> list:
-    """Every result file under a run or sweep folder, in path order."""
-    from freeret.eval.results import RunResult
-
-    return [RunResult.read(p) for p in sorted(folder.rglob("results/*.json"))]
-
-
 @dataclass
 class Ran:
     """What a finished run.py left: its exit code and what it printed (``subprocess.CompletedProcess``'s fields)."""
@@ -86,8 +80,23 @@ def sweep_jobs(args: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(overrides, None)[0]
 
 
-def _run_one(args: list[str], run_dir: Path, out: io.StringIO, err: io.StringIO) -> int:
-    """One job of run.py in this process; returns its exit code."""
+def _captured(call: Callable[[], Any]) -> Ran:
+    """``call()`` with what it prints captured, ending as the process would: ``sys.exit(code)`` gives that code, an
+    uncaught error its traceback on stderr and exit code 1."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = call()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except Exception:  # noqa: BLE001 - the traceback is what the process would print
+        err.write(traceback.format_exc())
+        code = 1
+    return Ran(code if isinstance(code, int) else 0, out.getvalue(), err.getvalue())
+
+
+def _run_one(args: list[str], run_dir: Path) -> Ran:
+    """One job of run.py in this process."""
     import torch
     from omegaconf import OmegaConf
 
@@ -102,45 +111,35 @@ def _run_one(args: list[str], run_dir: Path, out: io.StringIO, err: io.StringIO)
     run_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()  # a run's `threads=` is for its process: give this one back what it had
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            one_line_errors(lambda: run_all(config, on_result=lambda r: print(summary_line(r), flush=True)),
-                            bool(cfg.get("debug")))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    except Exception:  # noqa: BLE001 - an uncaught error is what run.py would print and exit 1 with
-        err.write(traceback.format_exc())
-        return 1
+        return _captured(lambda: one_line_errors(
+            lambda: run_all(config, on_result=lambda r: print(summary_line(r), flush=True)), bool(cfg.get("debug"))))
     finally:
         torch.set_num_threads(threads)
-    return 0
 
 
 def run_py(args: list[str], run_dir: Path, env: dict[str, str] | None = None) -> Ran:
-    """``python run.py ARGS hydra.run.dir=RUN_DIR`` (``-m`` in ARGS: a sweep into RUN_DIR/<job>), in this process."""
+    """``python run.py ARGS hydra.run.dir=RUN_DIR`` (``-m`` in ARGS: a sweep into RUN_DIR/<job>), in this process;
+    a sweep stops at its first failed job, and the output of every job run is kept."""
+    import pytest
+
     from freeret.cli import unknown_choice
 
     multirun = "-m" in args
     args = [a for a in args if a != "-m" and not a.startswith("hydra.")]
-    out, err = io.StringIO(), io.StringIO()
     problem = unknown_choice(args, CONF)
     if problem:
         return Ran(2, "", f"error: {problem}\n")
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
-        if not multirun:
-            return Ran(_run_one(args, run_dir, out, err), out.getvalue(), err.getvalue())
-        for num, job in enumerate(sweep_jobs(args)):
-            code = _run_one(job, run_dir / str(num), out, err)
-            if code:
-                return Ran(code, out.getvalue(), err.getvalue())
-        return Ran(0, out.getvalue(), err.getvalue())
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        jobs = [(job, run_dir / str(n)) for n, job in enumerate(sweep_jobs(args))] if multirun else [(args, run_dir)]
+        ran = Ran(0, "", "")
+        for job, where in jobs:
+            one = _run_one(job, where)
+            ran = Ran(one.returncode, ran.stdout + one.stdout, ran.stderr + one.stderr)
+            if ran.returncode:
+                break
+        return ran
 
 
 def run_py_process(args: list[str], run_dir: Path, env: dict[str, str] | None = None,
@@ -172,15 +171,10 @@ def run_main(path: str, argv: list[str]) -> Ran:
     """``python PATH ARGV`` in this process: the script's ``main(argv)``, what it printed and its exit code."""
     import inspect
 
-    out, err = io.StringIO(), io.StringIO()
     main = script(path).main
     saved = sys.argv
+    sys.argv = [str(REPO / path), *argv]  # for a main() that parses sys.argv itself
     try:
-        sys.argv = [str(REPO / path), *argv]  # for a main() that parses sys.argv itself
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(argv) if inspect.signature(main).parameters else main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        return _captured(lambda: main(argv) if inspect.signature(main).parameters else main())
     finally:
         sys.argv = saved
-    return Ran(code or 0, out.getvalue(), err.getvalue())

@@ -24,10 +24,10 @@ from freeret.embed.priors import Prior
 from freeret.errors import DataError
 from freeret.eval.metrics import retrieval_metrics
 from freeret.eval.results import RunResult
-from freeret.eval.tables import build_tables, load_paper, to_csv, to_markdown
+from freeret.eval.tables import build_tables, load_paper, load_results, to_csv, to_markdown
 from freeret.rerank.framing import Framing
 from freeret.testing.smoke import build_smoke_set
-from helpers import REPO, all_results, check_snapshot, compose, dataset_prompt, run_main, run_py
+from helpers import REPO, check_snapshot, compose, dataset_prompt, run_main, run_py
 
 MMEB_CONFIGS = sorted((REPO / "conf/dataset/mmeb").glob("*.yaml"))
 FAST = ["mode=fast", "logger=none", "trainer.enable_progress_bar=false", "threads=1"]
@@ -129,7 +129,7 @@ def test_mmeb_missing_data_and_missing_images_are_one_line_errors(tmp_path):
 def test_mmeb_table1_fast_runs_all_36_datasets_and_makes_the_table(tmp_path):
     proc = run_py(["-m", "experiment=mmeb_table1", *FAST, "benchmark.limit=2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    payloads = all_results(tmp_path)
+    payloads = load_results(tmp_path)
     assert len(payloads) == 36 and all(p.metrics["rerank"] for p in payloads)
     assert {p.task.meta_task for p in payloads} == {"classification", "vqa", "retrieval", "grounding"}
     table = run_main("experiments/make_tables.py", [str(tmp_path)])
@@ -151,7 +151,7 @@ def test_ablations_fast(experiment, swept, tmp_path):
     proc = run_py(["-m", f"experiment={experiment}", *FAST, "benchmark.limit=2", "benchmark.max_per_task=1", *extra],
                   tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    payloads = all_results(tmp_path)
+    payloads = load_results(tmp_path)
     key, values = swept
     if key == "layer":
         got = {p.layer.label for p in payloads}
@@ -166,7 +166,7 @@ def test_ablations_fast(experiment, swept, tmp_path):
 def test_wordnet_meta_fast_both_methods(tmp_path):
     proc = run_py(["-m", "experiment=wordnet_meta", *FAST, "benchmark.limit=2", "pipeline.top_k=2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    payloads = all_results(tmp_path)
+    payloads = load_results(tmp_path)
     assert len(payloads) == 10
     assert {(p.layer.label, p.prior, p.pipeline) for p in payloads} == {
         ("attn_last", "freeret", "two_stage"), ("mlp_last_normed", "e5v", "embed")}
