@@ -26,6 +26,8 @@ COMBINATIONS = [
     ["suite=mmeb", "mode=fast"], ["suite=wordnet_meta", "mode=fast"], ["suite=stage1_dev", "mode=fast"],
     ["suite=stage1_test", "mode=fast"], ["suite=wordnet_meta_dev", "method=freeret"], ["dataset=smoke_mm", "mode=fast"],
     ["dataset=mmeb/ImageNet-1K", "mode=fast", "method=freeret"], ["pipeline=rag", "rerank=retllm"],
+    ["framing=retllm", "scorer=bidirectional"], ["dataset=wordnet_rd_dev", "postprocess=center",
+                                                "postprocess.fit_on=corpus", "+dataset@postprocess.corpus=wordnet_dev/ret_def2lemma"],
 ]
 REQUIRED = {"dataset=mmeb_v2/video": ["dataset.task=MSR-VTT"], "dataset=mmeb_v2/visdoc": ["dataset.task=ViDoRe_docvqa"]}
 ABSENT = "<absent>"
