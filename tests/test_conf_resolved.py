@@ -5,7 +5,9 @@ For every option of every config group (each dataset file, suite, method, prior,
 pipeline, layer, pooling, postprocess, retriever, mode, model, experiment) and a few combinations, the config is
 composed as run.py composes it and resolved; paths are stubbed so the snapshot does not depend on the machine.
 The snapshot holds the default config in full and, for each combination, the dotted keys whose value differs from it
-(a key the combination drops maps to ``"<absent>"``). Renew on purpose only: FREERET_UPDATE_SNAPSHOTS=1.
+(a key the combination drops maps to ``"<absent>"``). Renew it (FREERET_UPDATE_SNAPSHOTS=1) only for a change
+of behaviour meant as one, and say so; renewing it after a reshape would prove nothing. To add a combination,
+generate its entry from the conf/ of the commit before the reshape.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ COMBINATIONS = [
     ["suite=mmeb", "mode=fast"], ["suite=wordnet_meta", "mode=fast"], ["suite=stage1_dev", "mode=fast"],
     ["suite=stage1_test", "mode=fast"], ["suite=wordnet_meta_dev", "method=freeret"], ["dataset=smoke_mm", "mode=fast"],
     ["dataset=mmeb/ImageNet-1K", "mode=fast", "method=freeret"], ["pipeline=rag", "rerank=retllm"],
-    ["framing=retllm", "scorer=bidirectional"], ["dataset=wordnet_rd_dev", "postprocess=center",
-                                                "postprocess.fit_on=corpus", "+dataset@postprocess.corpus=wordnet_dev/ret_def2lemma"],
+    ["framing=retllm", "scorer=bidirectional"],
+    ["dataset=wordnet_rd_dev", "postprocess=center", "postprocess.fit_on=corpus",
+     "+dataset@postprocess.corpus=wordnet_dev/ret_def2lemma"],
 ]
 REQUIRED = {"dataset=mmeb_v2/video": ["dataset.task=MSR-VTT"], "dataset=mmeb_v2/visdoc": ["dataset.task=ViDoRe_docvqa"]}
 ABSENT = "<absent>"
@@ -36,8 +39,8 @@ ABSENT = "<absent>"
 def options(group: str) -> list[str]:
     """Every option of a config group, nested folders included (``mmeb/ImageNet-1K``); ``_``-named bases excluded."""
     paths = sorted((CONF / group).rglob("*.yaml"))
-    return [str(p.relative_to(CONF / group).with_suffix("")) for p in paths if not p.name.startswith("_")
-            and not any(part.startswith("_") for part in p.relative_to(CONF / group).parts)]
+    names = [p.relative_to(CONF / group) for p in paths]
+    return [str(n.with_suffix("")) for n in names if not any(part.startswith("_") for part in n.parts)]
 
 
 def runs() -> list[list[str]]:
