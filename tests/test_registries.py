@@ -88,3 +88,12 @@ def test_a_registry_takes_references_and_objects():
         registry["two"]
     with pytest.raises(ValueError, match="not a 'module:attr' reference"):
         resolve("pathlib.Path")
+
+
+def test_a_toy_model_of_a_family_without_one_is_the_same_error():
+    """model.source=tiny with a family that has no toy model (``text``) was a ValueError traceback; now the
+    registries' one-line error, listing the toy families."""
+    from freeret.backbone.loading import resolve_checkpoint
+
+    with pytest.raises(UnknownNameError, match="no tiny model for family 'text'; known: idefics3, internvl, "):
+        resolve_checkpoint(ModelSpec.from_dict({"name": "tiny_text", "family": "text", "source": "tiny"}))

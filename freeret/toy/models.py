@@ -48,6 +48,7 @@ from freeret.backbone.embedded import embedded_checkpoint
 from freeret.backbone.families import get_family, vision_families
 from freeret.errors import CheckpointNotFoundError
 from freeret.paths import cache_dir
+from freeret.registry import Registry
 
 if TYPE_CHECKING:
     from freeret.backbone.spec import ModelSpec
@@ -322,19 +323,18 @@ def _internvl_parts(seed: int) -> TinyParts:
     return TinyParts(model, tokenizer, image_processor, {"image_seq_length": image_seq_length})
 
 
-BUILDERS: dict[str, Callable[[int], TinyParts]] = {
-    "qwen2_vl": lambda seed: _qwen_parts("qwen2_vl", seed),
-    "qwen2_5_vl": lambda seed: _qwen_parts("qwen2_5_vl", seed),
-    "idefics3": _idefics3_parts,
-    "llava_onevision": _llava_onevision_parts,
-    "internvl": _internvl_parts,
-}
+BUILDERS: Registry[Callable[[int], TinyParts]] = Registry("tiny model family",
+                                                          message="no tiny model for family {name!r}; known: {known}")
+"""Each vision family's toy builder (seed -> parts); an unknown family is the registries' UnknownNameError."""
+BUILDERS.add("qwen2_vl", lambda seed: _qwen_parts("qwen2_vl", seed))
+BUILDERS.add("qwen2_5_vl", lambda seed: _qwen_parts("qwen2_5_vl", seed))
+BUILDERS.add("idefics3", _idefics3_parts)
+BUILDERS.add("llava_onevision", _llava_onevision_parts)
+BUILDERS.add("internvl", _internvl_parts)
 
 
 def build_tiny(family: str, seed: int = 0) -> TinyParts:
     """Build (without saving) the tiny model, tokenizer and image processor of ``family``."""
-    if family not in BUILDERS:
-        raise ValueError(f"no tiny model for family {family!r}; known: {', '.join(TINY_FAMILIES)}")
     return BUILDERS[family](seed)
 
 
@@ -359,8 +359,7 @@ def _save(family: str, parts: TinyParts, out: Path) -> None:
 
 def tiny_checkpoint(family: str, seed: int = 0) -> Path:
     """Folder of ``family``'s tiny checkpoint, built on first use (atomically) and reused afterwards."""
-    if family not in BUILDERS:
-        raise ValueError(f"no tiny model for family {family!r}; known: {', '.join(TINY_FAMILIES)}")
+    BUILDERS.check(family)
     name = f"{family}-{TINY_VERSION}" if seed == 0 else f"{family}-{TINY_VERSION}-seed{seed}"
     out = cache_dir() / "tiny" / name
     if (out / "config.json").exists():
