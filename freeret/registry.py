@@ -61,7 +61,7 @@ class Registry(Generic[T]):
                                    self.what, str(name), known)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._refs or name in self._loaded
+        return isinstance(name, str) and (name in self._refs or name in self._loaded)
 
     def __getitem__(self, name: str) -> T:
         """The entry for ``name``, importing it on first use; UnknownNameError when there is none."""

@@ -86,6 +86,8 @@ def test_a_registry_takes_references_and_objects():
     assert registry["path"] is pathlib.Path and resolve("pathlib:PurePath") is pathlib.PurePath
     with pytest.raises(UnknownNameError, match="thing='two' is not one of one, path"):
         registry["two"]
+    with pytest.raises(UnknownNameError, match=r"thing=\['path'\] is not one of"):  # a config's list, not a crash
+        registry[["path"]]
     with pytest.raises(ValueError, match="not a 'module:attr' reference"):
         resolve("pathlib.Path")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -12,7 +12,7 @@ from freeret.backbone.families import get_family
 from freeret.errors import ConfigError
 from freeret.registry import Registry
 
-MODEL_SOURCES: Registry = Registry("model.source", {
+MODEL_SOURCES: Registry[Callable[[ModelSpec], tuple[str, str | None]]] = Registry("model.source", {
     "hub": "freeret.backbone.loading:hub_source",              # model.hf_id from the HF cache or hub
     "embedded": "freeret.backbone.embedded:embedded_source",   # a GGUF shipped in a pip package (SmolLM2, Gemma 3)
     "tiny": "freeret.toy.models:tiny_source",                  # a random-weight toy VLM built in code (tiny_*)

@@ -10,7 +10,7 @@ toy miniature, :mod:`freeret.toy.mmeb_fixture`, for the offline fast mode).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from freeret.errors import DataError
 from freeret.paths import hub_offline
 from freeret.registry import Registry
 
-MMEB_SOURCES: Registry = Registry("dataset.source", {
+MMEB_SOURCES: Registry[Callable[[Mapping[str, Any]], Path]] = Registry("dataset.source", {
     "local": "freeret.data.mmeb:local_root",
     "hub": "freeret.data.mmeb:local_root",  # the same root, filled from the hub when the subset is not there
     "fixture": "freeret.toy.mmeb_fixture:build_mmeb_fixture",
