@@ -21,7 +21,6 @@ from freeret.errors import ConfigError
 from freeret.rerank.framing import Framing, swap_options
 from freeret.rerank.scorer import PairScorer
 from freeret.rerank.scorers.base import BuildContext, NoRunState, RowScores, ScorerSpec
-from freeret.rerank.scorers.registry import register
 
 
 def _framing(ctx: BuildContext, name: str) -> Framing:
@@ -30,7 +29,6 @@ def _framing(ctx: BuildContext, name: str) -> Framing:
     return ctx.framing
 
 
-@register
 @dataclass(frozen=True)
 class ChoiceSpec(ScorerSpec):
     """``conf/scorer/choice.yaml``: no keys of its own; the framing and pipeline.calibrate shape it."""
@@ -50,7 +48,6 @@ class ChoiceSpec(ScorerSpec):
                           ctx.vision_cache_mb)
 
 
-@register
 @dataclass(frozen=True)
 class DebiasedChoiceSpec(ChoiceSpec):
     """``conf/scorer/choice_debiased.yaml``: the framing must have exactly two options whose order can be swapped."""

@@ -47,7 +47,6 @@ from freeret.rerank.scorers.lm import (
     suffix_logprobs,
 )
 from freeret.rerank.scorers.prompts import MARK, SlotPrompt, bind, split_at_line
-from freeret.rerank.scorers.registry import register
 
 REDUCTIONS = ("mean", "sum")
 
@@ -95,7 +94,6 @@ def _vision(ctx: BuildContext) -> VisionFeatureCache | None:
 
 
 # -- candidate likelihood ------------------------------------------------------------------------------------------
-@register
 @dataclass(frozen=True)
 class CandidateLikelihoodSpec(ScorerSpec):
     """``conf/scorer/candidate_likelihood.yaml``: the query prompt, the reduction, lambda, the content-free query."""
@@ -219,7 +217,6 @@ class CandidateLikelihood(NoRunState):
 
 
 # -- query likelihood ----------------------------------------------------------------------------------------------
-@register
 @dataclass(frozen=True)
 class QueryLikelihoodSpec(ScorerSpec):
     """``conf/scorer/query_likelihood.yaml``: the candidate prompt after which the query's tokens are scored."""
@@ -331,7 +328,6 @@ class QueryLikelihood(NoRunState):
 
 
 # -- bidirectional (BLiM) ------------------------------------------------------------------------------------------
-@register
 @dataclass(frozen=True)
 class BidirectionalSpec(ScorerSpec):
     """``conf/scorer/bidirectional.yaml``: BLiM's bidirectional likelihood score.

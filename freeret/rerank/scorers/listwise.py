@@ -50,13 +50,11 @@ from freeret.rerank.scorers.lm import (
     suffix_last_logits,
 )
 from freeret.rerank.scorers.prompts import MARK, SlotPrompt, bind, fill, split_at_line
-from freeret.rerank.scorers.registry import register
 
 log = logging.getLogger(__name__)
 COMPACT = (None, "caption")
 
 
-@register
 @dataclass(frozen=True)
 class ListwiseSpec(ScorerSpec):
     """``conf/scorer/listwise.yaml`` (see the module docstring)."""
