@@ -1,0 +1,65 @@
+"""The experiments' one runner (freeret/experiment.py, experiments/runs.py): a plan's jobs run in this process on one
+loaded model, resume, and go to ``run.py -m`` through Hydra's launcher with the same overrides and folders."""
+
+from __future__ import annotations
+
+import sys
+
+import yaml
+
+from helpers import QUIET, REPO, script, sweep_jobs
+
+sys.path.insert(0, str(REPO / "experiments"))
+import runs  # noqa: E402
+
+import freeret.run.inputs as inputs  # noqa: E402
+from freeret.experiment import launcher_command  # noqa: E402
+
+
+def test_a_sweep_runs_in_process_on_one_loaded_model_and_resumes(tmp_path, monkeypatch):
+    loads = []
+    real = inputs.load_backbone
+    monkeypatch.setattr(inputs, "load_backbone", lambda *a, **k: loads.append(a[0].name) or real(*a, **k))
+    sweep = ["model=tiny_qwen2vl", "dataset=smoke_mm", "pipeline=embed", "prior=e5v,freeret", *QUIET]
+    done = runs.run_sweep(sweep, tmp_path)
+    assert loads == ["tiny_qwen2vl"]  # two configs, one model load
+    assert [d.job.run_dir for d in done] == [tmp_path / "0", tmp_path / "1"]
+    assert [d.results[0].prior for d in done] == ["e5v", "freeret"] and not any(d.skipped for d in done)
+    # the folders run.py -m writes: results per job, and its overrides where Hydra keeps them
+    assert yaml.safe_load((tmp_path / "1" / ".hydra" / "overrides.yaml").read_text()) == sweep_jobs(sweep)[1]
+    again = runs.run_sweep(sweep, tmp_path)
+    assert loads == ["tiny_qwen2vl"] and all(d.skipped for d in again)  # resumed: nothing ran, nothing loaded
+    assert [d.results[0].main_score for d in again] == [d.results[0].main_score for d in done]
+
+
+def test_expansion_is_hydras(tmp_path):
+    """A sweep expands as ``run.py -m`` expands it: the experiment's own sweeper params, then the command line."""
+    args = ["experiment=ablation_layer", "model=tiny_qwen2vl", "prior=e5v,freeret"]
+    assert runs.expand(args) == sweep_jobs(args)
+    assert [j.run_dir for j in runs.sweep_jobs(args, tmp_path)] == [tmp_path / str(n) for n in range(8)]
+
+
+def test_launcher_mode_hands_the_sweep_to_run_py(tmp_path, monkeypatch):
+    """``--launcher slurm``: the same overrides to ``run.py -m hydra/launcher=slurm`` into the same sweep folder
+    (no cluster here: the process is not started)."""
+    import freeret.experiment as experiment
+
+    sweep = ["experiment=stage1_search", "model=smollm2_135m", "prior=e5v,freeret"]
+    cmd = launcher_command(sweep, tmp_path / "prior", "slurm")
+    assert cmd == [sys.executable, str(REPO / "run.py"), "-m", "hydra/launcher=slurm", *sweep,
+                   f"hydra.sweep.dir={tmp_path / 'prior'}"]
+    started = []
+    monkeypatch.setattr(experiment.subprocess, "run", lambda cmd, **kw: started.append((cmd, kw["cwd"])) or
+                        type("Done", (), {"returncode": 0})())
+    assert runs.run_sweep(sweep, tmp_path / "prior", "slurm") is None
+    assert started == [(cmd, REPO)]
+    assert (tmp_path / "prior.log").read_text().splitlines()[0] == " ".join(cmd)
+
+
+def test_drivers_offer_the_launcher(tmp_path):
+    """Every driver that runs configs takes --launcher with the launchers conf/hydra/launcher holds."""
+    assert runs.LAUNCHERS == ["local", "slurm"]
+    for name in ("stage1_search", "rerankers_runs", "compare_framings"):
+        text = (REPO / "experiments" / f"{name}.py").read_text()
+        assert "add_launcher_argument(" in text and "subprocess" not in text, name
+    assert script("experiments/stage1_search.py").run_plan is runs.run_sweep
