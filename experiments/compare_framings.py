@@ -18,6 +18,7 @@ from runs import add_launcher_argument, run_sweep
 from freeret.bench import bar_chart, write
 from freeret.cli import one_line_errors, quiet_lightning
 from freeret.eval.tables import load_results
+from freeret.experiment import Models
 from freeret.paths import repo_root
 
 QUIET = ["logger=none"]
@@ -48,7 +49,9 @@ def main() -> None:
 
     folder = args.out.parent
     plan = framing_runs(args)
-    one_line_errors(lambda: [run_sweep(overrides, folder / name, args.launcher) for name, overrides in plan.items()])
+    models = Models()  # in-process: one model load for every framing
+    one_line_errors(lambda: [run_sweep(overrides, folder / name, args.launcher, models=models)
+                             for name, overrides in plan.items()])
     found = {name: load_results(folder / name)[0] for name in plan}
     first = next(iter(found.values()))
     results = {"embed": {"metrics": first.metrics["embed"], "seconds": first.timing.get("embed_seconds")}}

@@ -32,7 +32,7 @@ from runs import add_launcher_argument, run_sweep
 from freeret.bench import bar_chart, write
 from freeret.cli import quiet_lightning
 from freeret.errors import FreeRetError
-from freeret.experiment import launcher_command
+from freeret.experiment import Models, launcher_command
 from freeret.paths import repo_root
 from freeret.run.report import summary_line
 
@@ -146,15 +146,18 @@ def main() -> None:
     manifest_path = folder / "runs.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     plans = runs(args.model, args.split, args.limit, args.rd_k, args.suite_k, args.threads)
+    models = Models()  # in-process: the model loads once for every run
     for setting in args.settings:
         for which in args.sets:
             run_dir = folder / setting / which
             overrides = [*plans[which], *SETTINGS[setting], *args.extra]
             t = time.perf_counter()
-            code = 0
+            code, note = 0, ""
             try:
-                run_sweep(overrides, run_dir, args.launcher,
-                          on_result=lambda r: print(f"  {summary_line(r)}", flush=True))
+                done = run_sweep(overrides, run_dir, args.launcher, models=models,
+                                 on_result=lambda r: print(f"  {summary_line(r)}", flush=True))
+                if done and all(d.skipped for d in done):
+                    note = " (its results were there: skipped; remove the folder to run it again)"
             except FreeRetError as exc:  # one line, then the next run (as a failed run.py process was)
                 print(f"error: {exc}", file=sys.stderr)
                 code = getattr(exc, "exit_code", 2)
@@ -162,11 +165,14 @@ def main() -> None:
                 print(exc, file=sys.stderr)
                 code = 1
             wall = time.perf_counter() - t
+            if note and f"{setting}/{which}" in manifest:  # keep the record of the run that made them
+                print(f"{args.model} {args.split} {setting}/{which}{note}", flush=True)
+                continue
             manifest[f"{setting}/{which}"] = {"command": launcher_command(overrides, run_dir, args.launcher)[1:],
                                              "exit": code, "wall_seconds": round(wall, 1),
                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
             manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-            print(f"{args.model} {args.split} {setting}/{which}: exit {code}, {wall:.0f} s", flush=True)
+            print(f"{args.model} {args.split} {setting}/{which}: exit {code}, {wall:.0f} s{note}", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from freeret.eval.results import RunResult
-from freeret.experiment import Done, Job, launch, run_jobs
+from freeret.experiment import Done, Job, Models, launch, run_jobs
 from freeret.paths import repo_root
 from freeret.run.inputs import SharedModel
 
@@ -62,11 +62,12 @@ def sweep_jobs(overrides: Sequence[str], sweep_dir: Path) -> list[Job]:
 
 def run_sweep(overrides: Sequence[str], sweep_dir: Path, launcher: str | None = None,
               on_result: Callable[[RunResult], None] | None = None, shared: SharedModel | None = None,
-              resume: bool = True) -> list[Done] | None:
+              resume: bool = True, models: Models | None = None) -> list[Done] | None:
     """Run one sweep in this process (``launcher`` None; returns each job's results) or through ``run.py -m`` and
-    Hydra's launcher (returns None; a failed sweep exits with one line naming its log)."""
+    Hydra's launcher (returns None; a failed sweep exits with one line naming its log). ``models``: the loaded
+    model a driver's sweeps share (one load for a whole plan on one model)."""
     if launcher is None:
-        return run_jobs(sweep_jobs(overrides, sweep_dir), compose, on_result, shared, resume)
+        return run_jobs(sweep_jobs(overrides, sweep_dir), compose, on_result, shared, resume, models)
     if launch(overrides, sweep_dir, launcher) != 0:
         raise SystemExit(f"error: sweep failed ({sweep_dir.with_suffix('.log')}): {' '.join(overrides)}")
     return None

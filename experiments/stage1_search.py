@@ -31,6 +31,7 @@ from runs import run_sweep as run_plan
 
 from freeret.bench import bar_chart
 from freeret.cli import one_line_errors, quiet_lightning
+from freeret.experiment import Models
 from freeret.paths import repo_root
 from freeret.run.report import summary_line
 
@@ -39,8 +40,10 @@ QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 
 
 def load_search(path: Path = CONFIG) -> dict[str, Any]:
-    """The ``search`` section of the experiment config."""
-    return yaml.safe_load(path.read_text())["search"]
+    """The ``search`` section of the experiment config (or of a ``--spec`` file: what it leaves out, e.g. the
+    ``start``, is the experiment's)."""
+    spec = yaml.safe_load(path.read_text())["search"]
+    return spec if path == CONFIG else {**yaml.safe_load(CONFIG.read_text())["search"], **spec}
 
 
 def _value(v: Any) -> str:
@@ -82,12 +85,15 @@ def job_records(sweep_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+MODELS = Models()  # in-process: the model loads once for every sweep of a search
+
+
 def run_sweep(model: str, args: list[str], sweep_dir: Path, extra: list[str], launcher: str | None = None) -> float:
-    """One ``experiment=stage1_search`` sweep into ``sweep_dir/<job>`` (in this process, or through ``launcher``);
-    returns its wall time."""
+    """One ``experiment=stage1_search`` sweep into ``sweep_dir/<job>`` (in this process on the search's one loaded
+    model, or through ``launcher``); returns its wall time."""
     sweep = ["experiment=stage1_search", f"model={model}", *args, *QUIET, *extra]
     start = time.perf_counter()
-    run_plan(sweep, sweep_dir, launcher, on_result=lambda r: print(f"  {summary_line(r)}", flush=True))
+    run_plan(sweep, sweep_dir, launcher, models=MODELS, on_result=lambda r: print(f"  {summary_line(r)}", flush=True))
     return time.perf_counter() - start
 
 

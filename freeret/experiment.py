@@ -47,6 +47,23 @@ class Done:
     skipped: bool = False
 
 
+class Models:
+    """The loaded model a plan's jobs share, kept across calls while jobs use the same ``model`` config; another model
+    replaces it (one in memory at a time)."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.shared = SharedModel()
+
+    def for_config(self, config: Mapping[str, Any]) -> SharedModel:
+        """The shared model for ``config['model']`` (a fresh, empty one when the model changes)."""
+        key = json.dumps(config["model"], sort_keys=True, default=str)
+        if key != self.key:
+            self.key, self.shared = key, SharedModel()
+            gc.collect()  # the previous model's weights go before the next one loads
+        return self.shared
+
+
 def finished(config: Mapping[str, Any]) -> list[RunResult] | None:
     """The results of a composed config whose run folder already holds every dataset's result file, else None."""
     paths = [Path(config["run_dir"]) / "results" / f"{d.get('name')}.json" for d in dataset_configs(config)]
@@ -71,27 +88,23 @@ def record_overrides(job: Job) -> None:
 
 
 def run_jobs(jobs: Sequence[Job], compose: Compose, on_result: Callable[[RunResult], None] | None = None,
-             shared: SharedModel | None = None, resume: bool = True) -> list[Done]:
+             shared: SharedModel | None = None, resume: bool = True, models: Models | None = None) -> list[Done]:
     """Run every job in this process, in order: all composed and checked first, then each model loaded once and
-    kept while consecutive jobs use it (one model in memory at a time); with ``resume`` a job whose result files
-    all exist is skipped. ``shared``: a model the caller already loaded, used by every job (same ``model``)."""
+    kept while consecutive jobs use it (``models``: kept across calls too; one model in memory at a time); with
+    ``resume`` a job whose result files all exist is skipped. ``shared``: a model the caller already loaded, used by
+    every job (same ``model``)."""
     configs = [{**compose(list(job.overrides)), "run_dir": str(job.run_dir)} for job in jobs]
     check_all(configs)
-    done, loaded, key = [], shared, None
+    models = models or Models()
+    done = []
     for job, config in zip(jobs, configs):
         found = finished(config) if resume else None
         if found is not None:
             done.append(Done(job, found, skipped=True))
             continue
-        if shared is None:
-            model = json.dumps(config["model"], sort_keys=True, default=str)
-            if model != key:
-                loaded, key = None, model
-                gc.collect()  # the previous model's weights go before the next one loads
-                loaded = SharedModel()
         job.run_dir.mkdir(parents=True, exist_ok=True)
         record_overrides(job)
-        done.append(Done(job, run_all(config, on_result=on_result, shared=loaded)))
+        done.append(Done(job, run_all(config, on_result=on_result, shared=shared or models.for_config(config))))
     return done
 
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 import runs  # noqa: E402
 
 import freeret.run.inputs as inputs  # noqa: E402
-from freeret.experiment import launcher_command  # noqa: E402
+from freeret.experiment import Models, launcher_command  # noqa: E402
 
 
 def test_a_sweep_runs_in_process_on_one_loaded_model_and_resumes(tmp_path, monkeypatch):
@@ -30,6 +30,19 @@ def test_a_sweep_runs_in_process_on_one_loaded_model_and_resumes(tmp_path, monke
     again = runs.run_sweep(sweep, tmp_path)
     assert loads == ["tiny_qwen2vl"] and all(d.skipped for d in again)  # resumed: nothing ran, nothing loaded
     assert [d.results[0].main_score for d in again] == [d.results[0].main_score for d in done]
+
+
+def test_a_drivers_sweeps_share_one_model_load(tmp_path, monkeypatch):
+    """A driver's plan of several sweeps (one per setting) on one model: ``models`` keeps it loaded across them."""
+    loads = []
+    real = inputs.load_backbone
+    monkeypatch.setattr(inputs, "load_backbone", lambda *a, **k: loads.append(a[0].name) or real(*a, **k))
+    models = Models()
+    base = ["model=tiny_qwen2vl", "dataset=smoke_mm", "dataset.limit=2", "pipeline=embed", *QUIET]
+    for prior in ("e5v", "freeret"):
+        (done,) = runs.run_sweep([*base, f"prior={prior}"], tmp_path / prior, models=models)
+        assert done.results[0].prior == prior and (tmp_path / prior / "0" / "results" / "smoke_mm.json").is_file()
+    assert loads == ["tiny_qwen2vl"]
 
 
 def test_expansion_is_hydras(tmp_path):
