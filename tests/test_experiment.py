@@ -3,16 +3,19 @@ loaded model, resume, and go to ``run.py -m`` through Hydra's launcher with the 
 
 from __future__ import annotations
 
+import json
 import sys
 
+import pytest
 import yaml
 
-from helpers import QUIET, REPO, script, sweep_jobs
+from helpers import QUIET, REPO, run_main, script, sweep_jobs
 
 sys.path.insert(0, str(REPO / "experiments"))
 import runs  # noqa: E402
 
 import freeret.run.inputs as inputs  # noqa: E402
+from freeret.eval.tables import load_results  # noqa: E402
 from freeret.experiment import Models, launcher_command  # noqa: E402
 
 
@@ -76,3 +79,41 @@ def test_drivers_offer_the_launcher(tmp_path):
         text = (REPO / "experiments" / f"{name}.py").read_text()
         assert "add_launcher_argument(" in text and "subprocess" not in text, name
     assert script("experiments/stage1_search.py").run_plan is runs.run_sweep
+
+
+@pytest.mark.slow
+def test_rerankers_runs_runs_its_settings_on_one_load(tmp_path, monkeypatch):
+    """The scorer comparison: each (setting, set) is one job in ``<setting>/<set>/0``, all on one model load, the
+    manifest names each run's command; a rerun skips finished runs and keeps their records; --report's collect
+    reads them."""
+    loads = []
+    real = inputs.load_backbone
+    monkeypatch.setattr(inputs, "load_backbone", lambda *a, **k: loads.append(a[0].name) or real(*a, **k))
+    argv = ["--model", "tiny_qwen2vl", "--split", "dev", "--sets", "rd", "--settings", "choice", "cl_lambda1",
+            "--limit", "2", "--rd-k", "2", "--threads", "1", "--out", str(tmp_path)]
+    ran = run_main("experiments/rerankers_runs.py", argv)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    folder = tmp_path / "tiny_qwen2vl" / "dev"
+    assert loads == ["tiny_qwen2vl"] and (folder / "cl_lambda1" / "rd" / "0" / "results" / "wordnet_rd_dev.json").is_file()
+    manifest = json.loads((folder / "runs.json").read_text())
+    assert manifest["cl_lambda1/rd"]["exit"] == 0 and "scorer=candidate_likelihood" in manifest["cl_lambda1/rd"]["command"]
+    again = run_main("experiments/rerankers_runs.py", argv)
+    assert again.returncode == 0 and "skipped" in again.stdout and json.loads((folder / "runs.json").read_text()) == manifest
+    table = script("experiments/rerankers_runs.py").collect(folder, ["choice", "cl_lambda1"])
+    assert list(table["wordnet_rd_dev"]["settings"]) == ["choice", "cl_lambda1"]
+
+
+@pytest.mark.slow
+def test_compare_framings_is_one_run_per_framing(tmp_path):
+    """Each framing a ``scorer=choice framing=<name>`` run over ``--dataset``; the table and the plot as before."""
+    out = tmp_path / "cf.json"
+    ran = run_main("experiments/compare_framings.py", ["--model", "tiny_qwen2vl", "--dataset", "smoke_mm", "--limit", "3",
+                                                      "--k", "2", "--framings", "mcq", "yes_no", "--out", str(out)])
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert list(got["results"]) == ["embed", "mcq", "yes_no"] and got["queries"] == 3 and got["top_k"] == 2
+    assert out.with_suffix(".png").is_file()
+    for name in ("mcq", "yes_no"):
+        (result,) = load_results(tmp_path / name)
+        assert (result.framing, result.rerank.top_k, result.dataset) == (name, 2, "smoke_mm")
+        assert got["results"][name]["metrics"] == result.metrics["rerank"]
