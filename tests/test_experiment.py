@@ -117,3 +117,25 @@ def test_compare_framings_is_one_run_per_framing(tmp_path):
         (result,) = load_results(tmp_path / name)
         assert (result.framing, result.rerank.top_k, result.dataset) == (name, 2, "smoke_mm")
         assert got["results"][name]["metrics"] == result.metrics["rerank"]
+
+
+@pytest.mark.slow
+def test_stage1_search_runs_its_axes_in_process(tmp_path):
+    """The dev search's axis is one sweep run here (jobs in ``<out>/<axis>/<n>`` with Hydra's overrides file, which
+    the bookkeeping reads back); a --spec file takes the start from the experiment."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("search:\n  axes:\n    - {name: post, sweep: {postprocess: [none, center]}}\n"
+                    "  baselines:\n    bm25: {retriever: bm25}\n")
+    small = ["--", "++benchmark.only=[wordnet_rd_dev]", "++benchmark.datasets.rd.limit=3",
+             "++benchmark.datasets.rd.pool=positives", "threads=1"]
+    out = tmp_path / "out"
+    ran = run_main("experiments/stage1_search.py", ["--model", "tiny_qwen2vl", "--out", str(out), "--spec", str(spec), *small])
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    state = json.loads((out / "search.json").read_text())
+    jobs = state["axes"]["post"]["jobs"]
+    assert [j["setting"]["postprocess"] for j in jobs] == ["none", "center"]
+    assert state["best"]["layer"] == "attn_last" and all(j["scores"]["wordnet_rd_dev"] is not None for j in jobs)
+    ran = run_main("experiments/stage1_search.py", ["--model", "tiny_qwen2vl", "--out", str(out), "--spec", str(spec),
+                                                    "--test", "--suites", "stage1_dev", *small])
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert list(json.loads((out / "search.json").read_text())["test"]) == ["bm25_dev"]
