@@ -22,7 +22,7 @@ DIM = 576  # SmolLM2-135M hidden size
 
 def measure(n_shards: int, batches: int, batch_size: int, folder: Path) -> dict:
     """Milliseconds per batch: lock + store re-read + release, and one shard write, over a store of n_shards."""
-    from freeret.lit import _finished
+    from freeret.lit import batch_finished
     from freeret.retrieve.store import ShardStore, shard_name, write_shard
     from freeret.workshare import BatchClaims, batch_id
 
@@ -36,7 +36,7 @@ def measure(n_shards: int, batches: int, batch_size: int, folder: Path) -> dict:
     t = time.perf_counter()
     for keys in todo:
         bid = batch_id(keys)
-        assert claims.try_claim(bid) and not _finished(store, keys)
+        assert claims.try_claim(bid) and not batch_finished(store, keys)
         claims.release(bid, done=True)
     lock_ms = (time.perf_counter() - t) / batches * 1e3
     vectors = torch.randn(batch_size, DIM, generator=gen)
