@@ -64,9 +64,13 @@ class Models:
         return self.shared
 
 
-def finished(config: Mapping[str, Any]) -> list[RunResult] | None:
-    """The results of a composed config whose run folder already holds every dataset's result file, else None."""
-    paths = [Path(config["run_dir"]) / "results" / f"{d.get('name')}.json" for d in dataset_configs(config)]
+def finished(job: Job, config: Mapping[str, Any]) -> list[RunResult] | None:
+    """The results of a job whose run folder already holds every dataset's result file, written by a run with the
+    same overrides (its ``.hydra/overrides.yaml``), else None: a folder reused with other settings runs again."""
+    record = job.run_dir / ".hydra" / "overrides.yaml"
+    if not record.is_file() or yaml.safe_load(record.read_text()) != list(job.overrides):
+        return None
+    paths = [job.run_dir / "results" / f"{d.get('name')}.json" for d in dataset_configs(config)]
     return [RunResult.read(p) for p in paths] if all(p.is_file() for p in paths) else None
 
 
@@ -90,15 +94,15 @@ def record_overrides(job: Job) -> None:
 def run_jobs(jobs: Sequence[Job], compose: Compose, on_result: Callable[[RunResult], None] | None = None,
              shared: SharedModel | None = None, resume: bool = True, models: Models | None = None) -> list[Done]:
     """Run every job in this process, in order: all composed and checked first, then each model loaded once and
-    kept while consecutive jobs use it (``models``: kept across calls too; one model in memory at a time); with
-    ``resume`` a job whose result files all exist is skipped. ``shared``: a model the caller already loaded, used by
-    every job (same ``model``)."""
+    kept while consecutive jobs use it (``models``: kept across calls too; one model in memory at a time). With
+    ``resume`` a job whose result files all exist, from a run with the same overrides, is skipped. ``shared``: a
+    model the caller already loaded, used by every job (same ``model``)."""
     configs = [{**compose(list(job.overrides)), "run_dir": str(job.run_dir)} for job in jobs]
     check_all(configs)
     models = models or Models()
     done = []
     for job, config in zip(jobs, configs):
-        found = finished(config) if resume else None
+        found = finished(job, config) if resume else None
         if found is not None:
             done.append(Done(job, found, skipped=True))
             continue

@@ -33,6 +33,8 @@ def test_a_sweep_runs_in_process_on_one_loaded_model_and_resumes(tmp_path, monke
     again = runs.run_sweep(sweep, tmp_path)
     assert loads == ["tiny_qwen2vl"] and all(d.skipped for d in again)  # resumed: nothing ran, nothing loaded
     assert [d.results[0].main_score for d in again] == [d.results[0].main_score for d in done]
+    other = runs.run_sweep([*sweep[:-len(QUIET)], "seed=1", *QUIET], tmp_path)  # same folders, other settings: run
+    assert not any(d.skipped for d in other) and loads == ["tiny_qwen2vl"] * 2
 
 
 def test_a_drivers_sweeps_share_one_model_load(tmp_path, monkeypatch):
