@@ -71,7 +71,10 @@ def finished(job: Job, config: Mapping[str, Any]) -> list[RunResult] | None:
     if not record.is_file() or yaml.safe_load(record.read_text()) != list(job.overrides):
         return None
     paths = [job.run_dir / "results" / f"{d.get('name')}.json" for d in dataset_configs(config)]
-    return [RunResult.read(p) for p in paths] if all(p.is_file() for p in paths) else None
+    since = record.stat().st_mtime_ns  # written as the run began: an older result file is another run's
+    if not all(p.is_file() and p.stat().st_mtime_ns >= since for p in paths):
+        return None
+    return [RunResult.read(p) for p in paths]
 
 
 def check_all(configs: Iterable[Mapping[str, Any]]) -> None:
