@@ -18,23 +18,22 @@ in the same run (see ``flops_per_sequence``), reported for freeret and freeret_n
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
-from pathlib import Path
 
 import torch
 
-from _bench_models import load
-from _common import REPO, bar_chart, conf, dataset_prompt, save
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.capture import run_until_captured
 from freeret.backbone.prefix import PrefixCache
+from freeret.bench import BENCH_OUT, bar_chart, best_of, conf, dataset_prompt, parser, set_threads, write
+from freeret.bench_models import load
 from freeret.data.datamodule import plan_batches
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
+from freeret.paths import repo_root
 
 ATTN_LAST = LayerSpec(point="attn", index=-1)
 
@@ -87,7 +86,7 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> floa
 
 def pick_items(n: int) -> list[Item]:
     """``n`` WordNet items: the first n/2 definitions (queries) and n/2 words (targets) of the shipped set."""
-    rset = load_dataset({"name": "wordnet_rd", "path": str(REPO / "data/wordnet_rd/wordnet_rd.jsonl.gz"), "limit": n})
+    rset = load_dataset({"name": "wordnet_rd", "path": str(repo_root() / "data/wordnet_rd/wordnet_rd.jsonl.gz"), "limit": n})
     queries = [rset.items[r.query] for r in rset.rows][: n - n // 2]
     targets = list(dict.fromkeys(c for r in rset.rows for c in r.candidates))[: n // 2]
     return queries + [rset.items[k] for k in targets]
@@ -159,53 +158,49 @@ class Paths:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2_135m", help="a conf/model name, or qwen2vl_2b_dims (random weights)")
-    ap.add_argument("--layers", type=int, default=28, help="decoder layers of qwen2vl_2b_dims (the real 2B has 28)")
+    ap = parser(__doc__, model="smollm2_135m", layers=28, threads=1, repeats=2, device=True,
+                device_help="cpu, or cuda (fp32 on the GPU; MFU against the GPU's fp32 matmul)")
     ap.add_argument("--items", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; each path's best round is kept")
     ap.add_argument("--paths", nargs="+", default=["freeret", "freeret_noprefix", "naive_batched", "naive_item"])
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU)")
-    ap.add_argument("--device", default="cpu", help="cpu, or cuda (fp32 on the GPU; MFU against the GPU's fp32 matmul)")
-    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
-    out = args.out or REPO / "outputs" / "bench" / f"embed_{args.model}.json"
+    out = args.out or BENCH_OUT / f"embed_{args.model}.json"
 
     bb = load(args.model, args.layers)
     bb.model.to(device)
     w = widths(bb)
     paths = Paths(bb, pick_items(args.items), args.batch_size)
     paths.run("freeret") if len(paths.items) > 4 else None  # warm-up
-    best: dict[str, float] = {}
-    cpu: dict[str, float] = {}  # process CPU seconds of the best-wall round: steadier than wall time on a shared machine
     counts: dict[str, tuple[int, int]] = {}
     phase_tokens: dict[str, dict[str, int]] = {}  # freeret paths: tokens run per phase (prefix, suffix, or full)
-    embs: dict[str, torch.Tensor] = {}
     mfu_rounds = []
-    for r in range(args.repeats):
-        ref = matmul_gflops(device)
-        for name in args.paths:
-            t, c = time.perf_counter(), time.process_time()
-            emb, useful, padded = paths.run(name)
-            secs, cpu_secs = time.perf_counter() - t, time.process_time() - c
-            if secs < best.get(name, float("inf")):
-                best[name], cpu[name] = secs, cpu_secs
-            counts[name], embs[name] = (useful, padded), emb
-            if name.startswith("freeret"):
-                phase_tokens[name] = dict(paths.phase_tokens)
-            if name.startswith("freeret"):
-                flops = sum(flops_per_sequence(w, n, early_exit=True, head=False, start=s0) for s0, n in paths.segments)
-                mfu_rounds.append({"path": name, "round": r, "matmul_gflops": ref, "model_gflops": flops / secs / 1e9,
-                                   "mfu": flops / secs / 1e9 / ref})
-            print(f"round {r} {name}: {secs:.2f} s ({cpu_secs:.2f} CPU s), {len(paths.items) / secs:.2f} items/s "
-                  f"(useful {useful} / padded {padded} tokens); matmul {ref:.1f} GFLOP/s", flush=True)
+    ref: dict[int, float] = {}  # round -> fp32 matmul GFLOP/s measured before it
+
+    def each(r: int, name: str, secs: float, cpu_secs: float, got: tuple[torch.Tensor, int, int]) -> None:
+        _, useful, padded = got
+        counts[name] = (useful, padded)
+        if name.startswith("freeret"):
+            phase_tokens[name] = dict(paths.phase_tokens)
+            flops = sum(flops_per_sequence(w, n, early_exit=True, head=False, start=s0) for s0, n in paths.segments)
+            mfu_rounds.append({"path": name, "round": r, "matmul_gflops": ref[r], "model_gflops": flops / secs / 1e9,
+                               "mfu": flops / secs / 1e9 / ref[r]})
+        print(f"round {r} {name}: {secs:.2f} s ({cpu_secs:.2f} CPU s), {len(paths.items) / secs:.2f} items/s "
+              f"(useful {useful} / padded {padded} tokens); matmul {ref[r]:.1f} GFLOP/s", flush=True)
+
+    def round_end(r: int) -> None:
         ref_after = matmul_gflops(device)
         for m in mfu_rounds:
             if m["round"] == r:
                 m["matmul_gflops_after"] = ref_after
+
+    # process CPU seconds of the best-wall round: steadier than wall time on a shared machine
+    timings, last = best_of({name: (lambda name=name: paths.run(name)) for name in args.paths}, args.repeats, each,
+                            round_start=lambda r: ref.__setitem__(r, matmul_gflops(device)), round_end=round_end)
+    best = {name: t.seconds for name, t in timings.items() if name in last}
+    cpu = {name: t.cpu_seconds for name, t in timings.items() if name in last}
+    embs = {name: got[0] for name, got in last.items()}
     n = len(paths.items)
     results = {name: {"seconds": best[name], "cpu_seconds": cpu[name], "cpu_seconds_per_100_items": 100 * cpu[name] / n,
                       "items_per_s": n / best[name], "useful_tokens": counts[name][0],
@@ -225,7 +220,7 @@ def main() -> None:
         print(f"cos {k}: min {v['min']:.6f}")
     for p, m in mfu.items():
         print(f"MFU ({p}, tokens run): {m['mfu']:.1%} = {m['model_gflops']:.1f} / {m['matmul_gflops']:.1f} GFLOP/s")
-    save(out, {"model": bb.metadata(), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+    write(out, {"model": bb.metadata(), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                "widths": w, "items": n, "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "mean_prompt_tokens": sum(paths.lengths) / n,
                "results": results, "speedup": speedups, "cosine": cos, "mfu": mfu, "mfu_rounds": mfu_rounds,

@@ -17,11 +17,8 @@ without it; plotted beside the JSON), and the largest option-logit difference to
 
 from __future__ import annotations
 
-import argparse
 import copy
-import time
 import weakref
-from pathlib import Path
 
 import torch
 from bench_rerank import text_rows
@@ -29,9 +26,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import DynamicCache
 
-from _bench_models import load
-from _common import REPO, bar_chart, conf, dataset_prompt, save
 from freeret.backbone.shared_prefix import Prefix
+from freeret.bench import BENCH_OUT, bar_chart, best_of, conf, dataset_prompt, parser, set_threads, write
+from freeret.bench_models import load
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import _SLOT, PairScorer
 
@@ -97,19 +94,13 @@ def option_logits(scorer: PairScorer, path: str, prefix: Prefix, ids: torch.Tens
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2_135m", help="a conf/model name, or qwen2vl_2b_dims (random weights)")
-    ap.add_argument("--layers", type=int, default=28, help="decoder layers of qwen2vl_2b_dims")
+    ap = parser(__doc__, model="smollm2_135m", layers=28, threads=1, repeats=3, device=True)
     ap.add_argument("--k", type=int, default=64, help="candidates per query")
     ap.add_argument("--queries", type=int, default=2)
     ap.add_argument("--batch-size", type=int, nargs="+", default=[16, 32])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = args.out or REPO / "outputs" / "bench" / f"prefix_cache_{args.model}.json"
+    set_threads(args.threads)
+    out = args.out or BENCH_OUT / f"prefix_cache_{args.model}.json"
     backbone = load(args.model, args.layers)
     backbone.model.to(args.device)
     scorer = PairScorer(backbone, Framing.from_dict(conf("framing", "mcq")).for_dataset(dataset_prompt("wordnet_rd")))
@@ -126,25 +117,22 @@ def main() -> None:
         rec: dict[str, float | int] = {"batch_size": bs, "prefix_tokens": work[0][0].length,
                                        "pairs": sum(len(c[1]) for c in chunks)}
         reference = [option_logits(scorer, "views", *c) for c in chunks]
-        best = {path: float("inf") for path in PATHS}
-        for _ in range(args.repeats):
-            for path in PATHS:  # interleaved, so a busy machine slows every path alike
-                t = time.perf_counter()
-                got = [option_logits(scorer, path, *c) for c in chunks]
-                best[path] = min(best[path], time.perf_counter() - t)
-                rec[f"{path}_max_diff"] = max(float((g - r).abs().max()) for g, r in zip(got, reference))
+        # interleaved, so a busy machine slows every path alike
+        best, last = best_of({path: (lambda path=path, chunks=chunks: [option_logits(scorer, path, *c) for c in chunks])
+                              for path in PATHS}, args.repeats)
         for path in PATHS:
+            rec[f"{path}_max_diff"] = max(float((g - r).abs().max()) for g, r in zip(last[path], reference))
             counter = LiveBytes()
             with counter:
                 option_logits(scorer, path, *chunks[0])
-            rec[f"{path}_pairs_per_s"] = rec["pairs"] / best[path]
+            rec[f"{path}_pairs_per_s"] = rec["pairs"] / best[path].seconds
             rec[f"{path}_peak_mib"] = counter.peak / 2**20
         rows.append(rec)
         print(f"batch {bs} (prefix {rec['prefix_tokens']} tokens): " + " | ".join(
             f"{p} {rec[f'{p}_pairs_per_s']:.1f} pairs/s, peak {rec[f'{p}_peak_mib']:.1f} MiB, "
             f"diff {rec[f'{p}_max_diff']:.1e}" for p in PATHS))
-    save(out, {"model": backbone.metadata(), "k": args.k, "queries": args.queries, "threads": args.threads,
-               "results": rows})
+    write(out, {"model": backbone.metadata(), "k": args.k, "queries": args.queries, "threads": args.threads,
+                "results": rows})
     bar_chart(out, [f"batch {r['batch_size']}" for r in rows], {p: [r[f"{p}_peak_mib"] for r in rows] for p in PATHS},
               "peak MiB allocated in one suffix batch", f"Prefix cache APIs, {backbone.spec.name}")
 

@@ -29,16 +29,15 @@ preprocessing alone: per pair (as every pair did before issue 12) and once per i
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 
-from _bench_models import load_weights
-from _common import REPO, bar_chart, conf, dataset_prompt, save
+from freeret.bench import BENCH_OUT, bar_chart, conf, dataset_prompt, parser, set_threads, write
+from freeret.bench_models import load_weights
 from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item
+from freeret.paths import repo_root
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
 
@@ -49,9 +48,9 @@ def image_rows(k_max: int, queries: int, candidates: str = "definitions") -> lis
 
     from freeret.toy.smoke import CAPTIONS, smoke_image
 
-    folder = REPO / "outputs" / "bench" / "images"
+    folder = BENCH_OUT / "images"
     folder.mkdir(parents=True, exist_ok=True)
-    wn = load_dataset({"name": "wordnet_rd", "path": str(REPO / "data/wordnet_rd/wordnet_rd.jsonl.gz"), "limit": k_max})
+    wn = load_dataset({"name": "wordnet_rd", "path": str(repo_root() / "data/wordnet_rd/wordnet_rd.jsonl.gz"), "limit": k_max})
     if candidates == "words":  # short, like class names in MMEB classification tasks
         words = dict.fromkeys(wn.items[c].text for r in wn.rows for c in r.candidates)
         texts = list(CAPTIONS.values()) + list(words)
@@ -73,7 +72,7 @@ def candidate_images(k: int) -> list[Item]:
 
     from freeret.toy.smoke import CAPTIONS, smoke_image
 
-    folder = REPO / "outputs" / "bench" / "images" / "candidates"
+    folder = BENCH_OUT / "images" / "candidates"
     folder.mkdir(parents=True, exist_ok=True)
     names = list(CAPTIONS)
     changes = [lambda im: im, ImageOps.mirror, ImageOps.flip, lambda im: im.rotate(90, expand=True)]
@@ -222,7 +221,8 @@ def phase_rates(phases: dict[str, dict[str, float]], path: str) -> dict[str, flo
 
 def scorers_case(backbone, args) -> list[dict]:
     """Each scorer's naive vs fast pairs/s at every K on WordNet definitions against their candidate words."""
-    from _common import composed, dataset_prompt
+    from runs import composed
+
     from freeret.rerank.scorers import scorer_spec
     from freeret.rerank.scorers.base import BuildContext
 
@@ -258,7 +258,7 @@ def scorers_case(backbone, args) -> list[dict]:
 
 def text_rows(k_max: int, queries: int) -> list[tuple[Item, list[Item]]]:
     """WordNet definitions with their own candidate words."""
-    rset = load_dataset({"name": "wordnet_rd", "path": str(REPO / "data/wordnet_rd/wordnet_rd.jsonl.gz"), "limit": queries})
+    rset = load_dataset({"name": "wordnet_rd", "path": str(repo_root() / "data/wordnet_rd/wordnet_rd.jsonl.gz"), "limit": queries})
     return [(rset.items[r.query], [rset.items[c] for c in r.candidates[:k_max]]) for r in rset.rows]
 
 
@@ -274,19 +274,14 @@ def hf_naive(scorer: PairScorer, query: Item, cands: list[Item]) -> torch.Tensor
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2_135m", help="a conf/model name, or qwen2vl_2b_dims (random weights)")
-    ap.add_argument("--layers", type=int, default=2, help="decoder layers of qwen2vl_2b_dims (the real 2B has 28)")
-    ap.add_argument("--weights", choices=["real", "random", "auto"], default="real",
-                    help="smollm2_135m: its real weights, random ones in its shape (from .gpu_bundle/smollm2_135m), "
-                         "or real where installed, else random")
+    ap = parser(__doc__, model="smollm2_135m", layers=2, weights=True, threads=None,
+                threads_help="torch threads (default: torch's)", device=True,
+                device_help="cpu, or cuda (scores come back to the host each query: timed synchronously)")
     ap.add_argument("--case", choices=["text", "image", "image_candidates"], default="text")
     ap.add_argument("--workers", type=int, nargs="*", default=[],
                     help="image_candidates: also time the fast path with these DataLoader worker counts")
     ap.add_argument("--candidates", choices=["definitions", "words"], default="definitions",
                     help="image case: candidate texts after the 8 captions")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--device", default="cpu", help="cpu, or cuda (scores come back to the host each query: timed synchronously)")
     ap.add_argument("--framing", default="mcq")
     ap.add_argument("--scorers", nargs="*", default=None,
                     help="text case: time these stage-2 scorers (conf/scorer names), naive vs fast, at every --k")
@@ -294,13 +289,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[50])
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--hf", action="store_true", help="also time the textbook per-pair loop with full logits")
-    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     default_name = "rerank_scorers.json" if args.scorers else "rerank.json"
     names = {"text": default_name, "image_candidates": f"rerank_image_candidates_{args.model}.json"}
-    out = args.out or REPO / "outputs" / "bench" / names.get(args.case, f"rerank_image_{args.candidates}_{args.model}.json")
+    out = args.out or BENCH_OUT / names.get(args.case, f"rerank_image_{args.candidates}_{args.model}.json")
 
     backbone, weights = load_weights(args.model, args.layers, weights=args.weights)
     backbone.model.to(args.device)
@@ -308,7 +301,7 @@ def main() -> None:
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
     if args.case == "image_candidates":
         rows = image_candidates_case(backbone, Framing.from_dict(conf("framing", args.framing)), args)
-        save(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": args.case, "framing": args.framing,
+        write(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": args.case, "framing": args.framing,
                    "batch_size": args.batch_size, "threads": torch.get_num_threads(),
                    "tokens_per_s_counts": DecoderWork.PHASES_NOTE + "; image candidates run as full forwards (the vision "
                    "tower's time is not in them)", "results": rows})
@@ -322,7 +315,7 @@ def main() -> None:
         if args.case != "text":
             ap.error("--scorers runs on the text case")
         rows = scorers_case(backbone, args)
-        save(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": "scorers", "framing": args.framing,
+        write(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": "scorers", "framing": args.framing,
                    "batch_size": args.batch_size, "queries": args.queries, "threads": torch.get_num_threads(),
                    "results": rows})
         labels = [f"{r['scorer']}\nK={r['k']}" for r in rows]
@@ -381,7 +374,7 @@ def main() -> None:
     prefix_tokens = len(backbone.tokenizer(scorer.split(qrows[0][0])[0], add_special_tokens=False)["input_ids"])
     if qrows[0][0].image:  # the image placeholder expands to the processor's visual tokens
         prefix_tokens = int(scorer._with_images([scorer.split(qrows[0][0])[0]], [[qrows[0][0].image]])["input_ids"].shape[1])
-    save(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": args.case,
+    write(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": args.case,
                "candidates": args.candidates if args.case == "image" else "wordnet_rd words", "framing": args.framing,
                "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "prefix_tokens_first_query": prefix_tokens,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from _common import REPO, save
+from freeret.bench import BENCH_OUT, parser, write
 
 DIM = 576  # SmolLM2-135M hidden size
 
@@ -76,13 +76,12 @@ def peak_mb() -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out=BENCH_OUT / "scale.json")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--k", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--modes", nargs="+", default=["stream", "gather"])
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--shard-size", type=int, default=4096)
-    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "scale.json")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="stream", help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -107,7 +106,7 @@ def main() -> None:
         growth = stream[100000] / stream[10000] - 1
         print(f"stream peak RSS growth 10k -> 100k: {growth:+.1%}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save(args.out, {"dim": DIM, "queries": args.queries, "shard_size": args.shard_size, "runs": runs,
+    write(args.out, {"dim": DIM, "queries": args.queries, "shard_size": args.shard_size, "runs": runs,
                     "stream_peak_growth_10k_100k": growth})
     plot(args.out, runs)
 

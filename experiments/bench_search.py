@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import REPO, save
+from freeret.bench import BENCH_OUT, best_of, parser, write
 from freeret.cli import one_line_errors
 from freeret.search import build_index, exact_topk, faiss_module, recall_at_k
 
@@ -46,13 +46,9 @@ def set_threads(n: int) -> None:
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls, and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, result
+    """Best wall time of ``repeats`` calls, and the last result (the shared best-of-N timer, one variant)."""
+    best, last = best_of({"search": fn}, repeats)
+    return best["search"].seconds, last["search"]
 
 
 def knob_sweep(index, knob: str, values: list[int], queries: np.ndarray, truth: np.ndarray, exact_s: float,
@@ -160,7 +156,8 @@ def plot(out: Path, cases: list[dict], k: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, threads=1, threads_help="torch and faiss threads (1 is steadiest on a shared CPU)", repeats=2,
+                repeats_help="best of N timed runs per search", out=BENCH_OUT / "search.json")
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dims", type=int, nargs="+", default=[576, 1536])
     ap.add_argument("--data", nargs="+", default=["clustered", "uniform"], choices=["clustered", "uniform"])
@@ -169,7 +166,6 @@ def main() -> None:
     ap.add_argument("--nlist", type=int, default=1024)
     ap.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 256, 512])
     ap.add_argument("--train-size", type=int, default=40_960, help="k-means sample (faiss wants >= 39 per list)")
-    ap.add_argument("--threads", type=int, default=1, help="torch and faiss threads (1 is steadiest on a shared CPU)")
     ap.add_argument("--centres", type=int, default=1024, help="mixture components of the clustered data")
     ap.add_argument("--noise", type=float, default=1.5, help="noise norm relative to the unit centre")
     ap.add_argument("--target-recall", type=float, default=0.99)
@@ -177,8 +173,6 @@ def main() -> None:
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "search.json")
     args = ap.parse_args()
     one_line_errors(lambda: set_threads(args.threads))
 
@@ -186,7 +180,7 @@ def main() -> None:
     for dim in args.dims:
         for kind in args.data:
             cases.append(bench_one(args.n, dim, kind, args))
-            save(args.out, {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            write(args.out, {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                             "torch_threads": torch.get_num_threads(), "cases": cases})  # after each case
             plot(args.out, cases, args.k)
 

@@ -9,21 +9,20 @@ what a job does around each batch with ``embed.lock`` on. The atomic write of on
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from _common import REPO, bar_chart, save
+from freeret.bench import BENCH_OUT, bar_chart, parser, write
 
 DIM = 576  # SmolLM2-135M hidden size
 
 
 def measure(n_shards: int, batches: int, batch_size: int, folder: Path) -> dict:
     """Milliseconds per batch: lock + store re-read + release, and one shard write, over a store of n_shards."""
-    from freeret.lit import _finished
+    from freeret.lit import batch_finished
     from freeret.retrieve.store import ShardStore, shard_name, write_shard
     from freeret.workshare import BatchClaims, batch_id
 
@@ -37,7 +36,7 @@ def measure(n_shards: int, batches: int, batch_size: int, folder: Path) -> dict:
     t = time.perf_counter()
     for keys in todo:
         bid = batch_id(keys)
-        assert claims.try_claim(bid) and not _finished(store, keys)
+        assert claims.try_claim(bid) and not batch_finished(store, keys)
         claims.release(bid, done=True)
     lock_ms = (time.perf_counter() - t) / batches * 1e3
     vectors = torch.randn(batch_size, DIM, generator=gen)
@@ -49,13 +48,12 @@ def measure(n_shards: int, batches: int, batch_size: int, folder: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out=BENCH_OUT / "workshare.json")
     ap.add_argument("--shards", type=int, nargs="+", default=[16, 256, 2048])
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--dir", type=Path, default=None, help="where the store goes (default: a temporary folder; "
                     "point it at a shared disk to measure that disk)")
-    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "workshare.json")
     args = ap.parse_args()
     runs = []
     for n in args.shards:
@@ -66,7 +64,7 @@ def main() -> None:
               f"shard write {res['shard_write_ms']:.2f} ms/batch (x{res['ratio']:.2f})")
         runs.append(res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save(args.out, {"dim": DIM, "batch_size": args.batch_size, "batches": args.batches, "runs": runs})
+    write(args.out, {"dim": DIM, "batch_size": args.batch_size, "batches": args.batches, "runs": runs})
     bar_chart(args.out.with_suffix(".png"), [str(r["shards"]) for r in runs],
               {"lock + re-read + release": [r["lock_refresh_release_ms"] for r in runs],
                "shard write": [r["shard_write_ms"] for r in runs]},

@@ -1,67 +1,74 @@
 """Stage 1 once, then stage 2 with each framing on the same top-K: hit@1 embed-only vs two-stage per framing.
 
     python experiments/compare_framings.py --limit 100 --k 50
-Embeddings are computed once and shared by all framings (a sweep with -m would recompute them per job).
-Writes JSON (metrics per framing, timings) and a bar plot.
+    python experiments/compare_framings.py --dataset wordnet_rd_dev --framings mcq yes_no --launcher slurm
+Each framing is one two-stage run, ``scorer=choice framing=<name>`` over ``--dataset`` (a conf/dataset name), run
+through ``runs.run_sweep``: in this process on one loaded model by default, and the stage-1 embeddings of the first
+run come from the embedding cache for the others (a sweep with -m on separate processes shares them the same way).
+Each run writes its folder under ``<out folder>/<framing>/0``; writes JSON (metrics per framing, timings) and a bar plot.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from _common import REPO, bar_chart, conf, dataset_prompt, save
-from freeret.backbone import ModelSpec, load_backbone
-from freeret.cli import quiet_lightning
-from freeret.data.datasets import load_dataset
-from freeret.embed.layers import LayerSpec
-from freeret.embed.priors import Prior
-from freeret.eval.metrics import retrieval_metrics
-from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer
-from freeret.rerank.stage import RerankConfig
-from freeret.run.stages import embed_stage, rerank_stage
+from runs import add_launcher_argument, run_sweep
+
+from freeret.bench import bar_chart, write
+from freeret.cli import one_line_errors, quiet_lightning
+from freeret.eval.tables import load_results
+from freeret.experiment import Models
+from freeret.paths import repo_root
+
+QUIET = ["logger=none"]
+
+
+def framing_runs(args: argparse.Namespace) -> dict[str, list[str]]:
+    """framing -> the run.py overrides of its two-stage run (the same stage 1 for every framing)."""
+    base = [f"model={args.model}", f"dataset={args.dataset}", f"dataset.limit={args.limit}", f"dataset.pool={args.pool}",
+            "pipeline=two_stage", f"layer={args.layer}", f"prior={args.prior}", f"pipeline.top_k={args.k}",
+            "scorer=choice", *QUIET]
+    return {name: [*base, f"framing={name}"] for name in args.framings}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2_135m")
+    ap.add_argument("--dataset", default="wordnet_rd", help="a conf/dataset name")
     ap.add_argument("--layer", default="attn_last")
     ap.add_argument("--prior", default="e5v")
     ap.add_argument("--framings", nargs="+", default=["mcq", "yes_no", "true_false", "right_wrong"])
     ap.add_argument("--limit", type=int, default=100, help="first N queries (each keeps its full candidate list)")
     ap.add_argument("--pool", default="rows", choices=["rows", "positives"], help="positives: a cheap small pool")
     ap.add_argument("--k", type=int, default=50)
-    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "framings" / "compare_framings.json")
+    ap.add_argument("--out", type=Path, default=repo_root() / "outputs" / "framings" / "compare_framings.json")
+    add_launcher_argument(ap)
     args = ap.parse_args()
     quiet_lightning()
 
-    cfg = {"trainer": {"accelerator": "auto", "devices": 1, "enable_progress_bar": True}, "embed": {"batch_size": 32}}
-    backbone = load_backbone(ModelSpec.from_dict(conf("model", args.model)))
-    rset = load_dataset({"name": "wordnet_rd", "path": "data/wordnet_rd/wordnet_rd.jsonl.gz", "limit": args.limit,
-                         "pool": args.pool})
-    run_dir = args.out.parent
-    prompt = dataset_prompt("wordnet_rd")
-    t = time.perf_counter()
-    embed_scores = embed_stage(cfg, backbone, LayerSpec.from_dict(conf("layer", args.layer)),
-                               Prior.from_dict(conf("prior", args.prior)).for_dataset(prompt), rset, run_dir)
-    results = {"embed": {"metrics": retrieval_metrics(embed_scores), "seconds": time.perf_counter() - t}}
-    rerank_cfg = RerankConfig(top_k=args.k)
-    for name in args.framings:
-        t = time.perf_counter()
-        scorer = PairScorer(backbone, Framing.from_dict(conf("framing", name)).for_dataset(prompt), rerank_cfg.batch_size)
-        final = rerank_stage(cfg, scorer, rerank_cfg, rset, embed_scores, run_dir / name)
-        results[name] = {"metrics": retrieval_metrics(final), "seconds": time.perf_counter() - t}
+    folder = args.out.parent
+    plan = framing_runs(args)
+    models = Models()  # in-process: one model load for every framing
+    one_line_errors(lambda: [run_sweep(overrides, folder / name, args.launcher, models=models)
+                             for name, overrides in plan.items()])
+    found = {name: load_results(folder / name)[0] for name in plan}
+    first = next(iter(found.values()))
+    results = {"embed": {"metrics": first.metrics["embed"], "seconds": first.timing.get("embed_seconds")}}
+    for name, res in found.items():
+        results[name] = {"metrics": res.metrics["rerank"], "seconds": res.timing.get("rerank_seconds")}
     for name, rec in results.items():
+        seconds = "-" if rec["seconds"] is None else f"{rec['seconds']:.0f}"
         print(f"{name:12s} hit@1={rec['metrics']['hit@1']:.3f}  hit@10={rec['metrics']['hit@10']:.3f}  "
-              f"mrr={rec['metrics']['mrr']:.3f}  ({rec['seconds']:.0f}s)")
-    save(args.out, {"model": backbone.metadata(), "layer": args.layer, "prior": args.prior, "top_k": args.k,
-                    "queries": len(rset.rows), "candidates_per_query": rset.summary()["candidates_per_query"],
-                    "results": results})
+              f"mrr={rec['metrics']['mrr']:.3f}  ({seconds}s)")
+    queries = first.counts.num_queries
+    write(args.out, {"model": first.model, "dataset": args.dataset, "layer": args.layer, "prior": args.prior,
+                     "top_k": args.k, "queries": queries, "candidates_per_query": first.counts.candidates_per_query,
+                     "runs": {name: str(folder / name) for name in plan}, "results": results})
     bar_chart(args.out, ["embed only" if n == "embed" else n for n in results],
               {"hit@1": [r["metrics"]["hit@1"] for r in results.values()]},
-              "hit@1", f"{args.model}: stage 1 vs rerank of the top-{args.k}, {len(rset.rows)} queries")
+              "hit@1", f"{args.model}: stage 1 vs rerank of the top-{args.k}, {queries} queries")
+
 
 if __name__ == "__main__":
     main()

@@ -7,28 +7,23 @@ freeret.probes.framing_sensitivity.option_bias, shared with probes/framing_sensi
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from _common import REPO, bar_chart, conf, save
 from freeret.backbone import ModelSpec, load_backbone
+from freeret.bench import BENCH_OUT, bar_chart, conf, parser, write
 from freeret.probes.framing_sensitivity import CONTENT_FREE, option_bias
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorer import PairScorer
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2_135m")
+    ap = parser(__doc__, model="smollm2_135m", out=BENCH_OUT / "option_bias.json")
     ap.add_argument("--framings", nargs="+", default=["mcq", "yes_no", "true_false", "right_wrong"])
-    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "option_bias.json")
     args = ap.parse_args()
     backbone = load_backbone(ModelSpec.from_dict(conf("model", args.model)))
     results = {}
     for name in args.framings:
         results[name] = option_bias(PairScorer(backbone, Framing.from_dict(conf("framing", name))))
         print(f"{name:12s} " + "  ".join(f"P({o})={p:.3f}" for o, p in results[name].items()))
-    save(args.out, {"model": backbone.metadata(), "content_free_inputs": list(CONTENT_FREE), "bias": results})
+    write(args.out, {"model": backbone.metadata(), "content_free_inputs": list(CONTENT_FREE), "bias": results})
     bar_chart(args.out, [f"{n}\n({'/'.join(results[n])})" for n in results],
               {"P(match option)": [list(results[n].values())[0] for n in results]},
               "P(match option), content-free", f"Context-free option bias, {args.model} (dashed: neutral)", hline=0.5)

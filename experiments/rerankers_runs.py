@@ -1,4 +1,4 @@
-"""Run the stage-2 scorer comparison of docs/rerankers.md: one run.py process per (split, setting), one at a time.
+"""Run the stage-2 scorer comparison of docs/rerankers.md: one run per (split, setting), one at a time.
 
     python experiments/rerankers_runs.py --model smollm2_135m --split dev
     python experiments/rerankers_runs.py --model gemma3_270m --split test --settings choice cl_lambda1
@@ -6,9 +6,11 @@
 Each setting is FreeRet's stage 1 (method=freeret: h^Attn_L + the FreeRet prior) and one stage-2 scorer, on WordNet RD
 (the first ``--limit`` queries, top-``--rd-k``) and on the WordNet meta-task suite (top-``--suite-k``); ``--split dev``
 runs the dev twins (wordnet_rd_dev, suite=wordnet_meta_dev), where settings are chosen, ``test`` the shipped sets.
-Stage 1 is embedded once per model and split and reused from the embedding cache by every setting. Outputs go to
-``<out>/<model>/<split>/<setting>/{rd,suite}/`` (each run's results/*.json and its rerank shards), a log per run
-beside them, and ``<out>/<model>/<split>/runs.json`` (command, exit status, wall seconds per run).
+Stage 1 is embedded once per model and split and reused from the embedding cache by every setting. The runs go
+through ``runs.run_sweep``: in this process on one loaded model (a finished run is skipped), or with ``--launcher``
+through ``run.py -m hydra/launcher=<name>`` (a log per run beside its folder). Outputs go to
+``<out>/<model>/<split>/<setting>/{rd,suite}/0/`` (each run's results/*.json and its rerank shards) and
+``<out>/<model>/<split>/runs.json`` (command, exit status, wall seconds per run).
 
     python experiments/rerankers_runs.py --model smollm2_135m --split test --report
 
@@ -21,20 +23,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import REPO
+from runs import add_launcher_argument, run_sweep
 
-# setting -> run.py overrides (beyond the shared ones); stage 1 alone is every run's "embed" metrics. Chosen values
-# (lambda, weights, wording) are the configs' defaults, set from the dev split (docs/rerankers.md).
+from freeret.bench import bar_chart, write
+from freeret.cli import quiet_lightning
+from freeret.errors import FreeRetError
+from freeret.experiment import Models, launcher_command
+from freeret.paths import repo_root
+from freeret.run.report import summary_line
+
+REPO = repo_root()
+
+# setting -> the stage-2 preset it runs (conf/scorer, conf/rerank) and, for the dev grid, the one value it changes;
+# stage 1 alone is every run's "embed" metrics. Chosen values (lambda, weights, wording) are the presets' defaults,
+# set from the dev split (docs/rerankers.md).
 SETTINGS: dict[str, list[str]] = {
     "choice": ["scorer=choice"],
     "choice_debiased": ["scorer=choice_debiased"],
     "cl_lambda0": ["scorer=candidate_likelihood", "scorer.cpn_lambda=0"],
-    "cl_lambda1": ["scorer=candidate_likelihood", "scorer.cpn_lambda=1"],
+    "cl_lambda1": ["scorer=candidate_likelihood"],  # PMI: the preset's cpn_lambda
     "query_likelihood": ["scorer=query_likelihood"],
     "bidirectional": ["rerank=blim"],
     "listwise": ["scorer=listwise"],
@@ -60,7 +71,7 @@ def collect(folder: Path, settings: list[str]) -> dict:
     table: dict[str, dict] = {}
     for setting in settings:
         for which in ("rd", "suite"):
-            for path in sorted((folder / setting / which / "results").glob("*.json")):
+            for path in sorted((folder / setting / which).glob("**/results/*.json")):  # <which>/0/ (or <which>/)
                 res = json.loads(path.read_text())
                 if "rerank" not in res.get("metrics", {}):
                     continue
@@ -82,13 +93,11 @@ def collect(folder: Path, settings: list[str]) -> dict:
 
 def report(model: str, split: str, folder: Path, settings: list[str]) -> None:
     """docs/results/<model>/rerankers_<split>.json, its bar plot, and a markdown table on stdout."""
-    from _common import bar_chart, save
-
     table = collect(folder, settings)
     if not table:
         raise SystemExit(f"no finished runs under {folder}")
     out = REPO / "docs" / "results" / model / f"rerankers_{split}.json"
-    save(out, {"model": model, "split": split, "datasets": table})
+    write(out, {"model": model, "split": split, "datasets": table})
     names = list(table)
     shown = [s for s in settings if any(s in table[d]["settings"] for d in names)]
     series = {"stage 1": [table[d]["embed"]["hit@1"] for d in names]}
@@ -127,28 +136,43 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="more run.py overrides for every run")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "rerankers")
     ap.add_argument("--report", action="store_true", help="collect finished runs into docs/results (runs nothing)")
+    add_launcher_argument(ap)
     args = ap.parse_args()
     folder = args.out / args.model / args.split
     if args.report:
         return report(args.model, args.split, folder, args.settings)
+    quiet_lightning()
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / "runs.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     plans = runs(args.model, args.split, args.limit, args.rd_k, args.suite_k, args.threads)
+    models = Models()  # in-process: the model loads once for every run
     for setting in args.settings:
         for which in args.sets:
             run_dir = folder / setting / which
-            run_dir.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, str(REPO / "run.py"), *plans[which], *SETTINGS[setting], *args.extra,
-                   f"hydra.run.dir={run_dir}"]
+            overrides = [*plans[which], *SETTINGS[setting], *args.extra]
             t = time.perf_counter()
-            with open(run_dir / "run.log", "w") as log:
-                code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            code, note = 0, ""
+            try:
+                done = run_sweep(overrides, run_dir, args.launcher, models=models,
+                                 on_result=lambda r: print(f"  {summary_line(r)}", flush=True))
+                if done and all(d.skipped for d in done):
+                    note = " (its results were there: skipped; remove the folder to run it again)"
+            except FreeRetError as exc:  # one line, then the next run (as a failed run.py process was)
+                print(f"error: {exc}", file=sys.stderr)
+                code = getattr(exc, "exit_code", 2)
+            except SystemExit as exc:  # a failed launcher sweep: its log names the cause
+                print(exc, file=sys.stderr)
+                code = 1
             wall = time.perf_counter() - t
-            manifest[f"{setting}/{which}"] = {"command": cmd[1:], "exit": code, "wall_seconds": round(wall, 1),
+            if note and f"{setting}/{which}" in manifest:  # keep the record of the run that made them
+                print(f"{args.model} {args.split} {setting}/{which}{note}", flush=True)
+                continue
+            manifest[f"{setting}/{which}"] = {"command": launcher_command(overrides, run_dir, args.launcher)[1:],
+                                             "exit": code, "wall_seconds": round(wall, 1),
                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
             manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-            print(f"{args.model} {args.split} {setting}/{which}: exit {code}, {wall:.0f} s", flush=True)
+            print(f"{args.model} {args.split} {setting}/{which}: exit {code}, {wall:.0f} s{note}", flush=True)
 
 
 if __name__ == "__main__":

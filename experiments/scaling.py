@@ -4,8 +4,9 @@
     python experiments/scaling.py --models smollm2_135m --runs layer_attn_last,method_e5v
     python experiments/scaling.py --dry-run                           # list the runs and their overrides
 
-Each model loads once and serves all its runs (retrieval runs through ``freeret.benchmark.run_all``, probes through
-``freeret.probes.runner.run_probe``). A run whose ``<out>/<model>/<run>.json`` exists is skipped. Every result
+Each model loads once and serves all its runs (retrieval runs through the experiments' runner,
+``freeret.experiment.run_jobs`` on the shared model; probes through ``freeret.probes.runner.run_probe``).
+A run whose ``<out>/<model>/<run>.json`` exists is skipped. Every result
 file holds the run's payload plus a ``scaling`` section: wall and CPU seconds of the run, the model's load time,
 the limits, the split, the overrides and whether the model is code-tuned. Scratch (rerank shards, probe PNGs) goes
 to ``$FREERET_CACHE/scaling-runs``; embeddings go to the usual cache, so runs that share items share vectors.
@@ -20,15 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from runs import compose
 
 from freeret.backbone import ModelSpec
 from freeret.backbone.loading import load_backbone, resolve_checkpoint
-from freeret.benchmark import run_all
 from freeret.cli import quiet_lightning
 from freeret.errors import ConfigError
 from freeret.eval.results import write_json
+from freeret.experiment import Job, run_jobs
 from freeret.paths import cache_dir, repo_root
 from freeret.probes.runner import resolve_framings, run_probe
 from freeret.run.inputs import SharedModel
@@ -69,9 +70,7 @@ def overrides_for(spec: dict[str, Any], run_spec: dict[str, Any], model: str, li
 
 def compose_run(run_spec: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """The plain config of one run, composed as run.py / probes/*.py would."""
-    name = "probe" if run_spec["kind"] == "probe" else "config"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name=name, overrides=overrides), resolve=True)
+    return compose(overrides, "probe" if run_spec["kind"] == "probe" else "config")
 
 
 def plan(spec: dict[str, Any], model: str, only: set[str] | None) -> list[dict[str, Any]]:
@@ -80,13 +79,15 @@ def plan(spec: dict[str, Any], model: str, only: set[str] | None) -> list[dict[s
     return [r for r in spec["runs"] if r["name"] not in skip and (only is None or r["name"] in only)]
 
 
-def execute(run_spec: dict[str, Any], config: dict[str, Any], shared: SharedModel) -> Any:
-    """Run one composed config on the shared backbone; returns the probe payload or the result mappings."""
+def execute(run_spec: dict[str, Any], overrides: list[str], config: dict[str, Any], shared: SharedModel) -> Any:
+    """Run one config on the shared backbone; returns the probe payload or the result mappings."""
     if run_spec["kind"] == "probe":
         resolve_framings(config)
         return run_probe(run_spec["probe"], config, backbone=shared.backbone)
-    results = run_all(config, on_result=lambda result: print(f"  {summary_line(result)}", flush=True), shared=shared)
-    return [result.to_dict() for result in results]  # the mappings of results/<dataset>.json (RunResult.from_dict)
+    (done,) = run_jobs([Job(tuple(overrides), Path(config["run_dir"]))], compose,
+                       on_result=lambda result: print(f"  {summary_line(result)}", flush=True), shared=shared,
+                       resume=False)  # a run's own result file is what resumes the grid
+    return [result.to_dict() for result in done.results]  # the mappings of results/<dataset>.json (RunResult.from_dict)
 
 
 def run_model(spec: dict[str, Any], model: str, out: Path, only: set[str] | None = None, dry_run: bool = False,
@@ -116,7 +117,7 @@ def run_model(spec: dict[str, Any], model: str, out: Path, only: set[str] | None
         config = compose_run(run_spec, overrides)
         config["run_dir"] = str(scratch / run_spec["name"])
         wall, cpu = time.perf_counter(), time.process_time()
-        result = execute(run_spec, config, shared)
+        result = execute(run_spec, overrides, config, shared)
         record = {
             "run": run_spec["name"], "kind": run_spec["kind"], "model": model,
             "code_tuned": model in spec.get("code_tuned", []),

@@ -6,11 +6,13 @@
     python experiments/stage1_search.py --spec experiments/stage1_search_cpu.yaml ...         # the lean CPU search
 
 The axes, the start and the baselines are data: ``search`` in ``conf/experiment/stage1_search.yaml``. Each axis is
-one ``run.py -m experiment=stage1_search`` sweep (suite ``stage1_dev``: the reverse dictionary's dev split and the
-meta-task dev suite) from the best setting so far; a job's objective is the mean of its RD dev hit@1 and its
-meta-task dev mean hit@1, and it replaces the best only if higher. ``<out>/search.json`` keeps every job's scores,
-overrides and wall time, and the best setting after each axis; a rerun skips finished axes (and the embedding cache
-skips finished vectors). ``--test`` runs the chosen setting and the baselines on suite ``stage1_test``, and the
+one ``experiment=stage1_search`` sweep (suite ``stage1_dev``: the reverse dictionary's dev split and the meta-task
+dev suite) from the best setting so far; a job's objective is the mean of its RD dev hit@1 and its meta-task dev
+mean hit@1, and it replaces the best only if higher. A sweep runs in this process on one loaded model
+(``runs.run_sweep``), or with ``--launcher slurm`` through ``run.py -m hydra/launcher=slurm`` on a cluster; either
+way its jobs land in ``<out>/<axis>/<job>``. ``<out>/search.json`` keeps every job's scores, overrides and wall
+time, and the best setting after each axis; a rerun skips finished axes, and finished jobs of an unfinished one
+(and the embedding cache skips finished vectors). ``--test`` runs the chosen setting and the baselines on suite ``stage1_test``, and the
 baselines on dev too; nothing is chosen from a test score.
 """
 
@@ -18,22 +20,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from runs import add_launcher_argument
+from runs import run_sweep as run_plan
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "conf" / "experiment" / "stage1_search.yaml"
+from freeret.bench import bar_chart
+from freeret.cli import one_line_errors, quiet_lightning
+from freeret.experiment import Models
+from freeret.paths import repo_root
+from freeret.run.report import summary_line
+
+CONFIG = repo_root() / "conf" / "experiment" / "stage1_search.yaml"
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 
 
 def load_search(path: Path = CONFIG) -> dict[str, Any]:
-    """The ``search`` section of the experiment config."""
-    return yaml.safe_load(path.read_text())["search"]
+    """The ``search`` section of the experiment config (or of a ``--spec`` file: what it leaves out, e.g. the
+    ``start``, is the experiment's)."""
+    spec = yaml.safe_load(path.read_text())["search"]
+    return spec if path == CONFIG else {**yaml.safe_load(CONFIG.read_text())["search"], **spec}
 
 
 def _value(v: Any) -> str:
@@ -75,18 +85,15 @@ def job_records(sweep_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def run_sweep(model: str, args: list[str], sweep_dir: Path, extra: list[str]) -> float:
-    """One ``run.py -m`` into ``sweep_dir`` (log beside it); returns its wall time."""
-    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO / "run.py"), "-m", "experiment=stage1_search", f"model={model}", *args, *QUIET,
-           *extra, f"hydra.sweep.dir={sweep_dir}"]
+MODELS = Models()  # in-process: the model loads once for every sweep of a search
+
+
+def run_sweep(model: str, args: list[str], sweep_dir: Path, extra: list[str], launcher: str | None = None) -> float:
+    """One ``experiment=stage1_search`` sweep into ``sweep_dir/<job>`` (in this process on the search's one loaded
+    model, or through ``launcher``); returns its wall time."""
+    sweep = ["experiment=stage1_search", f"model={model}", *args, *QUIET, *extra]
     start = time.perf_counter()
-    with open(sweep_dir.with_suffix(".log"), "w") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: sweep failed ({sweep_dir.with_suffix('.log')}): {' '.join(args)}")
+    run_plan(sweep, sweep_dir, launcher, models=MODELS, on_result=lambda r: print(f"  {summary_line(r)}", flush=True))
     return time.perf_counter() - start
 
 
@@ -109,7 +116,8 @@ def matches(best: dict[str, Any], when: dict[str, Any] | None) -> bool:
     return True
 
 
-def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec_path: Path = CONFIG) -> dict[str, Any]:
+def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec_path: Path = CONFIG,
+           launcher: str | None = None) -> dict[str, Any]:
     """Run the axes (all, or those named) and return the state written to ``<out>/search.json``."""
     spec = load_search(spec_path)
     state_file = out / "search.json"
@@ -128,7 +136,7 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
         for key in sweep:  # a group swept by this axis drops the previous choice's own keys
             best = set_choice(best, key, best.get(key))
         best = {k: v for k, v in best.items() if v is not None}
-        wall = run_sweep(model, overrides(best, sweep), out / name, extra)
+        wall = run_sweep(model, overrides(best, sweep), out / name, extra, launcher)
         records = job_records(out / name)
         keys = set(best) | set(sweep)
         for r in records:
@@ -148,7 +156,7 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
 
 
 def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
-         suites: tuple[str, ...] = ("stage1_dev", "stage1_test")) -> dict[str, Any]:
+         suites: tuple[str, ...] = ("stage1_dev", "stage1_test"), launcher: str | None = None) -> dict[str, Any]:
     """The chosen setting on test (once) and the baselines on dev and test (or only the ``suites`` named)."""
     state = json.loads((out / "search.json").read_text())
     spec = load_search(spec_path)
@@ -161,7 +169,7 @@ def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
             tag = f"{name}_{suite.split('_')[1]}"
             if tag in state["test"] or (name == "chosen" and suite == "stage1_dev"):
                 continue
-            wall = run_sweep(model, [*overrides(setting), f"suite={suite}"], out / "final" / tag, extra)
+            wall = run_sweep(model, [*overrides(setting), f"suite={suite}"], out / "final" / tag, extra, launcher)
             state["test"][tag] = {"setting": setting, "wall_s": wall, "jobs": job_records(out / "final" / tag)}
             (out / "search.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
             job = state["test"][tag]["jobs"][0]
@@ -181,8 +189,6 @@ def report(state: dict[str, Any], out: Path, spec_path: Path = CONFIG) -> str:
     """A compact record (``<out>/search.json``: every job's setting, scores and wall time, without run folders),
     the per-axis dev leaderboard and the final table as Markdown (``<out>/leaderboard.md``), and a bar chart of the
     final runs (``<out>/final.png``). Axes are listed in the spec's order. Returns the Markdown."""
-    from _common import bar_chart
-
     out.mkdir(parents=True, exist_ok=True)
     keep = ("setting", "scores", "rd", "meta", "objective", "wall_s", "embed_s")
     compact = {**state, "axes": {name: {**{k: v for k, v in axis.items() if k != "jobs"},
@@ -266,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the dev leaderboards of these search folders side by side; run nothing")
     parser.add_argument("--spec", type=Path, default=CONFIG,
                         help="a YAML file whose `search` section replaces the experiment's (e.g. stage1_search_cpu.yaml)")
+    add_launcher_argument(parser)
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for every job (e.g. embed.batch_size=16)")
     args = parser.parse_args(argv)
     if args.compare:
@@ -275,10 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model and --out are required (except with --compare)")
     if args.report:
         print(report(json.loads((args.out / "search.json").read_text()), args.report, args.spec))
-    elif args.test:
-        test(args.model, args.out, args.overrides, args.spec, tuple(args.suites))
+        return 0
+    quiet_lightning()
+    if args.test:
+        one_line_errors(lambda: test(args.model, args.out, args.overrides, args.spec, tuple(args.suites), args.launcher))
     else:
-        search(args.model, args.out, args.axes, args.overrides, args.spec)
+        one_line_errors(lambda: search(args.model, args.out, args.axes, args.overrides, args.spec, args.launcher))
     return 0
 
 

@@ -212,7 +212,7 @@ class ClaimedBatches(Sampler[list[int]]):
                 if not self.claims.try_claim(bid):
                     self.deferred.append(batch)
                     continue
-                if self.store is not None and _finished(self.store, self.keys(batch)):
+                if self.store is not None and batch_finished(self.store, self.keys(batch)):
                     self.claims.release(bid, done=True)
                     continue
             yield batch
@@ -221,7 +221,7 @@ class ClaimedBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
-def _finished(store: ShardStore, keys: Sequence[str]) -> bool:
+def batch_finished(store: ShardStore, keys: Sequence[str]) -> bool:
     """Whether every key is in the store, after indexing the shards other jobs wrote meanwhile."""
     store.refresh()
     return all(k in store.index for k in keys)
@@ -273,7 +273,7 @@ def embed_rounds(items: Sequence[Any], batch_size: int, store: ShardStore, claim
             deferred = predict(todo)
             for batch in deferred:
                 keys = [items[i].key for i in batch]
-                claims.wait(batch_id(keys), lambda keys=keys: _finished(store, keys))  # type: ignore[union-attr]
+                claims.wait(batch_id(keys), lambda keys=keys: batch_finished(store, keys))  # type: ignore[union-attr]
             last = None if rank_sum(len(deferred)) else todo  # the same on every rank
             rounds += 1
     finally:

@@ -159,7 +159,7 @@ def run_py_process(args: list[str], run_dir: Path, env: dict[str, str] | None = 
 def script(path: str):
     """An entry-point script (``experiments/make_tables.py``) imported as a module, to call its ``main`` here.
 
-    Its folder goes on ``sys.path`` as when Python runs it (the experiments import ``_common``)."""
+    Its folder goes on ``sys.path`` as when Python runs it (the drivers import their sibling ``runs``)."""
     import importlib.util
 
     file = REPO / path

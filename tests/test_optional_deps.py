@@ -92,7 +92,7 @@ def test_faiss_absent_is_one_line_from_the_index_and_the_benchmark(monkeypatch, 
         build_index(np.eye(3, dtype=np.float32), "ivf")
     assert str(err.value) == ("freeret.search's ivf index needs faiss-cpu, which is not installed: "
                               'pip install -e ".[search]"')
-    monkeypatch.syspath_prepend(str(REPO / "experiments"))  # bench_search imports its sibling _common
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))  # as when Python runs a script of experiments/
     bench = _load_script("experiments/bench_search.py")
     monkeypatch.setattr(sys, "argv", ["bench_search.py", "--n", "10"])
     monkeypatch.setattr(bench, "bench_one", lambda *a: pytest.fail("benchmarked without faiss"))

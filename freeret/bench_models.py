@@ -1,4 +1,4 @@
-"""Backbones for the benchmarks: the real SmolLM2, or a random-weight Qwen2-VL with the real 2B widths.
+"""Backbones for the benchmarks (experiments/bench_*.py): the real SmolLM2, or a random-weight Qwen2-VL with the real 2B widths.
 
 Speed does not depend on weight values, so a random model with Qwen2-VL-2B-Instruct's text widths (hidden 1536,
 MLP 8960, 12 query heads, 2 KV heads, vocabulary 151,936, tied embeddings) times what the real one would, per
@@ -25,12 +25,13 @@ from transformers import (
     Qwen2VLImageProcessorPil,
 )
 
-from _common import REPO, conf
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import get_family
 from freeret.backbone.processors import Qwen2VLImageOnlyProcessor
+from freeret.bench import conf
 from freeret.errors import CheckpointNotFoundError
+from freeret.paths import repo_root
 from freeret.toy.models import (
     QWEN2_VL_CHAT_TEMPLATE,
     QWEN_VL_TOKENS,
@@ -77,7 +78,7 @@ def qwen2vl_2b_dims(layers: int = 28, vision_depth: int = 32, max_pixels: int = 
 
 def smollm2_config_dir() -> Path:
     """Where SmolLM2's saved tokenizer and config are: ``$FREERET_SMOLLM2_CONFIG`` or ``.gpu_bundle/smollm2_135m``."""
-    return Path(os.environ.get("FREERET_SMOLLM2_CONFIG") or REPO / ".gpu_bundle" / "smollm2_135m")
+    return Path(os.environ.get("FREERET_SMOLLM2_CONFIG") or repo_root() / ".gpu_bundle" / "smollm2_135m")
 
 
 def smollm2_random(folder: Path, seed: int = 0) -> Backbone:

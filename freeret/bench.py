@@ -1,0 +1,137 @@
+"""What every benchmark and experiment script shares: the common arguments (threads, repeats, out path, model and
+weights, device), an interleaved best-of-N timer (variants timed round-robin, so a busy machine slows each alike and
+ratios are measured side by side in one run), config entries as plain dicts, and one writer for the JSON (with the
+environment) and the bar plot beside it. ``scripts/gpu_check.py`` reads these JSON files whole."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from freeret.paths import repo_root
+
+T = TypeVar("T")
+BENCH_OUT = repo_root() / "outputs" / "bench"
+
+
+def conf(group: str, name: str) -> dict[str, Any]:
+    """One config-group entry from conf/ as a plain dict (its own YAML only; no defaults list, no Hydra)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(repo_root() / "conf" / group / f"{name}.yaml"), resolve=True)
+
+
+def dataset_prompt(name: str):  # noqa: ANN201 - freeret.prompts.DatasetPrompt, imported lazily
+    """The prompt facts (``prompt:``) of ``conf/dataset/<name>.yaml``, which templates are bound to."""
+    from omegaconf import OmegaConf
+
+    from freeret.prompts import DatasetPrompt
+
+    return DatasetPrompt.from_config(OmegaConf.to_container(OmegaConf.load(repo_root() / "conf" / "dataset" / f"{name}.yaml")))
+
+
+def parser(doc: str | None, *, model: str | None = None, layers: int | None = None, weights: bool = False,
+           threads: int | None | bool = False, threads_help: str = "torch threads (1 is steadiest on a shared CPU)",
+           repeats: int | None = None, repeats_help: str = "interleaved rounds; each variant's best round is kept",
+           device: bool = False, device_help: str = "cpu, or cuda", out: Path | None = None) -> argparse.ArgumentParser:
+    """An argument parser with the benchmarks' common flags: ``--model`` (default ``model``) and ``--layers`` of
+    ``qwen2vl_2b_dims``, ``--weights``, ``--threads`` (``threads``: its default; False: no flag), ``--repeats``,
+    ``--device`` and ``--out`` (default ``out``; None: the script names it from its arguments)."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    if model is not None:
+        ap.add_argument("--model", default=model, help="a conf/model name, or qwen2vl_2b_dims (random weights)")
+    if layers is not None:
+        ap.add_argument("--layers", type=int, default=layers, help="decoder layers of qwen2vl_2b_dims (the real 2B has 28)")
+    if weights:
+        ap.add_argument("--weights", choices=["real", "random", "auto"], default="real",
+                        help="smollm2_135m: its real weights, random ones in its shape (from .gpu_bundle/smollm2_135m), "
+                             "or real where installed, else random")
+    if threads is not False:
+        ap.add_argument("--threads", type=int, default=threads, help=threads_help)
+    if repeats is not None:
+        ap.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
+    if device:
+        ap.add_argument("--device", default="cpu", help=device_help)
+    ap.add_argument("--out", type=Path, default=out)
+    return ap
+
+
+def set_threads(n: int | None) -> None:
+    """torch's intra-op threads (None: leave torch's default)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+@dataclass
+class Timing:
+    """A variant's best round: wall seconds and the process CPU seconds of that round."""
+
+    seconds: float = float("inf")
+    cpu_seconds: float = float("inf")
+
+
+def best_of(variants: Mapping[str, Callable[[], T]], repeats: int,
+            each: Callable[[int, str, float, float, T], None] | None = None,
+            round_start: Callable[[int], None] | None = None,
+            round_end: Callable[[int], None] | None = None) -> tuple[dict[str, Timing], dict[str, T]]:
+    """Time every variant once per round, round-robin, for ``repeats`` rounds; keep each variant's fastest round.
+
+    Returns (best timing per variant, each variant's last result). ``each(round, name, seconds, cpu_seconds,
+    result)`` sees every timed call; ``round_start`` / ``round_end`` run around each round, untimed (a reference
+    measured beside the variants)."""
+    best = {name: Timing() for name in variants}
+    last: dict[str, T] = {}
+    for r in range(repeats):
+        if round_start:
+            round_start(r)
+        for name, call in variants.items():
+            t, c = time.perf_counter(), time.process_time()
+            result = call()
+            secs, cpu = time.perf_counter() - t, time.process_time() - c
+            if secs < best[name].seconds:
+                best[name] = Timing(secs, cpu)
+            last[name] = result
+            if each:
+                each(r, name, secs, cpu, result)
+        if round_end:
+            round_end(r)
+    return best, last
+
+
+def write(out: Path, payload: dict[str, Any]) -> None:
+    """Write a result JSON with the environment it ran in, and say where it went."""
+    from freeret.eval.results import environment, write_json
+
+    write_json(out, {**payload, "environment": environment()})
+    print(f"wrote {out}")
+
+
+def bar_chart(out: Path, labels: list[str], series: dict[str, list[float]], ylabel: str, title: str,
+              hline: float | None = None) -> None:
+    """Grouped bar chart saved as PNG beside the JSON (one colour per series)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    width = 0.8 / len(series)
+    for j, (name, values) in enumerate(series.items()):
+        ax.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(labels))], values, width, label=name)
+    if hline is not None:
+        ax.axhline(hline, color="grey", ls="--", lw=1)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+    print(f"wrote {out.with_suffix('.png')}")
