@@ -92,3 +92,11 @@ def test_every_config_choice_resolves_as_before():
     got = resolved_configs()
     assert len(got) > 150 and "dataset=mmeb/ImageNet-1K" in got and "suite=stage1_dev mode=fast" in got
     check_snapshot(SNAPSHOT, got)
+
+
+def test_a_rerank_preset_sets_its_framing_under_method_freeret():
+    """method=freeret once restated framing=mcq; coming after rerank in the defaults, it silently undid
+    rerank=mmembed and rerank=retllm (both ran the MCQ prompt)."""
+    got = resolved_configs()
+    assert got["method=freeret rerank=mmembed"]["framing.name"] == "mmembed"
+    assert got["method=freeret rerank=retllm"]["framing.name"] == "retllm"
