@@ -78,7 +78,7 @@ def _debian(catalogue: Path | None = None) -> list[Entry]:
 
 DOMAINS: dict[str, Domain] = {d.name: d for d in (
     Domain("wn_adj", "wordnet-base (WordNet 3.0 data.adj)", "definition", "adjective", lambda: wordnet_entries("a")),
-    Domain("wn_adv", "wordnet-base (WordNet 3.0 data.adv)", "definition", "adverb", lambda: wordnet_entries("r", min_tags=0)),
+    Domain("wn_adv", "wordnet-base (WordNet 3.0 data.adv)", "definition", "adverb", lambda: wordnet_entries("r")),
     Domain("gcide", "dict-gcide (Webster's 1913 in GCIDE)", "dictionary definition", "word", _gcide),
     Domain("foldoc", "dict-foldoc (Free On-line Dictionary of Computing)", "computing definition", "term",
            lambda: foldoc_entries(DICTD_DIR)),

@@ -50,21 +50,11 @@ def norm(text: str) -> str:
     return " ".join(text.replace("_", " ").lower().split())
 
 
-def _shared_stem(a: str, b: str) -> bool:
-    """Whether two words share a stem: a common prefix of 6 letters, or of at least 4 and all but 3 of the shorter."""
-    if a == b:
-        return True
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n >= 6 or n >= max(4, min(len(a), len(b)) - 3)
-
-
 def mentions(text: str, target: str) -> bool:
-    """Whether ``text`` contains a word of ``target`` or a word sharing its stem (swift/swiftly, loathes/loather,
-    frangible/frangibility), case-blind: such a query gives the target away."""
+    """Whether ``text`` contains a word of ``target`` (alone or +s/es), case-blind: such a query gives it away.
+    The rule of ``data/wordnet_rd``; a shared stem (swift/swiftly) stays, as in real retrieval, where BM25 finds it."""
     words = set(_WORD.findall(text.lower()))
-    return any(_shared_stem(w, t) for t in _WORD.findall(target.lower()) if len(t) > 1 for w in words)
+    return any({w, w + "s", w + "es"} & words for w in _WORD.findall(target.lower()) if len(w) > 1)
 
 
 def plain_query(text: str, min_words: int = 3, max_words: int = 40) -> str | None:
@@ -103,16 +93,16 @@ class Verbs:
 # --- WordNet 3.0 -------------------------------------------------------------------------------------------------
 
 
-def wordnet_entries(pos: str, root: Path | None = None, min_tags: int = 1) -> list[Entry]:
+def wordnet_entries(pos: str, root: Path | None = None) -> list[Entry]:
     """Adjective (``a``: heads and satellites, not participial ``adj.ppl``) or adverb (``r``) synsets whose first
-    lemma is plain lowercase letters, SemCor tag count >= ``min_tags``, definition without quotes: definition ->
-    lemma."""
+    lemma is plain lowercase letters, SemCor tag count >= 1 (familiar, as in ``data/wordnet_rd``), definition
+    without quotes: definition -> lemma."""
     if pos not in ("a", "r"):
         raise ValueError(f"the general suite reads WordNet adjectives (a) or adverbs (r), not {pos!r}")
     out = []
     for s in load_synsets(pos, root):
         first = s.lemmas[0]
-        if s.lexname == "adj.ppl" or s.tag_count < min_tags or not re.fullmatch(r"[a-z]+(?:[_-][a-z]+)*", first):
+        if s.lexname == "adj.ppl" or s.tag_count < 1 or not re.fullmatch(r"[a-z]+(?:[_-][a-z]+)*", first):
             continue
         query = plain_query(s.definition, 2)
         if query is None:
