@@ -170,12 +170,13 @@ def test_gcide_keeps_webster_noun_adjective_adverb_senses_and_reports_every_verb
 def test_jargon_drops_verb_senses_and_foldoc_and_vera_read_their_formats(tmp_path):
     _dictd(tmp_path, "jargon", [
         ("frob", "frob\n /frob/, n.,v.\n\n    A hacker's word for fiddling.\n"),
+        ("RTFM", "RTFM\n /R·T·F·M/, imp.\n\n    Abbreviation for a curt instruction to read the manual.\n"),
         ("blinkenlights", "blinkenlights\n /blink'*n·li:tz/, n.\n\n    Front-panel diagnostic lights on a computer. More.\n"),
     ])
     jargon, verbs = general_sources.jargon_entries(tmp_path)
     assert [(e.target, e.pos, e.query) for e in jargon] == [
         ("blinkenlights", "n.", "Front-panel diagnostic lights on a computer")]
-    assert verbs == {"frob"}
+    assert verbs == {"frob", "rtfm"}  # a verb sense, an imperative
     _dictd(tmp_path, "foldoc", [
         ("hypercube", "hypercube\n\n   <mathematics> A {cube} of more than three dimensions.  More text.\n\n   (1995-01-01)\n"),
         ("cots", "COTS\n\n   <software> See {commercial software}.\n"),
@@ -191,7 +192,8 @@ def test_debian_keeps_programs_whose_description_is_unique_and_does_not_name_the
     dump = "\n\n".join(f"Package: {name}\nVersion: 1\nDescription: {text}" for name, text in [
         ("xbindkeys", "Associate a combination of keys with a shell command"), ("libfoo1", "Foo library"),
         ("foo-dev", "Foo headers"), ("viewnior", "simple, fast and elegant image viewer"),
-        ("feh", "simple, fast and elegant image viewer"), ("grepcidr", "grep for CIDR addresses via grepcidr tool")])
+        ("feh", "simple, fast and elegant image viewer"), ("grepcidr", "grep for CIDR addresses via grepcidr tool"),
+        ("rpm2cpio", "tool to convert RPM package to CPIO archive")])
     entries = general_sources.debian_entries(general_sources.debian_catalogue(dump))
     assert [(e.target, e.query) for e in entries] == [("xbindkeys", "Associate a combination of keys with a shell command")]
 

@@ -28,8 +28,8 @@ _SENTENCE = re.compile(r"(?<=[a-z0-9)\]\u2019\"']{3})\.(?:\s|$)")  # not after a
 _PLAIN_WORD = re.compile(r"[a-z]+(?:[ -][a-z]+)*")
 _MARKUP = re.compile(r"[\[\]{}<>\\\"|*_=~^@#]")  # dictionary markup or symbols left in a text: not a plain definition
 _GCIDE_HEAD = re.compile(r"^(?P<word>[^\\\n]+?) \\[^\\]*\\, (?P<pos>[^\[\n;]*)")
-# A part-of-speech tag that marks a verb sense: GCIDE (v. t., v. i., v.), Jargon (v., vt., vi.).
-VERB_TAGS = re.compile(r"(?:^|[\s,&])v(?:\.|t\.|i\.)")
+# A part-of-speech tag that marks a verb sense: GCIDE (v. t., v. i., v.), Jargon (v., vt., vi., imp. = imperative).
+VERB_TAGS = re.compile(r"(?:^|[\s,&(])(?:v|vt|vi|imp)\.")
 GCIDE_POS = ("n.", "a.", "adv.")  # GCIDE entries kept: a noun, adjective or adverb sense only
 
 
@@ -204,7 +204,7 @@ def jargon_entries(folder: Path = DICTD_DIR) -> tuple[list[Entry], frozenset[str
             continue
         headword, tag_line = lines[0].strip(), lines[1].strip()
         pos = tag_line.rsplit("/,", 1)[1].strip() if "/," in tag_line else ("" if tag_line.startswith("/") else tag_line)
-        if VERB_TAGS.search(" " + pos):
+        if VERB_TAGS.search(" " + tag_line):  # the whole line: some give two pronunciations or a variant first
             verbs.add(norm(headword))
             continue
         text = _BRACES.sub(r"\1", _SPACE.sub(" ", " ".join(lines[2:])).strip())
@@ -260,7 +260,8 @@ def debian_catalogue(text: str) -> list[tuple[str, str]]:
 
 def debian_entries(catalogue: Iterable[tuple[str, str]]) -> list[Entry]:
     """Packages that are programs rather than parts of a family (no lib*, python*, -dev, -data, ... names): the
-    one-line description, if it does not name the package, -> the package name; descriptions that several
+    one-line description, if it does not name the package (or a letter run of its name), -> the package name;
+    descriptions that several
     packages share are dropped (no single answer)."""
     pairs = sorted(set(catalogue))
     by_query: dict[str, set[str]] = {}
@@ -270,7 +271,8 @@ def debian_entries(catalogue: Iterable[tuple[str, str]]) -> list[Entry]:
     for name, description in pairs:
         if _PKG_SKIP.match(name) or _PKG_SUFFIX.search(name) or not re.fullmatch(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*", name):
             continue
-        if len(by_query[norm(description)]) > 1 or mentions(description, name):
+        # a name's letter runs count as its words (rpm2cpio: rpm, cpio), so a description spelling it out is dropped
+        if len(by_query[norm(description)]) > 1 or mentions(description, " ".join(re.findall(r"[a-z]+", name))):
             continue
         query = plain_query(description, 3, 20)
         if query:
