@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ needs_wordnet = pytest.mark.skipif(not (wn.WORDNET_DIR / "index.verb").is_file()
                                    reason="WordNet 3.0 is not installed (apt-get install wordnet-base)")
 
 
-@lru_cache(maxsize=None)
+@cache
 def shipped(domain: str, split: str) -> tuple[dict, ...]:
     with gzip.open(DATA / domain / f"{split}.jsonl.gz", "rt", encoding="utf-8") as fh:
         return tuple(json.loads(line) for line in fh)
