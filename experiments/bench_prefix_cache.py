@@ -33,7 +33,7 @@ from _bench_models import load
 from _common import REPO, bar_chart, conf, dataset_prompt, save
 from freeret.backbone.shared_prefix import Prefix
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import _SLOT, PairScorer
+from freeret.rerank.scorers.choice import Choice
 
 PATHS = ("deepcopy", "ddp_expand", "views")
 
@@ -86,7 +86,7 @@ def batch_cache(path: str, prefix: Prefix, n: int, config) -> object:
 
 
 @torch.no_grad()
-def option_logits(scorer: PairScorer, path: str, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def option_logits(scorer: Choice, path: str, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The pair scorer's option logits of one suffix batch through the ``path`` cache."""
     shared = scorer.shared
     n, width = ids.shape
@@ -112,12 +112,12 @@ def main() -> None:
     out = args.out or REPO / "outputs" / "bench" / f"prefix_cache_{args.model}.json"
     backbone = load(args.model, args.layers)
     backbone.model.to(args.device)
-    scorer = PairScorer(backbone, Framing.from_dict(conf("framing", "mcq")).for_dataset(dataset_prompt("wordnet_rd")))
+    scorer = Choice(backbone, Framing.from_dict(conf("framing", "mcq")).for_dataset(dataset_prompt("wordnet_rd")))
     work = []
     for query, cands in text_rows(args.k, args.queries):
-        prefix_text, template = scorer.split(query)
-        prefix = scorer.shared.run_prefix(backbone.inputs([prefix_text]))
-        enc = backbone.tokenizer([template.replace(_SLOT, c.text) for c in cands[: args.k]], add_special_tokens=False,
+        split = scorer.split(query)
+        prefix = scorer.shared.run_prefix(backbone.inputs([split.prefix]))
+        enc = backbone.tokenizer([split.suffix_for(c.text) for c in cands[: args.k]], add_special_tokens=False,
                                  padding=True, padding_side="right", return_tensors="pt")
         work.append((prefix, enc["input_ids"].to(args.device), enc["attention_mask"].to(args.device)))
     rows = []

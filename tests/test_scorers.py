@@ -14,9 +14,9 @@ from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.retrieval_set import Item
 from freeret.errors import ConfigError, FreeRetError
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer
 from freeret.rerank.scorers import scorer_spec, specs
 from freeret.rerank.scorers.base import BuildContext
+from freeret.rerank.scorers.choice import Choice
 from freeret.rerank.scorers.listwise import sliding_starts
 from helpers import REPO, check_snapshot, compose
 
@@ -206,7 +206,7 @@ def test_debiasing_against_a_hand_computation(smollm):
         "name": "mcq_by_hand", "options": ["A", "B"], "match": "B", "answer_prefix": "Answer:",
         "template": "Task: Determine whether the candidate matches the query.\nQuery: {query}\nCandidate: {candidate}\n"
                     "A. No, the candidate does not match or only partially matches.\nB. Yes, the candidate fully matches the query."})
-    first, second = PairScorer(smollm, mcq).naive(QUERY, CANDS).probs, PairScorer(smollm, swapped).naive(QUERY, CANDS).probs
+    first, second = Choice(smollm, mcq).naive_probs(QUERY, CANDS), Choice(smollm, swapped).naive_probs(QUERY, CANDS)
     got = build(smollm, "choice_debiased").score(QUERY, CANDS)
     assert torch.allclose(got.scores, (first[:, 0] + second[:, 1]) / 2, atol=1e-5)
     calls = [(bool(a[0] > a[1]), bool(b[1] > b[0])) for a, b in zip(first, second)]

@@ -67,10 +67,10 @@ class Scorer(Protocol):
     vision: VisionFeatureCache | None
 
     def score(self, query: Item, cands: Sequence[Item],
-              records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> Any:
-        """The run's path (fast): an object with ``scores`` (K,) and ``record()``."""
+              records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> RowScores:
+        """The run's path (fast): a score per candidate and the extras its shard record keeps."""
 
-    def naive(self, query: Item, cands: Sequence[Item]) -> Any:
+    def naive(self, query: Item, cands: Sequence[Item]) -> RowScores:
         """The reference: one full forward per prompt, same scores as :meth:`score` within float rounding."""
 
     def image_uses(self, query: Item, cands: Sequence[Item]) -> set[tuple[str, int]]:

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 import torch
 
 from freeret.backbone.families import IMAGE
-from freeret.backbone.shared_prefix import splits_exactly
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count
@@ -256,7 +255,7 @@ class QueryLikelihood(NoRunState):
         self.spec, self.bb, self.batch_size = spec, ctx.backbone, ctx.batch_size
         self.vision = vision if vision is not None else _vision(ctx)
         self.text = _ItemPrompt(self.bb, spec.prompt, spec.end, ctx.prompt, spec.name)
-        self.shared, self.suffix = split_at_line(self.prompt(Item.make("target", MARK, None)))
+        self.split = split_at_line(self.prompt(Item.make("target", MARK, None)))  # the shared start, run once per run
         self._prefix = None  # the shared start's KV cache, run once per run
 
     def prompt(self, cand: Item) -> str:
@@ -282,16 +281,13 @@ class QueryLikelihood(NoRunState):
         """Reference: one forward per pair."""
         return self._scores(self._lls(query, cands, 1))
 
-    def _split_is_exact(self, cand: Item) -> bool:
-        return splits_exactly(self.bb.tokenizer, self.shared, self.suffix.replace(MARK, cand.text), self.prompt(cand))
-
     def _shared_lls(self, query: Item, cands: Sequence[Item]) -> list[float]:
         """Text candidates after the prompt's shared start (run once per run)."""
         if self._prefix is None:
-            self._prefix = run_prefix(self.bb, model_inputs(self.bb, None, [self.shared], [[]]))
+            self._prefix = run_prefix(self.bb, model_inputs(self.bb, None, [self.split.prefix], [[]]))
         ids = self.text.scored_ids(self.prompt(cands[0]), query.text)
         tok = self.bb.tokenizer
-        suffixes = [tok(self.suffix.replace(MARK, c.text), add_special_tokens=False)["input_ids"] + ids for c in cands]
+        suffixes = [tok(self.split.suffix_for(c.text), add_special_tokens=False)["input_ids"] + ids for c in cands]
         lps = suffix_logprobs(self.bb, self._prefix, suffixes, self.batch_size, scored=[len(ids)] * len(cands))
         return [reduce_logprobs(lp, self.spec.reduce) for lp in lps]
 
@@ -304,7 +300,9 @@ class QueryLikelihood(NoRunState):
         try:
             out = [0.0] * len(cands)
             text = [i for i, c in enumerate(cands) if not c.image]
-            if text and self.shared and self._split_is_exact(cands[text[0]]):
+            first = cands[text[0]] if text else None
+            if first is not None and self.split.prefix and \
+                    self.split.is_exact(self.bb.tokenizer, first.text, self.prompt(first)):
                 for i, v in zip(text, self._shared_lls(query, [cands[i] for i in text])):
                     out[i] = v
                 rest = [i for i, c in enumerate(cands) if c.image]

@@ -30,7 +30,6 @@ from typing import Any, ClassVar
 import torch
 
 from freeret.backbone.families import IMAGE
-from freeret.backbone.shared_prefix import splits_exactly
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count
@@ -49,7 +48,7 @@ from freeret.rerank.scorers.lm import (
     run_prefix,
     suffix_last_logits,
 )
-from freeret.rerank.scorers.prompts import MARK, SlotPrompt, bind, fill, split_at_line
+from freeret.rerank.scorers.prompts import MARK, SlotPrompt, Split, bind, fill, split_at_line
 from freeret.rerank.scorers.registry import register
 
 log = logging.getLogger(__name__)
@@ -168,7 +167,7 @@ class Listwise:
     def _paths(self, query: Item, window: Sequence[Item]) -> list[str]:
         return [*([query.image] if query.image else []), *self._list_images(window)]
 
-    def split(self, query: Item) -> tuple[str, str]:
+    def split(self, query: Item) -> Split:
         """(shared prefix, suffix template holding the list marker): the prefix ends where the list's line starts."""
         return split_at_line(self.bb.render_parts([self.head, *([IMAGE] * frame_count(query.image)), query.text,
                                                    self.middle, MARK, self.tail]) + self.answer)
@@ -204,11 +203,6 @@ class Listwise:
         self.windows_run += len(windows)
         return out
 
-    def _split_is_exact(self, query: Item, window: Sequence[Item]) -> bool:
-        prefix, suffix = self.split(query)
-        return splits_exactly(self.bb.tokenizer, prefix, suffix.replace(MARK, self._block_text(window)),
-                              self.prompt(query, window))
-
     def _fast_windows(self, query: Item) -> Callable[[Sequence[Sequence[Item]]], list[torch.Tensor]]:
         """A window-probability function for ``query`` whose text-only windows run after its cached prefix."""
         state: dict[str, Any] = {}
@@ -217,17 +211,18 @@ class Listwise:
             if any(self._list_images(w) for w in windows):
                 return self._naive_windows(query, windows)  # images in the list: the full forward
             if "exact" not in state:
-                state["exact"] = self._split_is_exact(query, windows[0])
+                state["exact"] = self.split(query).is_exact(self.bb.tokenizer, self._block_text(windows[0]),
+                                                            self.prompt(query, windows[0]))
                 if not state["exact"]:
                     log.warning("prefix/suffix tokenisation differs from the whole prompt for query %s: scoring it "
                                 "naively", query.key)
             if not state["exact"]:
                 return self._naive_windows(query, windows)
-            prefix, template = self.split(query)
+            split = self.split(query)
             if "prefix" not in state:
-                inputs = model_inputs(self.bb, self.vision, [prefix], [[query.image] if query.image else []])
+                inputs = model_inputs(self.bb, self.vision, [split.prefix], [[query.image] if query.image else []])
                 state["prefix"] = run_prefix(self.bb, inputs)
-            ids = [self.bb.tokenizer(template.replace(MARK, self._block_text(w)), add_special_tokens=False)["input_ids"]
+            ids = [self.bb.tokenizer(split.suffix_for(self._block_text(w)), add_special_tokens=False)["input_ids"]
                    for w in windows]
             logits = suffix_last_logits(self.bb, state["prefix"], ids, self.rows, self.batch_size)
             self.windows_run += len(windows)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from freeret.backbone.shared_prefix import splits_exactly
 from freeret.embed.priors import placeholders
 from freeret.errors import ConfigError
 from freeret.prompts import DatasetPrompt, pick_variant
@@ -19,12 +20,28 @@ from freeret.prompts import DatasetPrompt, pick_variant
 MARK = "\u2063SLOT\u2063"  # stands for a per-candidate part while a rendered prompt is split
 
 
-def split_at_line(rendered: str, mark: str = MARK) -> tuple[str, str]:
-    """(shared prefix, suffix template holding ``mark``) of a prompt rendered with ``mark`` where the per-candidate
-    part goes: the prefix ends at the start of that part's line, so tokenising the two apart gives the whole
-    prompt's ids (checked per query by the callers)."""
-    cut = rendered.rfind("\n", 0, rendered.index(mark)) + 1
-    return rendered[:cut], rendered[cut:]
+class Split(NamedTuple):
+    """A rendered prompt cut where its per-candidate part's line starts: the shared prefix, and the suffix template
+    that holds :data:`MARK` where that part goes."""
+
+    prefix: str
+    suffix: str
+
+    def suffix_for(self, text: str) -> str:
+        """The suffix with ``text`` (one candidate, or a window's list) in place of the mark."""
+        return self.suffix.replace(MARK, text)
+
+    def is_exact(self, tokenizer: Any, text: str, whole: str) -> bool:
+        """Whether prefix and suffix tokenised apart give ``whole``'s ids (``splits_exactly``): the shared-prefix path
+        scores the same tokens as the full forward only then; callers check it once per query."""
+        return splits_exactly(tokenizer, self.prefix, self.suffix_for(text), whole)
+
+
+def split_at_line(rendered: str) -> Split:
+    """The :class:`Split` of a prompt rendered with :data:`MARK` where the per-candidate part goes: the prefix ends at
+    the start of that part's line, so tokenising the two apart gives the whole prompt's ids (when ``is_exact``)."""
+    cut = rendered.rfind("\n", 0, rendered.index(MARK)) + 1
+    return Split(rendered[:cut], rendered[cut:])
 
 
 def fill(text: str, values: Mapping[str, str], keep: tuple[str, ...] = ()) -> str:
