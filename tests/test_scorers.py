@@ -336,12 +336,12 @@ def test_a_dataset_picks_a_scorer_variant(smollm):
     import dataclasses
 
     from freeret.prompts import DatasetPrompt
-    from freeret.rerank.scorers.prompts import SlotPrompt
     from freeret.rerank.stage import rerank_signature
+    from freeret.templates import Template
 
     base = spec_of("query_likelihood")
-    prompt = SlotPrompt(template=base.prompt.template, slots=("candidate",), answer_prefix=base.prompt.answer_prefix,
-                        vars=base.prompt.vars, variants={"terse": "Entry: {candidate}\nA {query_kind} of it:", "plain": None})
+    prompt = Template(template=base.prompt.template, slots=("candidate",), answer_prefix=base.prompt.answer_prefix,
+                      vars=base.prompt.vars, variants={"terse": "Entry: {candidate}\nA {query_kind} of it:", "plain": None})
     spec = dataclasses.replace(base, prompt=prompt)
     cand = Item.make("target", "dog", None)
 

@@ -39,8 +39,8 @@ from freeret.rerank.framing import Framing, swap_options
 from freeret.rerank.options import resolve_option_ids
 from freeret.rerank.scorers.base import BuildContext, NoRunState, RowScores, ScorerSpec, to_host
 from freeret.rerank.scorers.lm import model_inputs, shared_prefix
-from freeret.rerank.scorers.prompts import MARK, Split, split_at_line
 from freeret.rerank.scorers.registry import register
+from freeret.templates import MARK, Split, split_at_line
 
 log = logging.getLogger(__name__)
 

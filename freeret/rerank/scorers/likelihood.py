@@ -45,8 +45,8 @@ from freeret.rerank.scorers.lm import (
     run_prefix,
     suffix_logprobs,
 )
-from freeret.rerank.scorers.prompts import MARK, SlotPrompt, bind, split_at_line
 from freeret.rerank.scorers.registry import register
+from freeret.templates import MARK, Template, split_at_line
 
 REDUCTIONS = ("mean", "sum")
 
@@ -75,9 +75,9 @@ def reduce_logprobs(logprobs: torch.Tensor, how: str) -> float:
 class _ItemPrompt:
     """Renders a scorer's prompt around one item and tokenises the scored text that follows it."""
 
-    def __init__(self, bb, prompt: SlotPrompt, end: str, dataset: DatasetPrompt | None, scorer: str) -> None:
+    def __init__(self, bb, prompt: Template, end: str, dataset: DatasetPrompt | None, scorer: str) -> None:
         self.bb, self.end = bb, end
-        (self.head, self.tail), self.answer = bind(prompt, dataset, scorer)  # the dataset's variant and vars
+        (self.head, self.tail), self.answer = prompt.bind(dataset, "scorer", scorer).pieces()  # its variant and vars
 
     def render(self, item: Item) -> str:
         """The prompt around ``item`` (its visual first), ending where the scored text starts."""
@@ -102,7 +102,7 @@ class CandidateLikelihoodSpec(ScorerSpec):
     name: ClassVar[str] = "candidate_likelihood"
     candidate_kinds: ClassVar[frozenset[str]] = frozenset({TEXT})
 
-    prompt: SlotPrompt = field(default_factory=lambda: SlotPrompt("{query}", ("query",)))
+    prompt: Template = field(default_factory=lambda: Template("{query}", ("query",)))
     reduce: str = "mean"
     cpn_lambda: float = 1.0
     prior_query: str = ""  # the query text of the content-free prompt the prior is read from
@@ -111,7 +111,7 @@ class CandidateLikelihoodSpec(ScorerSpec):
     @classmethod
     def _coerce(cls, key: str, value: Any) -> Any:
         if key == "prompt":
-            return SlotPrompt.from_config(value, ("query",), f"scorer={cls.name}")
+            return Template.from_config(value, ("query",), f"scorer={cls.name}")
         return super()._coerce(key, value)
 
     def validate(self) -> None:
@@ -120,7 +120,7 @@ class CandidateLikelihoodSpec(ScorerSpec):
             raise ConfigError(f"scorer={self.name}: cpn_lambda must be a number >= 0 (0 = raw likelihood, 1 = PMI), "
                               f"got {self.cpn_lambda!r}")
 
-    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+    def templates(self) -> tuple[Template, ...]:
         return (self.prompt,)
 
     def build(self, ctx: BuildContext) -> CandidateLikelihood:
@@ -226,20 +226,20 @@ class QueryLikelihoodSpec(ScorerSpec):
     name: ClassVar[str] = "query_likelihood"
     query_kinds: ClassVar[frozenset[str]] = frozenset({TEXT})
 
-    prompt: SlotPrompt = field(default_factory=lambda: SlotPrompt("{candidate}", ("candidate",)))
+    prompt: Template = field(default_factory=lambda: Template("{candidate}", ("candidate",)))
     reduce: str = "mean"
     end: str = ""
 
     @classmethod
     def _coerce(cls, key: str, value: Any) -> Any:
         if key == "prompt":
-            return SlotPrompt.from_config(value, ("candidate",), f"scorer={cls.name}")
+            return Template.from_config(value, ("candidate",), f"scorer={cls.name}")
         return super()._coerce(key, value)
 
     def validate(self) -> None:
         _check_reduce(self, self.reduce)
 
-    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+    def templates(self) -> tuple[Template, ...]:
         return (self.prompt,)
 
     def build(self, ctx: BuildContext) -> QueryLikelihood:
@@ -367,8 +367,8 @@ class BidirectionalSpec(ScorerSpec):
     def validate(self) -> None:
         in_unit_interval(self, "weight", self.weight)
 
-    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
-        return (*self.candidate.slot_prompts(), *self.query.slot_prompts())
+    def templates(self) -> tuple[Template, ...]:
+        return (*self.candidate.templates(), *self.query.templates())
 
     def build(self, ctx: BuildContext) -> Bidirectional:
         return Bidirectional(self, ctx)

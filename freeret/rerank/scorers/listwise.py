@@ -48,8 +48,8 @@ from freeret.rerank.scorers.lm import (
     run_prefix,
     suffix_last_logits,
 )
-from freeret.rerank.scorers.prompts import MARK, SlotPrompt, Split, bind, fill, split_at_line
 from freeret.rerank.scorers.registry import register
+from freeret.templates import MARK, Split, Template, fill, split_at_line
 
 log = logging.getLogger(__name__)
 COMPACT = (None, "caption")
@@ -62,7 +62,7 @@ class ListwiseSpec(ScorerSpec):
 
     name: ClassVar[str] = "listwise"
 
-    prompt: SlotPrompt = field(default_factory=lambda: SlotPrompt("{query}\n{candidates}", ("query", "candidates")))
+    prompt: Template = field(default_factory=lambda: Template("{query}\n{candidates}", ("query", "candidates")))
     line: str = "[{label}] {candidate}"  # one candidate's line in the list
     labels: tuple[str, ...] = tuple(string.ascii_uppercase[:20])
     window: int = 10
@@ -76,7 +76,7 @@ class ListwiseSpec(ScorerSpec):
     @classmethod
     def _coerce(cls, key: str, value: Any) -> Any:
         if key == "prompt":
-            return SlotPrompt.from_config(value, ("query", "candidates"), f"scorer={cls.name}")
+            return Template.from_config(value, ("query", "candidates"), f"scorer={cls.name}")
         return super()._coerce(key, value)
 
     def validate(self) -> None:
@@ -98,15 +98,15 @@ class ListwiseSpec(ScorerSpec):
             raise ConfigError(f"scorer={self.name}: compact={self.compact!r} is not one of null, caption")
 
     def preflight(self, side: Any, prompt: Any, framing: Any) -> None:
-        pieces, answer = bind(self.prompt, prompt, self.name)
+        pieces, answer = self.prompt.bind(prompt, "scorer", self.name).pieces()
         probe = side.render([pieces[0], "q", pieces[1], self.line_text(0, "c"), pieces[2]]) + answer
         resolve_option_ids(side.tokenizer, probe, self.labels[: self.window], f"scorer={self.name} labels")
 
     def line_text(self, index: int, text: str) -> str:
         """The list line of the ``index``-th candidate of a window."""
-        return fill(self.line, {"label": self.labels[index]}, ("candidate",)).replace("{candidate}", text)
+        return fill(self.line, {"label": self.labels[index], "candidate": text}, ("label", "candidate"))
 
-    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+    def templates(self) -> tuple[Template, ...]:
         return (self.prompt,)
 
     def build(self, ctx: BuildContext) -> Listwise:
@@ -133,7 +133,7 @@ class Listwise:
         self.spec, self.bb, self.batch_size = spec, ctx.backbone, ctx.batch_size
         bb = ctx.backbone
         self.vision = VisionFeatureCache(bb, ctx.vision_cache_mb) if bb.family.multimodal and ctx.vision_cache_mb > 0 else None
-        (self.head, self.middle, self.tail), self.answer = bind(spec.prompt, ctx.prompt, spec.name)
+        (self.head, self.middle, self.tail), self.answer = spec.prompt.bind(ctx.prompt, "scorer", spec.name).pieces()
         probe = self.prompt(Item.make("query", "q", None), [Item.make("target", "c", None)])
         self.label_ids = resolve_option_ids(bb.tokenizer, probe, spec.labels[: spec.window], f"scorer={self.name} labels")
         self.rows = torch.tensor(self.label_ids)
