@@ -56,3 +56,15 @@ def test_one_marker_and_one_prompts_module():
     code = {p: p.read_text() for p in (REPO / "freeret").rglob("*.py")}
     assert [p.name for p in code if "\\u2063" in code[p]] == ["templates.py"]
     assert [str(p.relative_to(REPO)) for p in code if p.name == "prompts.py"] == ["freeret/prompts.py"]
+
+
+def test_a_framing_is_checked_by_its_template():
+    """A framing holding a slot twice was split at its first {query} before; its Template now refuses it."""
+    from freeret.rerank.framing import Framing
+
+    with pytest.raises(ConfigError, match="framing 'x': the template must hold {query}, {candidate} once each"):
+        Framing.from_dict({"name": "x", "template": "{query} {candidate} {query}", "options": ["A", "B"], "match": "A"})
+    framing = Framing.from_dict({"name": "x", "template": "Q: {query}\nC: {candidate}\nA or B?", "options": ["A", "B"],
+                                 "match": "A", "variants": {"v": "{query} | {candidate}"}})
+    assert framing.split() == ("Q: ", "\nC: ", "\nA or B?")
+    assert framing.for_dataset(DatasetPrompt("d", {}, {"framing": "v"})).split() == ("", " | ", "")

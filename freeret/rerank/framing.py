@@ -68,7 +68,7 @@ class Framing:
         return replace(self, template=bound.template, variants={}, variant=chosen)
 
     def validate(self) -> None:
-        """Raise ConfigError for missing placeholders, a query after the candidate, or bad options."""
+        """Raise ConfigError for missing or repeated placeholders, a query after the candidate, or bad options."""
         if len(self.options) < 2 or len(set(self.options)) != len(self.options):
             raise ConfigError(f"framing '{self.name}': options must be at least two distinct labels, got {list(self.options)}")
         if self.match not in self.options:
@@ -84,6 +84,7 @@ class Framing:
                 )
             if template.index("{query}") > template.index("{candidate}"):
                 raise ConfigError(f"framing '{self.name}'{where}: {{query}} must come before {{candidate}}")
+        self.prompt.validate(f"framing '{self.name}'")  # the Template's rules too: each slot once
 
     @property
     def match_index(self) -> int:

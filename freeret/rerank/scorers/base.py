@@ -19,7 +19,6 @@ import torch
 
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.errors import ConfigError
-from freeret.prompts import pick_variant
 
 if TYPE_CHECKING:
     from freeret.backbone.backbone import Backbone
@@ -165,7 +164,7 @@ class ScorerSpec:
         """ConfigError (one line, before any weights load) when the dataset names a scorer variant that one of this
         scorer's prompts does not define."""
         for template in self.templates():
-            pick_variant(template.variants, prompt, "scorer", self.name)
+            template.bind(prompt, "scorer", self.name)
 
     def check_modalities(self, rset: RetrievalSet) -> None:
         """ConfigError (one line) when a query or candidate of ``rset`` is of a kind this scorer cannot score."""
