@@ -90,8 +90,9 @@ def test_dataset_prompt_facts_fill_the_scorer_prompts():
 
     prompt = DatasetPrompt.from_config(OmegaConf.to_container(compose(["dataset=wordnet_rd"]).dataset))
     spec = spec_of("candidate_likelihood")
-    assert spec.prompt.split()[0][0] == "Here is a query: "
-    assert spec.prompt.split(facts=prompt.vars)[0] == ["Here is a definition: ", "\nWhich word matches it?\n"]
+    assert spec.prompt.pieces()[0][0] == "Here is a query: "
+    assert spec.prompt.pieces(prompt.vars)[0] == ["Here is a definition: ", "\nWhich word matches it?\n"]
+    assert spec.prompt.bind(prompt, "scorer", spec.name).pieces() == spec.prompt.pieces(prompt.vars)
 
 
 def test_unknown_scorer_is_refused():
