@@ -5,7 +5,7 @@ MLP 8960, 12 query heads, 2 KV heads, vocabulary 151,936, tied embeddings) times
 layer. The number of decoder layers (28 in the real model) and of vision blocks (32) are arguments so a CPU run
 stays short; the vision tower keeps its real widths (1280 wide, 16 heads, 14 px patches, 2x2 merge). The
 tokenizer is SmolLM2's with the Qwen-VL special tokens and the real Qwen2-VL chat template (from
-``freeret.testing.tiny``), so token counts differ a little from Qwen's own tokenizer.
+``freeret.toy.models``), so token counts differ a little from Qwen's own tokenizer.
 
 Where SmolLM2's real weights are absent (the offline GPU host: its package is 88.6 MiB), ``weights="auto"`` builds
 SmolLM2-135M-Instruct's exact shape with seeded random weights from its saved tokenizer and config
@@ -31,11 +31,11 @@ from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import get_family
 from freeret.backbone.processors import Qwen2VLImageOnlyProcessor
 from freeret.errors import CheckpointNotFoundError
-from freeret.testing.tiny import (
+from freeret.toy.models import (
     QWEN2_VL_CHAT_TEMPLATE,
     QWEN_VL_TOKENS,
-    _ids,
-    _tokenizer,
+    special_token_ids,
+    toy_tokenizer,
 )
 
 QWEN2VL_2B_TEXT: dict[str, Any] = {
@@ -55,9 +55,9 @@ QWEN2VL_2B_VISION: dict[str, Any] = {"embed_dim": 1280, "hidden_size": 1536, "nu
 
 def qwen2vl_2b_dims(layers: int = 28, vision_depth: int = 32, max_pixels: int = 448 * 448, seed: int = 0) -> Backbone:
     """Random-weight Qwen2-VL with Qwen2-VL-2B widths and ``layers`` decoder layers, fp32 on CPU."""
-    tokenizer = _tokenizer(QWEN2_VL_CHAT_TEMPLATE, QWEN_VL_TOKENS)
+    tokenizer = toy_tokenizer(QWEN2_VL_CHAT_TEMPLATE, QWEN_VL_TOKENS)
     tokenizer.padding_side = "left"
-    start, end, image, video = _ids(tokenizer, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+    start, end, image, video = special_token_ids(tokenizer, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
     text = {**QWEN2VL_2B_TEXT, "num_hidden_layers": layers, "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     config = Qwen2VLConfig(text_config=text, vision_config={**QWEN2VL_2B_VISION, "depth": vision_depth},

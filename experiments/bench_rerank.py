@@ -47,7 +47,7 @@ def image_rows(k_max: int, queries: int, candidates: str = "definitions") -> lis
     """Image queries (full-size bundled photos) against the smoke captions then WordNet definitions or words."""
     from PIL import Image
 
-    from freeret.testing.smoke import CAPTIONS, _load
+    from freeret.toy.smoke import CAPTIONS, smoke_image
 
     folder = REPO / "outputs" / "bench" / "images"
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def image_rows(k_max: int, queries: int, candidates: str = "definitions") -> lis
     for name in list(CAPTIONS)[:queries]:
         path = folder / f"{name}.png"
         if not path.exists():
-            Image.fromarray(_load(name)).convert("RGB").save(path)
+            Image.fromarray(smoke_image(name)).convert("RGB").save(path)
         rows.append((Item.make("query", "", str(path)), cands))
     return rows
 
@@ -71,7 +71,7 @@ def candidate_images(k: int) -> list[Item]:
     """``k`` distinct full-size JPEG photos: the bundled ones, then mirrored, flipped, rotated and cropped copies."""
     from PIL import Image, ImageOps
 
-    from freeret.testing.smoke import CAPTIONS, _load
+    from freeret.toy.smoke import CAPTIONS, smoke_image
 
     folder = REPO / "outputs" / "bench" / "images" / "candidates"
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def candidate_images(k: int) -> list[Item]:
         name, variant = names[i % len(names)], i // len(names)
         path = folder / f"{name}_{variant}.jpg"
         if not path.exists():
-            image = changes[variant % len(changes)](Image.fromarray(_load(name)).convert("RGB"))
+            image = changes[variant % len(changes)](Image.fromarray(smoke_image(name)).convert("RGB"))
             cut = 8 * (variant // len(changes))
             image.crop((cut, cut, image.width - cut, image.height - cut)).save(path, quality=90)
         items.append(Item.make("target", "", str(path)))
@@ -96,7 +96,7 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
     from freeret.backbone.image_records import preprocess_visual
     from freeret.data.visual import load_visual
     from freeret.rerank.stage import GroupCollator, plan_images
-    from freeret.testing.smoke import CAPTIONS
+    from freeret.toy.smoke import CAPTIONS
 
     queries = [Item.make("query", c, None) for c in list(CAPTIONS.values())[: args.queries]]
     warm = Choice(backbone, framing, args.batch_size)

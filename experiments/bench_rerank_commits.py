@@ -53,9 +53,12 @@ def main() -> None:
         from freeret.rerank.scorer import PairScorer
 
     try:
-        from freeret.testing.smoke import CAPTIONS
-    except ImportError:  # a checkout from before test support moved to freeret/testing
-        from freeret.data.smoke import CAPTIONS
+        from freeret.toy.smoke import CAPTIONS
+    except ImportError:  # a checkout from before the toy models and data moved to freeret/toy
+        try:
+            from freeret.testing.smoke import CAPTIONS
+        except ImportError:  # ... or from before they moved to freeret/testing
+            from freeret.data.smoke import CAPTIONS
 
     torch.set_num_threads(1)
     bb = load_backbone(ModelSpec(name="tiny_qwen2vl", family="qwen2_vl", source="tiny"))

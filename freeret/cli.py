@@ -57,7 +57,7 @@ def one_line_errors(call: Callable[[], T], debug: bool = False) -> T:
         sys.exit(getattr(exc, "exit_code", 2))
 
 
-_CHOICE = re.compile(r"^\+{0,2}(\w+)=([\w.,-]+)$")
+_CHOICE = re.compile(r"^\+{0,2}(\w+)=([\w./,-]+)$")
 
 
 def unknown_choice(args: list[str], conf_dir: Path) -> str | None:
@@ -71,8 +71,15 @@ def unknown_choice(args: list[str], conf_dir: Path) -> str | None:
             continue
         group = match[1]
         for name in match[2].split(","):
+            if any(part.startswith("_") for part in name.split("/")):  # conf/dataset/_base/: what options extend
+                return (f"{group}={name} is a base that other {group} configs extend (conf/{group}/{name}.yaml), "
+                        f"not a {group} to pick; choose one of the files that build on it")
             if name != "null" and not (conf_dir / group / f"{name}.yaml").is_file():
-                known = ", ".join(sorted(p.stem for p in (conf_dir / group).glob("*.yaml")))
+                folder = (conf_dir / group / name).parent  # dataset=mmeb/Nope: the choices in conf/dataset/mmeb
+                if "/" not in name or ".." in name.split("/") or not folder.is_dir():
+                    folder = conf_dir / group
+                prefix = "" if folder == conf_dir / group else f"{folder.relative_to(conf_dir / group).as_posix()}/"
+                known = ", ".join(sorted(prefix + p.stem for p in folder.glob("*.yaml")))
                 return (f"{group}={name} is not a known {group} (no conf/{group}/{name}.yaml); "
                         f"choose one of: {known}, or add that file")
     return None

@@ -13,6 +13,15 @@ class ConfigError(FreeRetError):
     """A configuration value is invalid (unknown name, out-of-range index, bad template)."""
 
 
+class UnknownNameError(ConfigError):
+    """A config names something no registry holds (a scorer, model family or source, dataset kind or source); the
+    message lists the names it does hold (``freeret.registry``)."""
+
+    def __init__(self, message: str, what: str, name: str, known: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.what, self.name, self.known = what, name, known
+
+
 class DataError(FreeRetError):
     """A dataset file is missing or malformed."""
 

@@ -35,12 +35,16 @@ def compose(overrides: list[str] | None = None, hydra: bool = False):
 
 
 def dataset_prompt(name: str):
-    """The prompt facts of ``conf/dataset/<name>.yaml`` (``mmeb/ImageNet-1K``, ``wordnet_rd``, ...), unresolved."""
+    """The prompt facts of ``conf/dataset/<name>.yaml`` (``mmeb/ImageNet-1K``, ``wordnet_rd``, ...), unresolved; a
+    file that extends another (``defaults:``, as a dev twin extends its test twin) is composed as a run composes it."""
     from omegaconf import OmegaConf
 
     from freeret.prompts import DatasetPrompt
 
-    return DatasetPrompt.from_config(OmegaConf.to_container(OmegaConf.load(CONF / "dataset" / f"{name}.yaml")))
+    entry = OmegaConf.load(CONF / "dataset" / f"{name}.yaml")
+    if "defaults" in entry:
+        entry = compose([f"dataset={name}"]).dataset
+    return DatasetPrompt.from_config(OmegaConf.to_container(entry))
 
 
 def check_snapshot(path: Path, got: Any) -> None:

@@ -26,7 +26,7 @@ from freeret.eval.metrics import retrieval_metrics
 from freeret.eval.results import RunResult
 from freeret.eval.tables import build_tables, load_paper, load_results, to_csv, to_markdown
 from freeret.rerank.framing import Framing
-from freeret.testing.smoke import build_smoke_set
+from freeret.toy.smoke import build_smoke_set
 from helpers import REPO, check_snapshot, compose, dataset_prompt, run_main, run_py
 
 MMEB_CONFIGS = sorted((REPO / "conf/dataset/mmeb").glob("*.yaml"))

@@ -27,7 +27,7 @@ from freeret.data.retrieval_set import load_mmeb
 from freeret.data.validate import check_set, fold_misses, usable_rows
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError, DataError, FreeRetError
-from helpers import QUIET, REPO, compose, results, run_py, run_py_process
+from helpers import CONF, QUIET, REPO, compose, results, run_py, run_py_process
 
 BAD_IMAGES = {  # file -> words the recorded reason must contain
     "missing.png": "not found",
@@ -253,6 +253,18 @@ def test_a_bad_prompt_fact_in_a_suite_stops_before_the_first_dataset(tmp_path, m
                                           "+benchmark.datasets.qa_blank.prompt.framing_variant=fill"]), resolve=True)
     with pytest.raises(ConfigError, match=r"^dataset wordnet_qa_blank asks for framing variant 'fill'"):
         benchmark.run_all({**cfg, "run_dir": str(tmp_path)})
+
+
+def test_a_shared_base_is_not_offered_as_a_choice():
+    """conf/dataset/_base/mmeb.yaml is what the 36 MMEB files extend; picking it alone is refused before Hydra."""
+    from freeret.cli import unknown_choice
+
+    assert (CONF / "dataset/_base/mmeb.yaml").is_file()
+    problem = unknown_choice(["dataset=_base/mmeb"], CONF)
+    assert problem and problem.startswith("dataset=_base/mmeb is a base that other dataset configs extend")
+    assert unknown_choice(["dataset=mmeb/ImageNet-1K", "dataset=wordnet_dev/qa_blank"], CONF) is None
+    nested = unknown_choice(["dataset=mmeb/Nope"], CONF)  # a choice in a sub-folder is checked too
+    assert nested and "no conf/dataset/mmeb/Nope.yaml" in nested and "mmeb/ImageNet-1K," in nested
 
 
 @pytest.mark.parametrize(

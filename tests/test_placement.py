@@ -24,7 +24,7 @@ def holds_a_model(module: torch.nn.Module) -> bool:
 def moves(monkeypatch) -> list[str]:
     """Every ``.to``/``.cpu``/``.cuda`` called on a transformers model or on a module holding one (a
     LightningModule): each is a host<->device copy of the weights on a GPU machine (a no-op copy on CPU)."""
-    from freeret.testing.tiny import tiny_checkpoint
+    from freeret.toy.models import tiny_checkpoint
 
     tiny_checkpoint("qwen2_vl")  # built (and moved to fp32) before the spy when this test is the first to need it
     calls: list[str] = []

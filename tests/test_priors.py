@@ -57,7 +57,7 @@ def test_prompt_snapshots():
 def test_chat_prompt_snapshots_per_family(smollm):
     """The full prompt the model sees, per prior and family (real chat templates; tiny VLMs carry the real ones)."""
     from freeret.backbone.families import IMAGE, get_family
-    from freeret.testing.tiny import TINY_FAMILIES, tiny_checkpoint
+    from freeret.toy.models import TINY_FAMILIES, tiny_checkpoint
 
     processors = {"text": smollm.processor}
     for family in TINY_FAMILIES:

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from freeret.runner import run
-from freeret.testing.tiny import tiny_checkpoint
+from freeret.toy.models import tiny_checkpoint
 from helpers import compose
 
 REPO_ID = "freeret-test/tiny-qwen2vl"
@@ -107,9 +107,9 @@ def test_every_family_names_a_real_torchvision_image_processor():
     """The torchvision classes are imported only when chosen (their modules import torchvision): check by source."""
     import importlib.util
 
-    from freeret.backbone.processors import PROCESSORS
+    from freeret.backbone.families import processor_recipes
 
-    for family, recipe in PROCESSORS.items():
+    for family, recipe in processor_recipes().items():
         module, name = recipe.torchvision_image_processor.split(":")
         source = Path(importlib.util.find_spec(module).origin).read_text()
         assert f"class {name}(TorchvisionBackend)" in source, family

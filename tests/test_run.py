@@ -18,7 +18,7 @@ from freeret.eval.loggers import make_logger
 from freeret.eval.results import RunResult
 from freeret.rerank.framing import Framing
 from freeret.rerank.stage import RerankConfig
-from freeret.testing.tiny import TINY_FAMILIES
+from freeret.toy.models import TINY_FAMILIES
 from helpers import QUIET, REPO, compose, results, run_py, run_py_process
 
 

@@ -157,13 +157,13 @@ def test_states_and_logits_on_another_device_than_the_inputs(qwen, threads):
 
 
 def test_the_registry_is_the_one_list_of_families(smollm):
-    """The processors and the tiny test models take their families from families.py; a loaded model finds its
+    """The processor recipes and the toy models take their families from families.py; a loaded model finds its
     adapter; each adapter finds its decoder, base model and image encoder."""
-    from freeret.backbone.processors import PROCESSORS
-    from freeret.testing import tiny
+    from freeret.backbone.families import processor_recipes
+    from freeret.toy import models as toy_models
 
-    assert vision_families() == tuple(PROCESSORS) == tiny.TINY_FAMILIES
-    assert set(tiny.BUILDERS) == set(vision_families())  # every vision family has a tiny model to test it on
+    assert vision_families() == tuple(processor_recipes()) == toy_models.TINY_FAMILIES
+    assert set(toy_models.BUILDERS) == set(vision_families())  # every vision family has a tiny model to test it on
     assert family_of(smollm.model) is get_family("text")
     for name in vision_families():
         bb = load_backbone(ModelSpec(name=f"tiny_{name}", family=name, source="tiny"))

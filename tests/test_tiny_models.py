@@ -15,16 +15,23 @@ from skimage import data as skdata
 from transformers import AutoModelForImageTextToText
 
 from freeret.backbone.embedded import embedded_checkpoint
+from freeret.backbone.families import get_family
 from freeret.backbone.processors import (
     IMAGE_TOKEN_CONTENT,
     load_processor,
     processor_inputs,
 )
-from freeret.errors import CheckpointNotFoundError
+from freeret.errors import CheckpointNotFoundError, UnknownNameError
 from freeret.paths import cache_dir
-from freeret.testing import tiny
-from freeret.testing.chat import render_chat
-from freeret.testing.tiny import QWEN2_VL_CHAT_TEMPLATE, TINY_FAMILIES, tiny_checkpoint
+from freeret.toy import models as toy_models
+from freeret.toy.chat import render_chat
+from freeret.toy.models import QWEN2_VL_CHAT_TEMPLATE, TINY_FAMILIES, tiny_checkpoint
+
+
+def recipe(family: str):
+    """The processor recipe the family adapter hands to ``load_processor`` / ``processor_inputs``."""
+    return get_family(family).processor
+
 
 TEXTS = ["Hi.", "A much longer sentence about an astronaut who drinks a cup of coffee in space."]
 
@@ -45,7 +52,7 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> I
     root = tmp_path_factory.mktemp("freeret-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FREERET_CACHE", str(root))
-        mp.setattr(tiny, "embedded_checkpoint", lambda name: (smollm2_dir, "test"))
+        mp.setattr(toy_models, "embedded_checkpoint", lambda name: (smollm2_dir, "test"))
         yield root
 
 
@@ -74,7 +81,7 @@ def test_tiny_model_forward(family: str, tiny_cache: Path, images: list[Image.Im
     assert path == cache_dir() / "tiny" / f"{family}-v1"
     assert path.is_relative_to(tiny_cache)
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
-    processor = load_processor(family, path)
+    processor = load_processor(recipe(family), path)
     assert processor.tokenizer.padding_side == "left"
     vocab_size = len(processor.tokenizer)
     assert model.config.text_config.vocab_size == vocab_size
@@ -86,13 +93,13 @@ def test_tiny_model_forward(family: str, tiny_cache: Path, images: list[Image.Im
 
     image_id = processor.image_token_id
     text_prompts = [render_chat(processor, text, 0) for text in TEXTS]
-    text_batch = processor_inputs(family, processor, text_prompts, None)
+    text_batch = processor_inputs(recipe(family), processor, text_prompts, None)
     assert "pixel_values" not in text_batch
     assert not bool((text_batch["input_ids"] == image_id).any())
     _check_batch(model, text_batch, vocab_size)
 
     image_prompts = [render_chat(processor, text, 1) for text in TEXTS]
-    image_batch = processor_inputs(family, processor, image_prompts, [[images[0]], [images[1]]])
+    image_batch = processor_inputs(recipe(family), processor, image_prompts, [[images[0]], [images[1]]])
     assert "pixel_values" in image_batch
     assert bool(((image_batch["input_ids"] == image_id).sum(dim=1) > 0).all())
     _check_batch(model, image_batch, vocab_size)
@@ -100,7 +107,7 @@ def test_tiny_model_forward(family: str, tiny_cache: Path, images: list[Image.Im
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_render_chat_matches_plain_apply_chat_template(family: str, tiny_cache: Path) -> None:
-    processor = load_processor(family, tiny_checkpoint(family))
+    processor = load_processor(recipe(family), tiny_checkpoint(family))
     content = [dict(IMAGE_TOKEN_CONTENT), {"type": "text", "text": "caption"}]
     plain = processor.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
@@ -113,7 +120,7 @@ def test_render_chat_matches_plain_apply_chat_template(family: str, tiny_cache: 
 def test_tiny_build_is_deterministic(
     family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smollm2_dir: Path
 ) -> None:
-    monkeypatch.setattr(tiny, "embedded_checkpoint", lambda name: (smollm2_dir, "test"))
+    monkeypatch.setattr(toy_models, "embedded_checkpoint", lambda name: (smollm2_dir, "test"))
     weights = []
     for name in ("a", "b"):
         monkeypatch.setenv("FREERET_CACHE", str(tmp_path / name))
@@ -157,27 +164,27 @@ def test_load_processor_legacy_qwen_layout(tiny_cache: Path, tmp_path: Path) -> 
     }
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(preprocessor))
 
-    processor = load_processor("qwen2_vl", tmp_path)
+    processor = load_processor(recipe("qwen2_vl"), tmp_path)
     assert processor.chat_template == QWEN2_VL_CHAT_TEMPLATE
     assert (processor.image_processor.size.shortest_edge, processor.image_processor.size.longest_edge) == (
         3136,
         12845056,
     )
-    limited = load_processor("qwen2_vl", tmp_path, min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
+    limited = load_processor(recipe("qwen2_vl"), tmp_path, min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
     assert (limited.image_processor.size.shortest_edge, limited.image_processor.size.longest_edge) == (
         4 * 28 * 28,
         16 * 28 * 28,
     )
     batch = processor_inputs(
-        "qwen2_vl", limited, [render_chat(limited, "x", 1)], [[Image.new("RGB", (400, 400))]]
+        recipe("qwen2_vl"), limited, [render_chat(limited, "x", 1)], [[Image.new("RGB", (400, 400))]]
     )
     assert int((batch["input_ids"] == limited.image_token_id).sum()) == 16
 
 
 def test_load_processor_errors(tiny_cache: Path) -> None:
-    with pytest.raises(ValueError, match="unknown vision-language family"):
-        load_processor("blip", tiny_checkpoint("qwen2_vl"))
+    with pytest.raises(UnknownNameError, match="unknown model family 'blip'"):  # the family registry's one error
+        load_processor(get_family("blip").processor, tiny_checkpoint("qwen2_vl"))
     with pytest.raises(ValueError, match="Qwen families only"):
-        load_processor("idefics3", tiny_checkpoint("idefics3"), max_pixels=1000)
+        load_processor(recipe("idefics3"), tiny_checkpoint("idefics3"), max_pixels=1000)
     with pytest.raises(OSError):
-        load_processor("qwen2_vl", tiny_cache / "missing", local_files_only=True)
+        load_processor(recipe("qwen2_vl"), tiny_cache / "missing", local_files_only=True)

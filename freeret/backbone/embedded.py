@@ -14,9 +14,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from freeret.backbone.gguf_parts import PackagedGGUF, Part, locate, numbered_parts
 from freeret.paths import cache_dir
+
+if TYPE_CHECKING:
+    from freeret.backbone.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,12 @@ def embedded_checkpoint(name: str) -> tuple[Path, str]:
         _convert(gguf, out)
     _write_atomic(marker, json.dumps({"dir": str(out), "revision": revision, "gguf_size": gguf.stat().st_size}))
     return out, revision
+
+
+def embedded_source(spec: ModelSpec) -> tuple[str, str | None]:
+    """``model.source=embedded``: (the converted checkpoint folder, its revision) for ``spec.name``."""
+    path, revision = embedded_checkpoint(spec.name)
+    return str(path), revision
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -2,14 +2,14 @@
 
 A family's quirks live here and nowhere else: the model class, the processor recipe, where the decoder, the base
 model and the vision encoder sit inside a loaded model, which module's input is the attention point, and the
-position rule for text that follows a cached prefix (M-RoPE after an image). ``FAMILIES`` is the one list of
-families; the processors (``processors.py``) and the tiny test models (``tiny.py``) take theirs from it. Add a
-family with :func:`register`.
+position rule for text that follows a cached prefix (M-RoPE after an image). ``FAMILIES`` is the one registry of
+families; a vision family hands its :class:`~freeret.backbone.recipe.ProcessorRecipe` to ``processors.py`` (which
+imports nothing from here), and the toy models (``freeret/toy/models.py``) take their family list from here. Add a
+family with :func:`register_family`.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,9 +20,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from freeret.backbone.recipe import ProcessorRecipe
 from freeret.errors import ConfigError
+from freeret.registry import Registry
 
-FAMILIES: dict[str, Family] = {}
+FAMILIES: Registry[Family] = Registry("model.family", message="unknown model family {name!r}; known: {known}")
+"""Every model family by name (``model.family``), filled by :func:`register_family` below."""
 
 
 class _ImageSlot:
@@ -50,42 +53,6 @@ def attn_point(layer: nn.Module) -> nn.Module:
     raise TypeError(f"cannot find the post-attention point in {type(layer).__name__}")
 
 
-def _resolve(ref: str) -> Any:
-    """The object named ``"module:attribute"`` (imported on first use: processor modules are slow to import)."""
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-@dataclass(frozen=True)
-class ProcessorRecipe:
-    """How to build a vision family's processor: processor class, image processor classes, how images nest.
-
-    Classes are ``"module:Class"`` references, imported when a processor is built (``torchvision_image_processor``'s
-    module imports torchvision, so it is imported only when chosen).
-    """
-
-    processor: str
-    image_processor: str
-    torchvision_image_processor: str
-    real_processor_name: str
-    nested_images: bool
-    pixel_limits: bool = False
-
-    @property
-    def processor_class(self) -> type:
-        """The processor class (a video-less subclass where the stock one wants a video processor)."""
-        return _resolve(self.processor)
-
-    @property
-    def image_processor_class(self) -> type:
-        """The PIL image processor class."""
-        return _resolve(self.image_processor)
-
-    def image_processor_for(self, backend: str) -> type:
-        """The image processor class of ``backend`` ("pil" or "torchvision")."""
-        return self.image_processor_class if backend == "pil" else _resolve(self.torchvision_image_processor)
-
-
 @dataclass(frozen=True)
 class PrefixPositions:
     """Where a one-row prefix sits in position space: the ids to run it with (None: the model's default 0..P-1),
@@ -101,16 +68,14 @@ class PrefixPositions:
         return positions if self.axes == 1 else positions.unsqueeze(0).expand(self.axes, n, width)
 
 
-def register(family: Family) -> Family:
-    """Add ``family`` to ``FAMILIES`` under its name."""
-    FAMILIES[family.name] = family
+def register_family(family: Family) -> Family:
+    """Add ``family`` to ``FAMILIES`` under its name (``model.family=<name>``)."""
+    FAMILIES.add(family.name, family)
     return family
 
 
 def get_family(name: str) -> Family:
-    """The adapter for ``name``, or a ConfigError listing the known families."""
-    if name not in FAMILIES:
-        raise ConfigError(f"unknown model family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+    """The adapter for ``name``, or an UnknownNameError listing the known families."""
     return FAMILIES[name]
 
 
@@ -119,10 +84,15 @@ def vision_families() -> tuple[str, ...]:
     return tuple(name for name, family in FAMILIES.items() if family.multimodal)
 
 
+def processor_recipes() -> dict[str, ProcessorRecipe]:
+    """Each vision family's processor recipe, in registration order."""
+    return {name: family.processor for name, family in FAMILIES.items() if family.processor is not None}
+
+
 def family_of(model: nn.Module) -> Family:
     """The adapter for a loaded model, by its config's ``model_type`` (a text LM when no vision family claims it)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for family in FAMILIES.values():
+    for _, family in FAMILIES.items():
         if family.model_type is not None and family.model_type == model_type:
             return family
     return FAMILIES["text"]
@@ -241,13 +211,13 @@ class VisionFamily(Family):
         from freeret.backbone.processors import load_processor
 
         kwargs.pop("trust_remote_code", None)
-        processor = load_processor(self.name, path, **kwargs)
+        processor = load_processor(self.processor, path, **kwargs)
         return processor, processor.tokenizer
 
     def inputs(self, processor: Any, prompts: list[str], images: list[list[Image.Image]] | None) -> dict[str, torch.Tensor]:
         from freeret.backbone.processors import processor_inputs
 
-        return dict(processor_inputs(self.name, processor, prompts, images))
+        return dict(processor_inputs(self.processor, processor, prompts, images))
 
     def base_model(self, model: nn.Module) -> nn.Module:
         return model.model  # the *Model under *ForConditionalGeneration: merges image features into the embeddings
@@ -272,20 +242,20 @@ _PIL = "transformers:{}"
 _TV = "transformers.models.{0}.image_processing_{0}:{1}"
 _OURS = "freeret.backbone.processors:{}"
 
-register(Family("text"))
-register(QwenVLFamily("qwen2_vl", ProcessorRecipe(
+register_family(Family("text"))
+register_family(QwenVLFamily("qwen2_vl", ProcessorRecipe(
     _OURS.format("Qwen2VLImageOnlyProcessor"), _PIL.format("Qwen2VLImageProcessorPil"),
     _TV.format("qwen2_vl", "Qwen2VLImageProcessor"), "Qwen2VLProcessor", nested_images=False, pixel_limits=True)))
-register(QwenVLFamily("qwen2_5_vl", ProcessorRecipe(
+register_family(QwenVLFamily("qwen2_5_vl", ProcessorRecipe(
     _OURS.format("Qwen2_5_VLImageOnlyProcessor"), _PIL.format("Qwen2VLImageProcessorPil"),
     _TV.format("qwen2_vl", "Qwen2VLImageProcessor"), "Qwen2_5_VLProcessor", nested_images=False, pixel_limits=True)))
-register(VisionFamily("idefics3", ProcessorRecipe(
+register_family(VisionFamily("idefics3", ProcessorRecipe(
     _PIL.format("Idefics3Processor"), _PIL.format("Idefics3ImageProcessorPil"),
     _TV.format("idefics3", "Idefics3ImageProcessor"), "Idefics3Processor", nested_images=True)))
-register(VisionFamily("llava_onevision", ProcessorRecipe(
+register_family(VisionFamily("llava_onevision", ProcessorRecipe(
     _OURS.format("LlavaOnevisionImageOnlyProcessor"), _PIL.format("LlavaOnevisionImageProcessorPil"),
     _TV.format("llava_onevision", "LlavaOnevisionImageProcessor"), "LlavaOnevisionProcessor", nested_images=True),
     image_count_dependent=True))  # any-resolution tiles only for single-image prompts
-register(VisionFamily("internvl", ProcessorRecipe(
+register_family(VisionFamily("internvl", ProcessorRecipe(
     _OURS.format("InternVLImageOnlyProcessor"), _PIL.format("GotOcr2ImageProcessorPil"),
     _TV.format("got_ocr2", "GotOcr2ImageProcessor"), "InternVLProcessor", nested_images=False)))

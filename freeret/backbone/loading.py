@@ -1,4 +1,5 @@
-"""Load a backbone from the embedded package, a tiny built-in model, a local dir or the HF hub."""
+"""Load a backbone from a local dir or what ``model.source`` names (``spec.MODEL_SOURCES``: the HF hub, an embedded
+package, a toy model)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import get_family
-from freeret.backbone.spec import DTYPES, ModelSpec
+from freeret.backbone.spec import DTYPES, MODEL_SOURCES, ModelSpec
 from freeret.errors import CheckpointNotFoundError
 from freeret.paths import hub_offline
 
@@ -30,15 +31,12 @@ def resolve_checkpoint(spec: ModelSpec) -> tuple[str, str | None]:
                 f"model.path={spec.path} has no config.json: point it at a downloaded checkpoint folder of {spec.hf_id or spec.name}"
             )
         return str(path), spec.revision
-    if spec.source == "embedded":
-        from freeret.backbone.embedded import embedded_checkpoint
+    return MODEL_SOURCES[spec.source](spec)
 
-        path, revision = embedded_checkpoint(spec.name)
-        return str(path), revision
-    if spec.source == "tiny":
-        from freeret.testing.tiny import tiny_checkpoint
 
-        return str(tiny_checkpoint(spec.family)), "tiny-random-seed0"
+def hub_source(spec: ModelSpec) -> tuple[str, str | None]:
+    """``model.source=hub``: the HF id, pinned to its cached snapshot; CheckpointNotFoundError when neither the cache
+    nor the hub has it."""
     assert spec.hf_id
     snapshot = hub_snapshot(spec.hf_id, spec.revision)
     if snapshot is not None:

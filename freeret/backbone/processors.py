@@ -10,11 +10,13 @@ template (``chat_template.jinja``/``chat_template.json``, else the tokenizer's).
 The two backends' pixel values differ slightly (up to ~0.03), so the class that
 ran is part of a vector's signature and of the results.
 Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision and InternVL processors are built through
-small subclasses whose ``__init__`` takes no video processor.
+small subclasses whose ``__init__`` takes no video processor. Which classes build a
+family's processor is its :class:`~freeret.backbone.recipe.ProcessorRecipe`, handed
+in by the family adapter (``families.py``), so this module knows no family names.
 
 Prompt text (``IMAGE_TOKEN_CONTENT``): callers render a single user turn with the
 processor's own chat template, one ``{"type": "image"}`` entry per image before the
-text (``freeret.testing.chat.render_chat`` is the reference)::
+text (``freeret.toy.chat.render_chat`` is the reference)::
 
     processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TEXT}]}],
@@ -22,8 +24,8 @@ text (``freeret.testing.chat.render_chat`` is the reference)::
         add_generation_prompt=True,
     )
 
-Text-only prompts drop the image entry. This works unchanged for every family in
-``PROCESSORS``; the template writes the family's image placeholder (``<|image_pad|>``
+Text-only prompts drop the image entry. This works unchanged for every vision family
+(``families.processor_recipes()``); the template writes the family's image placeholder (``<|image_pad|>``
 inside ``<|vision_start|>...<|vision_end|>``, ``<image>``, ``<IMG_CONTEXT>``), which
 the processor then expands to the right number of image tokens.
 """
@@ -45,7 +47,7 @@ from transformers import (
     Qwen2VLProcessor,
 )
 
-from freeret.backbone.families import FAMILIES, ProcessorRecipe
+from freeret.backbone.recipe import ProcessorRecipe
 
 IMAGE_TOKEN_CONTENT: dict[str, str] = {"type": "image"}
 """The content entry that stands for one image in a chat message (see the module docstring)."""
@@ -118,8 +120,6 @@ class InternVLImageOnlyProcessor(InternVLProcessor):
         )
 
 
-PROCESSORS: dict[str, ProcessorRecipe] = {name: f.processor for name, f in FAMILIES.items() if f.processor is not None}
-"""Each vision family's processor recipe (the recipes and the family list live in ``families.py``)."""
 IMAGE_BACKENDS: tuple[str, ...] = ("auto", "pil", "torchvision")
 
 
@@ -150,16 +150,8 @@ def image_backend(requested: str = "auto") -> str:
     return requested
 
 
-def _family(family: str) -> ProcessorRecipe:
-    """The processor recipe of ``family``; ValueError names the known vision families."""
-    try:
-        return PROCESSORS[family]
-    except KeyError:
-        raise ValueError(f"unknown vision-language family {family!r}; known: {', '.join(PROCESSORS)}") from None
-
-
 def load_processor(
-    family: str,
+    recipe: ProcessorRecipe,
     path: str | Path,
     *,
     revision: str | None = None,
@@ -168,15 +160,14 @@ def load_processor(
     local_files_only: bool = False,
     image_processor: str = "auto",
 ) -> ProcessorMixin:
-    """Load ``family``'s processor from a hub id or folder with a left-padding tokenizer and the image processing
+    """Load the processor ``recipe`` describes from a hub id or folder with a left-padding tokenizer and the image processing
     ``image_backend(image_processor)`` picks.
 
     ``min_pixels``/``max_pixels`` bound the resized image area of Qwen families (ValueError elsewhere).
     Hub and file errors (``OSError`` and subclasses) propagate unchanged.
     """
-    spec = _family(family)
-    if (min_pixels is not None or max_pixels is not None) and not spec.pixel_limits:
-        raise ValueError(f"min_pixels/max_pixels apply to Qwen families only, not {family!r}")
+    if (min_pixels is not None or max_pixels is not None) and not recipe.pixel_limits:
+        raise ValueError(f"min_pixels/max_pixels apply to Qwen families only, not {recipe.real_processor_name}")
     hub: dict[str, Any] = {"revision": revision, "local_files_only": local_files_only}
     tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left", **hub)
     tokenizer.padding_side = "left"
@@ -185,27 +176,26 @@ def load_processor(
         image_kwargs["min_pixels"] = min_pixels
     if max_pixels is not None:
         image_kwargs["max_pixels"] = max_pixels
-    images = spec.image_processor_for(image_backend(image_processor)).from_pretrained(str(path), **hub, **image_kwargs)
-    processor_dict, _ = spec.processor_class.get_processor_dict(str(path), **hub)
+    images = recipe.image_processor_for(image_backend(image_processor)).from_pretrained(str(path), **hub, **image_kwargs)
+    processor_dict, _ = recipe.processor_class.get_processor_dict(str(path), **hub)
     if processor_dict.get("chat_template") is None and tokenizer.chat_template is not None:
         processor_dict["chat_template"] = tokenizer.chat_template
-    return spec.processor_class.from_args_and_dict([images, tokenizer], processor_dict)
+    return recipe.processor_class.from_args_and_dict([images, tokenizer], processor_dict)
 
 
 def processor_inputs(
-    family: str,
+    recipe: ProcessorRecipe,
     processor: ProcessorMixin,
     prompts: list[str],
     images: list[list[Image.Image]] | None,
 ) -> BatchFeature:
     """Tokenize a batch of rendered prompts (left padded, PyTorch tensors) with one image list per prompt or none."""
-    spec = _family(family)
     kwargs: dict[str, Any] = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
     if images is None or not any(images):
         return processor(text=list(prompts), **kwargs)
     if len(images) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(images)} image lists")
     batch_images: list[Any] = [list(sample) for sample in images]
-    if not spec.nested_images:
+    if not recipe.nested_images:
         batch_images = [image for sample in batch_images for image in sample]
     return processor(images=batch_images, text=list(prompts), **kwargs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -10,8 +10,14 @@ import torch
 
 from freeret.backbone.families import get_family
 from freeret.errors import ConfigError
+from freeret.registry import Registry
 
-SOURCES = ("hub", "embedded", "tiny")
+MODEL_SOURCES: Registry[Callable[[ModelSpec], tuple[str, str | None]]] = Registry("model.source", {
+    "hub": "freeret.backbone.loading:hub_source",              # model.hf_id from the HF cache or hub
+    "embedded": "freeret.backbone.embedded:embedded_source",   # a GGUF shipped in a pip package (SmolLM2, Gemma 3)
+    "tiny": "freeret.toy.models:tiny_source",                  # a random-weight toy VLM built in code (tiny_*)
+})
+"""Where ``model.source`` finds a checkpoint: each entry takes the :class:`ModelSpec` and returns (where, revision)."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate: one model over several GPUs
 
@@ -45,8 +51,7 @@ class ModelSpec:
             raise ConfigError(f"unknown model config key(s): {', '.join(sorted(unknown))}")
         spec = cls(**dict(cfg))
         get_family(spec.family)
-        if spec.source not in SOURCES:
-            raise ConfigError(f"model.source={spec.source!r} is not one of {', '.join(SOURCES)}")
+        MODEL_SOURCES.check(spec.source)
         if spec.dtype not in DTYPES:
             raise ConfigError(f"model.dtype={spec.dtype!r} is not one of {', '.join(DTYPES)}")
         if spec.source == "hub" and not (spec.hf_id or spec.path):

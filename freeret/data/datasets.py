@@ -1,45 +1,34 @@
-"""Dataset configs (``conf/dataset``) -> RetrievalSet."""
+"""Dataset configs (``conf/dataset``) -> RetrievalSet, through the registry of dataset kinds."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from freeret.data.retrieval_set import RetrievalSet, load_mmeb
 from freeret.errors import ConfigError
+from freeret.registry import Registry
 
-KINDS = ("mmeb", "mmeb_subset", "mmeb_v2_video", "visdoc", "smoke", "wordnet_qa")
+DATASET_KINDS: Registry[Callable[[Mapping[str, Any]], RetrievalSet]] = Registry("dataset.kind", {
+    "mmeb": "freeret.data.datasets:load_mmeb_file",             # one file in the MMEB row format (dataset.path)
+    "mmeb_subset": "freeret.data.mmeb:load_mmeb_subset",        # an MMEB-eval subset (conf/dataset/mmeb)
+    "mmeb_v2_video": "freeret.data.mmeb_v2:load_video_task",    # an MMEB-V2 video task
+    "visdoc": "freeret.data.mmeb_v2:load_visdoc_task",          # an MMEB-V2 visual-document task
+    "smoke": "freeret.toy.smoke:load_smoke_set",                # the toy smoke set (dataset=smoke_mm)
+    "wordnet_qa": "freeret.data.wordnet_qa:load_wordnet_qa",   # the WordNet RAG question set
+})
+"""``dataset.kind`` -> the loader that reads its config into a RetrievalSet (imported when that kind is asked for)."""
 
 
 def load_dataset(cfg: Mapping[str, Any]) -> RetrievalSet:
-    """Load the set a ``conf/dataset`` entry describes (``kind``: mmeb file or the built smoke set)."""
-    kind = cfg.get("kind", "mmeb")
-    name = str(cfg.get("name", kind))
-    limit = cfg.get("limit")
-    pool = str(cfg.get("pool", "rows"))
-    if kind == "smoke":
-        from freeret.testing.smoke import build_smoke_set
+    """Load the set a ``conf/dataset`` entry describes (``kind``, default ``mmeb``: a file in the MMEB row format)."""
+    return DATASET_KINDS[cfg.get("kind", "mmeb")](cfg)
 
-        return load_mmeb(name, build_smoke_set(), limit=limit, pool=pool)
-    if kind == "wordnet_qa":
-        from freeret.data.retrieval_set import build_set, resolve_path
-        from freeret.data.wordnet_qa import wordnet_qa_rows
 
-        return build_set(name, wordnet_qa_rows(cfg["path"]), resolve_path(cfg["path"]).parent, limit=limit, pool=pool)
-    if kind == "mmeb_subset":
-        from freeret.data.mmeb import load_mmeb_subset
+def load_mmeb_file(cfg: Mapping[str, Any]) -> RetrievalSet:
+    """``dataset.kind=mmeb``: one ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file of MMEB rows (``dataset.path``)."""
+    name = str(cfg.get("name", "mmeb"))
+    if not cfg.get("path") or cfg["path"] == "???":
+        raise ConfigError(f"dataset '{name}' needs dataset.path=FILE (.jsonl, .jsonl.gz or .parquet in the MMEB row format)")
+    return load_mmeb(name, cfg["path"], cfg.get("image_root"), limit=cfg.get("limit"), pool=str(cfg.get("pool", "rows")))
 
-        return load_mmeb_subset(cfg)
-    if kind == "mmeb_v2_video":
-        from freeret.data.mmeb_v2 import load_video_task
-
-        return load_video_task(cfg)
-    if kind == "visdoc":
-        from freeret.data.mmeb_v2 import load_visdoc_task
-
-        return load_visdoc_task(cfg)
-    if kind == "mmeb":
-        if not cfg.get("path") or cfg["path"] == "???":
-            raise ConfigError(f"dataset '{name}' needs dataset.path=FILE (.jsonl, .jsonl.gz or .parquet in the MMEB row format)")
-        return load_mmeb(name, cfg["path"], cfg.get("image_root"), limit=limit, pool=pool)
-    raise ConfigError(f"dataset.kind={kind!r} is not one of {', '.join(KINDS)}")

@@ -3,19 +3,29 @@
 Local layouts, tried in order under ``root`` (``paths.mmeb_root``):
 ``<root>/<Subset>/*.parquet`` (a snapshot of ``TIGER-Lab/MMEB-eval``), ``<root>/<Subset>.parquet``,
 ``<root>/<Subset>.jsonl`` or ``.jsonl.gz``. Images are read from ``image_root`` (default
-``<root>/eval_images``, where the dataset's ``images.zip`` unpacks). ``source: fixture`` reads a
-generated miniature instead (:mod:`freeret.testing.mmeb_fixture`), for the offline fast mode.
+``<root>/eval_images``, where the dataset's ``images.zip`` unpacks). ``dataset.source`` picks where the root is
+(``MMEB_SOURCES``): ``local`` (no download), ``hub`` or null (fetched from the hub when not local), ``fixture`` (the
+toy miniature, :mod:`freeret.toy.mmeb_fixture`, for the offline fast mode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from freeret.data.retrieval_set import RetrievalSet, build_set, read_rows, resolve_path
 from freeret.errors import DataError
 from freeret.paths import hub_offline
+from freeret.registry import Registry
+
+MMEB_SOURCES: Registry[Callable[[Mapping[str, Any]], Path]] = Registry("dataset.source", {
+    "local": "freeret.data.mmeb:local_root",
+    "hub": "freeret.data.mmeb:local_root",  # the same root, filled from the hub when the subset is not there
+    "fixture": "freeret.toy.mmeb_fixture:build_mmeb_fixture",
+}, message="{what}={name!r} is not one of null, {known}")
+"""``dataset.source`` (null: ``local``, then the hub) -> the function giving a subset config's root folder."""
+FETCHING = (None, "hub")  # the sources that download a subset missing from their root
 
 
 def _local_files(root: Path, subset: str) -> list[Path]:
@@ -73,19 +83,18 @@ def _check_images(rset: RetrievalSet, image_root: Path, subset: str) -> None:
         )
 
 
+def local_root(cfg: Mapping[str, Any]) -> Path:
+    """``dataset.source=local`` (and ``hub``, null): ``dataset.root``, by default ``data/mmeb``."""
+    return resolve_path(str(cfg.get("root") or "data/mmeb"))
+
+
 def locate(cfg: Mapping[str, Any]) -> tuple[Path, list[Path]]:
     """(root, files) of one subset: local, else fetched from the hub; one-line DataError when neither works."""
     subset = str(cfg.get("subset") or cfg["name"])
-    if cfg.get("source") == "fixture":
-        from freeret.testing.mmeb_fixture import build_mmeb_fixture
-
-        root = build_mmeb_fixture(cfg)
-    elif cfg.get("source") not in (None, "local", "hub"):
-        raise DataError(f"dataset.source must be null, local, hub or fixture, got {cfg.get('source')!r}")
-    else:
-        root = resolve_path(str(cfg.get("root") or "data/mmeb"))
+    source = cfg.get("source")
+    root = MMEB_SOURCES["local" if source is None else source](cfg)
     files = _local_files(root, subset)
-    if not files and cfg.get("source") not in ("fixture", "local"):
+    if not files and source in FETCHING:
         files = _from_hub(str(cfg.get("hf_repo") or "TIGER-Lab/MMEB-eval"), subset, root)
     if not files:
         raise DataError(

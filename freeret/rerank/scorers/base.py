@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from freeret.templates import Template
 
 TEXT, IMAGE_ONLY, BOTH = "text", "image", "text+image"
-KINDS = frozenset({TEXT, IMAGE_ONLY, BOTH})
+ITEM_KINDS = frozenset({TEXT, IMAGE_ONLY, BOTH})
 
 
 def item_kind(item: Item) -> str:
@@ -122,8 +122,8 @@ class ScorerSpec:
     """A scorer's config (``conf/scorer/<name>.yaml``), checked before any weights load. Subclasses add fields."""
 
     name: ClassVar[str] = ""
-    query_kinds: ClassVar[frozenset[str]] = KINDS
-    candidate_kinds: ClassVar[frozenset[str]] = KINDS
+    query_kinds: ClassVar[frozenset[str]] = ITEM_KINDS
+    candidate_kinds: ClassVar[frozenset[str]] = ITEM_KINDS
     uses_framing: ClassVar[bool] = False  # reads conf/framing (the choice scorers)
     has_entropy: ClassVar[bool] = False  # records an entropy per candidate (tie_break=entropy)
     takes_calibrate: ClassVar[bool] = False  # honours pipeline.calibrate

@@ -39,7 +39,6 @@ from freeret.rerank.framing import Framing, swap_options
 from freeret.rerank.options import resolve_option_ids
 from freeret.rerank.scorers.base import BuildContext, NoRunState, RowScores, ScorerSpec, to_host
 from freeret.rerank.scorers.lm import model_inputs, shared_prefix
-from freeret.rerank.scorers.registry import register
 from freeret.templates import MARK, Split, split_at_line
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,6 @@ def option_row(probs: torch.Tensor, match_index: int) -> RowScores:
     return RowScores(probs[:, match_index], {"probs": probs.tolist(), "entropy": entropy(probs).tolist()})
 
 
-@register
 @dataclass(frozen=True)
 class ChoiceSpec(ScorerSpec):
     """``conf/scorer/choice.yaml``: no keys of its own; the framing and pipeline.calibrate shape it."""
@@ -81,7 +79,6 @@ class ChoiceSpec(ScorerSpec):
         return Choice(ctx.backbone, _framing(ctx, self.name), ctx.batch_size, ctx.calibrate, ctx.vision_cache_mb)
 
 
-@register
 @dataclass(frozen=True)
 class DebiasedChoiceSpec(ChoiceSpec):
     """``conf/scorer/choice_debiased.yaml``: the framing must have exactly two options whose order can be swapped."""

@@ -45,7 +45,6 @@ from freeret.rerank.scorers.lm import (
     run_prefix,
     suffix_logprobs,
 )
-from freeret.rerank.scorers.registry import register
 from freeret.templates import MARK, Template, split_at_line
 
 REDUCTIONS = ("mean", "sum")
@@ -94,7 +93,6 @@ def _vision(ctx: BuildContext) -> VisionFeatureCache | None:
 
 
 # -- candidate likelihood ------------------------------------------------------------------------------------------
-@register
 @dataclass(frozen=True)
 class CandidateLikelihoodSpec(ScorerSpec):
     """``conf/scorer/candidate_likelihood.yaml``: the query prompt, the reduction, lambda, the content-free query."""
@@ -218,7 +216,6 @@ class CandidateLikelihood(NoRunState):
 
 
 # -- query likelihood ----------------------------------------------------------------------------------------------
-@register
 @dataclass(frozen=True)
 class QueryLikelihoodSpec(ScorerSpec):
     """``conf/scorer/query_likelihood.yaml``: the candidate prompt after which the query's tokens are scored."""
@@ -329,7 +326,6 @@ class QueryLikelihood(NoRunState):
 
 
 # -- bidirectional (BLiM) ------------------------------------------------------------------------------------------
-@register
 @dataclass(frozen=True)
 class BidirectionalSpec(ScorerSpec):
     """``conf/scorer/bidirectional.yaml``: BLiM's bidirectional likelihood score.

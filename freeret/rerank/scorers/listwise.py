@@ -48,14 +48,12 @@ from freeret.rerank.scorers.lm import (
     run_prefix,
     suffix_last_logits,
 )
-from freeret.rerank.scorers.registry import register
 from freeret.templates import MARK, Split, Template, fill, split_at_line
 
 log = logging.getLogger(__name__)
 COMPACT = (None, "caption")
 
 
-@register
 @dataclass(frozen=True)
 class ListwiseSpec(ScorerSpec):
     """``conf/scorer/listwise.yaml`` (see the module docstring)."""

@@ -1,4 +1,4 @@
-"""A small multimodal smoke set from images bundled with scikit-image and scikit-learn.
+"""The toy smoke set (``dataset.kind=smoke``, ``dataset=smoke_mm``): 8 images bundled with scikit-image and scikit-learn.
 
 Image->caption and caption->image rows in the MMEB format; built once into the cache.
 It exercises the image path end to end; it is far too small for a benchmark.
@@ -7,11 +7,14 @@ It exercises the image path end to end; it is far too small for a benchmark.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from freeret.data.retrieval_set import RetrievalSet, load_mmeb
 from freeret.paths import cache_dir
 
 CAPTIONS: dict[str, str] = {
@@ -27,7 +30,8 @@ CAPTIONS: dict[str, str] = {
 VERSION = "v1"
 
 
-def _load(name: str) -> np.ndarray:
+def smoke_image(name: str) -> np.ndarray:
+    """The bundled image ``name`` (a key of ``CAPTIONS``) as its package ships it."""
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
 
@@ -46,7 +50,7 @@ def build_smoke_set(root: Path | None = None) -> Path:
     (root / "images").mkdir(parents=True, exist_ok=True)
     names = list(CAPTIONS)
     for name in names:
-        img = Image.fromarray(_load(name)).convert("RGB")
+        img = Image.fromarray(smoke_image(name)).convert("RGB")
         img.thumbnail((128, 128))
         img.save(root / "images" / f"{name}.png")
     rows = []
@@ -60,3 +64,9 @@ def build_smoke_set(root: Path | None = None) -> Path:
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.rename(out)
     return out
+
+
+def load_smoke_set(cfg: Mapping[str, Any]) -> RetrievalSet:
+    """``dataset.kind=smoke``: the smoke set as a RetrievalSet (built on first use)."""
+    name = str(cfg.get("name", "smoke"))
+    return load_mmeb(name, build_smoke_set(), limit=cfg.get("limit"), pool=str(cfg.get("pool", "rows")))

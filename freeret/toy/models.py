@@ -1,4 +1,7 @@
-"""Tiny random-weight vision-language checkpoints of the real architectures, built in code for offline tests.
+"""Toy models: tiny random-weight vision-language checkpoints of the real architectures, built in code.
+
+``model.source=tiny`` (``conf/model/tiny_*.yaml``) loads them like any checkpoint (:func:`tiny_source`), so the
+whole pipeline runs offline with the real model classes, processors and chat templates; their scores are noise.
 
 Each family gets its real model class with a 4-layer, 64-wide text decoder and a
 2-layer vision tower, the SmolLM2 tokenizer plus the family's special tokens and
@@ -17,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
@@ -45,11 +48,16 @@ from freeret.backbone.embedded import embedded_checkpoint
 from freeret.backbone.families import get_family, vision_families
 from freeret.errors import CheckpointNotFoundError
 from freeret.paths import cache_dir
+from freeret.registry import Registry
+
+if TYPE_CHECKING:
+    from freeret.backbone.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 TINY_FAMILIES: tuple[str, ...] = vision_families()  # every vision family of the registry has a builder below
 TINY_VERSION = "v1"
+TINY_REVISION = "tiny-random-seed0"  # the revision a run records for a toy model (seed 0, the only one configs use)
 
 # Chat templates as the real checkpoints ship them (Qwen/Qwen2-VL-7B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct,
 # HuggingFaceTB/SmolVLM-256M-Instruct, llava-hf/llava-onevision-qwen2-7b-ov-hf, OpenGVLab/InternVL3-2B-hf).
@@ -158,7 +166,7 @@ def _base_tokenizer(**kwargs: Any) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir(), **kwargs)
 
 
-def _tokenizer(
+def toy_tokenizer(
     chat_template: str, tokens: tuple[str, ...] = (), named: dict[str, str] | None = None
 ) -> PreTrainedTokenizerBase:
     """SmolLM2 tokenizer with ``tokens`` (or ``named`` attribute tokens) added as special tokens and a chat template."""
@@ -181,7 +189,7 @@ def _text_config(tokenizer: PreTrainedTokenizerBase, **extra: Any) -> dict[str, 
     }
 
 
-def _ids(tokenizer: PreTrainedTokenizerBase, *tokens: str) -> list[int]:
+def special_token_ids(tokenizer: PreTrainedTokenizerBase, *tokens: str) -> list[int]:
     """Token ids of special tokens that must exist in the tokenizer."""
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
     if tokenizer.unk_token_id in ids:
@@ -198,8 +206,8 @@ def _init_model(model_class: type[PreTrainedModel], config: PreTrainedConfig, se
 
 def _qwen_parts(family: str, seed: int) -> TinyParts:
     """Qwen2-VL or Qwen2.5-VL: ChatML tokenizer, M-RoPE text model, 2-block vision tower with 14 px patches."""
-    tokenizer = _tokenizer(QWEN2_VL_CHAT_TEMPLATE, QWEN_VL_TOKENS)
-    start, end, image, video = _ids(tokenizer, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+    tokenizer = toy_tokenizer(QWEN2_VL_CHAT_TEMPLATE, QWEN_VL_TOKENS)
+    start, end, image, video = special_token_ids(tokenizer, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
     token_ids = {
         "image_token_id": image,
         "video_token_id": video,
@@ -232,8 +240,8 @@ def _qwen_parts(family: str, seed: int) -> TinyParts:
 
 def _idefics3_parts(seed: int) -> TinyParts:
     """Idefics3 (SmolVLM): SigLIP-style tower on 32 px tiles, pixel shuffle by 2 so 4 tokens per tile."""
-    tokenizer = _tokenizer(IDEFICS3_CHAT_TEMPLATE, IDEFICS3_TOKENS)
-    (image,) = _ids(tokenizer, "<image>")
+    tokenizer = toy_tokenizer(IDEFICS3_CHAT_TEMPLATE, IDEFICS3_TOKENS)
+    (image,) = special_token_ids(tokenizer, "<image>")
     config = Idefics3Config(
         text_config=_text_config(tokenizer), vision_config=dict(SIGLIP_SIZES), scale_factor=2, image_token_id=image
     )
@@ -251,8 +259,8 @@ def _idefics3_parts(seed: int) -> TinyParts:
 
 def _llava_onevision_parts(seed: int) -> TinyParts:
     """LLaVA-OneVision: SigLIP tower on 32 px crops with any-resolution pinpoints up to 64 px."""
-    tokenizer = _tokenizer(LLAVA_ONEVISION_CHAT_TEMPLATE, LLAVA_ONEVISION_TOKENS)
-    image, video = _ids(tokenizer, "<image>", "<video>")
+    tokenizer = toy_tokenizer(LLAVA_ONEVISION_CHAT_TEMPLATE, LLAVA_ONEVISION_TOKENS)
+    image, video = special_token_ids(tokenizer, "<image>", "<video>")
     config = LlavaOnevisionConfig(
         text_config={**_text_config(tokenizer), "model_type": "qwen2"},
         vision_config={**SIGLIP_SIZES, "model_type": "siglip_vision_model"},
@@ -283,8 +291,8 @@ def _llava_onevision_parts(seed: int) -> TinyParts:
 
 def _internvl_parts(seed: int) -> TinyParts:
     """InternVL (3-hf layout): InternViT-style tower on 32 px tiles, pixel shuffle 0.5 so 4 tokens per tile."""
-    tokenizer = _tokenizer(INTERNVL_CHAT_TEMPLATE, named=INTERNVL_NAMED_TOKENS)
-    (image,) = _ids(tokenizer, INTERNVL_NAMED_TOKENS["context_image_token"])
+    tokenizer = toy_tokenizer(INTERNVL_CHAT_TEMPLATE, named=INTERNVL_NAMED_TOKENS)
+    (image,) = special_token_ids(tokenizer, INTERNVL_NAMED_TOKENS["context_image_token"])
     vision = {
         "hidden_size": 32,
         "intermediate_size": 64,
@@ -315,19 +323,18 @@ def _internvl_parts(seed: int) -> TinyParts:
     return TinyParts(model, tokenizer, image_processor, {"image_seq_length": image_seq_length})
 
 
-BUILDERS: dict[str, Callable[[int], TinyParts]] = {
-    "qwen2_vl": lambda seed: _qwen_parts("qwen2_vl", seed),
-    "qwen2_5_vl": lambda seed: _qwen_parts("qwen2_5_vl", seed),
-    "idefics3": _idefics3_parts,
-    "llava_onevision": _llava_onevision_parts,
-    "internvl": _internvl_parts,
-}
+BUILDERS: Registry[Callable[[int], TinyParts]] = Registry("tiny model family",
+                                                          message="no tiny model for family {name!r}; known: {known}")
+"""Each vision family's toy builder (seed -> parts); an unknown family is the registries' UnknownNameError."""
+BUILDERS.add("qwen2_vl", lambda seed: _qwen_parts("qwen2_vl", seed))
+BUILDERS.add("qwen2_5_vl", lambda seed: _qwen_parts("qwen2_5_vl", seed))
+BUILDERS.add("idefics3", _idefics3_parts)
+BUILDERS.add("llava_onevision", _llava_onevision_parts)
+BUILDERS.add("internvl", _internvl_parts)
 
 
 def build_tiny(family: str, seed: int = 0) -> TinyParts:
     """Build (without saving) the tiny model, tokenizer and image processor of ``family``."""
-    if family not in BUILDERS:
-        raise ValueError(f"no tiny model for family {family!r}; known: {', '.join(TINY_FAMILIES)}")
     return BUILDERS[family](seed)
 
 
@@ -352,8 +359,7 @@ def _save(family: str, parts: TinyParts, out: Path) -> None:
 
 def tiny_checkpoint(family: str, seed: int = 0) -> Path:
     """Folder of ``family``'s tiny checkpoint, built on first use (atomically) and reused afterwards."""
-    if family not in BUILDERS:
-        raise ValueError(f"no tiny model for family {family!r}; known: {', '.join(TINY_FAMILIES)}")
+    BUILDERS.check(family)
     name = f"{family}-{TINY_VERSION}" if seed == 0 else f"{family}-{TINY_VERSION}-seed{seed}"
     out = cache_dir() / "tiny" / name
     if (out / "config.json").exists():
@@ -371,3 +377,8 @@ def tiny_checkpoint(family: str, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def tiny_source(spec: ModelSpec) -> tuple[str, str | None]:
+    """``model.source=tiny``: (the toy checkpoint of ``spec.family``, built on first use, its revision)."""
+    return str(tiny_checkpoint(spec.family)), TINY_REVISION

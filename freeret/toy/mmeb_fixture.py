@@ -1,4 +1,5 @@
-"""A miniature MMEB built from the 8 bundled smoke images, one JSONL per subset, for the offline fast mode.
+"""The toy MMEB (``dataset.source=fixture``, what ``mode=fast`` selects): a miniature built from the 8 bundled smoke
+images, one JSONL per subset.
 
 Rows follow each dataset config's modalities and instructions (``query_modality``,
 ``target_modality``, ``query_instruction``, ``meta_task``), so every MMEB config runs end
@@ -16,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from freeret.paths import cache_dir
-from freeret.testing.smoke import CAPTIONS, build_smoke_set
+from freeret.toy.smoke import CAPTIONS, build_smoke_set
 
 VERSION = "v1"
 

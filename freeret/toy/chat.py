@@ -1,5 +1,6 @@
-"""The reference rendering of one user turn by a processor's own chat template: tests hold the library's prompt
-building (:meth:`freeret.backbone.families.Family.render`) and the processors to the plain transformers call."""
+"""The reference rendering of one user turn by a processor's own chat template: the toy models' checks hold the
+library's prompt building (:meth:`freeret.backbone.families.Family.render`) and the processors to the plain
+transformers call."""
 
 from __future__ import annotations
 
