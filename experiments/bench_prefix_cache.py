@@ -30,7 +30,7 @@ from freeret.backbone.shared_prefix import Prefix
 from freeret.bench import BENCH_OUT, bar_chart, best_of, conf, dataset_prompt, parser, set_threads, write
 from freeret.bench_models import load
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import _SLOT, PairScorer
+from freeret.rerank.scorers.choice import Choice
 
 PATHS = ("deepcopy", "ddp_expand", "views")
 
@@ -83,7 +83,7 @@ def batch_cache(path: str, prefix: Prefix, n: int, config) -> object:
 
 
 @torch.no_grad()
-def option_logits(scorer: PairScorer, path: str, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def option_logits(scorer: Choice, path: str, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The pair scorer's option logits of one suffix batch through the ``path`` cache."""
     shared = scorer.shared
     n, width = ids.shape
@@ -103,12 +103,12 @@ def main() -> None:
     out = args.out or BENCH_OUT / f"prefix_cache_{args.model}.json"
     backbone = load(args.model, args.layers)
     backbone.model.to(args.device)
-    scorer = PairScorer(backbone, Framing.from_dict(conf("framing", "mcq")).for_dataset(dataset_prompt("wordnet_rd")))
+    scorer = Choice(backbone, Framing.from_dict(conf("framing", "mcq")).for_dataset(dataset_prompt("wordnet_rd")))
     work = []
     for query, cands in text_rows(args.k, args.queries):
-        prefix_text, template = scorer.split(query)
-        prefix = scorer.shared.run_prefix(backbone.inputs([prefix_text]))
-        enc = backbone.tokenizer([template.replace(_SLOT, c.text) for c in cands[: args.k]], add_special_tokens=False,
+        split = scorer.split(query)
+        prefix = scorer.shared.run_prefix(backbone.inputs([split.prefix]))
+        enc = backbone.tokenizer([split.suffix_for(c.text) for c in cands[: args.k]], add_special_tokens=False,
                                  padding=True, padding_side="right", return_tensors="pt")
         work.append((prefix, enc["input_ids"].to(args.device), enc["attention_mask"].to(args.device)))
     rows = []

@@ -39,7 +39,7 @@ from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item
 from freeret.paths import repo_root
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer
+from freeret.rerank.scorers.choice import Choice
 
 
 def image_rows(k_max: int, queries: int, candidates: str = "definitions") -> list[tuple[Item, list[Item]]]:
@@ -98,7 +98,7 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
     from freeret.toy.smoke import CAPTIONS
 
     queries = [Item.make("query", c, None) for c in list(CAPTIONS.values())[: args.queries]]
-    warm = PairScorer(backbone, framing, args.batch_size)
+    warm = Choice(backbone, framing, args.batch_size)
     warm.score(queries[0], candidate_images(1))
     counter = DecoderWork(warm.shared.base)
     rows = []
@@ -107,18 +107,18 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
         groups = [{"row": str(i), "positions": list(range(k)), "query": q, "candidates": cands}
                   for i, q in enumerate(queries)]
         pairs = k * len(queries)
-        reference = PairScorer(backbone, framing, args.batch_size, vision_cache_mb=0)
+        reference = Choice(backbone, framing, args.batch_size, vision_cache_mb=0)
         counter.take_phases()
         t = time.perf_counter()
-        naive = torch.cat([reference.naive(q, cands, batch_size=1).probs for q in queries])
+        naive = torch.cat([reference.naive_probs(q, cands, batch_size=1) for q in queries])
         rec = {"k": k, "queries": len(queries), "pairs": pairs, "naive_pairs_per_s": pairs / (time.perf_counter() - t),
                "tokens_per_s": {"naive": counter.take_phases()}}
         for workers in [0, *args.workers]:
-            scorer = PairScorer(backbone, framing, args.batch_size)
+            scorer = Choice(backbone, framing, args.batch_size)
             loader = DataLoader(plan_images(groups, scorer.image_uses), batch_size=None,  # type: ignore[arg-type]
                                 collate_fn=GroupCollator(backbone.prompter), num_workers=workers)
             t = time.perf_counter()
-            fast = torch.cat([scorer.score(g["query"], g["candidates"], g.get("records")).probs for g in loader])
+            fast = torch.cat([scorer.option_probs(g["query"], g["candidates"], g.get("records")) for g in loader])
             name = f"fast_workers{workers}" if workers else "fast"
             rec[f"{name}_pairs_per_s"] = pairs / (time.perf_counter() - t)
             rec[f"{name}_max_abs_score_diff"] = float((fast - naive).abs().max())
@@ -263,7 +263,7 @@ def text_rows(k_max: int, queries: int) -> list[tuple[Item, list[Item]]]:
 
 
 @torch.no_grad()
-def hf_naive(scorer: PairScorer, query: Item, cands: list[Item]) -> torch.Tensor:
+def hf_naive(scorer: Choice, query: Item, cands: list[Item]) -> torch.Tensor:
     """One plain ``model(**inputs)`` per pair (full logits everywhere), softmax over the option tokens."""
     probs = []
     for cand in cands:
@@ -324,11 +324,11 @@ def main() -> None:
         return
     dataset = "wordnet_rd" if args.case == "text" else "smoke_mm"
     framing = Framing.from_dict(conf("framing", args.framing)).for_dataset(dataset_prompt(dataset))
-    scorer = PairScorer(backbone, framing, args.batch_size)
+    scorer = Choice(backbone, framing, args.batch_size)
     qrows = (image_rows(max(args.k), args.queries, args.candidates) if args.case == "image"
              else text_rows(max(args.k), args.queries))
-    scorer.fast(qrows[0][0], qrows[0][1][:4])  # warm-up (and the query image's features into the cache)
-    scorer.naive(qrows[0][0], qrows[0][1][:1])
+    scorer.fast_probs(qrows[0][0], qrows[0][1][:4])  # warm-up (and the query image's features into the cache)
+    scorer.naive_probs(qrows[0][0], qrows[0][1][:1])
     counter = DecoderWork(scorer.shared.base)
     rows = []
     for k in args.k:
@@ -340,25 +340,25 @@ def main() -> None:
         for query, all_cands in qrows:
             cands = all_cands[:k]
             t = time.perf_counter()
-            naive = scorer.naive(query, cands, batch_size=1)
+            naive = scorer.naive_probs(query, cands, batch_size=1)
             times["naive"] += time.perf_counter() - t
             for key, n in counter.take().items():
                 work["naive"][key] += n
             add_phases(phases["naive"], counter.take_phases())
             t = time.perf_counter()
-            fast = scorer.fast(query, cands)
+            fast = scorer.fast_probs(query, cands)
             times["fast"] += time.perf_counter() - t
             for key, n in counter.take().items():
                 work["fast"][key] += n
             add_phases(phases["fast"], counter.take_phases())
-            diff["naive"] = max(diff["naive"], float((naive.probs - fast.probs).abs().max()))
+            diff["naive"] = max(diff["naive"], float((naive - fast).abs().max()))
             if args.hf:
                 t = time.perf_counter()
                 hf = hf_naive(scorer, query, cands)
                 times["hf"] += time.perf_counter() - t
                 for key, n in counter.take().items():
                     work["hf"][key] += n
-                diff["hf"] = max(diff["hf"], float((hf - fast.probs).abs().max()))
+                diff["hf"] = max(diff["hf"], float((hf - fast).abs().max()))
         pairs = k * len(qrows)
         rec = {"k": k, "queries": len(qrows), "pairs": pairs, "naive_pairs_per_s": pairs / times["naive"],
                "fast_pairs_per_s": pairs / times["fast"], "speedup": times["naive"] / times["fast"],

@@ -4,7 +4,7 @@
     python experiments/bench_rerank_commits.py --code /tmp/old --k 8
     python experiments/bench_rerank_commits.py --k 8  # this checkout
 
-Times ``PairScorer.fast`` (the path a run takes by default; the only API both checkouts share) over 4 caption
+Times the choice scorer's ``score`` (the path a run takes; ``PairScorer`` before issue 24) over 4 caption
 queries x K JPEG candidates (``bench_rerank.candidate_images``) on the tiny Qwen2-VL, one thread, and counts image
 decodes (``freeret.data.visual.open_image``) and image-processor calls (``preprocess``) with spies. Prints JSON.
 """
@@ -46,7 +46,11 @@ def main() -> None:
     from freeret.data import visual
     from freeret.data.retrieval_set import Item
     from freeret.rerank.framing import Framing
-    from freeret.rerank.scorer import PairScorer
+
+    try:
+        from freeret.rerank.scorers.choice import Choice as PairScorer
+    except ImportError:  # a checkout from before issue 24 (the choice scorer was rerank/scorer.py's PairScorer)
+        from freeret.rerank.scorer import PairScorer
 
     try:
         from freeret.toy.smoke import CAPTIONS
@@ -74,12 +78,12 @@ def main() -> None:
     spy(type(bb.processor.image_processor), "preprocess", "processor_calls")
     queries = [Item.make("query", c, None) for c in list(CAPTIONS.values())[: args.queries]]
     cands = candidate_images(args.k)
-    PairScorer(bb, framing, batch_size=16).fast(queries[0], cands[:1])  # warm-up
+    PairScorer(bb, framing, batch_size=16).score(queries[0], cands[:1])  # warm-up
     counts.update(decodes=0, processor_calls=0)
     scorer = PairScorer(bb, framing, batch_size=16)
     start = time.perf_counter()
     for query in queries:
-        scorer.fast(query, cands)
+        scorer.score(query, cands)
     seconds = time.perf_counter() - start
     print(json.dumps({"code": str(Path(freeret.__file__).parent.parent), "queries": len(queries), "k": args.k,
                       "pairs_per_s": len(queries) * args.k / seconds, **counts}))

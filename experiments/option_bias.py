@@ -11,7 +11,7 @@ from freeret.backbone import ModelSpec, load_backbone
 from freeret.bench import BENCH_OUT, bar_chart, conf, parser, write
 from freeret.probes.framing_sensitivity import CONTENT_FREE, option_bias
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer
+from freeret.rerank.scorers.choice import Choice
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     backbone = load_backbone(ModelSpec.from_dict(conf("model", args.model)))
     results = {}
     for name in args.framings:
-        results[name] = option_bias(PairScorer(backbone, Framing.from_dict(conf("framing", name))))
+        results[name] = option_bias(Choice(backbone, Framing.from_dict(conf("framing", name))))
         print(f"{name:12s} " + "  ".join(f"P({o})={p:.3f}" for o, p in results[name].items()))
     write(args.out, {"model": backbone.metadata(), "content_free_inputs": list(CONTENT_FREE), "bias": results})
     bar_chart(args.out, [f"{n}\n({'/'.join(results[n])})" for n in results],

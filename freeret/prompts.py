@@ -1,6 +1,7 @@
 """Per-dataset prompt facts, with one owner: the dataset config's ``prompt:`` section.
 
-Templates are data under ``conf/prior`` and ``conf/framing``: they name placeholders, give their defaults, and may
+Templates (:mod:`freeret.templates`) are data under ``conf/prior``, ``conf/framing``, ``conf/scorer`` and
+``conf/pipeline/rag.yaml``: they name placeholders, give their defaults, and may
 define named *variants* (another wording for one kind of task, e.g. the ``presence`` question of a framing for
 classification into object classes). They never name a dataset. A dataset config says what is true of its data
 and which variants it wants::
@@ -12,13 +13,12 @@ and which variants it wants::
 
 Each key is checked before any data or weights load: a var outside :data:`DATASET_VARS`, a ``*_variant`` key for
 something that has no variants, and a variant the chosen prior or framing does not define are one-line
-ConfigErrors. :meth:`freeret.embed.priors.Prior.for_dataset` and :meth:`freeret.rerank.framing.Framing.for_dataset`
-apply the facts.
+ConfigErrors. :meth:`freeret.templates.Template.bind` (through it :meth:`freeret.rerank.framing.Framing.for_dataset`
+and the scorers) and :meth:`freeret.embed.priors.Prior.for_dataset` apply the facts.
 """
 
 from __future__ import annotations
 
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,14 +37,6 @@ DATASET_VARS: dict[str, str] = {
 }
 VARIANT_OWNERS = ("prior", "framing", "scorer")  # ``<owner>_variant`` names one of that config group's variants
 T = TypeVar("T")
-
-
-def placeholders(template: str) -> set[str]:
-    """Names of the ``{placeholders}`` in a format string."""
-    try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
-    except ValueError as exc:
-        raise ConfigError(f"malformed prompt template {template!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)

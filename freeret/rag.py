@@ -21,8 +21,10 @@ from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import RetrievalSet
 from freeret.errors import ConfigError
 from freeret.eval.results import write_text_atomic
+from freeret.templates import Template
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+SLOTS = ("documents", "question")  # the RAG templates' item slots (conf/pipeline/rag.yaml), inserted verbatim
 
 
 def normalize_answer(text: str) -> str:
@@ -67,14 +69,15 @@ def answer_stage(cfg: Mapping[str, Any], backbone: Backbone, rset: RetrievalSet,
     n_docs = int(pcfg.get("n_docs", 3))
     with_docs, closed = [], []
     retrieved: list[list[str]] = []
+    rag, closed_book = Template(str(pcfg["template"]), SLOTS), Template(str(pcfg["closed_book_template"]), SLOTS)
     for row, scores in zip(rset.rows, final_scores):
         top = torch.argsort(-scores, stable=True)[:n_docs].tolist()
         docs = [rset.items[row.candidates[i]].text for i in top]
         retrieved.append(docs)
         question = rset.items[row.query].text
         documents = "\n".join(f"[{i + 1}] {d}" for i, d in enumerate(docs))
-        with_docs.append(pcfg["template"].format(documents=documents, question=question))
-        closed.append(pcfg["closed_book_template"].format(question=question))
+        with_docs.append(rag.render({"documents": documents, "question": question}))
+        closed.append(closed_book.render({"question": question}))
     args = (str(pcfg.get("answer_prefix") or ""), int(pcfg.get("max_new_tokens", 8)), int(pcfg.get("generate_batch_size", 8)))
     answers_rag = generate(backbone, with_docs, *args, desc="RAG answers")
     answers_closed = generate(backbone, closed, *args, desc="closed-book answers")

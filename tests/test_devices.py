@@ -20,7 +20,7 @@ from freeret.data.retrieval_set import Item
 from freeret.embed.layers import LayerSpec
 from freeret.lit import EmbeddingWriter, EmbedModule
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer
+from freeret.rerank.scorers.choice import Choice
 from freeret.retrieve.store import read_shards
 from helpers import REPO
 
@@ -68,21 +68,22 @@ def test_pair_scorer_on_gpu_returns_host_fp32(qwen, smoke, threads, calibrate):
     pixels when the cache is off), an image query, and calibration: the CPU's scores, on the CPU in fp32."""
     image_query, image_cands = smoke
     cases = [(QUERY, TEXTS + image_cands), (image_query, TEXTS[:1] + image_cands[:1])]
-    scorer = PairScorer(qwen, _framing(), batch_size=2, calibrate=calibrate)
-    expected = [scorer.score(q, c).probs for q, c in cases]
-    expected_uncached = PairScorer(qwen, _framing(), batch_size=2, vision_cache_mb=0).score(QUERY, image_cands).probs
-    scorer = PairScorer(qwen, _framing(), batch_size=2, calibrate=calibrate)
+    scorer = Choice(qwen, _framing(), batch_size=2, calibrate=calibrate)
+    expected = [scorer.option_probs(q, c) for q, c in cases]
+    expected_uncached = Choice(qwen, _framing(), batch_size=2, vision_cache_mb=0).option_probs(QUERY, image_cands)
+    scorer = Choice(qwen, _framing(), batch_size=2, calibrate=calibrate)
     with simulated_cuda():
         qwen.model.to("cuda")
         try:
-            got = [scorer.score(q, c).probs for q, c in cases]
-            naive = scorer.naive(QUERY, TEXTS[:2], batch_size=2).probs
-            uncached = PairScorer(qwen, _framing(), batch_size=2, vision_cache_mb=0).score(QUERY, image_cands).probs
+            rows = [scorer.score(q, c) for q, c in cases]
+            got = [torch.tensor(r.extras["probs"]) for r in rows]
+            naive = scorer.naive_probs(QUERY, TEXTS[:2], batch_size=2)
+            uncached = Choice(qwen, _framing(), batch_size=2, vision_cache_mb=0).option_probs(QUERY, image_cands)
             features = [t for e in scorer.vision.store.values() for t in (e.features if isinstance(e.features, tuple) else [e.features])]
         finally:
             qwen.model.to("cpu")
-    for g, e in zip(got, expected):
-        assert _is_host_fp32(g)
+    for r, g, e in zip(rows, got, expected):
+        assert _is_host_fp32(r.scores)
         assert torch.allclose(g, e, atol=1e-5)
     assert _is_host_fp32(naive)
     assert _is_host_fp32(uncached) and torch.allclose(uncached, expected_uncached, atol=1e-5)  # pixels, no cache

@@ -22,7 +22,7 @@ from freeret.data.datamodule import default_num_workers
 from freeret.data.datasets import load_dataset
 from freeret.errors import ConfigError
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer
+from freeret.rerank.scorers.choice import Choice
 from freeret.rerank.stage import RankedGroups, RerankConfig, RerankModule
 from helpers import REPO
 
@@ -80,7 +80,7 @@ class _Spy:
         monkeypatch.setattr(owner, name, spy)
 
 
-def _predict(scorer: PairScorer, groups, workers: int = 0) -> list[list[list[float]]]:
+def _predict(scorer: Choice, groups, workers: int = 0) -> list[list[list[float]]]:
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False)
     out = trainer.predict(RerankModule(scorer), datamodule=RankedGroups(groups, scorer, workers))
@@ -92,10 +92,10 @@ def test_each_image_decoded_and_processed_once_per_run(qwen, t2i_groups, monkeyp
     decodes each of the 8 images once and processes each once, with the same scores."""
     decodes = _Spy(monkeypatch, visual, "open_image")
     processing = _Spy(monkeypatch, type(qwen.processor.image_processor), "preprocess")
-    reference = _predict(PairScorer(qwen, _framing(), batch_size=4, vision_cache_mb=0), t2i_groups)
+    reference = _predict(Choice(qwen, _framing(), batch_size=4, vision_cache_mb=0), t2i_groups)
     assert (decodes.calls, processing.calls) == (32, 4 * 2)  # per pair; one processor call per batch of 4 pairs
     decodes.calls = processing.calls = 0
-    scorer = PairScorer(qwen, _framing(), batch_size=4)
+    scorer = Choice(qwen, _framing(), batch_size=4)
     cached = _predict(scorer, t2i_groups)
     assert (decodes.calls, processing.calls) == (8, 8)
     assert scorer.vision.stats.misses == 8 and scorer.vision.stats.records_received == 8
@@ -106,13 +106,13 @@ def test_each_image_decoded_and_processed_once_per_run(qwen, t2i_groups, monkeyp
 @pytest.fixture(scope="module")
 def reference(qwen, t2i_groups):
     """Scores with every pair decoding and processing its own images (no vision cache)."""
-    return torch.tensor(_predict(PairScorer(qwen, _framing(), batch_size=4, vision_cache_mb=0), t2i_groups))
+    return torch.tensor(_predict(Choice(qwen, _framing(), batch_size=4, vision_cache_mb=0), t2i_groups))
 
 
 def test_workers_decode_and_process_for_the_main_process(qwen, t2i_groups, reference, monkeypatch):
     """With DataLoader workers the main process neither decodes nor processes an image."""
     decodes = _Spy(monkeypatch, visual, "open_image")  # counts the main process only
-    scorer = PairScorer(qwen, _framing(), batch_size=4)
+    scorer = Choice(qwen, _framing(), batch_size=4)
     got = _predict(scorer, t2i_groups, workers=2)
     assert decodes.calls == 0 and scorer.vision.stats.images_preprocessed == 0
     assert scorer.vision.stats.records_received == 8
@@ -122,10 +122,10 @@ def test_workers_decode_and_process_for_the_main_process(qwen, t2i_groups, refer
 def test_vision_cache_is_bounded_by_bytes(qwen, t2i_groups, reference):
     """A budget of about two images' features: the cache never holds more, evicts the rest, and reprocesses an
     evicted image when a later query needs it; the scores do not change."""
-    probe = PairScorer(qwen, _framing(), batch_size=4)
+    probe = Choice(qwen, _framing(), batch_size=4)
     probe.score(t2i_groups[0]["query"], t2i_groups[0]["candidates"][:1])
     per_image = next(iter(probe.vision.store.values())).nbytes
-    scorer = PairScorer(qwen, _framing(), batch_size=4, vision_cache_mb=2.5 * per_image / 2**20)
+    scorer = Choice(qwen, _framing(), batch_size=4, vision_cache_mb=2.5 * per_image / 2**20)
     got = _predict(scorer, t2i_groups)
     stats = scorer.vision.stats
     assert len(scorer.vision.store) == 2 and scorer.vision.nbytes <= scorer.vision.max_bytes

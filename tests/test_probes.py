@@ -168,10 +168,10 @@ def test_flip_rate_is_the_share_of_changed_calls(smollm):
             for q, p, n in [("a domestic animal that barks", "dog", "violin")]]
     mcq = Framing.from_dict(conf("framing", "mcq"))
     rec = framing_sensitivity.framing_record(smollm, mcq, rows, content_free=[""])
-    from freeret.rerank.scorer import PairScorer
+    from freeret.rerank.scorers.choice import Choice
 
-    _, calls = framing_sensitivity.match_calls(PairScorer(smollm, mcq), rows)
-    _, swapped = framing_sensitivity.match_calls(PairScorer(smollm, framing_sensitivity.swap_options(mcq)), rows)
+    _, calls = framing_sensitivity.match_calls(Choice(smollm, mcq), rows)
+    _, swapped = framing_sensitivity.match_calls(Choice(smollm, framing_sensitivity.swap_options(mcq)), rows)
     assert rec["flip_rate"] == pytest.approx(float((calls != swapped).float().mean()))
     assert rec["accuracy"] == pytest.approx(float((calls == torch.tensor([True, False])).float().mean()))
 

@@ -10,7 +10,7 @@ from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.retrieval_set import Item
 from freeret.errors import ConfigError
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer, PairScores
+from freeret.rerank.scorers.choice import Choice, option_row
 from freeret.rerank.stage import RerankConfig, fused_ranking
 from helpers import REPO, check_snapshot, compose, dataset_prompt
 
@@ -44,7 +44,7 @@ def test_multi_token_option_is_refused(smollm):
     bad = Framing.from_dict({"name": "wrong_bare", "template": "Q: {query}\nC: {candidate}\nRight or Wrong?",
                              "options": ["Right", "Wrong"], "match": "Right"})
     with pytest.raises(ConfigError, match="'Wrong' is not a single token"):
-        PairScorer(smollm, bad)
+        Choice(smollm, bad)
 
 
 TINY = [("tiny_qwen2vl", "qwen2_vl"), ("tiny_qwen25vl", "qwen2_5_vl"), ("tiny_idefics3", "idefics3"),
@@ -61,29 +61,32 @@ def test_option_tokens_resolve_in_context(name, smollm, tiny_backbones):
     """Each family's chat template puts a different context before the answer; the ids must decode to the labels."""
     framing = load_framing(name)
     for bb in (smollm, *tiny_backbones):
-        scorer = PairScorer(bb, framing)
+        scorer = Choice(bb, framing)
         decoded = [bb.tokenizer.decode([i]).strip() for i in scorer.option_ids]
         assert decoded == list(framing.options), bb.spec.family
 
 
 def test_framing_prompt_snapshots(smollm):
-    got = {name: PairScorer(smollm, load_framing(name)).prompt(QUERY, CANDS[0]) for name in FRAMINGS}
+    got = {name: Choice(smollm, load_framing(name)).prompt(QUERY, CANDS[0]) for name in FRAMINGS}
     check_snapshot(REPO / "tests" / "snapshots" / "framing_prompts.json", got)
 
 
 @pytest.mark.parametrize("name", ["mcq", "yes_no"])
 def test_fast_equals_naive_on_real_smollm2(name, smollm):
-    scorer = PairScorer(smollm, load_framing(name), batch_size=4)
-    prefix, suffix = scorer.split(QUERY)
+    scorer = Choice(smollm, load_framing(name), batch_size=4)
+    split = scorer.split(QUERY)
     tok = smollm.tokenizer
     for cand in CANDS:  # prefix and suffix tokenised apart give the whole prompt's ids
         whole = tok(scorer.prompt(QUERY, cand), add_special_tokens=False)["input_ids"]
-        parts = (tok(prefix, add_special_tokens=False)["input_ids"]
-                 + tok(suffix.replace("\u2063CANDIDATE\u2063", cand.text), add_special_tokens=False)["input_ids"])
+        parts = (tok(split.prefix, add_special_tokens=False)["input_ids"]
+                 + tok(split.suffix_for(cand.text), add_special_tokens=False)["input_ids"])
         assert parts == whole
-    naive, fast = scorer.naive(QUERY, CANDS), scorer.fast(QUERY, CANDS)
-    assert torch.allclose(naive.probs, fast.probs, atol=1e-4)
-    assert torch.allclose(fast.probs.sum(-1), torch.ones(len(CANDS)))
+    naive, fast = scorer.naive_probs(QUERY, CANDS), scorer.fast_probs(QUERY, CANDS)
+    assert torch.allclose(naive, fast, atol=1e-4)
+    assert torch.allclose(fast.sum(-1), torch.ones(len(CANDS)))
+    row, reference = scorer.score(QUERY, CANDS), scorer.naive(QUERY, CANDS)  # the protocol: P(match), probs, entropy
+    assert torch.allclose(row.scores, fast[:, scorer.framing.match_index]) and row.extras["probs"] == fast.tolist()
+    assert torch.allclose(reference.scores, naive[:, scorer.framing.match_index])
 
 
 def test_fast_equals_naive_tiny_qwen2vl_with_query_image(tiny_qwen):
@@ -93,34 +96,36 @@ def test_fast_equals_naive_tiny_qwen2vl_with_query_image(tiny_qwen):
     smoke = load_dataset({"name": "smoke_mm", "kind": "smoke"})
     image_query = next(it for it in smoke.items.values() if it.role == "query" and it.image)
     image_cands = [it for it in smoke.items.values() if it.role == "target" and it.image][:2]
-    scorer = PairScorer(tiny_qwen, load_framing("mcq"), batch_size=3)
+    scorer = Choice(tiny_qwen, load_framing("mcq"), batch_size=3)
     cands = CANDS[:5] + image_cands
-    naive, fast = scorer.naive(image_query, cands), scorer.fast(image_query, cands)
-    assert torch.allclose(naive.probs, fast.probs, atol=1e-4)
-    text_only = scorer.fast(QUERY, CANDS[:3]).probs  # a later text-only query is not shifted by stale deltas
-    assert torch.allclose(text_only, scorer.naive(QUERY, CANDS[:3]).probs, atol=1e-4)
+    naive, fast = scorer.naive_probs(image_query, cands), scorer.fast_probs(image_query, cands)
+    assert torch.allclose(naive, fast, atol=1e-4)
+    text_only = scorer.fast_probs(QUERY, CANDS[:3])  # a later text-only query is not shifted by stale deltas
+    assert torch.allclose(text_only, scorer.naive_probs(QUERY, CANDS[:3]), atol=1e-4)
 
 
 def test_calibration_divides_out_the_empty_candidate_prior(smollm):
-    plain = PairScorer(smollm, load_framing("mcq"), batch_size=4)
-    calibrated = PairScorer(smollm, load_framing("mcq"), batch_size=4, calibrate=True)
-    prior = plain.fast(QUERY, [Item.make("target", "", None)]).probs[0]
-    expected = plain.fast(QUERY, CANDS).probs / prior
+    plain = Choice(smollm, load_framing("mcq"), batch_size=4)
+    calibrated = Choice(smollm, load_framing("mcq"), batch_size=4, calibrate=True)
+    prior = plain.fast_probs(QUERY, [Item.make("target", "", None)])[0]
+    expected = plain.fast_probs(QUERY, CANDS) / prior
     expected = expected / expected.sum(-1, keepdim=True)
-    assert torch.allclose(calibrated.score(QUERY, CANDS).probs, expected, atol=1e-5)
+    assert torch.allclose(calibrated.option_probs(QUERY, CANDS), expected, atol=1e-5)
+    assert torch.allclose(calibrated.score(QUERY, CANDS).scores, expected[:, 0], atol=1e-5)
 
 
 def test_fused_ranking_rules():
     embed = torch.tensor([0.5, 0.9, 0.8, 0.1, 0.7])  # positive (index 0) is 4th by cosine
     positions = [1, 2, 4]  # top-3 by cosine, positive not among them
     probs = torch.tensor([[0.2, 0.8], [0.9, 0.1], [0.9, 0.1]])
-    ranked = fused_ranking(embed, positions, PairScores(probs, 0).scores, RerankConfig(top_k=3))
+    ranked = fused_ranking(embed, positions, option_row(probs, 0).scores, RerankConfig(top_k=3))
     order = torch.argsort(-ranked).tolist()
     assert order == [2, 4, 1, 0, 3]  # tie 0.9/0.9 broken by cosine (0.8 > 0.7); the rest keep stage-1 order
-    tied = PairScores(torch.tensor([[0.6, 0.4], [0.6, 0.4]]), 0)
-    ent = fused_ranking(embed, [0, 1], tied.scores, RerankConfig(top_k=2, tie_break="entropy"), tied.entropy)
+    tied = option_row(torch.tensor([[0.6, 0.4], [0.6, 0.4]]), 0)
+    ent = fused_ranking(embed, [0, 1], tied.scores, RerankConfig(top_k=2, tie_break="entropy"),
+                        torch.tensor(tied.extras["entropy"]))
     assert torch.argsort(-ent).tolist()[:2] == [1, 0]  # equal scores and entropies: the positive loses the tie
-    weighted = fused_ranking(embed, [1, 0], PairScores(torch.tensor([[0.0, 1.0], [0.5, 0.5]]), 0).scores,
+    weighted = fused_ranking(embed, [1, 0], option_row(torch.tensor([[0.0, 1.0], [0.5, 0.5]]), 0).scores,
                              RerankConfig(top_k=2, fusion="weighted", fusion_weight=0.5))
     assert torch.argsort(-weighted).tolist()[:2] == [0, 1]  # 0.5*0.5+0.5*0.5=0.5 beats 0.5*0+0.5*0.9=0.45
 
@@ -134,11 +139,11 @@ def test_vision_features_computed_once_per_image(model, family):
     smoke = load_dataset({"name": "smoke_mm", "kind": "smoke"})
     image_cands = [it for it in smoke.items.values() if it.role == "target" and it.image][:3]
     image_query = next(it for it in smoke.items.values() if it.role == "query" and it.image)
-    cached = PairScorer(bb, load_framing("mcq"), batch_size=2)
-    plain = PairScorer(bb, load_framing("mcq"), batch_size=2, vision_cache_mb=0)
+    cached = Choice(bb, load_framing("mcq"), batch_size=2)
+    plain = Choice(bb, load_framing("mcq"), batch_size=2, vision_cache_mb=0)
     for query in (QUERY, image_query, QUERY):
-        got = cached.fast(query, image_cands + CANDS[:2]).probs
-        assert torch.allclose(got, plain.fast(query, image_cands + CANDS[:2]).probs, atol=1e-5)
+        got = cached.fast_probs(query, image_cands + CANDS[:2])
+        assert torch.allclose(got, plain.fast_probs(query, image_cands + CANDS[:2]), atol=1e-5)
     unique = {it.image for it in image_cands} | {image_query.image}
     # each image file through the tower once (LLaVA-OV: once per images-per-prompt count: 1 alone, 2 beside the query's)
     expected = len(image_cands) + len(unique) if bb.family.image_count_dependent else len(unique)
@@ -147,7 +152,7 @@ def test_vision_features_computed_once_per_image(model, family):
 
 
 def test_dataset_specific_framing_variant(smollm):
-    scorer = PairScorer(smollm, load_framing("mcq").for_dataset(dataset_prompt("mmeb/ImageNet-1K")))
+    scorer = Choice(smollm, load_framing("mcq").for_dataset(dataset_prompt("mmeb/ImageNet-1K")))
     prompt = scorer.prompt(QUERY, CANDS[0])
     assert "Object: dog\nA. Yes, the object is present" in prompt
     assert "Candidate:" not in prompt
@@ -197,3 +202,12 @@ def test_prompt_facts_and_variants_are_checked():
     with pytest.raises(ConfigError) as info:
         load_framing("yes_no").for_dataset(typo)
     assert "\n" not in str(info.value)
+
+
+def test_choice_row_record_keeps_the_shard_fields():
+    """The choice scorer's row (a RowScores since issue 24) writes the fields PairScores.record() wrote, in order."""
+    probs = torch.tensor([[0.2, 0.8], [0.9, 0.1]])
+    record = option_row(probs, 0).record()
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    assert record == {"scores": probs[:, 0].tolist(), "probs": probs.tolist(), "entropy": entropy.tolist()}
+    assert list(record) == ["scores", "probs", "entropy"]

@@ -14,9 +14,9 @@ from freeret.backbone import ModelSpec, load_backbone
 from freeret.data.retrieval_set import Item
 from freeret.errors import ConfigError, FreeRetError
 from freeret.rerank.framing import Framing
-from freeret.rerank.scorer import PairScorer
 from freeret.rerank.scorers import scorer_spec, specs
 from freeret.rerank.scorers.base import BuildContext
+from freeret.rerank.scorers.choice import Choice
 from freeret.rerank.scorers.listwise import sliding_starts
 from helpers import REPO, check_snapshot, compose
 
@@ -90,8 +90,9 @@ def test_dataset_prompt_facts_fill_the_scorer_prompts():
 
     prompt = DatasetPrompt.from_config(OmegaConf.to_container(compose(["dataset=wordnet_rd"]).dataset))
     spec = spec_of("candidate_likelihood")
-    assert spec.prompt.split()[0][0] == "Here is a query: "
-    assert spec.prompt.split(facts=prompt.vars)[0] == ["Here is a definition: ", "\nWhich word matches it?\n"]
+    assert spec.prompt.pieces()[0][0] == "Here is a query: "
+    assert spec.prompt.pieces(prompt.vars)[0] == ["Here is a definition: ", "\nWhich word matches it?\n"]
+    assert spec.prompt.bind(prompt, "scorer", spec.name).pieces() == spec.prompt.pieces(prompt.vars)
 
 
 def test_unknown_scorer_is_refused():
@@ -206,7 +207,7 @@ def test_debiasing_against_a_hand_computation(smollm):
         "name": "mcq_by_hand", "options": ["A", "B"], "match": "B", "answer_prefix": "Answer:",
         "template": "Task: Determine whether the candidate matches the query.\nQuery: {query}\nCandidate: {candidate}\n"
                     "A. No, the candidate does not match or only partially matches.\nB. Yes, the candidate fully matches the query."})
-    first, second = PairScorer(smollm, mcq).naive(QUERY, CANDS).probs, PairScorer(smollm, swapped).naive(QUERY, CANDS).probs
+    first, second = Choice(smollm, mcq).naive_probs(QUERY, CANDS), Choice(smollm, swapped).naive_probs(QUERY, CANDS)
     got = build(smollm, "choice_debiased").score(QUERY, CANDS)
     assert torch.allclose(got.scores, (first[:, 0] + second[:, 1]) / 2, atol=1e-5)
     calls = [(bool(a[0] > a[1]), bool(b[1] > b[0])) for a, b in zip(first, second)]
@@ -336,12 +337,12 @@ def test_a_dataset_picks_a_scorer_variant(smollm):
     import dataclasses
 
     from freeret.prompts import DatasetPrompt
-    from freeret.rerank.scorers.prompts import SlotPrompt
     from freeret.rerank.stage import rerank_signature
+    from freeret.templates import Template
 
     base = spec_of("query_likelihood")
-    prompt = SlotPrompt(template=base.prompt.template, slots=("candidate",), answer_prefix=base.prompt.answer_prefix,
-                        vars=base.prompt.vars, variants={"terse": "Entry: {candidate}\nA {query_kind} of it:", "plain": None})
+    prompt = Template(template=base.prompt.template, slots=("candidate",), answer_prefix=base.prompt.answer_prefix,
+                      vars=base.prompt.vars, variants={"terse": "Entry: {candidate}\nA {query_kind} of it:", "plain": None})
     spec = dataclasses.replace(base, prompt=prompt)
     cand = Item.make("target", "dog", None)
 

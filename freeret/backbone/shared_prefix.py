@@ -1,8 +1,8 @@
 """One shared-prefix routine: run a prefix once, then many right-padded suffixes after it from its KV cache.
 
 Every caller that runs N sequences sharing their first tokens uses it: stage-1 embedding (``prefix.py``: prompts
-that share a system turn and an instruction), the pair scorer (``rerank/scorer.py``: a query prompt, then each
-candidate) and likelihood scorers (the candidate's tokens after a query prompt).
+that share a system turn and an instruction), the choice scorer (``rerank/scorers/choice.py``: a query prompt, then
+each candidate) and likelihood scorers (the candidate's tokens after a query prompt).
 
 - :meth:`SharedPrefix.run_prefix` runs one row (images allowed) into a KV cache, stopped early after a captured
   point (stage 1) or through the final norm (scorers: the last state predicts the first suffix token); the family's

@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader, Sampler
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count, load_visual
-from freeret.embed.pooling import ITEM_SLOT, content_mask, content_span, image_token_id
+from freeret.embed.pooling import content_mask, content_span, image_token_id
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
+from freeret.templates import MARK
 
 
 def plan_batches(items: Sequence[Item], batch_size: int) -> list[list[int]]:
@@ -86,10 +87,10 @@ class PromptCollator:
         text = item.text.strip()
         if not text:
             return 0, 0
-        slotted = self.prompter.render(self.prior.render(item.role, ITEM_SLOT, item.image is not None),
+        slotted = self.prompter.render(self.prior.render(item.role, MARK, item.image is not None),
                                        n_images=n_images)
-        start = slotted.find(ITEM_SLOT)
-        if start < 0 or slotted.replace(ITEM_SLOT, text) != prompt:
+        start = slotted.find(MARK)
+        if start < 0 or slotted.replace(MARK, text) != prompt:
             raise ConfigError(f"pooling=mean cannot locate the item's text in its prompt (prior {self.prior.name})")
         return start, start + len(text)
 

@@ -20,7 +20,6 @@ import torch
 from freeret.errors import ConfigError
 
 POOLINGS = ("last", "last_k", "mean")
-ITEM_SLOT = "\0item\0"  # stands for the item's text while locating it in a rendered prompt
 
 
 @dataclass(frozen=True)

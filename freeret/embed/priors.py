@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from freeret.errors import ConfigError
-from freeret.prompts import DatasetPrompt, pick_variant, placeholders
+from freeret.prompts import DatasetPrompt, pick_variant
+from freeret.templates import fill, placeholders
 
 ROLES = ("query", "target")
 BUILTIN_VARS = ("text", "modality", "demos")
 LITERALS = ("text", "demos", "demo_text", "demo_answer")  # inserted verbatim last: item texts may hold braces
 NO_DEMOS = "none"
 VARIANT_KEYS = ("query", "target", "vars")  # what a prior variant may replace
-_MAX_DEPTH = 5
 
 
 def modality(text: str, has_image: bool) -> str:
@@ -38,22 +38,6 @@ def modality(text: str, has_image: bool) -> str:
     if has_image and text.strip():
         return "image and sentence"
     return "image" if has_image else "sentence"
-
-
-def _fill(template: str, values: Mapping[str, str]) -> str:
-    """Format ``template`` with ``values`` (vars may nest placeholders); :data:`LITERALS` go in last, verbatim."""
-    slots = {name: f"\0{name}\0" for name in LITERALS}
-    out = template
-    for _ in range(_MAX_DEPTH):
-        if not placeholders(out) - set(LITERALS):
-            break
-        out = out.format_map({**values, **slots})
-    for name, slot in slots.items():
-        out = out.replace(slot, "{" + name + "}")
-    for name in LITERALS:
-        if name in values:
-            out = out.replace("{" + name + "}", values[name])
-    return out
 
 
 @dataclass(frozen=True)
@@ -205,9 +189,9 @@ class Prior:
         values.update(text=text.strip(), modality=modality(text, has_image), demos="")
         if self.demos is not None:
             pairs = self.demos.pairs(values.get("demo_set", NO_DEMOS), self.name, self.dataset)
-            values["demos"] = "".join(_fill(self.demos.line, {**values, "demo_text": t, "demo_answer": a})
+            values["demos"] = "".join(fill(self.demos.line, {**values, "demo_text": t, "demo_answer": a}, LITERALS)
                                       for t, a in pairs)
         out = self.template(role)
         if not values["text"]:
             out = out.replace("{text}\n", "").replace("\n{text}", "")
-        return _fill(out, values).strip()
+        return fill(out, values, LITERALS).strip()

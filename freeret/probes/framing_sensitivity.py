@@ -18,14 +18,14 @@ import torch
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.rerank.framing import Framing, swap_options
-from freeret.rerank.scorer import PairScorer
+from freeret.rerank.scorers.choice import Choice
 
 CONTENT_FREE = ("", "N/A", "[MASK]")
 
 
-def option_bias(scorer: PairScorer, content_free: Sequence[str] = CONTENT_FREE) -> dict[str, float]:
+def option_bias(scorer: Choice, content_free: Sequence[str] = CONTENT_FREE) -> dict[str, float]:
     """Mean P(option) over content-free (query, candidate) pairs, keyed by option label."""
-    probs = sum(scorer.naive(Item.make("query", text, None), [Item.make("target", text, None)]).probs[0]
+    probs = sum(scorer.naive_probs(Item.make("query", text, None), [Item.make("target", text, None)])[0]
                 for text in content_free) / len(content_free)
     return {opt: float(p) for opt, p in zip(scorer.framing.options, probs)}
 
@@ -44,17 +44,17 @@ def labelled_pairs(rset: RetrievalSet, n_queries: int, seed: int = 0) -> list[tu
     return out
 
 
-def match_calls(scorer: PairScorer, triples: Sequence[tuple[Item, Item, Item]]) -> tuple[torch.Tensor, torch.Tensor]:
+def match_calls(scorer: Choice, triples: Sequence[tuple[Item, Item, Item]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(P(match), called match) for [positive, distractor] of every triple, flattened in that order."""
-    probs = torch.cat([scorer.fast(q, [pos, neg]).probs for q, pos, neg in triples])
+    probs = torch.cat([scorer.fast_probs(q, [pos, neg]) for q, pos, neg in triples])
     return probs[:, scorer.framing.match_index], probs.argmax(-1) == scorer.framing.match_index
 
 
 def framing_record(backbone: Backbone, framing: Framing, triples: Sequence[tuple[Item, Item, Item]],
                    content_free: Sequence[str] = CONTENT_FREE) -> dict[str, Any]:
     """Option bias, accuracy (and per class), flip rate and mean P(match) of one framing (bound to the dataset)."""
-    scorer = PairScorer(backbone, framing)
-    swapped = PairScorer(backbone, swap_options(framing))
+    scorer = Choice(backbone, framing)
+    swapped = Choice(backbone, swap_options(framing))
     labels = torch.tensor([True, False] * len(triples))
     p_match, calls = match_calls(scorer, triples)
     _, calls_swapped = match_calls(swapped, triples)

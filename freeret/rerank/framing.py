@@ -17,9 +17,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from freeret.errors import ConfigError
-from freeret.prompts import DatasetPrompt, pick_variant, placeholders
+from freeret.prompts import DatasetPrompt
+from freeret.templates import Template, placeholders
 
-REQUIRED = {"query", "candidate"}
+SLOTS = ("query", "candidate")
+REQUIRED = set(SLOTS)
 
 
 @dataclass(frozen=True)
@@ -52,15 +54,21 @@ class Framing:
         framing.validate()
         return framing
 
+    @property
+    def prompt(self) -> Template:
+        """The framing's wording as a :class:`~freeret.templates.Template` with the ``query`` and ``candidate`` slots
+        (the answer prefix is appended as written)."""
+        return Template(self.template, tuple(SLOTS), variants=self.variants)
+
     def for_dataset(self, prompt: DatasetPrompt | None) -> Framing:
         """This framing as it scores ``prompt``'s dataset: the template of the variant the dataset names (ConfigError
-        if this framing does not define it), else the main one."""
-        template = pick_variant(self.variants, prompt, "framing", self.name)
+        if this framing does not define it), else the main one (``Template.bind``)."""
+        bound = self.prompt.bind(prompt, "framing", self.name)
         chosen = prompt.variants.get("framing") if prompt is not None else None
-        return replace(self, template=template or self.template, variants={}, variant=chosen)
+        return replace(self, template=bound.template, variants={}, variant=chosen)
 
     def validate(self) -> None:
-        """Raise ConfigError for missing placeholders, a query after the candidate, or bad options."""
+        """Raise ConfigError for missing or repeated placeholders, a query after the candidate, or bad options."""
         if len(self.options) < 2 or len(set(self.options)) != len(self.options):
             raise ConfigError(f"framing '{self.name}': options must be at least two distinct labels, got {list(self.options)}")
         if self.match not in self.options:
@@ -76,6 +84,7 @@ class Framing:
                 )
             if template.index("{query}") > template.index("{candidate}"):
                 raise ConfigError(f"framing '{self.name}'{where}: {{query}} must come before {{candidate}}")
+        self.prompt.validate(f"framing '{self.name}'")  # the Template's rules too: each slot once
 
     @property
     def match_index(self) -> int:
@@ -88,8 +97,7 @@ class Framing:
         The shared prefix ends at the start of the candidate's line, so that tokenising
         prefix and suffix apart gives the same ids as the whole prompt.
         """
-        head, rest = self.template.split("{query}", 1)
-        middle, tail = rest.split("{candidate}", 1)
+        head, middle, tail = self.prompt.pieces()[0]
         return head, middle, tail
 
 

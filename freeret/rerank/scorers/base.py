@@ -19,7 +19,6 @@ import torch
 
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.errors import ConfigError
-from freeret.prompts import pick_variant
 
 if TYPE_CHECKING:
     from freeret.backbone.backbone import Backbone
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from freeret.preflight import TextSide
     from freeret.prompts import DatasetPrompt
     from freeret.rerank.framing import Framing
-    from freeret.rerank.scorers.prompts import SlotPrompt
+    from freeret.templates import Template
 
 TEXT, IMAGE_ONLY, BOTH = "text", "image", "text+image"
 ITEM_KINDS = frozenset({TEXT, IMAGE_ONLY, BOTH})
@@ -67,10 +66,10 @@ class Scorer(Protocol):
     vision: VisionFeatureCache | None
 
     def score(self, query: Item, cands: Sequence[Item],
-              records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> Any:
-        """The run's path (fast): an object with ``scores`` (K,) and ``record()``."""
+              records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> RowScores:
+        """The run's path (fast): a score per candidate and the extras its shard record keeps."""
 
-    def naive(self, query: Item, cands: Sequence[Item]) -> Any:
+    def naive(self, query: Item, cands: Sequence[Item]) -> RowScores:
         """The reference: one full forward per prompt, same scores as :meth:`score` within float rounding."""
 
     def image_uses(self, query: Item, cands: Sequence[Item]) -> set[tuple[str, int]]:
@@ -156,7 +155,7 @@ class ScorerSpec:
     def preflight(self, side: TextSide, prompt: DatasetPrompt | None, framing: Framing | None) -> None:
         """Checks that need the tokenizer but not the weights (single-token labels, ...), before weights load."""
 
-    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+    def templates(self) -> tuple[Template, ...]:
         """The scorer's own prompts (a dataset's ``prompt.scorer_variant`` picks one of their variants); none for the
         choice scorers, whose wording is the framing's."""
         return ()
@@ -164,8 +163,8 @@ class ScorerSpec:
     def check_variant(self, prompt: DatasetPrompt | None) -> None:
         """ConfigError (one line, before any weights load) when the dataset names a scorer variant that one of this
         scorer's prompts does not define."""
-        for slot_prompt in self.slot_prompts():
-            pick_variant(slot_prompt.variants, prompt, "scorer", self.name)
+        for template in self.templates():
+            template.bind(prompt, "scorer", self.name)
 
     def check_modalities(self, rset: RetrievalSet) -> None:
         """ConfigError (one line) when a query or candidate of ``rset`` is of a kind this scorer cannot score."""

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 import torch
 
 from freeret.backbone.families import IMAGE
-from freeret.backbone.shared_prefix import splits_exactly
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count
@@ -46,7 +45,7 @@ from freeret.rerank.scorers.lm import (
     run_prefix,
     suffix_logprobs,
 )
-from freeret.rerank.scorers.prompts import MARK, SlotPrompt, bind, split_at_line
+from freeret.templates import MARK, Template, split_at_line
 
 REDUCTIONS = ("mean", "sum")
 
@@ -75,9 +74,9 @@ def reduce_logprobs(logprobs: torch.Tensor, how: str) -> float:
 class _ItemPrompt:
     """Renders a scorer's prompt around one item and tokenises the scored text that follows it."""
 
-    def __init__(self, bb, prompt: SlotPrompt, end: str, dataset: DatasetPrompt | None, scorer: str) -> None:
+    def __init__(self, bb, prompt: Template, end: str, dataset: DatasetPrompt | None, scorer: str) -> None:
         self.bb, self.end = bb, end
-        (self.head, self.tail), self.answer = bind(prompt, dataset, scorer)  # the dataset's variant and vars
+        (self.head, self.tail), self.answer = prompt.bind(dataset, "scorer", scorer).pieces()  # its variant and vars
 
     def render(self, item: Item) -> str:
         """The prompt around ``item`` (its visual first), ending where the scored text starts."""
@@ -101,7 +100,7 @@ class CandidateLikelihoodSpec(ScorerSpec):
     name: ClassVar[str] = "candidate_likelihood"
     candidate_kinds: ClassVar[frozenset[str]] = frozenset({TEXT})
 
-    prompt: SlotPrompt = field(default_factory=lambda: SlotPrompt("{query}", ("query",)))
+    prompt: Template = field(default_factory=lambda: Template("{query}", ("query",)))
     reduce: str = "mean"
     cpn_lambda: float = 1.0
     prior_query: str = ""  # the query text of the content-free prompt the prior is read from
@@ -110,7 +109,7 @@ class CandidateLikelihoodSpec(ScorerSpec):
     @classmethod
     def _coerce(cls, key: str, value: Any) -> Any:
         if key == "prompt":
-            return SlotPrompt.from_config(value, ("query",), f"scorer={cls.name}")
+            return Template.from_config(value, ("query",), f"scorer={cls.name}")
         return super()._coerce(key, value)
 
     def validate(self) -> None:
@@ -119,7 +118,7 @@ class CandidateLikelihoodSpec(ScorerSpec):
             raise ConfigError(f"scorer={self.name}: cpn_lambda must be a number >= 0 (0 = raw likelihood, 1 = PMI), "
                               f"got {self.cpn_lambda!r}")
 
-    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+    def templates(self) -> tuple[Template, ...]:
         return (self.prompt,)
 
     def build(self, ctx: BuildContext) -> CandidateLikelihood:
@@ -224,20 +223,20 @@ class QueryLikelihoodSpec(ScorerSpec):
     name: ClassVar[str] = "query_likelihood"
     query_kinds: ClassVar[frozenset[str]] = frozenset({TEXT})
 
-    prompt: SlotPrompt = field(default_factory=lambda: SlotPrompt("{candidate}", ("candidate",)))
+    prompt: Template = field(default_factory=lambda: Template("{candidate}", ("candidate",)))
     reduce: str = "mean"
     end: str = ""
 
     @classmethod
     def _coerce(cls, key: str, value: Any) -> Any:
         if key == "prompt":
-            return SlotPrompt.from_config(value, ("candidate",), f"scorer={cls.name}")
+            return Template.from_config(value, ("candidate",), f"scorer={cls.name}")
         return super()._coerce(key, value)
 
     def validate(self) -> None:
         _check_reduce(self, self.reduce)
 
-    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+    def templates(self) -> tuple[Template, ...]:
         return (self.prompt,)
 
     def build(self, ctx: BuildContext) -> QueryLikelihood:
@@ -253,7 +252,7 @@ class QueryLikelihood(NoRunState):
         self.spec, self.bb, self.batch_size = spec, ctx.backbone, ctx.batch_size
         self.vision = vision if vision is not None else _vision(ctx)
         self.text = _ItemPrompt(self.bb, spec.prompt, spec.end, ctx.prompt, spec.name)
-        self.shared, self.suffix = split_at_line(self.prompt(Item.make("target", MARK, None)))
+        self.split = split_at_line(self.prompt(Item.make("target", MARK, None)))  # the shared start, run once per run
         self._prefix = None  # the shared start's KV cache, run once per run
 
     def prompt(self, cand: Item) -> str:
@@ -279,16 +278,13 @@ class QueryLikelihood(NoRunState):
         """Reference: one forward per pair."""
         return self._scores(self._lls(query, cands, 1))
 
-    def _split_is_exact(self, cand: Item) -> bool:
-        return splits_exactly(self.bb.tokenizer, self.shared, self.suffix.replace(MARK, cand.text), self.prompt(cand))
-
     def _shared_lls(self, query: Item, cands: Sequence[Item]) -> list[float]:
         """Text candidates after the prompt's shared start (run once per run)."""
         if self._prefix is None:
-            self._prefix = run_prefix(self.bb, model_inputs(self.bb, None, [self.shared], [[]]))
+            self._prefix = run_prefix(self.bb, model_inputs(self.bb, None, [self.split.prefix], [[]]))
         ids = self.text.scored_ids(self.prompt(cands[0]), query.text)
         tok = self.bb.tokenizer
-        suffixes = [tok(self.suffix.replace(MARK, c.text), add_special_tokens=False)["input_ids"] + ids for c in cands]
+        suffixes = [tok(self.split.suffix_for(c.text), add_special_tokens=False)["input_ids"] + ids for c in cands]
         lps = suffix_logprobs(self.bb, self._prefix, suffixes, self.batch_size, scored=[len(ids)] * len(cands))
         return [reduce_logprobs(lp, self.spec.reduce) for lp in lps]
 
@@ -301,7 +297,9 @@ class QueryLikelihood(NoRunState):
         try:
             out = [0.0] * len(cands)
             text = [i for i, c in enumerate(cands) if not c.image]
-            if text and self.shared and self._split_is_exact(cands[text[0]]):
+            first = cands[text[0]] if text else None
+            if first is not None and self.split.prefix and \
+                    self.split.is_exact(self.bb.tokenizer, first.text, self.prompt(first)):
                 for i, v in zip(text, self._shared_lls(query, [cands[i] for i in text])):
                     out[i] = v
                 rest = [i for i, c in enumerate(cands) if c.image]
@@ -365,8 +363,8 @@ class BidirectionalSpec(ScorerSpec):
     def validate(self) -> None:
         in_unit_interval(self, "weight", self.weight)
 
-    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
-        return (*self.candidate.slot_prompts(), *self.query.slot_prompts())
+    def templates(self) -> tuple[Template, ...]:
+        return (*self.candidate.templates(), *self.query.templates())
 
     def build(self, ctx: BuildContext) -> Bidirectional:
         return Bidirectional(self, ctx)

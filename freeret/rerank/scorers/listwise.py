@@ -30,7 +30,6 @@ from typing import Any, ClassVar
 import torch
 
 from freeret.backbone.families import IMAGE
-from freeret.backbone.shared_prefix import splits_exactly
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count
@@ -49,7 +48,7 @@ from freeret.rerank.scorers.lm import (
     run_prefix,
     suffix_last_logits,
 )
-from freeret.rerank.scorers.prompts import MARK, SlotPrompt, bind, fill, split_at_line
+from freeret.templates import MARK, Split, Template, fill, split_at_line
 
 log = logging.getLogger(__name__)
 COMPACT = (None, "caption")
@@ -61,7 +60,7 @@ class ListwiseSpec(ScorerSpec):
 
     name: ClassVar[str] = "listwise"
 
-    prompt: SlotPrompt = field(default_factory=lambda: SlotPrompt("{query}\n{candidates}", ("query", "candidates")))
+    prompt: Template = field(default_factory=lambda: Template("{query}\n{candidates}", ("query", "candidates")))
     line: str = "[{label}] {candidate}"  # one candidate's line in the list
     labels: tuple[str, ...] = tuple(string.ascii_uppercase[:20])
     window: int = 10
@@ -75,7 +74,7 @@ class ListwiseSpec(ScorerSpec):
     @classmethod
     def _coerce(cls, key: str, value: Any) -> Any:
         if key == "prompt":
-            return SlotPrompt.from_config(value, ("query", "candidates"), f"scorer={cls.name}")
+            return Template.from_config(value, ("query", "candidates"), f"scorer={cls.name}")
         return super()._coerce(key, value)
 
     def validate(self) -> None:
@@ -97,15 +96,15 @@ class ListwiseSpec(ScorerSpec):
             raise ConfigError(f"scorer={self.name}: compact={self.compact!r} is not one of null, caption")
 
     def preflight(self, side: Any, prompt: Any, framing: Any) -> None:
-        pieces, answer = bind(self.prompt, prompt, self.name)
+        pieces, answer = self.prompt.bind(prompt, "scorer", self.name).pieces()
         probe = side.render([pieces[0], "q", pieces[1], self.line_text(0, "c"), pieces[2]]) + answer
         resolve_option_ids(side.tokenizer, probe, self.labels[: self.window], f"scorer={self.name} labels")
 
     def line_text(self, index: int, text: str) -> str:
         """The list line of the ``index``-th candidate of a window."""
-        return fill(self.line, {"label": self.labels[index]}, ("candidate",)).replace("{candidate}", text)
+        return fill(self.line, {"label": self.labels[index], "candidate": text}, ("label", "candidate"))
 
-    def slot_prompts(self) -> tuple[SlotPrompt, ...]:
+    def templates(self) -> tuple[Template, ...]:
         return (self.prompt,)
 
     def build(self, ctx: BuildContext) -> Listwise:
@@ -132,7 +131,7 @@ class Listwise:
         self.spec, self.bb, self.batch_size = spec, ctx.backbone, ctx.batch_size
         bb = ctx.backbone
         self.vision = VisionFeatureCache(bb, ctx.vision_cache_mb) if bb.family.multimodal and ctx.vision_cache_mb > 0 else None
-        (self.head, self.middle, self.tail), self.answer = bind(spec.prompt, ctx.prompt, spec.name)
+        (self.head, self.middle, self.tail), self.answer = spec.prompt.bind(ctx.prompt, "scorer", spec.name).pieces()
         probe = self.prompt(Item.make("query", "q", None), [Item.make("target", "c", None)])
         self.label_ids = resolve_option_ids(bb.tokenizer, probe, spec.labels[: spec.window], f"scorer={self.name} labels")
         self.rows = torch.tensor(self.label_ids)
@@ -166,7 +165,7 @@ class Listwise:
     def _paths(self, query: Item, window: Sequence[Item]) -> list[str]:
         return [*([query.image] if query.image else []), *self._list_images(window)]
 
-    def split(self, query: Item) -> tuple[str, str]:
+    def split(self, query: Item) -> Split:
         """(shared prefix, suffix template holding the list marker): the prefix ends where the list's line starts."""
         return split_at_line(self.bb.render_parts([self.head, *([IMAGE] * frame_count(query.image)), query.text,
                                                    self.middle, MARK, self.tail]) + self.answer)
@@ -202,11 +201,6 @@ class Listwise:
         self.windows_run += len(windows)
         return out
 
-    def _split_is_exact(self, query: Item, window: Sequence[Item]) -> bool:
-        prefix, suffix = self.split(query)
-        return splits_exactly(self.bb.tokenizer, prefix, suffix.replace(MARK, self._block_text(window)),
-                              self.prompt(query, window))
-
     def _fast_windows(self, query: Item) -> Callable[[Sequence[Sequence[Item]]], list[torch.Tensor]]:
         """A window-probability function for ``query`` whose text-only windows run after its cached prefix."""
         state: dict[str, Any] = {}
@@ -215,17 +209,18 @@ class Listwise:
             if any(self._list_images(w) for w in windows):
                 return self._naive_windows(query, windows)  # images in the list: the full forward
             if "exact" not in state:
-                state["exact"] = self._split_is_exact(query, windows[0])
+                state["exact"] = self.split(query).is_exact(self.bb.tokenizer, self._block_text(windows[0]),
+                                                            self.prompt(query, windows[0]))
                 if not state["exact"]:
                     log.warning("prefix/suffix tokenisation differs from the whole prompt for query %s: scoring it "
                                 "naively", query.key)
             if not state["exact"]:
                 return self._naive_windows(query, windows)
-            prefix, template = self.split(query)
+            split = self.split(query)
             if "prefix" not in state:
-                inputs = model_inputs(self.bb, self.vision, [prefix], [[query.image] if query.image else []])
+                inputs = model_inputs(self.bb, self.vision, [split.prefix], [[query.image] if query.image else []])
                 state["prefix"] = run_prefix(self.bb, inputs)
-            ids = [self.bb.tokenizer(template.replace(MARK, self._block_text(w)), add_special_tokens=False)["input_ids"]
+            ids = [self.bb.tokenizer(split.suffix_for(self._block_text(w)), add_special_tokens=False)["input_ids"]
                    for w in windows]
             logits = suffix_last_logits(self.bb, state["prefix"], ids, self.rows, self.batch_size)
             self.windows_run += len(windows)
