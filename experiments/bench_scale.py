@@ -29,7 +29,7 @@ def worker(n: int, mode: str, ks: list[int], queries: int, shard_size: int, fold
     """One corpus size in this process: write, scan, search, score; times and peak RSS."""
     from freeret.data.retrieval_set import Row
     from freeret.retrieve.scoring import score_rows, score_store, search_store
-    from freeret.retrieve.store import ShardStore, read_shards, shard_name, write_shard
+    from freeret.retrieve.shards import ShardStore, read_shards, shard_name, write_shard
 
     gen = torch.Generator().manual_seed(0)
     t = time.perf_counter()

@@ -23,7 +23,7 @@ DIM = 576  # SmolLM2-135M hidden size
 def measure(n_shards: int, batches: int, batch_size: int, folder: Path) -> dict:
     """Milliseconds per batch: lock + store re-read + release, and one shard write, over a store of n_shards."""
     from freeret.lit import batch_finished
-    from freeret.retrieve.store import ShardStore, shard_name, write_shard
+    from freeret.retrieve.shards import ShardStore, shard_name, write_shard
     from freeret.workshare import BatchClaims, batch_id
 
     gen = torch.Generator().manual_seed(0)

@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from freeret.atomic_files import write_text_atomic
 from freeret.errors import FreeRetError
-from freeret.eval.results import write_text_atomic
 from freeret.eval.tables import (
     build_tables,
     leaderboard,

@@ -5,7 +5,7 @@
     python experiments/scaling.py --dry-run                           # list the runs and their overrides
 
 Each model loads once and serves all its runs (retrieval runs through the experiments' runner,
-``freeret.experiment.run_jobs`` on the shared model; probes through ``freeret.probes.runner.run_probe``).
+``freeret.experiment.run_jobs`` on the shared model; probes through ``freeret.probes.run_probe.run_probe``).
 A run whose ``<out>/<model>/<run>.json`` exists is skipped. Every result
 file holds the run's payload plus a ``scaling`` section: wall and CPU seconds of the run, the model's load time,
 the limits, the split, the overrides and whether the model is code-tuned. Scratch (rerank shards, probe PNGs) goes
@@ -24,14 +24,14 @@ from typing import Any
 from omegaconf import OmegaConf
 from runs import compose
 
+from freeret.atomic_files import write_json
 from freeret.backbone import ModelSpec
 from freeret.backbone.loading import load_backbone, resolve_checkpoint
 from freeret.cli import quiet_lightning
 from freeret.errors import ConfigError
-from freeret.eval.results import write_json
 from freeret.experiment import Job, run_jobs
 from freeret.paths import cache_dir, repo_root
-from freeret.probes.runner import resolve_framings, run_probe
+from freeret.probes.run_probe import resolve_framings, run_probe
 from freeret.run.inputs import SharedModel
 from freeret.run.report import summary_line
 

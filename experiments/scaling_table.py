@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from freeret.atomic_files import write_text_atomic
 from freeret.errors import FreeRetError
-from freeret.eval.results import write_text_atomic
 from freeret.eval.scaling import (
     ADDITIONS,
     ALL_RUNS,

@@ -106,7 +106,8 @@ def best_of(variants: Mapping[str, Callable[[], T]], repeats: int,
 
 def write(out: Path, payload: dict[str, Any]) -> None:
     """Write a result JSON with the environment it ran in, and say where it went."""
-    from freeret.eval.results import environment, write_json
+    from freeret.atomic_files import write_json
+    from freeret.eval.results import environment
 
     write_json(out, {**payload, "environment": environment()})
     print(f"wrote {out}")

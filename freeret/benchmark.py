@@ -16,8 +16,8 @@ from freeret.distributed import is_main
 from freeret.errors import ConfigError
 from freeret.eval.results import RunResult
 from freeret.run.inputs import SharedModel
+from freeret.run.pipeline import run
 from freeret.run.plan import check
-from freeret.runner import run
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from lightning.pytorch.strategies import ParallelStrategy
 from torch.utils.data import DataLoader, Sampler
 
 from freeret import stop
+from freeret.atomic_files import check_writable
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.prefix import PrefixCache
 from freeret.backbone.spec import ModelSpec
@@ -22,8 +23,7 @@ from freeret.data.datamodule import ItemDataModule, plan_batches
 from freeret.distributed import barrier, rank_sum
 from freeret.embed.layers import LayerSpec, Readout
 from freeret.errors import ConfigError
-from freeret.retrieve.store import ShardStore, shard_name, write_shard
-from freeret.storage import check_writable
+from freeret.retrieve.shards import ShardStore, shard_name, write_shard
 from freeret.workshare import BatchClaims, batch_id
 
 

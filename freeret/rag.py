@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from freeret.atomic_files import write_text_atomic
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import RetrievalSet
 from freeret.errors import ConfigError
-from freeret.eval.results import write_text_atomic
 from freeret.templates import Template
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

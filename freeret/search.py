@@ -14,7 +14,7 @@ import torch
 
 from freeret.optional import require
 
-KINDS = ("exact", "flat", "ivf", "hnsw")
+INDEX_KINDS = ("exact", "flat", "ivf", "hnsw")
 
 
 def faiss_module(needed_by: str = "freeret.search (flat, ivf and hnsw indexes)") -> Any:
@@ -66,8 +66,8 @@ def build_index(base: np.ndarray | torch.Tensor, kind: str = "exact", nlist: int
                 train_size: int = 65_536, niter: int = 10, hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128,
                 seed: int = 0) -> SearchIndex:
     """Build an inner-product index over ``base`` (n, d) float32 rows."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; known: {', '.join(KINDS)}")
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; known: {', '.join(INDEX_KINDS)}")
     n, dim = base.shape
     if kind == "exact":
         return SearchIndex(kind, dim, {}, torch.as_tensor(base, dtype=torch.float32))

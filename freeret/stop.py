@@ -3,7 +3,7 @@
 While a prediction loop runs (inside :func:`finishing_batch`), the first signal only asks the loop to stop: the
 batch in flight finishes, the writer saves every finished batch as whole shards, and the run then raises
 :class:`~freeret.errors.Interrupted` (one line, exit code 128 + signal). Outside a loop, or on a second signal,
-it raises at once: written shards stay whole because every write is atomic (:mod:`freeret.storage`).
+it raises at once: written shards stay whole because every write is atomic (:mod:`freeret.atomic_files`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from freeret.cli import exit_on_unknown_choice, one_line_errors, quiet_lightning
-from freeret.probes.runner import resolve_framings, run_probe, summary_line
+from freeret.probes.run_probe import resolve_framings, run_probe, summary_line
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ from freeret.embed.layers import LayerSpec
 from freeret.lit import EmbeddingWriter, EmbedModule
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorers.choice import Choice
-from freeret.retrieve.store import read_shards
+from freeret.retrieve.shards import read_shards
 from helpers import REPO
 
 QUERY = Item.make("query", "a domestic animal that barks", None)

@@ -17,8 +17,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from freeret.cli import one_line_errors
-from freeret.retrieve.store import check_shard
-from freeret.runner import run
+from freeret.retrieve.shards import check_shard
+from freeret.run.pipeline import run
 from helpers import compose
 
 ARGS = ["model=tiny_qwen2vl", "dataset=smoke_mm", "embed.batch_size=2", "embed.shard_size=2", "logger=none",

@@ -197,18 +197,17 @@ def test_bad_corpus_strict_stops_before_weights(tmp_path, monkeypatch):
 
 
 def run_in_process(overrides: list[str], tmp_path: Path, monkeypatch) -> dict:
-    """runner.run on the composed config, with weight loading turned into a test failure."""
+    """freeret.run.pipeline.run on the composed config, with weight loading turned into a test failure."""
     from omegaconf import OmegaConf
 
-    from freeret import runner
-    from freeret.run import inputs
+    from freeret.run import inputs, pipeline
 
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were loaded before the error")
 
     monkeypatch.setattr(inputs, "load_backbone", no_weights)
     cfg = OmegaConf.to_container(compose([*overrides, *QUIET]), resolve=True)
-    return runner.run({**cfg, "run_dir": str(tmp_path)})
+    return pipeline.run({**cfg, "run_dir": str(tmp_path)})
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from freeret.benchmark import run_all
 from freeret.eval.results import RunResult
-from freeret.retrieve.store import read_shards
+from freeret.retrieve.shards import read_shards
 from freeret.workshare import LOCK_DIR
 from helpers import REPO, compose
 

@@ -15,7 +15,7 @@ from freeret.retrieve.fusion import RetrieverSpec, fuse, minmax, ranks
 from freeret.retrieve.lexical import BM25Spec, bm25_scores
 from freeret.retrieve.postprocess import PostprocessSpec, Statistics, fit
 from freeret.retrieve.ranking import fit_statistics, rank_rows
-from freeret.retrieve.store import ShardStore, write_shard
+from freeret.retrieve.shards import ShardStore, write_shard
 
 MEAN = torch.tensor([3.0, -2.0, 5.0])
 # centred data with known principal axes: orthogonal mean-zero columns, variances 400/3 > 16/3 > 4/3

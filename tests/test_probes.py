@@ -22,7 +22,7 @@ from freeret.data.wordnet import load_synsets
 from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.probes import anisotropy, framing_sensitivity, lexical_bias
-from freeret.probes.runner import log_probe, run_probe
+from freeret.probes.run_probe import log_probe, run_probe
 from freeret.probes.sweep import point_labels, sweep_items
 from freeret.rerank.framing import Framing
 from helpers import REPO
@@ -239,7 +239,7 @@ def test_notebook_executes_on_real_results(name, smol_results, tmp_path, monkeyp
 
 
 def test_lexical_claims_need_a_real_collapse():
-    from freeret.probes.runner import lexical_claims
+    from freeret.probes.run_probe import lexical_claims
 
     def profile(alphas, betas):
         return [{"point": f"p{i}", "alpha": a, "beta": b, "synonym_cosine": 0.9, "synonym_minus_random": 0.1}

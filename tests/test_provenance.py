@@ -13,7 +13,7 @@ import huggingface_hub
 import pytest
 from omegaconf import OmegaConf
 
-from freeret.runner import run
+from freeret.run.pipeline import run
 from freeret.toy.models import tiny_checkpoint
 from helpers import compose
 
@@ -118,8 +118,8 @@ def test_every_family_names_a_real_torchvision_image_processor():
 
 def test_image_processor_class_is_in_the_results_and_the_vector_signature():
     from freeret.backbone import ModelSpec, load_backbone
-    from freeret.cache import signature_id, vector_signature
     from freeret.embed.layers import LayerSpec
+    from freeret.signatures import signature_id, vector_signature
 
     bb = load_backbone(ModelSpec(name="tiny_qwen2vl", family="qwen2_vl", source="tiny"))
     meta = bb.metadata()

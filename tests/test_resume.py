@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from freeret.retrieve.store import check_shard
-from freeret.runner import run
+from freeret.retrieve.shards import check_shard
+from freeret.run.pipeline import run
 from helpers import REPO, compose
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]

@@ -75,10 +75,10 @@ def hit_at_1_from_the_store(res: RunResult) -> float:
     """hit@1 recomputed by hand from the vectors the run stored: each item's key from its rendered prompt, cosine in
     fp32, a tie counted against the positive. Catches a metric, scoring, keying or storage bug in the run."""
     from freeret.backbone import load_backbone
-    from freeret.cache import item_cache_key
     from freeret.data.datamodule import PromptCollator
     from freeret.prompts import DatasetPrompt
-    from freeret.retrieve.store import read_shards
+    from freeret.retrieve.shards import read_shards
+    from freeret.signatures import item_cache_key
 
     cfg = res.config
     prior = Prior.from_dict(cfg["prior"]).for_dataset(DatasetPrompt.from_config(cfg["dataset"]))

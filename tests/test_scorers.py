@@ -284,7 +284,7 @@ TEXT_RUN = ["model=tiny_qwen2vl", "dataset=wordnet_rd", "dataset.limit=6", "data
 
 
 def _run(run_dir, overrides):
-    from freeret.runner import run
+    from freeret.run.pipeline import run
 
     cfg = OmegaConf.to_container(compose([*TEXT_RUN, *overrides]), resolve=True)
     cfg["run_dir"] = str(run_dir)

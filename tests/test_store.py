@@ -18,11 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from freeret.cache import item_cache_key, signature_id, store_dir
 from freeret.data.retrieval_set import Item, Row
-from freeret.retrieve import store as store_mod
+from freeret.retrieve import shards as store_mod
 from freeret.retrieve.scoring import score_rows, score_store, search_store
-from freeret.retrieve.store import ShardStore, check_shard, shard_name, write_shard
+from freeret.retrieve.shards import ShardStore, check_shard, shard_name, write_shard
+from freeret.signatures import item_cache_key, signature_id, store_dir
 
 
 def make_store(folder: Path, n: int = 50, dim: int = 8, per_shard: int = 7) -> tuple[list[str], torch.Tensor]:
@@ -66,7 +66,7 @@ def test_only_shards_a_run_uses_are_checksummed(tmp_path, monkeypatch):
 
 
 def _temp_name(final: str, host: str, pid: int) -> str:
-    """A writer's temporary as freeret.storage names it: ``.<final>~<host>~<pid>~<random>.tmp``."""
+    """A writer's temporary as freeret.atomic_files names it: ``.<final>~<host>~<pid>~<random>.tmp``."""
     return f".{final}~{host}~{pid}~0a1b2c3d.tmp"
 
 
@@ -100,7 +100,7 @@ WRITER_PAUSED_BEFORE_RENAME = """
 import os, sys
 from pathlib import Path
 import torch
-from freeret.retrieve.store import write_shard
+from freeret.retrieve.shards import write_shard
 rename = os.replace
 def paused(src, dst):
     print("temporary written", flush=True)
@@ -241,17 +241,17 @@ def test_store_dir_is_per_signature(tmp_path):
 
 def test_signature_tracks_model_layer_dtype_and_versions(monkeypatch):
     from freeret.backbone import ModelSpec, load_backbone
-    from freeret.cache import vector_signature
     from freeret.embed.layers import LayerSpec
+    from freeret.signatures import vector_signature
 
     bb = load_backbone(ModelSpec.from_dict({"name": "tiny_qwen2vl", "family": "qwen2_vl", "source": "tiny"}))
     base = vector_signature(bb, LayerSpec("attn", -1))
     assert vector_signature(bb, LayerSpec("attn", -1)) == base
     assert signature_id(vector_signature(bb, LayerSpec("mlp", -1))) != signature_id(base)
-    monkeypatch.setattr("freeret.cache._version", lambda name: "0.0-other")
+    monkeypatch.setattr("freeret.signatures._version", lambda name: "0.0-other")
     assert signature_id(vector_signature(bb, LayerSpec("attn", -1))) != signature_id(base)
     monkeypatch.undo()
-    monkeypatch.setattr("freeret.cache.code_fingerprint", lambda: "edited-capture-code")
+    monkeypatch.setattr("freeret.signatures.code_fingerprint", lambda: "edited-capture-code")
     assert signature_id(vector_signature(bb, LayerSpec("attn", -1))) != signature_id(base)
     for key in ("revision", "dtype", "min_pixels", "max_pixels", "hf_id"):
         assert key in base["model"]

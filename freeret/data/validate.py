@@ -39,7 +39,7 @@ class Report:
         Every record names its dataset; a benchmark's datasets share the two files, and a rerun of one
         dataset replaces only that dataset's records.
         """
-        from freeret.eval.results import write_text_atomic
+        from freeret.atomic_files import write_text_atomic
 
         for name, records in (("errors.jsonl", self.errors), ("warnings.jsonl", self.warnings)):
             path = run_dir / name

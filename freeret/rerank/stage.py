@@ -19,14 +19,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from freeret.atomic_files import STALE_AFTER_S, drop_if_unchanged, remove_abandoned, write_text_atomic
 from freeret.backbone.backbone import Prompter
 from freeret.backbone.image_records import preprocess_visual
 from freeret.data.retrieval_set import RetrievalSet
 from freeret.errors import ConfigError
-from freeret.eval.results import write_text_atomic
 from freeret.lit import BufferedShardWriter, UntilStopped, rank_share
 from freeret.rerank.scorers.base import Scorer
-from freeret.storage import STALE_AFTER_S, drop_if_unchanged, remove_abandoned
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from freeret.errors import ConfigError
 from freeret.retrieve.lexical import BM25Spec
 from freeret.retrieve.trained import TrainedSpec
 
-KINDS = ("dense", "bm25", "hybrid", "sentence_transformers")
+RETRIEVERS = ("dense", "bm25", "hybrid", "sentence_transformers")
 FUSIONS = ("rrf", "weighted")
 
 
@@ -37,8 +37,8 @@ class RetrieverSpec:
     sentence_transformers: TrainedSpec = field(default_factory=TrainedSpec)  # the trained baseline
 
     def __post_init__(self) -> None:
-        if self.name not in KINDS:
-            raise ConfigError(f"retriever.name={self.name!r} is not one of {', '.join(KINDS)}")
+        if self.name not in RETRIEVERS:
+            raise ConfigError(f"retriever.name={self.name!r} is not one of {', '.join(RETRIEVERS)}")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"retriever.fusion={self.fusion!r} is not one of {', '.join(FUSIONS)}")
         if not 0.0 <= self.weight <= 1.0:

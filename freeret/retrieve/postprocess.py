@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from freeret.atomic_files import write_bytes_atomic
 from freeret.errors import ConfigError
-from freeret.storage import write_bytes_atomic
 
 METHODS = ("none", "center", "abtt", "lmhead_filter", "whiten")
 FIT_ON = ("items", "roles", "corpus")

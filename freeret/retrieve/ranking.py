@@ -19,7 +19,7 @@ from freeret.retrieve.fusion import RetrieverSpec, fuse
 from freeret.retrieve.lexical import bm25_scores
 from freeret.retrieve.postprocess import IDENTITY, PostprocessSpec, Statistics, fit
 from freeret.retrieve.scoring import score_store
-from freeret.retrieve.store import ShardStore
+from freeret.retrieve.shards import ShardStore
 from freeret.retrieve.trained import trained_scores
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from freeret.data.retrieval_set import Row
 from freeret.errors import DataError
-from freeret.retrieve.store import ShardStore
+from freeret.retrieve.shards import ShardStore
 
 
 def score_rows(rows: Sequence[Row], embeddings: Mapping[str, torch.Tensor], budget: int = 1 << 26) -> list[torch.Tensor]:

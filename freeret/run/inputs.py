@@ -65,8 +65,8 @@ def prepare(plan: Plan, shared: SharedModel | None = None) -> Inputs:
     rset = load_dataset(cfg["dataset"])
     if plan.pipeline == "rag":
         require_answers(rset)
-    if plan.scoring is not None:
-        plan.scoring.check_modalities(rset)  # e.g. image candidates under candidate_likelihood: one line, no weights
+    if plan.scorer is not None:
+        plan.scorer.check_modalities(rset)  # e.g. image candidates under candidate_likelihood: one line, no weights
     retriever = RetrieverSpec.from_dict(cfg.get("retriever"))
     if retriever.trained:
         check_text_only(rset, retriever.name)  # the trained baseline embeds text only: one line, no weights
@@ -78,8 +78,8 @@ def prepare(plan: Plan, shared: SharedModel | None = None) -> Inputs:
     checkpoint = resolve_checkpoint(plan.spec)
     plan.layer.resolve(count_layers(plan.spec, checkpoint) if loaded is None else loaded.num_layers)
     side, context = text_side(plan, checkpoint, shared)
-    if plan.scoring is not None:
-        plan.scoring.preflight(side, plan.prompt, plan.framing)  # single-token options and labels
+    if plan.scorer is not None:
+        plan.scorer.preflight(side, plan.prompt, plan.framing)  # single-token options and labels
     set_image_limit((cfg.get("images") or {}).get("max_pixels"))
     budget = text_budget(side, plan.prior, context, any(it.image for it in rset.items.values()))
     report = check_set(rset, bool(cfg.get("strict", False)), None, side.count_tokens, side.cut_tokens, budget)

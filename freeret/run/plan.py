@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from freeret.backbone import ModelSpec
-from freeret.cache import stale_after_s, work_sharing
 from freeret.embed.layers import Readout
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
@@ -20,6 +19,7 @@ from freeret.rerank.scorers import scorer_spec
 from freeret.rerank.scorers.base import ScorerSpec
 from freeret.rerank.stage import RerankConfig
 from freeret.retrieve.ranking import Stage1Scoring
+from freeret.signatures import stale_after_s, work_sharing
 
 PIPELINES = ("embed", "two_stage", "rag")
 
@@ -54,7 +54,7 @@ class Plan:
     main_metric: str
     task: Task
     run_dir: Path
-    scoring: ScorerSpec | None = None  # the stage-2 scorer (conf/scorer); two-stage pipelines only
+    scorer: ScorerSpec | None = None  # the stage-2 scorer's spec (conf/scorer); two-stage pipelines only
     prompt: DatasetPrompt | None = None  # the dataset's prompt facts
 
     @property
@@ -76,7 +76,7 @@ def check(cfg: Mapping[str, Any]) -> Plan:
     prior = Prior.from_dict(cfg["prior"]).for_dataset(prompt)
     staged = pipeline != "embed"
     rerank = RerankConfig.from_dict(pipeline_cfg) if staged else None
-    scoring, framing = stage2_spec(cfg, rerank, prompt) if staged else (None, None)
+    scorer, framing = stage2_spec(cfg, rerank, prompt) if staged else (None, None)
     Stage1Scoring.from_config(cfg).retriever.require()  # bad retriever / postprocess values; bm25s installed
     work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys
     main_metric = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
@@ -87,4 +87,4 @@ def check(cfg: Mapping[str, Any]) -> Plan:
         raise ConfigError(f"dataset {cfg['dataset'].get('name')}: split={task.split!r} must be one of "
                           f"{', '.join(SPLITS)} and distribution={task.distribution!r} one of {', '.join(DISTRIBUTIONS)}")
     return Plan(cfg, spec, layer, prior, pipeline, framing, rerank, main_metric, task,
-                Path(cfg.get("run_dir") or "outputs/run"), scoring, prompt)
+                Path(cfg.get("run_dir") or "outputs/run"), scorer, prompt)

@@ -34,13 +34,13 @@ def report(plan: Plan, inputs: Inputs, backbone: Backbone, done: StageResults, s
     """The run's :class:`RunResult`, written to ``results/<dataset>.json`` and logged (rank 0)."""
     rset, layer, framing = inputs.rset, plan.layer, plan.framing
     rerank = None
-    if plan.scoring is not None and plan.rerank is not None and done.scorer is not None:
+    if plan.scorer is not None and plan.rerank is not None and done.scorer is not None:
         settings = {k: v for k, v in dataclasses.asdict(plan.rerank).items() if k != "top_k"}
-        settings.update(scorer_config=plan.scoring.as_dict(), scorer_summary=done.scorer_summary,
+        settings.update(scorer_config=plan.scorer.as_dict(), scorer_summary=done.scorer_summary,
                         **{k: v for k, v in done.scorer.describe().items() if k not in ("options", "match", "option_token_ids")})
         rerank = RerankRecord(plan.rerank.top_k, list(framing.options) if framing else [], framing.match if framing else None,
                               list(getattr(done.scorer, "option_ids", None) or []), framing.variant if framing else None,
-                              settings, plan.scoring.name)
+                              settings, plan.scorer.name)
     result = RunResult(
         dataset=rset.name,
         pipeline=plan.pipeline,

@@ -15,13 +15,6 @@ import torch
 from freeret import stop
 from freeret.backbone import Backbone
 from freeret.backbone.prefix import PrefixCache
-from freeret.cache import (
-    item_cache_key,
-    stale_after_s,
-    store_dir,
-    vector_signature,
-    work_sharing,
-)
 from freeret.data.datamodule import PromptCollator, num_workers
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.data.validate import fold_misses
@@ -50,9 +43,16 @@ from freeret.rerank.stage import (
     top_k_groups,
 )
 from freeret.retrieve.ranking import Stage1Scoring
-from freeret.retrieve.store import ShardStore
+from freeret.retrieve.shards import ShardStore
 from freeret.run.inputs import Inputs
 from freeret.run.plan import Plan
+from freeret.signatures import (
+    item_cache_key,
+    stale_after_s,
+    store_dir,
+    vector_signature,
+    work_sharing,
+)
 from freeret.workshare import BatchClaims
 
 
@@ -167,9 +167,9 @@ class StageResults:
 def stages(plan: Plan, inputs: Inputs, backbone: Backbone) -> StageResults:
     """Stage 1 (embed and score every row), stage 2 (rerank each row's top-K) and RAG, as the pipeline says."""
     rset, rerank = inputs.rset, plan.rerank
-    scorer = (plan.scoring.build(BuildContext(backbone, plan.framing, plan.prompt, rerank.batch_size, rerank.calibrate,
+    scorer = (plan.scorer.build(BuildContext(backbone, plan.framing, plan.prompt, rerank.batch_size, rerank.calibrate,
                                               rerank.vision_cache_mb))
-              if plan.scoring is not None and rerank is not None else None)  # a bad framing fails before stage 1
+              if plan.scorer is not None and rerank is not None else None)  # a bad framing fails before stage 1
     summary: dict[str, Any] = {}
     timing: dict[str, Any] = {}
     t = time.perf_counter()

@@ -11,6 +11,7 @@ to do) with no partial file left behind.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from freeret.errors import StorageError
 
@@ -189,3 +191,17 @@ def drop_if_unchanged(path: Path, seen: os.stat_result) -> bool:
         return False
     aside.unlink(missing_ok=True)
     return True
+
+
+def write_text_atomic(path: Path, text: str, setting: str | None = None) -> Path:
+    """Write a text file atomically under a temporary named by its writer : readers never
+    see half a file, two writers of one file never collide, and a full or read-only disk is a one-line error
+    naming ``setting`` (the config key that moves the folder). Abandoned temporaries of the file are removed."""
+    write_bytes_atomic(path, text.encode(), setting)
+    remove_abandoned(path.parent, temporaries_of(path))
+    return path
+
+
+def write_json(path: Path, payload: dict[str, Any], setting: str | None = None) -> Path:
+    """Write JSON atomically."""
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", setting)

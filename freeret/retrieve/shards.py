@@ -1,7 +1,7 @@
 """Embedding shards on disk: safetensors files with their item keys, count and checksum in the metadata.
 
 Shards are written atomically (a temporary named by its writer's host and PID, fsync, rename; see
-:mod:`freeret.storage`) and checked on open (count and sha256 of the tensor bytes), so a torn or corrupt shard is
+:mod:`freeret.atomic_files`) and checked on open (count and sha256 of the tensor bytes), so a torn or corrupt shard is
 found, deleted and recomputed instead of read. Any number of processes may read and write one folder at once: a
 scan removes only abandoned temporaries, drops a torn shard only if no writer replaced it meanwhile, and
 :meth:`ShardStore.refresh` picks up shards other jobs finished since. Readers stream one shard at a time; nothing
@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from freeret.storage import STALE_AFTER_S, drop_if_unchanged, remove_abandoned, write_bytes_atomic, writer_id
+from freeret.atomic_files import STALE_AFTER_S, drop_if_unchanged, remove_abandoned, write_bytes_atomic, writer_id
 
 log = logging.getLogger(__name__)
 FORMAT = "freeret-shard-2"

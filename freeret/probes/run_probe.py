@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from freeret.atomic_files import write_json
 from freeret.backbone import Backbone, ModelSpec, load_backbone
 from freeret.backbone.loading import resolve_checkpoint
 from freeret.data.datasets import load_dataset
@@ -21,7 +22,7 @@ from freeret.embed.layers import LayerSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 from freeret.eval.loggers import make_logger
-from freeret.eval.results import environment, write_json
+from freeret.eval.results import environment
 from freeret.paths import repo_root
 from freeret.probes import anisotropy, framing_sensitivity, lexical_bias
 from freeret.probes.figures import draw

@@ -17,13 +17,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from freeret.atomic_files import ensure_dir
 from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
 from freeret.embed.layers import LayerSpec, Readout
 from freeret.errors import ConfigError
 from freeret.paths import cache_dir
-from freeret.retrieve.store import FORMAT
-from freeret.storage import ensure_dir
+from freeret.retrieve.shards import FORMAT
 
 
 def _version(name: str) -> str | None:
@@ -117,7 +117,7 @@ def store_dir(embed_cfg: Mapping[str, Any], run_dir: Path, dataset: str, signatu
     ensure_dir(folder, setting)
     sig_file = folder / "signature.json"
     if not sig_file.exists():
-        from freeret.eval.results import write_json
+        from freeret.atomic_files import write_json
 
         write_json(sig_file, dict(signature), setting)
     return folder
