@@ -37,7 +37,7 @@ def test_every_entry_point_script_is_in_the_map():
 
 
 def test_the_check_catches_a_missing_name():
-    assert named("runner.py") and named("conf/") and not named("no_such_module.py")
+    assert named("pipeline.py") and named("conf/") and not named("no_such_module.py")
     assert not named("ore.py")  # part of another name does not count
 
 
