@@ -72,16 +72,14 @@ class Ran:
 
 
 def sweep_jobs(args: list[str]) -> list[list[str]]:
-    """The overrides of each job of ``run.py -m ARGS``: the config's ``hydra.sweeper.params`` then the command
-    line (a key given twice keeps its last value), crossed in order, as Hydra's basic sweeper does."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """The overrides of each job of ``run.py -m ARGS``: ``experiments/runs.py``'s :func:`expand` (Hydra's basic
+    sweeper), with ``experiments/`` on ``sys.path`` as when a driver runs."""
+    experiments = str(REPO / "experiments")
+    if experiments not in sys.path:
+        sys.path.insert(0, experiments)
+    import runs
 
-    parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(args) if not o.is_sweep_override()]
-    params = compose(fixed, hydra=True).hydra.sweeper.params or {}  # the experiment's own sweep
-    overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in params.items()), *args])
-    return BasicSweeper.split_arguments(overrides, None)[0]
+    return runs.expand(args)
 
 
 def _captured(call: Callable[[], Any]) -> Ran:

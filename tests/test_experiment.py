@@ -53,7 +53,9 @@ def test_a_drivers_sweeps_share_one_model_load(tmp_path, monkeypatch):
 def test_expansion_is_hydras(tmp_path):
     """A sweep expands as ``run.py -m`` expands it: the experiment's own sweeper params, then the command line."""
     args = ["experiment=ablation_layer", "model=tiny_qwen2vl", "prior=e5v,freeret"]
-    assert runs.expand(args) == sweep_jobs(args)
+    layers = yaml.safe_load((REPO / "conf/experiment/ablation_layer.yaml").read_text())["hydra"]["sweeper"]["params"]["layer"]
+    assert runs.expand(args) == [[f"layer={layer}", *args[:2], f"prior={prior}"]
+                                 for layer in layers.split(",") for prior in ("e5v", "freeret")]
     assert [j.run_dir for j in runs.sweep_jobs(args, tmp_path)] == [tmp_path / str(n) for n in range(8)]
 
 
