@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from freeret.data.datasets import MMEB_KINDS
 from freeret.data.mmeb import locate
 from freeret.distributed import is_main
 from freeret.errors import ConfigError
@@ -46,7 +47,7 @@ def dataset_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     for d in datasets:
         if bench.get("limit") is not None:
             d["limit"] = int(bench["limit"])
-        if bench.get("source") and d.get("kind") in ("mmeb_subset", "mmeb_v2_video", "visdoc"):
+        if bench.get("source") and d.get("kind") in MMEB_KINDS:
             d["source"] = bench["source"]
     return datasets
 

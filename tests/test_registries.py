@@ -10,7 +10,7 @@ import pytest
 
 from freeret.backbone.families import FAMILIES, Family, get_family
 from freeret.backbone.spec import MODEL_SOURCES, ModelSpec
-from freeret.data.datasets import DATASET_KINDS, load_dataset
+from freeret.data.datasets import DATASET_KINDS, MMEB_KINDS, load_dataset
 from freeret.data.mmeb import MMEB_SOURCES, locate
 from freeret.errors import ConfigError, UnknownNameError
 from freeret.registry import Registry, resolve
@@ -41,6 +41,7 @@ def test_the_public_config_names_are_registered():
     mode=fast (benchmark.source: fixture)."""
     assert set(MODEL_SOURCES) == {"hub", "embedded", "tiny"}
     assert set(DATASET_KINDS) == {"mmeb", "mmeb_subset", "mmeb_v2_video", "visdoc", "smoke", "wordnet_qa"}
+    assert MMEB_KINDS < set(DATASET_KINDS)  # the kinds benchmark.source applies to are registered kinds
     assert set(MMEB_SOURCES) == {"local", "hub", "fixture"}
     assert MODEL_SOURCES.refs()["tiny"] == "freeret.toy.models:tiny_source"
     assert DATASET_KINDS.refs()["smoke"] == "freeret.toy.smoke:load_smoke_set"

@@ -18,6 +18,8 @@ DATASET_KINDS: Registry[Callable[[Mapping[str, Any]], RetrievalSet]] = Registry(
     "wordnet_qa": "freeret.data.wordnet_qa:load_wordnet_qa",   # the WordNet RAG question set
 })
 """``dataset.kind`` -> the loader that reads its config into a RetrievalSet (imported when that kind is asked for)."""
+MMEB_KINDS = frozenset({"mmeb_subset", "mmeb_v2_video", "visdoc"})
+"""The dataset kinds of MMEB benchmarks, which take ``benchmark.source`` (``freeret.data.mmeb.MMEB_SOURCES``)."""
 
 
 def load_dataset(cfg: Mapping[str, Any]) -> RetrievalSet:
