@@ -109,31 +109,37 @@ def image_candidates_case(backbone, framing: Framing, args) -> list[dict]:
         pairs = k * len(queries)
         reference = Choice(backbone, framing, args.batch_size, vision_cache_mb=0)
         counter.take_phases()
-        t = time.perf_counter()
-        naive = torch.cat([reference.naive_probs(q, cands, batch_size=1) for q in queries])
-        rec = {"k": k, "queries": len(queries), "pairs": pairs, "naive_pairs_per_s": pairs / (time.perf_counter() - t),
+        timing, got = best_of({"naive": lambda r=reference, c=cands: torch.cat([r.naive_probs(q, c, batch_size=1)
+                                                                                for q in queries])}, 1)
+        naive = got["naive"]
+        rec = {"k": k, "queries": len(queries), "pairs": pairs, "naive_pairs_per_s": pairs / timing["naive"].seconds,
                "tokens_per_s": {"naive": counter.take_phases()}}
         for workers in [0, *args.workers]:
             scorer = Choice(backbone, framing, args.batch_size)
             loader = DataLoader(plan_images(groups, scorer.image_uses), batch_size=None,  # type: ignore[arg-type]
                                 collate_fn=GroupCollator(backbone.prompter), num_workers=workers)
-            t = time.perf_counter()
-            fast = torch.cat([scorer.option_probs(g["query"], g["candidates"], g.get("records")) for g in loader])
             name = f"fast_workers{workers}" if workers else "fast"
-            rec[f"{name}_pairs_per_s"] = pairs / (time.perf_counter() - t)
+            timing, got = best_of({name: lambda s=scorer, ld=loader: torch.cat(
+                [s.option_probs(g["query"], g["candidates"], g.get("records")) for g in ld])}, 1)
+            fast = got[name]
+            rec[f"{name}_pairs_per_s"] = pairs / timing[name].seconds
             rec[f"{name}_max_abs_score_diff"] = float((fast - naive).abs().max())
             rec[f"{name}_vision_cache"] = dict(scorer.vision.stats.__dict__, mib=scorer.vision.nbytes / 2**20)
             rec["tokens_per_s"][name] = counter.take_phases()
         rec.update(phase_rates(rec["tokens_per_s"]["fast"], "fast"))
-        t = time.perf_counter()
-        for q in queries:  # what every pair did before: decode its image, run the processor on its prompt
-            for c in cands:
-                backbone.inputs([reference.prompt(q, c)], [load_visual(c.image)])
-        rec["preprocess_per_pair_images_per_s"] = pairs / (time.perf_counter() - t)
-        t = time.perf_counter()
-        for c in cands:
-            preprocess_visual(backbone.prompter, c.image)
-        rec["preprocess_once_images_per_s"] = k / (time.perf_counter() - t)
+
+        def per_pair(r: Choice = reference, cs: list[Item] = cands) -> None:
+            for q in queries:  # what every pair did before: decode its image, run the processor on its prompt
+                for c in cs:
+                    backbone.inputs([r.prompt(q, c)], [load_visual(c.image)])
+
+        def once(cs: list[Item] = cands) -> None:
+            for c in cs:
+                preprocess_visual(backbone.prompter, c.image)
+
+        timing, _ = best_of({"per_pair": per_pair, "once": once}, 1)
+        rec["preprocess_per_pair_images_per_s"] = pairs / timing["per_pair"].seconds
+        rec["preprocess_once_images_per_s"] = k / timing["once"].seconds
         rec["preprocess_main_process_seconds"] = {"per_pair": pairs / rec["preprocess_per_pair_images_per_s"],
                                                   "once_per_image": k / rec["preprocess_once_images_per_s"],
                                                   "workers": 0.0}
