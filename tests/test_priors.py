@@ -95,3 +95,23 @@ def test_dataset_facts_override_vars_and_pick_checked_variants():
             DatasetPrompt("d", vars={"query_kind": "{nope}"}))
     with pytest.raises(ConfigError, match=r"prior 'old': per-dataset entries \(datasets:\) are no longer read"):
         Prior.from_dict({"name": "old", "query": "{text}", "datasets": {"wordnet_rd": {"query_kind": "definition"}}})
+
+
+def _plan_config(*overrides: str) -> dict:
+    return OmegaConf.to_container(compose(["method=freeret_plus_270m", *overrides]), resolve=True)
+
+
+def test_a_preset_that_loses_its_demonstrations_says_so(caplog):
+    """method=freeret_plus_270m (demos.k=1) on a dataset with no demo_set used to run zero-shot and say so only
+    inside the result file: now a visible warning, and a one-line error under strict=true."""
+    from freeret.run.plan import check
+
+    with caplog.at_level("WARNING", logger="freeret.run.plan"):
+        check(_plan_config("dataset=general_dev/wn_adj"))
+    assert any("demos.k=1" in r.getMessage() and "runs zero-shot" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match="strict=true"):
+        check({**_plan_config("dataset=general_dev/wn_adj"), "strict": True})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="freeret.run.plan"):
+        check({**_plan_config("dataset=wordnet_rd_dev"), "strict": True})  # names its demonstrations: nothing dropped
+    assert not caplog.records

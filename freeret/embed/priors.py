@@ -151,6 +151,14 @@ class Prior:
                             "file": self.demos.file, "sha256": self.demos.sha256}
         return out
 
+    def missing_demonstrations(self) -> str | None:
+        """Why a few-shot prior bound to a dataset runs with fewer demonstrations than its ``demos.k`` asks for (the
+        dataset names no ``prompt.demo_set``), or None: a preset must not drop part of itself silently."""
+        if self.demos is None or self.demos.k == 0 or self.vars.get("demo_set", NO_DEMOS) != NO_DEMOS:
+            return None
+        return (f"prior '{self.name}' asks for demos.k={self.demos.k} demonstrations, but dataset {self.dataset} names no "
+                f"demonstration set (prompt.demo_set): it runs zero-shot")
+
     def template(self, role: str) -> str:
         """The raw template for ``role``."""
         if role not in ROLES:

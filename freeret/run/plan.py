@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from freeret.retrieve.ranking import Stage1Scoring
 from freeret.signatures import stale_after_s, work_sharing
 
 PIPELINES = ("embed", "two_stage", "rag")
+log = logging.getLogger(__name__)
 
 
 def stage2_spec(cfg: Mapping[str, Any], rerank_cfg: RerankConfig, prompt: DatasetPrompt) -> tuple[ScorerSpec, Framing | None]:
@@ -74,6 +76,10 @@ def check(cfg: Mapping[str, Any]) -> Plan:
         raise ConfigError(f"pipeline={pipeline!r} is not available; choose one of {', '.join(PIPELINES)}")
     prompt = DatasetPrompt.from_config(cfg["dataset"])
     prior = Prior.from_dict(cfg["prior"]).for_dataset(prompt)
+    if (dropped := prior.missing_demonstrations()) is not None:
+        if cfg.get("strict", False):
+            raise ConfigError(f"{dropped} (strict=true stops here; set prior.demos.k=0 or a dataset with a demo_set)")
+        log.warning("%s; the result file records demos.k=0", dropped)
     staged = pipeline != "embed"
     rerank = RerankConfig.from_dict(pipeline_cfg) if staged else None
     scorer, framing = stage2_spec(cfg, rerank, prompt) if staged else (None, None)
