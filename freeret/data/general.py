@@ -19,7 +19,6 @@ rebuild byte for byte where the source is installed.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,6 +39,7 @@ from freeret.data.general_sources import (
     wordnet_entries,
     wordnet_familiar,
 )
+from freeret.data.wordnet import seeded_key
 
 SPLITS = ("dev", "test")
 SEED = 0
@@ -89,14 +89,10 @@ DOMAINS: dict[str, Domain] = {d.name: d for d in (
 )}
 
 
-def _key(seed: int, *parts: object) -> bytes:
-    """Deterministic, platform-independent sort key (no PRNG)."""
-    return hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
-
 
 def split_of(target: str, seed: int = SEED) -> str:
     """Which split a target belongs to, in every domain: a seeded hash of its normalised text."""
-    return "dev" if _key(seed, "split", norm(target))[0] % 2 == 0 else "test"
+    return "dev" if seeded_key(seed, "split", norm(target))[0] % 2 == 0 else "test"
 
 
 def clean(entries: Sequence[Entry], verbs: Verbs, seed: int = SEED) -> list[Entry]:
@@ -105,7 +101,7 @@ def clean(entries: Sequence[Entry], verbs: Verbs, seed: int = SEED) -> list[Entr
     for e in entries:
         owners.setdefault(norm(e.query), set()).add(norm(e.target))
     kept: dict[str, Entry] = {}
-    for e in sorted(entries, key=lambda e: _key(seed, "entry", norm(e.target), e.query)):
+    for e in sorted(entries, key=lambda e: seeded_key(seed, "entry", norm(e.target), e.query)):
         if e.target in verbs or mentions(e.query, e.target) or len(owners[norm(e.query)]) > 1:
             continue
         kept.setdefault(norm(e.target), e)
@@ -136,7 +132,7 @@ def select(entries: Sequence[Entry], split: str, n_queries: int = QUERIES, pool:
 
 def rows(domain: str, chosen: Sequence[Entry], n_queries: int = QUERIES, seed: int = SEED) -> list[dict]:
     """MMEB rows: one per query, candidates = the positive, then every other accepted target in one seeded order."""
-    order = sorted((e.target for e in chosen), key=lambda t: _key(seed, "pool", domain, t))
+    order = sorted((e.target for e in chosen), key=lambda t: seeded_key(seed, "pool", domain, t))
     out = []
     for i, e in enumerate(chosen[:n_queries]):
         tgt = [e.target] + [t for t in order if t != e.target]

@@ -147,7 +147,7 @@ def display(lemma: str) -> str:
     return lemma.replace("_", " ")
 
 
-def _seeded_key(seed: int, *parts: object) -> bytes:
+def seeded_key(seed: int, *parts: object) -> bytes:
     """Deterministic, platform-independent sort key for seeded shuffles."""
     return hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
 
@@ -209,7 +209,7 @@ def select_reverse_dictionary(n: int, seed: int = 0, root: Path | None = None,
     """Pick ``n`` eligible noun synsets with unique first lemmas, none a synonym of another pick, none that
     ``exclude`` blocks (in the same seeded order, so an empty exclusion gives the shipped test picks)."""
     pool = sorted((s for s in load_synsets("n", root) if _eligible(s) and not exclude.blocks(s)),
-                  key=lambda s: _seeded_key(seed, "select", s.offset))
+                  key=lambda s: seeded_key(seed, "select", s.offset))
     chosen: list[Synset] = []
     firsts: set[str] = set()  # first lemmas of the chosen synsets
     others: set[str] = set()  # their remaining lemmas, lowercased
@@ -231,7 +231,7 @@ def build_reverse_dictionary(n_queries: int = 1000, seed: int = 0, root: Path | 
     """Noun reverse dictionary (definition -> word) in MMEB rows; one shared candidate pool."""
     chosen = sorted(select_reverse_dictionary(n_queries, seed, root, exclude), key=lambda s: s.offset)
     pool = sorted((display(s.lemmas[0]) for s in chosen),
-                  key=lambda w: _seeded_key(seed, "pool", w))
+                  key=lambda w: seeded_key(seed, "pool", w))
     rows = []
     for s in chosen:
         positive = display(s.lemmas[0])

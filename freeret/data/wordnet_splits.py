@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from freeret.data.wordnet import NO_EXCLUSION, Exclusion, _seeded_key, build_reverse_dictionary
+from freeret.data.wordnet import NO_EXCLUSION, Exclusion, build_reverse_dictionary, seeded_key
 from freeret.data.wordnet_tasks import BUILDERS, build_task
 
 SPLITS = ("test", "dev")
@@ -84,7 +84,7 @@ def fewshot_demos(k: int = DEMOS, seed: int = SEED, root: Path | None = None) ->
     demos = {}
     for dataset, rows in built.items():
         pairs = [p for p in _demo_pairs(dataset, rows) if _ONE_WORD.fullmatch(p[1])]
-        pairs.sort(key=lambda p: _seeded_key(seed, "demo", dataset, p[2]))
+        pairs.sort(key=lambda p: seeded_key(seed, "demo", dataset, p[2]))
         if len(pairs) < k:
             raise ValueError(f"only {len(pairs)} one-word demonstrations for {dataset}, asked for {k}")
         demos[dataset] = [{"text": t, "answer": a, "synset_offset": o} for t, a, o in pairs[:k]]

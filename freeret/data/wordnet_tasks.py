@@ -23,9 +23,9 @@ from freeret.data.wordnet import (
     Exclusion,
     Synset,
     _eligible,
-    _seeded_key,
     display,
     load_synsets,
+    seeded_key,
     select_reverse_dictionary,
 )
 
@@ -46,7 +46,7 @@ def _row(task: str, s: Synset, query: str, positive: str, pool: list[str], **ext
 
 
 def _shuffled(items: list[str], seed: int, tag: str) -> list[str]:
-    return sorted(items, key=lambda x: _seeded_key(seed, tag, x))
+    return sorted(items, key=lambda x: seeded_key(seed, tag, x))
 
 
 def lexname_label(lexname: str) -> str:
@@ -80,7 +80,7 @@ def cls_hypernym(n: int, seed: int, root: Path | None = None, exclude: Exclusion
     labels = _shuffled(list(label.values()), seed, "labels")
     rows, seen = [], set()
     for h in classes:
-        chosen = [s for s in sorted(members[h], key=lambda s: _seeded_key(seed, "hyp", s.offset))
+        chosen = [s for s in sorted(members[h], key=lambda s: seeded_key(seed, "hyp", s.offset))
                   if s.lemmas[0] not in seen and not exclude.blocks(s)][:per_class]
         if len(chosen) < per_class:
             raise ValueError(f"hypernym class {label[h]!r} has only {len(chosen)} usable members, asked for {per_class}")
@@ -126,7 +126,7 @@ def _qa_usable(s: Synset, exclude: Exclusion) -> bool:
 def qa_blank(n: int, seed: int, root: Path | None = None, exclude: Exclusion = NO_EXCLUSION) -> list[dict]:
     """Example sentence with the word blanked -> the word, among the ``n`` picked words."""
     pool_synsets = sorted((s for s in load_synsets("n", root) if _qa_usable(s, exclude)),
-                          key=lambda s: _seeded_key(seed, "qa", s.offset))
+                          key=lambda s: seeded_key(seed, "qa", s.offset))
     picks, seen = [], set()
     for s in pool_synsets:
         lemmas = {lemma.lower() for lemma in s.lemmas}

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from collections.abc import Sequence
@@ -19,21 +18,17 @@ import torch
 from torch.nn.functional import cosine_similarity
 
 from freeret.backbone.backbone import Backbone
-from freeret.data.wordnet import load_synsets
+from freeret.data.wordnet import load_synsets, seeded_key
 from freeret.probes.sweep import Sweep
 
 _WORD = re.compile(r"[a-z]{3,}")
 POS = ("n", "v", "a", "r")
 
 
-def _key(seed: int, *parts: object) -> bytes:
-    return hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
-
-
 def synonym_pairs(n: int, seed: int = 0, root: Path | None = None, pos: Sequence[str] = POS) -> list[tuple[str, str]]:
     """``n`` seeded pairs of single-word lemmas of one synset; no word appears in two pairs."""
     pool = [s for p in pos for s in load_synsets(p, root) if s.tag_count >= 1]
-    pool.sort(key=lambda s: _key(seed, s.pos, s.offset))
+    pool.sort(key=lambda s: seeded_key(seed, s.pos, s.offset))
     pairs: list[tuple[str, str]] = []
     used: set[str] = set()
     for s in pool:
