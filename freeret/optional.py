@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
 from freeret.errors import ConfigError
@@ -60,3 +61,11 @@ def require(module: str, needed_by: str, alternative: str | None = None) -> Modu
         absent = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == module
         reason = None if absent else str(exc)
         raise MissingDependencyError(missing_line(module, needed_by, alternative, reason)) from exc
+
+
+def installed_version(package: str) -> str | None:
+    """The installed version of a distribution (``sentence-transformers``, ``torch``), or None when it is absent."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

@@ -13,7 +13,6 @@ import hashlib
 import json
 from collections.abc import Mapping
 from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,9 @@ from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
 from freeret.embed.layers import LayerSpec, Readout
 from freeret.errors import ConfigError
+from freeret.optional import installed_version
 from freeret.paths import cache_dir
 from freeret.retrieve.shards import FORMAT
-
-
-def _version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def _weights_fingerprint(path: str | None) -> list[Any] | None:
@@ -68,8 +61,8 @@ def vector_signature(backbone: Backbone, layer: LayerSpec | Readout, prefix_cach
         "layer": Readout.of(layer).describe(backbone.num_layers),  # points, their averaging, the pooling
         "prefix_cache": prefix_cache,
         "code": code_fingerprint(),
-        "transformers": _version("transformers"),
-        "torch": _version("torch"),
+        "transformers": installed_version("transformers"),
+        "torch": installed_version("torch"),
     }
 
 

@@ -248,7 +248,7 @@ def test_signature_tracks_model_layer_dtype_and_versions(monkeypatch):
     base = vector_signature(bb, LayerSpec("attn", -1))
     assert vector_signature(bb, LayerSpec("attn", -1)) == base
     assert signature_id(vector_signature(bb, LayerSpec("mlp", -1))) != signature_id(base)
-    monkeypatch.setattr("freeret.signatures._version", lambda name: "0.0-other")
+    monkeypatch.setattr("freeret.signatures.installed_version", lambda name: "0.0-other")
     assert signature_id(vector_signature(bb, LayerSpec("attn", -1))) != signature_id(base)
     monkeypatch.undo()
     monkeypatch.setattr("freeret.signatures.code_fingerprint", lambda: "edited-capture-code")

@@ -11,26 +11,20 @@ import json
 import platform
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from freeret.atomic_files import write_json
 from freeret.errors import DataError
 from freeret.eval.metrics import MAIN_SCORE, TIE_RULE
+from freeret.optional import installed_version
 
 PACKAGES = ("freeret", "torch", "transformers", "lightning", "tokenizers", "safetensors", "torchmetrics", "pillow", "numpy")
 
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages that can change results."""
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return {name: installed_version(name) for name in PACKAGES}
 
 
 def environment() -> dict[str, Any]:

@@ -9,8 +9,6 @@ sentence-transformers folder. Text only: a set with an image item is refused wit
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,9 +17,10 @@ from typing import Any
 
 import torch
 
+from freeret.backbone.gguf_parts import sha256_of
 from freeret.data.retrieval_set import Item, RetrievalSet, Row
 from freeret.errors import ConfigError, DataError
-from freeret.optional import require
+from freeret.optional import installed_version, require
 
 
 @dataclass(frozen=True)
@@ -86,19 +85,12 @@ class TrainedSpec:
     def describe(self) -> dict[str, Any]:
         """For results: the model and the versions that embedded."""
         out: dict[str, Any] = {"model": self.model, "batch_size": self.batch_size,
-                               "versions": {"sentence-transformers": _version("sentence-transformers")}}
+                               "versions": {"sentence-transformers": installed_version("sentence-transformers")}}
         if self.model in PACKAGED:
             found = PACKAGED[self.model]
-            out["versions"][found.package] = _version(found.package)
+            out["versions"][found.package] = installed_version(found.package)
             out["weights_sha256"] = found.sha256
         return out
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 @lru_cache(maxsize=4)
@@ -106,12 +98,9 @@ def _check_weights(path: Path, size: int, sha256: str) -> None:
     """The packaged weights are the file we pinned (a changed package is one line, not a silent other model)."""
     if not path.is_file() or path.stat().st_size != size:
         raise DataError(f"{path}: missing or not the pinned all-MiniLM-L6-v2 weights ({size} bytes); reinstall it")
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != sha256:
-        raise DataError(f"{path}: sha256 {digest.hexdigest()} is not the pinned {sha256}; reinstall the package")
+    got = sha256_of(path)
+    if got != sha256:
+        raise DataError(f"{path}: sha256 {got} is not the pinned {sha256}; reinstall the package")
 
 
 def check_text_only(rset: RetrievalSet, retriever: str) -> None:
