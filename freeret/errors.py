@@ -1,5 +1,10 @@
 """User-facing errors: each carries one line that says what is wrong and how to fix it."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
 
 class FreeRetError(Exception):
     """Base class of errors that entry points print as a single line (no traceback)."""
@@ -40,3 +45,13 @@ class Interrupted(FreeRetError):
         self.exit_code = 128 + signum  # the shell's convention for "killed by this signal"
         super().__init__(f"stopped by {signal.Signals(signum).name}; every finished shard is saved, so a rerun with "
                          f"the same config resumes where this one stopped")
+
+
+def known_keys(cfg: Mapping[str, Any] | None, spec: type, where: str) -> dict[str, Any]:
+    """``cfg`` as a dict once every key is a field of the dataclass ``spec``; else the one-line ConfigError
+    ``unknown <where> key(s) ...`` (a typo in a config would otherwise do nothing)."""
+    out = dict(cfg or {})
+    unknown = sorted(set(out) - set(spec.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"unknown {where} key(s) {', '.join(unknown)}")
+    return out

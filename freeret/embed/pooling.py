@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from freeret.errors import ConfigError
+from freeret.errors import ConfigError, known_keys
 
 POOLINGS = ("last", "last_k", "mean")
 
@@ -38,10 +38,7 @@ class PoolingSpec:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> PoolingSpec:
         """Build from a ``conf/pooling`` mapping (None = last), refusing unknown keys."""
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown pooling key(s) {', '.join(unknown)}")
+        cfg = known_keys(cfg, cls, "pooling")
         return cls(**cfg)
 
     @property

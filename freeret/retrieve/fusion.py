@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from freeret.errors import ConfigError
+from freeret.errors import ConfigError, known_keys
 from freeret.retrieve.lexical import BM25Spec
 from freeret.retrieve.trained import TrainedSpec
 
@@ -49,10 +49,7 @@ class RetrieverSpec:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> RetrieverSpec:
         """Build from a ``conf/retriever`` mapping (None = dense), refusing unknown keys."""
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown retriever key(s) {', '.join(unknown)}")
+        cfg = known_keys(cfg, cls, "retriever")
         cfg["bm25"] = BM25Spec.from_dict(cfg.get("bm25"))
         cfg["sentence_transformers"] = TrainedSpec.from_dict(cfg.get("sentence_transformers"))
         return cls(**cfg)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from freeret.data.retrieval_set import Item, Row
-from freeret.errors import ConfigError
+from freeret.errors import ConfigError, known_keys
 from freeret.optional import require
 
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
@@ -40,10 +40,7 @@ class BM25Spec:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> BM25Spec:
         """Build from a mapping, refusing unknown keys."""
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown retriever.bm25 key(s) {', '.join(unknown)}")
+        cfg = known_keys(cfg, cls, "retriever.bm25")
         return cls(**cfg)
 
     def require(self, retriever: str) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from freeret.backbone.gguf_parts import sha256_of
 from freeret.data.retrieval_set import Item, RetrievalSet, Row
-from freeret.errors import ConfigError, DataError
+from freeret.errors import ConfigError, DataError, known_keys
 from freeret.optional import installed_version, require
 
 
@@ -59,10 +59,7 @@ class TrainedSpec:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> TrainedSpec:
         """Build from a mapping, refusing unknown keys."""
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown retriever.sentence_transformers key(s) {', '.join(unknown)}")
+        cfg = known_keys(cfg, cls, "retriever.sentence_transformers")
         return cls(**cfg)
 
     def require(self, retriever: str) -> None:
