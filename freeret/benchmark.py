@@ -52,17 +52,25 @@ def dataset_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     return datasets
 
 
+def check_datasets(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every dataset config of the run, each checked (and MMEB data located) before any model loads: a config mistake
+    or missing data fails in one line, not after a (possibly large) model has loaded. The checks say nothing more:
+    what a run would warn about is said when that dataset runs."""
+    datasets = dataset_configs(cfg)
+    for dataset in datasets:
+        check({**cfg, "dataset": dataset}, warn=False)
+        if dataset.get("kind") == "mmeb_subset":
+            locate(dataset)
+    return datasets
+
+
 def run_all(cfg: Mapping[str, Any], on_result: Callable[[RunResult], None] | None = None,
             shared: SharedModel | None = None) -> list[RunResult]:
     """Run the pipeline on every dataset of the run with one loaded model; returns the results.
 
     ``shared``: a model (and tokenizer side) already loaded by the caller for ``cfg['model']``, kept across calls
     (experiments/scaling.py runs many configs on one model); by default a new one, loaded by the first dataset."""
-    datasets = dataset_configs(cfg)
-    for dataset in datasets:  # a config mistake or missing data fails in one line before a (possibly large) model loads
-        check({**cfg, "dataset": dataset})
-        if dataset.get("kind") == "mmeb_subset":
-            locate(dataset)
+    datasets = check_datasets(cfg)
     if shared is None:
         shared = SharedModel()  # loaded once, by the first dataset, after that dataset's checks
     results = []

@@ -13,19 +13,17 @@ import gc
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from freeret.benchmark import dataset_configs, run_all
-from freeret.data.mmeb import locate
+from freeret.benchmark import check_datasets, dataset_configs, run_all
 from freeret.eval.results import RunResult
 from freeret.paths import repo_root
 from freeret.run.inputs import SharedModel
-from freeret.run.plan import check
 
 Compose = Callable[[list[str]], dict[str, Any]]
 
@@ -77,16 +75,6 @@ def finished(job: Job, config: Mapping[str, Any]) -> list[RunResult] | None:
     return [RunResult.read(p) for p in paths]
 
 
-def check_all(configs: Iterable[Mapping[str, Any]]) -> None:
-    """Every dataset of every config checked (and MMEB data located) before any model loads: a mistake in the last
-    job of a plan fails in one line, not after hours of the first ones."""
-    for config in configs:
-        for dataset in dataset_configs(config):
-            check({**config, "dataset": dataset})
-            if dataset.get("kind") == "mmeb_subset":
-                locate(dataset)
-
-
 def record_overrides(job: Job) -> None:
     """``<run folder>/.hydra/overrides.yaml``, as Hydra writes it for a job of ``run.py -m`` (drivers read it)."""
     folder = job.run_dir / ".hydra"
@@ -101,7 +89,8 @@ def run_jobs(jobs: Sequence[Job], compose: Compose, on_result: Callable[[RunResu
     ``resume`` a job whose result files all exist, from a run with the same overrides, is skipped. ``shared``: a
     model the caller already loaded, used by every job (same ``model``)."""
     configs = [{**compose(list(job.overrides)), "run_dir": str(job.run_dir)} for job in jobs]
-    check_all(configs)
+    for config in configs:  # a mistake in the last job of a plan fails in one line, not after hours of the first ones
+        check_datasets(config)
     models = models or Models()
     done = []
     for job, config in zip(jobs, configs):

@@ -115,3 +115,15 @@ def test_a_preset_that_loses_its_demonstrations_says_so(caplog):
     with caplog.at_level("WARNING", logger="freeret.run.plan"):
         check({**_plan_config("dataset=wordnet_rd_dev"), "strict": True})  # names its demonstrations: nothing dropped
     assert not caplog.records
+
+
+def test_the_suite_precheck_leaves_that_warning_to_the_run(caplog):
+    """run_all and the experiment runner check every dataset before the model loads, then each run checks its own:
+    the warning is said once, by the run, not once per check."""
+    from freeret.benchmark import check_datasets
+
+    with caplog.at_level("WARNING", logger="freeret.run.plan"):
+        check_datasets(_plan_config("dataset=general_dev/wn_adj"))
+    assert not caplog.records
+    with pytest.raises(ConfigError, match="strict=true"):
+        check_datasets({**_plan_config("dataset=general_dev/wn_adj"), "strict": True})

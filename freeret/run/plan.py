@@ -65,9 +65,10 @@ class Plan:
         return self.pipeline != "embed"
 
 
-def check(cfg: Mapping[str, Any]) -> Plan:
+def check(cfg: Mapping[str, Any], warn: bool = True) -> Plan:
     """Parse and check everything the config alone decides: a mistake is a one-line ConfigError here, before any
-    data or weights load (:func:`freeret.benchmark.run_all` checks every dataset of a suite this way first)."""
+    data or weights load (:func:`freeret.benchmark.check_datasets` checks every dataset of a suite this way first,
+    with ``warn=False``: what the config would run without is logged once, by the run itself)."""
     spec = ModelSpec.from_dict(cfg["model"])
     layer = Readout.from_config(cfg["layer"], cfg.get("pooling"))
     pipeline_cfg = dict(cfg.get("pipeline") or {"name": "embed"})
@@ -79,7 +80,8 @@ def check(cfg: Mapping[str, Any]) -> Plan:
     if (dropped := prior.missing_demonstrations()) is not None:
         if cfg.get("strict", False):
             raise ConfigError(f"{dropped} (strict=true stops here; set prior.demos.k=0 or a dataset with a demo_set)")
-        log.warning("%s; the result file records demos.k=0", dropped)
+        if warn:
+            log.warning("%s; the result file records demos.k=0", dropped)
     staged = pipeline != "embed"
     rerank = RerankConfig.from_dict(pipeline_cfg) if staged else None
     scorer, framing = stage2_spec(cfg, rerank, prompt) if staged else (None, None)
