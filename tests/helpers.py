@@ -47,6 +47,29 @@ def dataset_prompt(name: str):
     return DatasetPrompt.from_config(OmegaConf.to_container(entry))
 
 
+def spec_of(name: str, *overrides: str):
+    """The stage-2 scorer spec ``conf/scorer/<name>.yaml`` with ``overrides``."""
+    from omegaconf import OmegaConf
+
+    from freeret.rerank.scorers import scorer_spec
+
+    return scorer_spec(OmegaConf.to_container(compose([f"scorer={name}", *overrides]).scorer, resolve=True))
+
+
+def build_scorer(bb, name: str, *overrides: str, dataset: str | None = None, batch_size: int = 3, **ctx: Any):
+    """The scorer on ``bb`` with the YAML's own wording (``dataset``: bound to that dataset's prompt facts); ``ctx``:
+    other BuildContext fields (``max_tokens_per_batch``, ``candidate_cache_mb``)."""
+    from omegaconf import OmegaConf
+
+    from freeret.prompts import DatasetPrompt
+    from freeret.rerank.framing import Framing
+    from freeret.rerank.scorers.base import BuildContext
+
+    prompt = DatasetPrompt.from_config(OmegaConf.to_container(compose([f"dataset={dataset}"]).dataset)) if dataset else None
+    framing = Framing.from_dict(OmegaConf.to_container(compose([]).framing)).for_dataset(prompt)
+    return spec_of(name, *overrides).build(BuildContext(bb, framing, prompt, batch_size, **ctx))
+
+
 def check_snapshot(path: Path, got: Any) -> None:
     """Compare with a frozen JSON snapshot; renew on purpose with FREERET_UPDATE_SNAPSHOTS=1."""
     if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1":

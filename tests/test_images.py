@@ -84,7 +84,7 @@ def _predict(scorer: Choice, groups, workers: int = 0) -> list[list[list[float]]
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False)
     out = trainer.predict(RerankModule(scorer), datamodule=RankedGroups(groups, scorer, workers))
-    return [p["probs"] for p in out]
+    return [r["probs"] for p in out for r in p["rows"]]
 
 
 def test_each_image_decoded_and_processed_once_per_run(qwen, t2i_groups, monkeypatch):

@@ -169,7 +169,7 @@ def test_ddp_sweep_gives_each_job_one_run_dir_shared_by_its_ranks(tmp_path, refe
 
 SUITE = ["suite=wordnet_meta", "benchmark.only=[wordnet_cls_lexname,wordnet_ret_def2lemma]", "benchmark.limit=4",
          "model=tiny_qwen2vl", "pipeline=two_stage", "pipeline.top_k=3", "embed.cache=false", "embed.batch_size=8",
-         "embed.shard_size=8", "pipeline.shard_size=1", *QUIET]
+         "embed.shard_size=8", "pipeline.shard_size=1", "pipeline.queries_per_step=1", *QUIET]
 
 
 def test_ddp_runs_a_two_stage_suite_like_one_process(tmp_path):
@@ -211,8 +211,9 @@ def test_slurm_launcher_config_composes_for_a_sweep():
 
 def test_sigkill_mid_rerank_resumes_from_finished_rerank_shards(tmp_path):
     """Stage 2 resumes too: kill -9 once 2 of the 8 rerank shards exist; the rerun scores only the other rows."""
-    args = [*ARGS, "pipeline=two_stage", "pipeline.top_k=3", "pipeline.shard_size=2"]
-    reference = run_in_process(tmp_path / "reference", ["pipeline=two_stage", "pipeline.top_k=3", "pipeline.shard_size=2"])
+    stage2 = ["pipeline=two_stage", "pipeline.top_k=3", "pipeline.shard_size=2", "pipeline.queries_per_step=2"]
+    args = [*ARGS, *stage2]
+    reference = run_in_process(tmp_path / "reference", stage2)
     assert reference["timing"]["rerank_rows_computed"] == 16
     run_dir = tmp_path / "killed"
     run_dir.mkdir()
@@ -230,7 +231,7 @@ def test_sigkill_mid_rerank_resumes_from_finished_rerank_shards(tmp_path):
 
 
 def test_torn_rerank_shard_is_dropped_and_rescored(tmp_path):
-    args = ["pipeline=two_stage", "pipeline.top_k=3", "pipeline.shard_size=4"]
+    args = ["pipeline=two_stage", "pipeline.top_k=3", "pipeline.shard_size=4", "pipeline.queries_per_step=4"]
     first = run_in_process(tmp_path, args)
     shards = sorted(tmp_path.glob("rerank/*/*/*.jsonl"))
     assert len(shards) == 4

@@ -18,24 +18,12 @@ from freeret.rerank.scorers import scorer_spec, specs
 from freeret.rerank.scorers.base import BuildContext
 from freeret.rerank.scorers.choice import Choice
 from freeret.rerank.scorers.listwise import sliding_starts
-from helpers import REPO, check_snapshot, compose
+from helpers import REPO, check_snapshot, compose, spec_of
+from helpers import build_scorer as build
 
 SCORERS = sorted(p.stem for p in (REPO / "conf" / "scorer").glob("*.yaml"))
 QUERY = Item.make("query", "a domestic animal that barks", None)
 CANDS = [Item.make("target", t, None) for t in ["dog", "bicycle", "an old wooden ship with three tall masts", "barking", "x"]]
-
-
-def spec_of(name: str, *overrides: str):
-    return scorer_spec(OmegaConf.to_container(compose([f"scorer={name}", *overrides]).scorer, resolve=True))
-
-
-def build(bb, name: str, *overrides: str, dataset: str | None = None, batch_size: int = 3):
-    """The scorer on ``bb`` with the YAML's own wording (``dataset``: bound to that dataset's prompt facts)."""
-    from freeret.prompts import DatasetPrompt
-
-    prompt = DatasetPrompt.from_config(OmegaConf.to_container(compose([f"dataset={dataset}"]).dataset)) if dataset else None
-    framing = Framing.from_dict(OmegaConf.to_container(compose([]).framing)).for_dataset(prompt)
-    return spec_of(name, *overrides).build(BuildContext(bb, framing, prompt, batch_size))
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +268,8 @@ def test_scorer_and_pipeline_mismatches_stop_before_weights(args, expected, tmp_
 
 
 TEXT_RUN = ["model=tiny_qwen2vl", "dataset=wordnet_rd", "dataset.limit=6", "dataset.pool=positives", "pipeline=two_stage",
-            "pipeline.top_k=4", "pipeline.shard_size=2", "embed.cache=false", "logger=none", "trainer.enable_progress_bar=false"]
+            "pipeline.top_k=4", "pipeline.shard_size=2", "pipeline.queries_per_step=2", "embed.cache=false", "logger=none",
+            "trainer.enable_progress_bar=false"]
 
 
 def _run(run_dir, overrides):

@@ -10,6 +10,11 @@ each candidate) and likelihood scorers (the candidate's tokens after a query pro
 - Each suffix batch attends to a read-only view of that cache expanded to the batch (no copy of the prefix: each
   layer concatenates the prefix's keys and values with the batch's own, for that layer's attention only, and keeps
   nothing), with the mask ones over the prefix then the suffix mask, and explicit positions.
+- Segments (:meth:`SharedPrefix.run_segments`): many rows' own tokens run once after a common prefix (or from the
+  start) with their keys and values kept per row (:class:`Segment`); a later suffix batch can then give each row a
+  different segment (``segments=``: a query's prompt, a candidate's prompt), stacked right-padded between the common
+  prefix and the suffix (masked), with each row's positions continuing its own segment. Stage 2 packs pairs of many
+  queries into one forward this way (``freeret/rerank/packing.py``).
 - It returns a captured sub-layer state at each row's last real token (:meth:`~SharedPrefix.states`), the LM head's
   logits there, for some vocabulary rows only (:meth:`~SharedPrefix.last_logits`), or the log-probability of every
   suffix token given the prefix and the tokens before it (:meth:`~SharedPrefix.token_logprobs`).
@@ -28,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Cache, DynamicCache
-from transformers.cache_utils import CacheLayerMixin
+from transformers.cache_utils import CacheLayerMixin, DynamicLayer
 
 from freeret.backbone.capture import capture, run_until_captured
 from freeret.backbone.families import Family, PrefixPositions, family_of
@@ -42,6 +47,19 @@ def splits_exactly(tokenizer: Any, prefix: str, suffix: str, whole: str) -> bool
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     return ids(prefix) + ids(suffix) == ids(whole)
+
+
+HEAD_ELEMENTS = 2**27  # fp32 logits computed at once by token_logprobs (512 MiB): a packed batch's scored tokens x vocabulary
+
+
+def padded(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (ids, mask) of token-id lists."""
+    ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
 
 
 class _PrefixView(CacheLayerMixin):
@@ -91,6 +109,79 @@ class Prefix:
         return Cache(layers=[_PrefixView(layer, n) for layer in self.cache.layers])
 
 
+@dataclass
+class Segment:
+    """One row's own tokens run once after a common prefix (:meth:`SharedPrefix.run_segments`): each layer's keys and
+    values of its real tokens, (1, kv heads, length, head dim) on that layer's device (None for a layer the prefix
+    never reached), and its last token's final state (predicts the first token after it)."""
+
+    keys: list[torch.Tensor | None]
+    values: list[torch.Tensor | None]
+    length: int
+    last_hidden: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes its tensors hold (what a segment cache counts)."""
+        tensors = [t for t in (*self.keys, *self.values) if t is not None] + [self.last_hidden]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class _RecordingView(_PrefixView):
+    """A prefix view that also keeps the batch's own new keys and values (a segment run)."""
+
+    def __init__(self, source: CacheLayerMixin, n: int) -> None:
+        super().__init__(source, n)
+        self.new: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        self.new = (key_states, value_states)
+        return super().update(key_states, value_states, *args, **kwargs)
+
+
+class _StackedView(CacheLayerMixin):
+    """One layer's read-only context for a batch whose rows have different segments: the common prefix (expanded)
+    then each row's segment right-padded to the longest (masked by the caller). The stacked tensor is built when the
+    layer runs and dropped after it, so a batch holds one layer's stacked context at a time."""
+
+    is_sliding = False
+
+    def __init__(self, prefix: tuple[torch.Tensor, torch.Tensor] | None, keys: Sequence[torch.Tensor],
+                 values: Sequence[torch.Tensor], longest: int) -> None:
+        super().__init__()
+        self.prefix, self.parts, self.longest, self.is_initialized = prefix, (keys, values), longest, True
+        self.length = longest + (prefix[0].shape[-2] if prefix is not None else 0)
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        raise RuntimeError("a stacked view is built filled")
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        held = (None, None) if self.prefix is None else self.prefix
+        return tuple(torch.cat([_stack(pre, parts, self.longest, new), new], dim=-2)
+                     for pre, parts, new in zip(held, self.parts, (key_states, value_states)))
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+def _stack(prefix_states: torch.Tensor | None, parts: Sequence[torch.Tensor], width: int,
+           like: torch.Tensor) -> torch.Tensor:
+    """(n, heads, prefix + width, dim) on ``like``'s device and dtype: the common prefix's states (expanded, if any)
+    then each row's segment states (1, heads, length, dim), zero-padded to ``width``."""
+    rows = like.new_zeros(len(parts), parts[0].shape[1], width, parts[0].shape[3])
+    for i, t in enumerate(parts):
+        rows[i, :, : t.shape[2]] = t[0]
+    if prefix_states is None:
+        return rows
+    return torch.cat([prefix_states.to(rows.device, rows.dtype).expand(len(parts), *prefix_states.shape[1:]), rows], dim=-2)
+
+
 class SharedPrefix:
     """Runs prefixes and their right-padded suffix batches on one model (see the module docstring)."""
 
@@ -102,6 +193,19 @@ class SharedPrefix:
         self.config = model.config.get_text_config(decoder=True)
         self.head = model.get_output_embeddings()
         self.softcap = getattr(self.config, "final_logit_softcapping", None)
+        sliding = "sliding_attention" in (getattr(self.config, "layer_types", None) or ()) or \
+            bool(getattr(self.config, "use_sliding_window", False))
+        # rows with segments hold padding inside their context: exact only while a sliding window spans all of it
+        self.window: int | None = getattr(self.config, "sliding_window", None) if sliding else None
+
+    def new_cache(self) -> DynamicCache:
+        """An empty cache with one layer per decoder layer, each keeping all its keys: a sliding-window layer would
+        keep only its window, but rows that read a prefix after other tokens (segments) need all of it (the attention
+        mask applies the window)."""
+        cache = DynamicCache(config=self.config)
+        if self.window is not None:
+            cache.layers = [DynamicLayer() for _ in cache.layers]
+        return cache
 
     @property
     def input_device(self) -> torch.device:
@@ -127,7 +231,7 @@ class SharedPrefix:
         positions = self.family.prefix_positions(self.base, inputs)
         if positions.prefix_ids is not None:
             inputs["position_ids"] = positions.prefix_ids
-        cache = DynamicCache(config=self.config)
+        cache = self.new_cache()
         last = None
         if stop_at is None:
             last = self.base(**inputs, past_key_values=cache, use_cache=True).last_hidden_state[0, -1]
@@ -136,6 +240,59 @@ class SharedPrefix:
                 run_until_captured(self.base, **inputs, past_key_values=cache, use_cache=True)
         return Prefix(cache, int(ids.shape[1]), positions, stop_at, last)
 
+    def empty_prefix(self) -> Prefix:
+        """A prefix of no tokens: segments run from the start after it (their ids begin as the model's inputs do)."""
+        return Prefix(self.new_cache(), 0, PrefixPositions(None, 0), None, None)
+
+    def fits(self, prefix: Prefix, context: int, width: int) -> bool:
+        """Whether a batch with segments of up to ``context`` tokens and suffixes of ``width`` tokens after ``prefix``
+        is exact on this model with rows of unequal segments (a sliding window must span it all: the padding inside
+        counts); a lone row always is (its context holds no padding)."""
+        return self.window is None or prefix.length + context + width <= self.window
+
+    @torch.no_grad()
+    def run_segments(self, prefix: Prefix, rows: Sequence[Sequence[int]]) -> list[Segment]:
+        """Run right-padded token rows after ``prefix`` (through the final norm) and keep each row's own keys and
+        values and last state: the :class:`Segment` that later suffixes read (``segments=``)."""
+        if prefix.stop_at is not None:
+            raise ValueError(f"this prefix stopped at {prefix.stop_at.label}: segments need it run through")
+        ids, mask = padded(rows)
+        n, width = ids.shape
+        device = self.input_device
+        views = [_RecordingView(layer, n) for layer in prefix.cache.layers]
+        hidden = self.base(input_ids=ids.to(device), attention_mask=torch.cat([mask.new_ones(n, prefix.length), mask],
+                           dim=1).to(device), position_ids=prefix.positions.suffix(n, width, device),
+                           past_key_values=Cache(layers=views), use_cache=True).last_hidden_state
+        out = []
+        for i, length in enumerate(mask.sum(1).tolist()):
+            kv = [(v.new[0][i : i + 1, :, :length].clone(), v.new[1][i : i + 1, :, :length].clone())
+                  if v.new is not None else (None, None) for v in views]
+            out.append(Segment([k for k, _ in kv], [v for _, v in kv], length, hidden[i, length - 1].clone()))
+        return out
+
+    def _stacked(self, prefix: Prefix, segments: Sequence[Segment], mask: torch.Tensor,
+                 device: torch.device) -> tuple[Cache, torch.Tensor, torch.Tensor]:
+        """The cache of a batch whose row i reads ``segments[i]`` after the common prefix, its full attention mask
+        and the first position of each row's suffix."""
+        n, width = mask.shape
+        if len(segments) != n:
+            raise ValueError(f"{len(segments)} segments for {n} rows")
+        lengths = torch.tensor([s.length for s in segments])
+        longest = int(lengths.max())
+        if int(lengths.min()) < longest and not self.fits(prefix, longest, width):
+            raise ValueError(f"{prefix.length} + {longest} + {width} tokens exceed this model's sliding window "
+                             f"({self.window}): run these rows without segments")
+        layers: list[CacheLayerMixin] = []
+        for i, layer in enumerate(prefix.cache.layers):
+            keys, values = [s.keys[i] for s in segments], [s.values[i] for s in segments]
+            if any(k is None for k in keys):
+                raise ValueError("a segment that stopped early cannot serve a forward through the final norm")
+            held = layer.is_initialized and layer.keys.numel() > 0
+            layers.append(_StackedView((layer.keys, layer.values) if held else None, keys, values, longest))
+        context = (torch.arange(longest)[None, :] < lengths[:, None]).to(mask.dtype)
+        full = torch.cat([mask.new_ones(n, prefix.length), context, mask], dim=1).to(device)
+        return Cache(layers=layers), full, (prefix.positions.next + lengths).to(device)
+
     def _suffixes(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor, spec: LayerSpec | None) -> torch.Tensor:
         """(n, width, hidden) states of right-padded suffixes after ``prefix``: at ``spec``, or after the final norm."""
         if spec is None:
@@ -143,9 +300,10 @@ class SharedPrefix:
         return self._suffix_states(prefix, ids, mask, (spec,))[spec]
 
     def _suffix_states(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor,
-                       specs: Sequence[LayerSpec] | None) -> Any:
+                       specs: Sequence[LayerSpec] | None, segments: Sequence[Segment] | None = None) -> Any:
         """The suffixes' (n, width, hidden) states at each of ``specs`` (a dict; the forward stops after the deepest),
-        or after the final norm (one tensor) when ``specs`` is None."""
+        or after the final norm (one tensor) when ``specs`` is None. With ``segments``, row i reads ``segments[i]``
+        between the prefix and its suffix."""
         if specs is None and prefix.stop_at is not None:
             raise ValueError(f"this prefix stopped at {prefix.stop_at.label}: run it through for logits")
         n_layers = len(self.layers)
@@ -155,9 +313,17 @@ class SharedPrefix:
         device = self.input_device
         ids, mask = ids.to(device), mask.to(device)
         n, width = ids.shape
-        kwargs = {"input_ids": ids, "attention_mask": torch.cat([mask.new_ones(n, prefix.length), mask], dim=1),
-                  "position_ids": prefix.positions.suffix(n, width, device), "past_key_values": prefix.view(n),
-                  "use_cache": True}
+        if segments is None:
+            kwargs = {"input_ids": ids, "attention_mask": torch.cat([mask.new_ones(n, prefix.length), mask], dim=1),
+                      "position_ids": prefix.positions.suffix(n, width, device), "past_key_values": prefix.view(n),
+                      "use_cache": True}
+        else:
+            cache, full, starts = self._stacked(prefix, segments, mask, device)
+            positions = starts[:, None] + torch.arange(width, device=device)
+            if prefix.positions.axes > 1:
+                positions = positions.unsqueeze(0).expand(prefix.positions.axes, n, width)
+            kwargs = {"input_ids": ids, "attention_mask": full, "position_ids": positions, "past_key_values": cache,
+                      "use_cache": True}
         if specs is None:
             return self.base(**kwargs).last_hidden_state
         with self._capture(specs) as got:
@@ -189,29 +355,38 @@ class SharedPrefix:
 
     @torch.no_grad()
     def last_logits(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor,
-                    rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, rows) fp32 logits at each suffix's last real token, for vocabulary ``rows`` only (all when None)."""
-        return self.head_logits(self._at_last(self._suffixes(prefix, ids, mask, None), mask), rows)
+                    rows: torch.Tensor | None = None, segments: Sequence[Segment] | None = None) -> torch.Tensor:
+        """(n, rows) fp32 logits at each suffix's last real token, for vocabulary ``rows`` only (all when None); with
+        ``segments``, row i reads ``segments[i]`` after the prefix."""
+        return self.head_logits(self._at_last(self._suffix_states(prefix, ids, mask, None, segments), mask), rows)
 
     @torch.no_grad()
     def token_logprobs(self, prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor,
-                       scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       scored: torch.Tensor | None = None,
+                       segments: Sequence[Segment] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """log P(suffix token j | prefix, suffix tokens before j), fp32 (n, width), 0 at padding; and the (n, width)
         bool mask of the tokens read (real, and ``scored``). The LM head and the log-softmax over the vocabulary run at
         real suffix tokens only, or only where ``scored`` (an (n, width) bool mask within the real tokens) is true: the
-        rest read 0."""
-        if prefix.last_hidden is None:
+        rest read 0. With ``segments``, row i reads ``segments[i]`` after the prefix (its last state predicts token 0)."""
+        if segments is None and prefix.last_hidden is None:
             raise ValueError(f"this prefix stopped at {prefix.stop_at.label if prefix.stop_at else '?'}: run it through")
-        hidden = self._suffixes(prefix, ids, mask, None)
+        hidden = self._suffix_states(prefix, ids, mask, None, segments)
         n = hidden.shape[0]
-        before = torch.cat([prefix.last_hidden.to(hidden.device).expand(n, 1, -1), hidden[:, :-1]], dim=1)
+        if segments is None:
+            first = prefix.last_hidden.to(hidden.device).expand(n, 1, -1)
+        else:
+            first = torch.stack([s.last_hidden.to(hidden.device) for s in segments])[:, None]
+        before = torch.cat([first.to(hidden.dtype), hidden[:, :-1]], dim=1)
         real = mask.to(hidden.device).bool()
         if scored is not None:
             real = real & scored.to(hidden.device).bool()
-        logits = self.head_logits(before[real])  # (real tokens, vocab)
-        picked = logits.log_softmax(-1).gather(-1, ids.to(logits.device)[real.to(logits.device)][:, None])[:, 0]
-        out = torch.zeros(real.shape, dtype=torch.float32, device=logits.device)
-        real = real.to(logits.device)
+        states, targets = before[real], ids.to(hidden.device)[real]
+        chunk = max(1, HEAD_ELEMENTS // max(1, self.head.weight.shape[0]))  # rows of full-vocabulary logits at once
+        picked = torch.cat([self.head_logits(states[i : i + chunk]).log_softmax(-1).gather(
+            -1, targets[i : i + chunk].to(self.head.weight.device)[:, None])[:, 0] for i in range(0, len(states), chunk)]
+            or [torch.zeros(0, device=self.head.weight.device)])
+        out = torch.zeros(real.shape, dtype=torch.float32, device=picked.device)
+        real = real.to(picked.device)
         out[real] = picked
         return out, real
 

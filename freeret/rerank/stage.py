@@ -1,6 +1,9 @@
 """Stage 2 under Lightning's prediction loop: rerank each query's top-K with a scorer, then fuse with stage 1.
 
-One prediction batch is one query with its K candidates (the prefix cache is per query). The writer stores each
+One prediction step is a block of ``pipeline.queries_per_step`` queries with their K candidates each: the scorer packs
+their pairs into forwards of ``pipeline.max_tokens_per_batch`` tokens (``freeret/rerank/packing.py``). Queries are
+ordered so that those sharing candidates sit in the same or nearby blocks (the candidate cache's hit rate), blocks are
+planned over all rows (a resumed run keeps them) and split across ranks block by block. The writer stores each
 row's record (a score per candidate and the scorer's extras, ``freeret/rerank/scorers``) as JSONL shards in a
 folder named by the scorer's signature; fusion and tie rules live here, for every scorer.
 """
@@ -45,6 +48,9 @@ class RerankConfig:
     tie_break: str = "embed"
     vision_cache_mb: float = 2048
     num_workers: int | None = None
+    queries_per_step: int = 16
+    max_tokens_per_batch: int | None = None
+    candidate_cache_mb: float = 1024
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> RerankConfig:
@@ -62,6 +68,16 @@ class RerankConfig:
             raise ConfigError(f"pipeline.tie_break={rc.tie_break!r} is not one of {', '.join(TIE_BREAKS)}")
         if rc.top_k < 1:
             raise ConfigError(f"pipeline.top_k must be >= 1, got {rc.top_k}")
+        if isinstance(rc.queries_per_step, bool) or not isinstance(rc.queries_per_step, int) or rc.queries_per_step < 1:
+            raise ConfigError(f"pipeline.queries_per_step must be an integer >= 1, got {rc.queries_per_step!r}")
+        if rc.max_tokens_per_batch is not None and (isinstance(rc.max_tokens_per_batch, bool)
+                                                    or not isinstance(rc.max_tokens_per_batch, int)
+                                                    or rc.max_tokens_per_batch < 1):
+            raise ConfigError(f"pipeline.max_tokens_per_batch must be an integer >= 1 or null (by device), "
+                              f"got {rc.max_tokens_per_batch!r}")
+        if rc.candidate_cache_mb < 0:
+            raise ConfigError(f"pipeline.candidate_cache_mb must be >= 0 (0 = nothing kept between blocks), "
+                              f"got {rc.candidate_cache_mb}")
         return rc
 
 
@@ -75,8 +91,40 @@ def top_k_groups(rset: RetrievalSet, embed_scores: Sequence[torch.Tensor], k: in
     return groups
 
 
+def order_by_overlap(groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The groups reordered so that each is followed by the unvisited group sharing most candidates with it (ties and
+    no overlap: the first in the original order); deterministic. A candidate cache of a few blocks then serves most
+    repeats of a candidate."""
+    by_cand: dict[str, list[int]] = {}
+    keys = [[c.key for c in g["candidates"]] for g in groups]
+    for i, ks in enumerate(keys):
+        for k in dict.fromkeys(ks):
+            by_cand.setdefault(k, []).append(i)
+    left, order, nxt = set(range(len(groups))), [], 0
+    while left:
+        i = nxt if nxt in left else min(left)
+        left.discard(i)
+        order.append(i)
+        shared: dict[int, int] = {}
+        for k in dict.fromkeys(keys[i]):
+            for j in by_cand[k]:
+                if j in left:
+                    shared[j] = shared.get(j, 0) + 1
+        nxt = min(shared, key=lambda j: (-shared[j], j)) if shared else min(left, default=-1)
+    return [groups[i] for i in order]
+
+
+def plan_blocks(groups: Sequence[dict[str, Any]], size: int, done: Mapping[str, Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Blocks of ``size`` groups planned over all of them (ordered by :func:`order_by_overlap`), keeping only the
+    pending groups of each block and the blocks that have any: a resumed run packs its remaining rows as the first
+    run would have."""
+    ordered = order_by_overlap(groups)
+    blocks = [pending_groups(ordered[i : i + size], done) for i in range(0, len(ordered), size)]
+    return [b for b in blocks if b]
+
+
 class RerankModule(L.LightningModule):
-    """``predict_step`` scores one query's top-K candidates with the scorer."""
+    """``predict_step`` scores a block of queries' top-K candidates with the scorer."""
 
     def __init__(self, scorer: Scorer) -> None:
         super().__init__()
@@ -85,11 +133,12 @@ class RerankModule(L.LightningModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # items hold paths and text; the scorer builds and moves its own tensors
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        scores = self.scorer.score(batch["query"], batch["candidates"], batch.get("records"))
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        records = {k: v for group in batch for k, v in (group.get("records") or {}).items()}
+        scores = self.scorer.score_block([(g["query"], g["candidates"]) for g in batch], records or None)
         # the stage-1 cosines ride along, so a record alone gives the fused order (experiments/rerank_tune.py)
-        embed = {"embed": batch["embed"]} if "embed" in batch else {}
-        return {"row": batch["row"], "positions": batch["positions"], **embed, **scores.record()}
+        return {"rows": [{"row": g["row"], "positions": g["positions"], **({"embed": g["embed"]} if "embed" in g else {}),
+                          **s.record()} for g, s in zip(batch, scores)]}
 
 
 def plan_images(groups: list[dict[str, Any]], uses: Callable[[Any, Sequence[Any]], set]) -> list[dict[str, Any]]:
@@ -105,12 +154,15 @@ def plan_images(groups: list[dict[str, Any]], uses: Callable[[Any, Sequence[Any]
 
 
 class GroupCollator:
-    """Runs in DataLoader workers: decodes and processes a group's planned visuals into image records."""
+    """Runs in DataLoader workers: decodes and processes a group's planned visuals into image records (each group
+    of a block, when given a block)."""
 
     def __init__(self, prompter: Prompter | None) -> None:
         self.prompter = prompter
 
-    def __call__(self, group: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, group: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        if isinstance(group, list):
+            return [self(g) for g in group]
         if self.prompter is None or not group.get("preprocess"):
             return group
         return {**group, "records": {(path, count): preprocess_visual(self.prompter, path, count)
@@ -118,20 +170,28 @@ class GroupCollator:
 
 
 class RankedGroups(L.LightningDataModule):
-    """Pending query groups split across ranks (every ``world_size``-th), one per prediction step; the same list
-    on every rank. With the scorer's vision cache, workers decode and process each group's new images ahead."""
+    """Blocks of pending query groups (:func:`plan_blocks`) split across ranks (every ``world_size``-th block), one
+    block per prediction step; the same list on every rank. A list of groups is taken as blocks of one. With the
+    scorer's vision cache, workers decode and process each group's new images ahead."""
 
-    def __init__(self, groups: list[dict[str, Any]], scorer: Scorer | None = None, num_workers: int = 0) -> None:
+    def __init__(self, blocks: list[list[dict[str, Any]]] | list[dict[str, Any]], scorer: Scorer | None = None,
+                 num_workers: int = 0) -> None:
         super().__init__()
-        self.groups, self.scorer, self.num_workers = groups, scorer, num_workers
+        self.blocks = [b if isinstance(b, list) else [b] for b in blocks]
+        self.scorer, self.num_workers = scorer, num_workers
 
     def predict_dataloader(self) -> DataLoader:
-        groups = rank_share(self, self.groups)
+        blocks = rank_share(self, self.blocks)
         prompter = None
         if self.scorer is not None and self.scorer.vision is not None:
-            groups, prompter = plan_images(groups, self.scorer.image_uses), self.scorer.bb.prompter
-        # one group per step; a stop signal ends the loop after the group in flight (finished rows are written)
-        return DataLoader(groups, batch_size=None, sampler=UntilStopped(len(groups)),  # type: ignore[arg-type]
+            flat = plan_images([g for b in blocks for g in b], self.scorer.image_uses)
+            sizes, blocks, at = [len(b) for b in blocks], [], 0
+            for n in sizes:
+                blocks.append(flat[at : at + n])
+                at += n
+            prompter = self.scorer.bb.prompter
+        # one block per step; a stop signal ends the loop after the block in flight (finished rows are written)
+        return DataLoader(blocks, batch_size=None, sampler=UntilStopped(len(blocks)),  # type: ignore[arg-type]
                           collate_fn=GroupCollator(prompter), num_workers=self.num_workers)
 
 
@@ -143,13 +203,16 @@ class RerankWriter(BufferedShardWriter):
     def __init__(self, out_dir: Path, shard_size: int = 256) -> None:
         super().__init__(out_dir, shard_size)
 
+    def size(self, prediction: dict[str, Any]) -> int:
+        return len(prediction["rows"])
+
     def shard_path(self, rank: int, predictions: list[dict[str, Any]]) -> Path:
         # named by content: a resumed run adds shards and never overwrites a finished one
-        digest = hashlib.sha1(json.dumps([p["row"] for p in predictions]).encode()).hexdigest()[:16]
+        digest = hashlib.sha1(json.dumps([r["row"] for p in predictions for r in p["rows"]]).encode()).hexdigest()[:16]
         return self.out_dir / f"rank{rank}-{digest}{self.suffix}"
 
     def write(self, path: Path, predictions: list[dict[str, Any]]) -> None:
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in predictions), "hydra.run.dir")
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for p in predictions for r in p["rows"]), "hydra.run.dir")
 
 
 def rerank_signature(scorer: Scorer, dataset: str) -> str:

@@ -38,6 +38,7 @@ from freeret.rerank.stage import (
     RerankWriter,
     fuse_record,
     pending_groups,
+    plan_blocks,
     read_rerank,
     rerank_signature,
     top_k_groups,
@@ -135,7 +136,8 @@ def rerank_stage(cfg: Mapping[str, Any], scorer: Scorer, rerank_cfg: RerankConfi
     scorer.prepare(groups, done)  # e.g. candidate priors of finished rows: a resumed run recomputes none
     if todo:
         writer = RerankWriter(out_dir, int((cfg.get("pipeline") or {}).get("shard_size", 256)))
-        groups_module = RankedGroups(todo, scorer, num_workers(rerank_cfg.num_workers))
+        blocks = plan_blocks(groups, rerank_cfg.queries_per_step, done)
+        groups_module = RankedGroups(blocks, scorer, num_workers(rerank_cfg.num_workers))
         with stop.finishing_batch():
             make_trainer(cfg, writer).predict(RerankModule(scorer), datamodule=groups_module, return_predictions=False)
         stop.check()
@@ -168,7 +170,8 @@ def stages(plan: Plan, inputs: Inputs, backbone: Backbone) -> StageResults:
     """Stage 1 (embed and score every row), stage 2 (rerank each row's top-K) and RAG, as the pipeline says."""
     rset, rerank = inputs.rset, plan.rerank
     scorer = (plan.scorer.build(BuildContext(backbone, plan.framing, plan.prompt, rerank.batch_size, rerank.calibrate,
-                                              rerank.vision_cache_mb))
+                                              rerank.vision_cache_mb, rerank.max_tokens_per_batch,
+                                              rerank.candidate_cache_mb))
               if plan.scorer is not None and rerank is not None else None)  # a bad framing fails before stage 1
     summary: dict[str, Any] = {}
     timing: dict[str, Any] = {}

@@ -69,6 +69,12 @@ class Scorer(Protocol):
               records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> RowScores:
         """The run's path (fast): a score per candidate and the extras its shard record keeps."""
 
+    def score_block(self, rows: Sequence[tuple[Item, Sequence[Item]]],
+                    records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> list[RowScores]:
+        """The run's path for several queries at once (one :class:`RowScores` per (query, candidates) row, in order):
+        their pairs packed into forwards of up to ``max_tokens_per_batch`` tokens (``freeret/rerank/packing.py``);
+        the same scores as :meth:`score` within float rounding."""
+
     def naive(self, query: Item, cands: Sequence[Item]) -> RowScores:
         """The reference: one full forward per prompt, same scores as :meth:`score` within float rounding."""
 
@@ -90,6 +96,14 @@ class Scorer(Protocol):
 
     def counters(self) -> dict[str, int]:
         """Work this process did (e.g. priors computed), for the results file's timing section."""
+
+
+class PerQuery:
+    """``score_block`` for scorers without a packed path: one :meth:`Scorer.score` per query."""
+
+    def score_block(self, rows: Sequence[tuple[Item, Sequence[Item]]],
+                    records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> list[RowScores]:
+        return [self.score(query, cands, records) for query, cands in rows]  # type: ignore[attr-defined]
 
 
 class NoRunState:
@@ -115,6 +129,14 @@ class BuildContext:
     batch_size: int = 16
     calibrate: bool = False
     vision_cache_mb: float = 2048
+    max_tokens_per_batch: int | None = None  # suffix tokens per packed forward; None: by device (packing.py)
+    candidate_cache_mb: float = 1024  # candidate prompt segments kept on the model's device (query likelihood)
+
+    def max_tokens(self) -> int:
+        """The packed forwards' token budget: the setting, or the default of the model's device."""
+        from freeret.rerank.packing import default_max_tokens
+
+        return self.max_tokens_per_batch or default_max_tokens(self.backbone.device)
 
 
 @dataclass(frozen=True)

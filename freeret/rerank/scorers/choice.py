@@ -35,10 +35,12 @@ from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count
 from freeret.errors import ConfigError
+from freeret.rerank import packing
 from freeret.rerank.framing import Framing, swap_options
 from freeret.rerank.options import resolve_option_ids
+from freeret.rerank.packing import Row, default_max_tokens
 from freeret.rerank.scorers.base import BuildContext, NoRunState, RowScores, ScorerSpec, to_host
-from freeret.rerank.scorers.lm import model_inputs, shared_prefix
+from freeret.rerank.scorers.lm import model_inputs, prompt_ids, shared_prefix
 from freeret.templates import MARK, Split, split_at_line
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,8 @@ class ChoiceSpec(ScorerSpec):
         check_framing(side, framing)
 
     def build(self, ctx: BuildContext) -> Choice:
-        return Choice(ctx.backbone, _framing(ctx, self.name), ctx.batch_size, ctx.calibrate, ctx.vision_cache_mb)
+        return Choice(ctx.backbone, _framing(ctx, self.name), ctx.batch_size, ctx.calibrate, ctx.vision_cache_mb,
+                      ctx.max_tokens())
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,9 @@ class Choice(NoRunState):
     name = "choice"
 
     def __init__(self, backbone: Backbone, framing: Framing, batch_size: int = 16, calibrate: bool = False,
-                 vision_cache_mb: float = 2048) -> None:
+                 vision_cache_mb: float = 2048, max_tokens: int | None = None) -> None:
         self.bb, self.framing, self.batch_size, self.calibrate = backbone, framing, batch_size, calibrate
+        self.max_tokens = max_tokens or default_max_tokens(backbone.device)
         self.vision = (VisionFeatureCache(backbone, vision_cache_mb)
                        if backbone.family.multimodal and vision_cache_mb > 0 else None)
         self.head, self.middle, self.tail = framing.split()  # bound to the dataset: Framing.for_dataset
@@ -187,6 +191,38 @@ class Choice(NoRunState):
             out.append(to_host(logits.softmax(-1)))
         return torch.cat(out)
 
+    def block_probs(self, rows: Sequence[tuple[Item, Sequence[Item]]],
+                    records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> list[torch.Tensor]:
+        """:meth:`option_probs` of several queries: each text query's prompt prefix once (a segment) and every pair's
+        option suffix after it, packed across the block's queries; image queries and candidates, and prompts that do
+        not split cleanly, through :meth:`option_probs`."""
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        packed: list[tuple[int, Split, list[str]]] = []
+        for i, (query, cands) in enumerate(rows):
+            texts = [c.text for c in cands] + ([""] if self.calibrate else [])
+            split = self.split(query)
+            if query.image or any(c.image for c in cands) or not texts or \
+                    not split.is_exact(self.bb.tokenizer, texts[0], self.prompt(query, Item.make("target", texts[0], None))):
+                out[i] = self.option_probs(query, cands, records)
+            else:
+                packed.append((i, split, texts))
+        if packed:
+            empty = self.shared.empty_prefix()
+            segments = packing.run_segments(self.shared, empty, [prompt_ids(self.bb, split.prefix) for _, split, _ in packed],
+                                            self.max_tokens)
+            tok = self.bb.tokenizer
+            pairs = [Row(seg, tok(split.suffix_for(t), add_special_tokens=False)["input_ids"])
+                     for seg, (_, split, texts) in zip(segments, packed) for t in texts]
+            probs = packing.suffix_last_logits(self.shared, empty, pairs, self.rows, self.max_tokens).softmax(-1)
+            at = 0
+            for i, _, texts in packed:
+                got, at = probs[at : at + len(texts)], at + len(texts)
+                if self.calibrate:
+                    got = got[:-1] / got[-1]
+                    got = got / got.sum(-1, keepdim=True)
+                out[i] = got
+        return out  # type: ignore[return-value]
+
     def option_probs(self, query: Item, cands: Sequence[Item],
                      records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> torch.Tensor:
         """The run's probabilities: :meth:`fast_probs`, divided by the content-free option prior of this query when
@@ -209,6 +245,11 @@ class Choice(NoRunState):
               records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> RowScores:
         """P(match) per candidate from :meth:`option_probs`, with the probabilities and their entropy as extras."""
         return option_row(self.option_probs(query, cands, records), self.framing.match_index)
+
+    def score_block(self, rows: Sequence[tuple[Item, Sequence[Item]]],
+                    records: Mapping[tuple[str, int], list[ImageRecord]] | None = None) -> list[RowScores]:
+        """:meth:`score` of several queries, packed (:meth:`block_probs`)."""
+        return [option_row(p, self.framing.match_index) for p in self.block_probs(rows, records)]
 
     def naive(self, query: Item, cands: Sequence[Item]) -> RowScores:
         """Reference: one full forward per pair (uncalibrated, as before)."""
@@ -235,8 +276,8 @@ class DebiasedChoice(NoRunState):
 
     def __init__(self, ctx: BuildContext) -> None:
         framing = _framing(ctx, self.name)
-        self.first = Choice(ctx.backbone, framing, ctx.batch_size, ctx.calibrate, ctx.vision_cache_mb)
-        self.second = Choice(ctx.backbone, swap_options(framing), ctx.batch_size, ctx.calibrate, 0)
+        self.first = Choice(ctx.backbone, framing, ctx.batch_size, ctx.calibrate, ctx.vision_cache_mb, ctx.max_tokens())
+        self.second = Choice(ctx.backbone, swap_options(framing), ctx.batch_size, ctx.calibrate, 0, ctx.max_tokens())
         self.second.vision = self.first.vision  # one vision cache: each image through the tower once per run
         self.bb, self.vision, self.framing = ctx.backbone, self.first.vision, framing
 
@@ -254,6 +295,9 @@ class DebiasedChoice(NoRunState):
 
     def score(self, query: Item, cands: Sequence[Item], records: Mapping | None = None) -> RowScores:
         return self.combine(self.first.option_probs(query, cands, records), self.second.option_probs(query, cands))
+
+    def score_block(self, rows: Sequence[tuple[Item, Sequence[Item]]], records: Mapping | None = None) -> list[RowScores]:
+        return [self.combine(a, b) for a, b in zip(self.first.block_probs(rows, records), self.second.block_probs(rows, records))]
 
     def image_uses(self, query: Item, cands: Sequence[Item]) -> set[tuple[str, int]]:
         return self.first.image_uses(query, cands)

@@ -8,11 +8,15 @@
 - ``query_likelihood``: mean log P(query tokens | candidate prompt), UPR (Sachan et al. 2022, arXiv 2204.07496).
 - ``bidirectional``: BLiM's combination of the two (see :class:`BidirectionalSpec`).
 
-Fast paths: candidate likelihood runs the query prompt once and every candidate's tokens as right-padded suffixes
-after it (log-softmax at the candidate's positions only). Query likelihood runs the prompt's shared start (up to the
-candidate's line) once per run and each text candidate's line, the rest of the prompt and the query's tokens as a
-suffix after it; pairs with an image candidate are batched whole, left-padded so that the query's tokens line up at
-the end of every row. Either way the LM head runs at the query's tokens only.
+Run paths (``score_block``: several queries at once, ``freeret/rerank/packing.py``): candidate likelihood runs each
+query's prompt once (a segment) and every pair's candidate tokens after it, packed across queries into forwards of
+the token budget (log-softmax at the candidate's positions only); each candidate's prior once per run. Query
+likelihood runs the prompt's shared start (up to the candidate's line) once per run, each unique text candidate's
+line and the rest of the prompt once per run (a segment kept in the run's candidate cache, bounded in bytes), and
+each pair's query tokens after it, packed the same way; pairs with an image candidate (or an image query for
+candidate likelihood) take the per-query path (:meth:`score`): the query prompt as a KV prefix and candidate
+suffixes, or whole pairs batched left-padded so that the query's tokens line up at the end of every row. Either way
+the LM head runs at the scored tokens only.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count
 from freeret.errors import ConfigError
 from freeret.prompts import DatasetPrompt
+from freeret.rerank import packing
 from freeret.rerank.options import option_text
+from freeret.rerank.packing import Row, SegmentCache
 from freeret.rerank.scorers.base import (
     TEXT,
     BuildContext,
@@ -42,7 +48,9 @@ from freeret.rerank.scorers.lm import (
     append_tokens,
     continuation_logprobs,
     model_inputs,
+    prompt_ids,
     run_prefix,
+    shared_prefix,
     suffix_logprobs,
 )
 from freeret.templates import MARK, Template, split_at_line
@@ -136,6 +144,9 @@ class CandidateLikelihood(NoRunState):
         self.text = _ItemPrompt(self.bb, spec.prompt, spec.end, ctx.prompt, spec.name)
         self.priors: dict[str, float] = {}  # candidate text -> reduced log-likelihood under the content-free prompt
         self.priors_computed = 0
+        self.max_tokens = ctx.max_tokens()
+        self.runner = shared_prefix(self.bb)
+        self._prior_segment = None  # the content-free prompt, run once per run
 
     @property
     def with_prior(self) -> bool:
@@ -174,12 +185,43 @@ class CandidateLikelihood(NoRunState):
         return self._scores(cond, prior)
 
     def prior(self, texts: Sequence[str]) -> list[float]:
-        """Each candidate text's prior, computed once per run (missing ones in one shared-prefix pass)."""
+        """Each candidate text's prior, computed once per run (missing ones in packed forwards after the content-free
+        prompt, itself run once per run)."""
         missing = list(dict.fromkeys(t for t in texts if t not in self.priors))
         if missing:
-            self.priors.update(zip(missing, self._fast_lls(self.prior_prompt(), [], missing)))
+            empty, prompt = self.runner.empty_prefix(), self.prior_prompt()
+            if self._prior_segment is None:
+                self._prior_segment = packing.run_segments(self.runner, empty, [prompt_ids(self.bb, prompt)], self.max_tokens)[0]
+            rows = [Row(self._prior_segment, self.text.scored_ids(prompt, t)) for t in missing]
+            lps = packing.suffix_logprobs(self.runner, empty, rows, self.max_tokens)
+            self.priors.update(zip(missing, (reduce_logprobs(lp, self.spec.reduce) for lp in lps)))
             self.priors_computed += len(missing)
         return [self.priors[t] for t in texts]
+
+    def score_block(self, rows: Sequence[tuple[Item, Sequence[Item]]], records: Mapping | None = None) -> list[RowScores]:
+        """The run's path: each text query's prompt once (a segment), every pair's candidate tokens after it, packed
+        across the block's queries; image queries through :meth:`score`."""
+        out: list[RowScores | None] = [None] * len(rows)
+        text = [i for i, (query, _) in enumerate(rows) if not query.image]
+        for i, (query, cands) in enumerate(rows):
+            if query.image:
+                out[i] = self.score(query, cands, records)
+        if text:
+            empty = self.runner.empty_prefix()
+            prompts = {i: self.prompt(rows[i][0]) for i in text}
+            segments = dict(zip(text, packing.run_segments(self.runner, empty, [prompt_ids(self.bb, prompts[i]) for i in text],
+                                                           self.max_tokens)))
+            pairs = [Row(segments[i], self.text.scored_ids(prompts[i], c.text)) for i in text for c in rows[i][1]]
+            lps = packing.suffix_logprobs(self.runner, empty, pairs, self.max_tokens)
+            texts = [c.text for i in text for c in rows[i][1]]
+            prior = self.prior(texts) if self.with_prior else None
+            at = 0
+            for i in text:
+                k = len(rows[i][1])
+                cond = [reduce_logprobs(lp, self.spec.reduce) for lp in lps[at : at + k]]
+                out[i] = self._scores(cond, prior[at : at + k] if prior is not None else None)
+                at += k
+        return out  # type: ignore[return-value]
 
     def score(self, query: Item, cands: Sequence[Item], records: Mapping | None = None) -> RowScores:
         """Fast path: the query prompt once, the candidates as suffixes; priors from the run's cache."""
@@ -254,6 +296,10 @@ class QueryLikelihood(NoRunState):
         self.text = _ItemPrompt(self.bb, spec.prompt, spec.end, ctx.prompt, spec.name)
         self.split = split_at_line(self.prompt(Item.make("target", MARK, None)))  # the shared start, run once per run
         self._prefix = None  # the shared start's KV cache, run once per run
+        self.max_tokens = ctx.max_tokens()
+        self.runner = shared_prefix(self.bb)
+        self.cache = SegmentCache(ctx.candidate_cache_mb)  # each text candidate's prompt after the shared start
+        self._exact: dict[str, bool] = {}  # candidate text -> whether its prompt splits exactly at the shared start
 
     def prompt(self, cand: Item) -> str:
         """The candidate prompt; the query's tokens follow it."""
@@ -278,10 +324,59 @@ class QueryLikelihood(NoRunState):
         """Reference: one forward per pair."""
         return self._scores(self._lls(query, cands, 1))
 
-    def _shared_lls(self, query: Item, cands: Sequence[Item]) -> list[float]:
-        """Text candidates after the prompt's shared start (run once per run)."""
+    def _start(self):
+        """The prompt's shared start (up to the candidate's line), run once per run."""
         if self._prefix is None:
             self._prefix = run_prefix(self.bb, model_inputs(self.bb, None, [self.split.prefix], [[]]))
+        return self._prefix
+
+    def _segmentable(self, cand: Item) -> bool:
+        """Whether a candidate's prompt can be run as a segment after the shared start (text, splits exactly)."""
+        if cand.image or not self.split.prefix:
+            return False
+        if cand.text not in self._exact:
+            self._exact[cand.text] = self.split.is_exact(self.bb.tokenizer, cand.text, self.prompt(cand))
+        return self._exact[cand.text]
+
+    def _segments(self, texts: list[str]) -> list:
+        """Candidate segments (line and the rest of the prompt after the shared start), in packed forwards."""
+        tok = self.bb.tokenizer
+        rows = [tok(self.split.suffix_for(t), add_special_tokens=False)["input_ids"] for t in texts]
+        return packing.run_segments(self.runner, self._start(), rows, self.max_tokens)
+
+    def score_block(self, rows: Sequence[tuple[Item, Sequence[Item]]], records: Mapping | None = None) -> list[RowScores]:
+        """The run's path: each unique text candidate's prompt once per run (the candidate cache), every pair's query
+        tokens after it, packed across the block's queries; other pairs (image candidates) as whole pairs."""
+        if self.vision is not None and records:
+            self.vision.receive(records)
+        try:
+            out = [[0.0] * len(cands) for _, cands in rows]
+            pairs = [(i, j) for i, (_, cands) in enumerate(rows) for j, c in enumerate(cands) if self._segmentable(c)]
+            if pairs:
+                segments = self.cache.get([rows[i][1][j].text for i, j in pairs], self._segments)
+                ids = {i: self.text.scored_ids(self.prompt(rows[i][1][j]), rows[i][0].text) for i, j in pairs}
+                lps = packing.suffix_logprobs(self.runner, self._start(), [Row(seg, ids[i]) for (i, _), seg in
+                                                                          zip(pairs, segments)], self.max_tokens)
+                for (i, j), lp in zip(pairs, lps):
+                    out[i][j] = reduce_logprobs(lp, self.spec.reduce)
+            done = set(pairs)
+            for i, (query, cands) in enumerate(rows):
+                rest = [j for j in range(len(cands)) if (i, j) not in done]
+                for j, v in zip(rest, self._lls(query, [cands[j] for j in rest], self.batch_size)):
+                    out[i][j] = v
+            return [self._scores(row) for row in out]
+        finally:
+            if self.vision is not None:
+                self.vision.pending.clear()
+
+    def counters(self) -> dict[str, int]:
+        stats = self.cache.stats
+        return {"candidate_segments_computed": stats.computed, "candidate_segment_hits": stats.hits,
+                "candidate_segments_evicted": stats.evicted, "candidate_cache_peak_bytes": stats.peak_bytes}
+
+    def _shared_lls(self, query: Item, cands: Sequence[Item]) -> list[float]:
+        """Text candidates after the prompt's shared start (run once per run)."""
+        self._start()
         ids = self.text.scored_ids(self.prompt(cands[0]), query.text)
         tok = self.bb.tokenizer
         suffixes = [tok(self.split.suffix_for(c.text), add_special_tokens=False)["input_ids"] + ids for c in cands]
@@ -391,6 +486,9 @@ class Bidirectional:
     def score(self, query: Item, cands: Sequence[Item], records: Mapping | None = None) -> RowScores:
         return self.combine(self.cl.score(query, cands, records), self.ql.score(query, cands))
 
+    def score_block(self, rows: Sequence[tuple[Item, Sequence[Item]]], records: Mapping | None = None) -> list[RowScores]:
+        return [self.combine(a, b) for a, b in zip(self.cl.score_block(rows, records), self.ql.score_block(rows))]
+
     def image_uses(self, query: Item, cands: Sequence[Item]) -> set[tuple[str, int]]:
         return set()  # text only
 
@@ -408,4 +506,4 @@ class Bidirectional:
         return {}
 
     def counters(self) -> dict[str, int]:
-        return self.cl.counters()
+        return {**self.cl.counters(), **self.ql.counters()}

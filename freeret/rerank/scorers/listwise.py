@@ -37,6 +37,7 @@ from freeret.errors import ConfigError
 from freeret.rerank.options import resolve_option_ids
 from freeret.rerank.scorers.base import (
     BuildContext,
+    PerQuery,
     RowScores,
     ScorerSpec,
     positive_int,
@@ -122,7 +123,7 @@ def sliding_starts(k: int, window: int, stride: int) -> list[int]:
     return [*starts, 0]
 
 
-class Listwise:
+class Listwise(PerQuery):
     """Listwise scorer (see the module docstring)."""
 
     name = "listwise"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from freeret.backbone.backbone import Backbone
-from freeret.backbone.shared_prefix import Prefix, SharedPrefix
+from freeret.backbone.shared_prefix import Prefix, SharedPrefix, padded
 from freeret.backbone.vision_cache import VisionFeatureCache
 from freeret.data.visual import load_visual
 
@@ -52,6 +52,12 @@ def model_inputs(bb: Backbone, vision: VisionFeatureCache | None, prompts: list[
         images = [[im for p in row for im in load_visual(p)] for row in paths]
         inputs = bb.inputs(prompts, images if any(images) else None)
     return {k: v.to(bb.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def prompt_ids(bb: Backbone, prompt: str) -> list[int]:
+    """A text prompt's token ids as a forward of it alone takes them (special tokens as the model's inputs add them):
+    a packed segment (``freeret/rerank/packing.py``) runs exactly the tokens the per-query path runs."""
+    return bb.inputs([prompt])["input_ids"][0].tolist()
 
 
 def head_logits(bb: Backbone, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,16 +100,6 @@ def run_prefix(bb: Backbone, inputs: dict[str, Any]) -> Prefix:
     return shared_prefix(bb).run_prefix(inputs)
 
 
-def _padded(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (ids, mask) of token-id lists."""
-    ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def suffix_logprobs(bb: Backbone, prefix: Prefix, conts: Sequence[Sequence[int]], batch_size: int,
                     scored: Sequence[int] | None = None) -> list[torch.Tensor]:
@@ -113,7 +109,7 @@ def suffix_logprobs(bb: Backbone, prefix: Prefix, conts: Sequence[Sequence[int]]
     results: list[torch.Tensor] = []
     for start in range(0, len(conts), batch_size):
         chunk = conts[start : start + batch_size]
-        ids, mask = _padded(chunk)
+        ids, mask = padded(chunk)
         keep = [len(c) if scored is None else scored[start + i] for i, c in enumerate(chunk)]
         cols = torch.arange(ids.shape[1])
         picked = torch.stack([(cols >= len(c) - k) & (cols < len(c)) for c, k in zip(chunk, keep)])
@@ -130,6 +126,6 @@ def suffix_last_logits(bb: Backbone, prefix: Prefix, suffixes: Sequence[Sequence
     runner = shared_prefix(bb)
     out = []
     for start in range(0, len(suffixes), batch_size):
-        ids, mask = _padded(suffixes[start : start + batch_size])
+        ids, mask = padded(suffixes[start : start + batch_size])
         out.append(runner.last_logits(prefix, ids, mask, rows).to("cpu", torch.float32))
     return torch.cat(out)
