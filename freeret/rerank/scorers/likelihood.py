@@ -354,7 +354,8 @@ class QueryLikelihood(NoRunState):
             pairs = [(i, j) for i, (_, cands) in enumerate(rows) for j, c in enumerate(cands) if self._segmentable(c)]
             if pairs:
                 segments = self.cache.get([rows[i][1][j].text for i, j in pairs], self._segments)
-                ids = {i: self.text.scored_ids(self.prompt(rows[i][1][j]), rows[i][0].text) for i, j in pairs}
+                first = dict(reversed(pairs))  # query -> one of its packed candidates (every prompt ends alike)
+                ids = {i: self.text.scored_ids(self.prompt(rows[i][1][j]), rows[i][0].text) for i, j in first.items()}
                 lps = packing.suffix_logprobs(self.runner, self._start(), [Row(seg, ids[i]) for (i, _), seg in
                                                                           zip(pairs, segments)], self.max_tokens)
                 for (i, j), lp in zip(pairs, lps):
