@@ -30,6 +30,23 @@ def ranks_rerun_this_job(hydra_cfg: DictConfig) -> None:
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
 
+def with_preset(cfg: DictConfig, hydra_cfg: DictConfig) -> DictConfig:
+    """``method=freeret_plus``: the config composed again with the loaded model's preset file
+    (:func:`freeret.presets.resolve`; the command line's overrides still win); the job's ``.hydra/config.yaml`` is
+    rewritten to what runs. Any other config comes back as Hydra composed it."""
+    from hydra import compose
+
+    from freeret.atomic_files import write_text_atomic
+    from freeret.presets import resolve
+
+    resolved = resolve(lambda overrides: compose(config_name="config", overrides=overrides),
+                       list(hydra_cfg.overrides.task), composed=cfg)
+    if resolved is not cfg and hydra_cfg.output_subdir is not None:
+        write_text_atomic(Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml",
+                          OmegaConf.to_yaml(resolved))
+    return resolved
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Run one configuration (one dataset or a benchmark); print a line per dataset; return the mean main score."""
@@ -42,6 +59,7 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         ranks_rerun_this_job(hydra_cfg)
+    cfg = one_line_errors(lambda: with_preset(cfg, hydra_cfg), bool(cfg.get("debug")))
     config = OmegaConf.to_container(cfg, resolve=True)
     config["run_dir"] = hydra_cfg.runtime.output_dir
     launch = launch_state()

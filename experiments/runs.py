@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from freeret.eval.results import RunResult
 from freeret.experiment import Done, Job, Models, launch, run_jobs
 from freeret.paths import repo_root
+from freeret.presets import resolve
 from freeret.run.inputs import SharedModel
 
 CONF = repo_root() / "conf"
@@ -28,12 +29,14 @@ LAUNCHERS = sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml"))
 
 
 def compose(overrides: Sequence[str], config_name: str = "config", hydra: bool = False) -> dict[str, Any]:
-    """The plain config ``run.py OVERRIDES`` runs (``config_name="probe"``: a probe's), resolved."""
+    """The plain config ``run.py OVERRIDES`` runs (``config_name="probe"``: a probe's), resolved; a per-model preset
+    (``method=freeret_plus``) applied as run.py applies it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
+        cfg = resolve(lambda o: hydra_compose(config_name=config_name, overrides=o, return_hydra_config=hydra),
+                      list(overrides))
     return OmegaConf.to_container(cfg, resolve=not hydra)
 
 

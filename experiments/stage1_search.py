@@ -4,6 +4,7 @@
     python experiments/stage1_search.py --model smollm2_135m --out ... --axes prior abtt_d    # some axes only
     python experiments/stage1_search.py --model smollm2_135m --out ... --test                 # once, on test
     python experiments/stage1_search.py --spec experiments/stage1_search_cpu.yaml ...         # the lean CPU search
+    python experiments/stage1_search.py --model smollm2_135m --out ... --write-preset         # method=freeret_plus's file
 
 The axes, the start and the baselines are data: ``search`` in ``conf/experiment/stage1_search.yaml``. Each axis is
 one ``experiment=stage1_search`` sweep (suite ``stage1_dev``: the reverse dictionary's dev split and the meta-task
@@ -13,12 +14,16 @@ mean hit@1, and it replaces the best only if higher. A sweep runs in this proces
 way its jobs land in ``<out>/<axis>/<job>``. ``<out>/search.json`` keeps every job's scores, overrides and wall
 time, and the best setting after each axis; a rerun skips finished axes, and finished jobs of an unfinished one
 (and the embedding cache skips finished vectors). ``--test`` runs the chosen setting and the baselines on suite ``stage1_test``, and the
-baselines on dev too; nothing is chosen from a test score.
+baselines on dev too; nothing is chosen from a test score. ``--write-preset`` writes the chosen setting into
+``conf/presets/freeret_plus/<model>.yaml`` (``--write-preset _general``: the file of models without their own), with
+its provenance (this search file, split, objective and score, the dev datasets, the date), so ``method=freeret_plus``
+applies it to that model from then on (freeret/presets.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import time
@@ -33,6 +38,7 @@ from freeret.bench import bar_chart
 from freeret.cli import one_line_errors, quiet_lightning
 from freeret.experiment import Models
 from freeret.paths import repo_root
+from freeret.presets import write as write_preset_file
 from freeret.run.report import summary_line
 
 CONFIG = repo_root() / "conf" / "experiment" / "stage1_search.yaml"
@@ -258,6 +264,32 @@ def compare(states: list[dict[str, Any]], spec_path: Path = CONFIG) -> str:
     return "\n".join(lines) + "\n"
 
 
+def objective_name(state: dict[str, Any]) -> str:
+    """The objective the search's jobs were scored on (the RD part alone where no meta-task dev dataset ran)."""
+    jobs = [j for axis in state["axes"].values() for j in axis.get("jobs", [])]
+    return state["objective"] if any(j.get("meta") is not None for j in jobs) else "RD dev hit@1 (no meta-task dev run)"
+
+
+def write_preset(state: dict[str, Any], out: Path, name: str | None = None, preset: str = "freeret_plus",
+                 root: Path | None = None, date: str | None = None) -> Path:
+    """``conf/presets/<preset>/<name or the search's model>.yaml`` from the search's chosen setting (``best``), with
+    where it was chosen; returns the file written."""
+    jobs = [j for axis in state["axes"].values() for j in axis.get("jobs", [])]
+    chosen = [j for j in jobs if j.get("setting") == state["best"] and j.get("objective") == state["best_objective"]]
+    search = (out / "search.json").resolve()
+    try:
+        search = search.relative_to(repo_root())
+    except ValueError:
+        pass
+    provenance = {"split": "dev", "search": str(search), "objective": objective_name(state),
+                  "score": state["best_objective"], "datasets": sorted(chosen[0]["scores"]) if chosen else None,
+                  "date": date or datetime.date.today().isoformat(),
+                  "written_by": "experiments/stage1_search.py --write-preset",
+                  "note": f"chosen for {state['model']}" if (name or state["model"]) != state["model"] else None}
+    return write_preset_file(preset, name or state["model"], state["best"],
+                             {k: v for k, v in provenance.items() if v is not None}, root=root)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a conf/model name (every mode but --compare)")
@@ -270,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="write a compact search.json, leaderboard.md and final.png into this folder; run nothing")
     parser.add_argument("--compare", type=Path, nargs="+", default=None,
                         help="print the dev leaderboards of these search folders side by side; run nothing")
+    parser.add_argument("--write-preset", nargs="?", const="", default=None, metavar="NAME",
+                        help="write the chosen setting of <out>/search.json into conf/presets/freeret_plus/<model>.yaml "
+                             "(NAME: that file's name instead, e.g. _general); run nothing")
     parser.add_argument("--spec", type=Path, default=CONFIG,
                         help="a YAML file whose `search` section replaces the experiment's (e.g. stage1_search_cpu.yaml)")
     add_launcher_argument(parser)
@@ -282,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model and --out are required (except with --compare)")
     if args.report:
         print(report(json.loads((args.out / "search.json").read_text()), args.report, args.spec))
+        return 0
+    if args.write_preset is not None:
+        state = json.loads((args.out / "search.json").read_text())
+        path = one_line_errors(lambda: write_preset(state, args.out, args.write_preset or None))
+        print(f"wrote {path}")
         return 0
     quiet_lightning()
     if args.test:

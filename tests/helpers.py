@@ -26,12 +26,16 @@ QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 
 
 def compose(overrides: list[str] | None = None, hydra: bool = False):
-    """Compose the Hydra config as run.py would (without running); ``hydra=True`` keeps the ``hydra`` node."""
+    """Compose the Hydra config as run.py would (without running; a per-model preset applied, as run.py applies
+    it); ``hydra=True`` keeps the ``hydra`` node."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from freeret.presets import resolve
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides or [], return_hydra_config=hydra)
+        return resolve(lambda o: hydra_compose(config_name="config", overrides=o, return_hydra_config=hydra),
+                       list(overrides or []))
 
 
 def dataset_prompt(name: str):

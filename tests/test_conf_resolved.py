@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from freeret.presets import resolve
 from helpers import CONF, REPO, check_snapshot
 
 SNAPSHOT = REPO / "tests/snapshots/conf_resolved.json"
@@ -31,6 +32,12 @@ COMBINATIONS = [
     ["framing=retllm", "scorer=bidirectional"],
     ["dataset=wordnet_rd_dev", "postprocess=center", "postprocess.fit_on=corpus",
      "+dataset@postprocess.corpus=wordnet_dev/ret_def2lemma"],
+    # issue 26: method=freeret_plus per model (its own file, the general one, a command-line override on top), and the
+    # pinned names, whose entries equal those of `method=freeret_plus` / `method=freeret_plus_270m` before issue 26
+    ["method=freeret_plus", "model=gemma3_270m"], ["method=freeret_plus", "model=tiny_qwen2vl"],
+    ["method=freeret_plus", "prior.demos.k=4"], ["method=freeret_plus", "model=gemma3_270m", "prior=e5v"],
+    ["method=freeret_plus_v1", "model=gemma3_270m"], ["method=freeret_plus_v1", "pipeline=two_stage"],
+    ["method=freeret_plus_270m", "model=gemma3_270m"],
 ]
 REQUIRED = {"dataset=mmeb_v2/video": ["dataset.task=MSR-VTT"], "dataset=mmeb_v2/visdoc": ["dataset.task=ViDoRe_docvqa"]}
 ABSENT = "<absent>"
@@ -53,7 +60,7 @@ def runs() -> list[list[str]]:
 def _resolved(compose, overrides: list[str]) -> dict[str, Any]:
     """The composed config, resolved, with every ``paths`` entry replaced by a stub; the experiment's sweep and the
     order of the benchmark's datasets (the order they run in) kept."""
-    cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    cfg = resolve(lambda o: compose(config_name="config", overrides=o, return_hydra_config=True), overrides)
     params = cfg.hydra.sweeper.params
     sweep = OmegaConf.to_container(params, resolve=False) if params is not None else {}
     with_hydra = OmegaConf.to_container(cfg, resolve=False)

@@ -164,12 +164,14 @@ def test_search_compare_puts_models_side_by_side():
     assert "| a | `prior=e5v` | 30.0 |" in text
 
 
-@pytest.mark.parametrize("preset, model", [("freeret_plus", "smollm2_135m"), ("freeret_plus_270m", "gemma3_270m")])
+@pytest.mark.parametrize("preset, model", [("freeret_plus", "smollm2_135m"), ("freeret_plus", "gemma3_270m"),
+                                           ("freeret_plus_v1", "smollm2_135m"), ("freeret_plus_270m", "gemma3_270m")])
 def test_freeret_plus_is_the_setting_chosen_on_dev(preset, model):
-    """Each freeret_plus preset composes to exactly the setting its model's recorded dev search chose (config is
-    data); a key the search never moved keeps the search's start (e.g. the few-shot prior's default k)."""
+    """method=freeret_plus on each model, and the pinned name of each model's choice, compose to exactly the setting
+    that model's recorded dev search chose (config is data); a key the search never moved keeps the search's start
+    (e.g. the few-shot prior's default k)."""
     state = json.loads((REPO / f"docs/results/{model}/stage1_search/search.json").read_text())
-    cfg = OmegaConf.to_container(compose([f"method={preset}"]), resolve=True)
+    cfg = OmegaConf.to_container(compose([f"method={preset}", f"model={model}"]), resolve=True)
     best = {"prior.demos.k": OmegaConf.load(REPO / "conf/prior/fewshot.yaml").demos.k, **state["best"]}
     for key, value in best.items():
         node = cfg

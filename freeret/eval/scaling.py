@@ -21,16 +21,16 @@ LAYERS = {"layer_attn_last": "h^Attn_L", "layer_mlp_last": "h^MLP_L", "method_e5
 PRIORS = {"prior_none": "none", "prior_e5v": "E5-V base", "prior_grounding": "+ grounding",
           "prior_grounding_noise": "+ noise suppression", "layer_attn_last": "+ task alignment (FreeRet)"}
 METHODS = {"layer_attn_last": "FreeRet (paper: h^Attn_L, FreeRet prior)", "method_e5v": "E5-V",
-           "method_freeret_plus": "freeret_plus (PromptEOL, ABTT; chosen on SmolLM2 dev)",
+           "method_freeret_plus": "freeret_plus_v1 (PromptEOL, ABTT; chosen on SmolLM2 dev)",
            "method_freeret_plus_270m": "freeret_plus_270m (+ one demonstration; chosen on Gemma dev)"}
 PAPER_FRAMINGS = ("right_wrong", "yes_no", "true_false", "mcq")  # Table 3c
 FRAMINGS = (*PAPER_FRAMINGS, "mmembed", "retllm")
 SCORERS = {"choice_debiased": "choice (MCQ), both option orders", "cl_pmi": "candidate likelihood, PMI (lambda=1)",
            "query_likelihood": "query likelihood (UPR)", "blim": "BLiM (bidirectional)", "listwise": "listwise"}
 RERANKS = (*FRAMINGS, *SCORERS)  # run rerank_<name>: the paper's framings (scorer=choice), then the other scorers
-META = {"meta_freeret": "FreeRet (MCQ rerank)", "meta_e5v": "E5-V", "meta_freeret_plus": "freeret_plus (stage 1)"}
+META = {"meta_freeret": "FreeRet (MCQ rerank)", "meta_e5v": "E5-V", "meta_freeret_plus": "freeret_plus_v1 (stage 1)"}
 PROBES = ("probe_lexical_bias", "probe_anisotropy", "probe_framing_sensitivity")
-STAGE1_PLUS = tuple(r for r in METHODS if r not in LAYERS)  # the freeret_plus presets' stage-1 runs
+STAGE1_PLUS = tuple(r for r in METHODS if r not in LAYERS)  # the pinned freeret_plus settings' stage-1 runs (same on every model)
 ALL_RUNS = (*LAYERS, *(r for r in PRIORS if r not in LAYERS), *STAGE1_PLUS, *(f"rerank_{f}" for f in RERANKS),
             *PROBES, *META)  # every run the table reads
 

@@ -14,6 +14,7 @@ from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 from freeret.eval.metrics import MAIN_SCORE, METRICS
 from freeret.eval.results import DISTRIBUTIONS, SPLITS, Task
+from freeret.presets import unresolved
 from freeret.prompts import DatasetPrompt
 from freeret.rerank.framing import Framing
 from freeret.rerank.scorers import scorer_spec
@@ -69,6 +70,8 @@ def check(cfg: Mapping[str, Any], warn: bool = True) -> Plan:
     """Parse and check everything the config alone decides: a mistake is a one-line ConfigError here, before any
     data or weights load (:func:`freeret.benchmark.check_datasets` checks every dataset of a suite this way first,
     with ``warn=False``: what the config would run without is logged once, by the run itself)."""
+    if (problem := unresolved(cfg)) is not None:
+        raise ConfigError(problem)
     spec = ModelSpec.from_dict(cfg["model"])
     layer = Readout.from_config(cfg["layer"], cfg.get("pooling"))
     pipeline_cfg = dict(cfg.get("pipeline") or {"name": "embed"})

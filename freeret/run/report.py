@@ -17,6 +17,7 @@ from freeret.eval.results import (
     RunResult,
     environment,
 )
+from freeret.presets import record as preset_record
 from freeret.run.inputs import Inputs
 from freeret.run.plan import Plan
 from freeret.run.stages import StageResults
@@ -53,6 +54,7 @@ def report(plan: Plan, inputs: Inputs, backbone: Backbone, done: StageResults, s
         retriever=done.stage1.get("retriever"),
         postprocess=done.stage1.get("postprocess"),
         prior_detail=plan.prior.describe(),
+        preset=preset_record(plan.cfg),
         task=plan.task,
         counts=Counts(**{**rset.summary(), **inputs.report.counts(), "num_items_embedded": len(rset.items),
                          "num_queries": len(rset.rows) + inputs.missed, "scored_queries": len(rset.rows),
@@ -83,6 +85,7 @@ def summary_line(result: RunResult) -> str:
     if result.rerank is not None:
         framing += f" | scorer={result.rerank.scorer}" if result.rerank.scorer != "choice" else ""
         framing += f" top{result.rerank.top_k}"
+    preset = f" | preset={result.preset['name']}/{result.preset['model']}" if result.preset else ""
     rag = ""
     if result.rag:
         rag = f" | RAG EM={result.rag['exact_match_with_retrieval']:.3f} (closed-book {result.rag['exact_match_closed_book']:.3f})"
@@ -90,7 +93,7 @@ def summary_line(result: RunResult) -> str:
         ("retriever", (result.retriever or {}).get("label", "dense"), "dense"),
         ("postprocess", (result.postprocess or {}).get("label", "none"), "none")) if label != default)
     return (
-        f"{result.dataset}: {scores} | layer={result.layer.label} | prior={result.prior}{stage1}{framing} "
+        f"{result.dataset}: {scores} | layer={result.layer.label} | prior={result.prior}{stage1}{framing}{preset} "
         f"| model={result.model_name} | {result.counts.num_queries} queries x "
         f"{result.counts.candidates_per_query} candidates{rag}{failed_note(result)} | {result.timing['wall_seconds']:.0f}s"
     )
