@@ -15,12 +15,13 @@ Both paths get the same vision-feature cache, so the image tower runs once per i
 ``--scorers`` (text case): every named stage-2 scorer (conf/scorer), three paths side by side at equal threads:
 ``naive`` (``scorer.naive`` per query: one full forward per prompt, per pair, per window and per candidate prior),
 ``run`` (the run's path over all the queries, timed as a whole: ``score_block`` on ``--queries-per-step`` rows at a
-time where the scorer has it, else ``score`` per query; a fresh scorer per K, so no cache carries across K; its
-BuildContext gets ``max_tokens_per_batch=--max-tokens`` where it takes it) and ``today`` (the per-query ``score`` of
-the checkout ``--today-code``, by bench_rerank_commits.py in a subprocess; skipped without it). Per path: pairs/s,
-decoder tokens per pair (padding included), and MFU (model FLOPs of the tokens run, LM head included, per second over
-an fp32 torch.mm rate measured in the same run); per scorer and K the minimum tokens per pair given perfect reuse,
-from the scorer's own prompts tokenised (``minimum_tokens``), and the largest |run - naive| score difference:
+time where the scorer has it, else ``score`` per query; the fastest of ``--repeats`` rounds, a fresh scorer each, so
+no cache carries across rounds or K; its BuildContext gets ``max_tokens_per_batch=--max-tokens`` where it takes it)
+and ``today`` (the per-query ``score`` of the checkout ``--today-code``, by bench_rerank_commits.py in a subprocess,
+rounds alike; skipped without it). Per path: pairs/s, decoder tokens per pair (padding included), and MFU (model
+FLOPs of the tokens run, LM head included, per second over an fp32 torch.mm rate measured in the same run); per
+scorer and K the minimum tokens per pair given perfect reuse, from the scorer's own prompts tokenised
+(``minimum_tokens``), and the largest |run - naive| score difference:
 
     git -C /work/main archive ccb5abb | tar -x -C /tmp/freeret_ccb5abb
     python experiments/bench_rerank.py --scorers candidate_likelihood query_likelihood bidirectional choice \
@@ -335,11 +336,23 @@ def timed_work(counter: DecoderWork, call, device: torch.device) -> tuple[object
     return got, {"seconds": time.perf_counter() - start, **counter.take()}
 
 
+def fastest_of(rounds: int, build, call, counter: DecoderWork, device: torch.device) -> tuple[object, dict[str, float]]:
+    """``call(scorer)`` on a fresh ``build()`` scorer (no cache carried from another round) ``rounds`` times; the last
+    result and the work of the fastest round (the counts are the same every round)."""
+    best: dict[str, float] | None = None
+    for _ in range(rounds):
+        scorer = build()
+        got, work = timed_work(counter, lambda s=scorer: call(s), device)
+        best = work if best is None or work["seconds"] < best["seconds"] else best
+    return got, {**best, "rounds": rounds}
+
+
 def path_figures(work: dict[str, float], pairs: int, ref_gflops: float) -> dict[str, float]:
     """A path's figures from its work: pairs/s, tokens per pair and per second, forwards, seconds, model GFLOP/s
     (decoder + LM head) and MFU against the run's fp32 matmul rate."""
     secs, flops = work["seconds"], work["decoder_flops"] + work["head_flops"]
-    return {"pairs_per_s": pairs / secs, "tokens_per_pair": work["tokens"] / pairs, "tokens_per_s": work["tokens"] / secs,
+    return {**({"rounds": work["rounds"]} if "rounds" in work else {}),
+            "pairs_per_s": pairs / secs, "tokens_per_pair": work["tokens"] / pairs, "tokens_per_s": work["tokens"] / secs,
             "forwards": work["forwards"], "tokens": work["tokens"], "seconds": secs, "decoder_flops": work["decoder_flops"],
             "head_flops": work["head_flops"], "model_gflops_per_s": flops / secs / 1e9, "mfu": flops / secs / 1e9 / ref_gflops}
 
@@ -426,7 +439,7 @@ def today_paths(args, name: str) -> dict[int, dict]:
            "--scorers", name, "--k", *map(str, args.k), "--queries", str(args.queries),
            "--threads", str(torch.get_num_threads()), "--batch-size", str(args.batch_size), "--model", args.model,
            "--layers", str(args.layers), "--weights", args.weights, "--framing", args.framing, "--device", args.device,
-           "--max-tokens", str(args.max_tokens)]
+           "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats)]
     ran = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if ran.returncode != 0:
         raise SystemExit(f"error: the today path failed on {args.today_code} ({' '.join(cmd)}):\n{ran.stderr[-3000:]}")
@@ -466,9 +479,9 @@ def scorers_case(backbone, args) -> tuple[list[dict], dict]:
             rows = [(q, c[:k]) for q, c in qrows]
             pairs = sum(len(c) for _, c in rows)
             naive, naive_work = timed_work(counter, lambda r=reference, rs=rows: [r.naive(q, c) for q, c in rs], device)
-            scorer = build()  # fresh: no cache carries across K
-            ran, run_work = timed_work(counter, lambda s=scorer, rs=rows: run_path(s, rs, args.queries_per_step), device)
-            minimum = minimum_tokens(scorer, rows)
+            ran, run_work = fastest_of(args.repeats, build, lambda s, rs=rows: run_path(s, rs, args.queries_per_step),
+                                       counter, device)
+            minimum = minimum_tokens(reference, rows)
             per_k.append({"scorer": name, "k": k, "queries": len(rows), "pairs": pairs,
                           "minimum_tokens": minimum, "minimum_tokens_per_pair": sum(minimum.values()) / pairs if minimum else None,
                           "max_abs_score_diff": max_diff(ran, naive), "work": {"naive": naive_work, "run": run_work},
@@ -479,7 +492,8 @@ def scorers_case(backbone, args) -> tuple[list[dict], dict]:
             work = rec.pop("work")
             if rec["k"] in today:
                 got = today[rec["k"]]
-                work["today"] = {key: got[key] for key in ("seconds", "forwards", "tokens", "decoder_flops", "head_flops")}
+                work["today"] = {key: got[key] for key in ("seconds", "forwards", "tokens", "decoder_flops", "head_flops",
+                                                           "rounds")}
                 rec["max_abs_score_diff_today"] = max_diff(got["scores"], naive)
                 rec["today_code"] = got["code"]
             results.append({**rec, "_work": work})
@@ -492,15 +506,16 @@ def scorers_case(backbone, args) -> tuple[list[dict], dict]:
 
 
 SCORERS_NOTE = (
-    "paths: naive = scorer.naive per query (one full forward per prompt); run = the run's path over all the queries "
-    "timed as a whole, a fresh scorer per K (score_block on blocks of queries_per_step rows where the scorer has it, "
-    "else score per query); today = the per-query score of the checkout today_code, in a subprocess with the same "
-    "queries, threads and batch size. tokens = decoder token positions run (padding included; every decoder forward: "
-    "prompts, prefixes, suffixes, priors), counted by a hook on the decoder. mfu = (decoder_flops + head_flops) / "
-    "seconds / matmul_gflops: decoder FLOPs per forward by flop_formula (no LM head; a forward on a KV cache of n tokens "
-    "attends at positions n+1..), head FLOPs = 2 * d * the logits the LM head computed (positions x vocabulary rows, "
-    "counted by wrapping SharedPrefix.head_logits); matmul_gflops = the best fp32 torch.mm rate (2048^3) measured "
-    "before and after the scorers in this process, the higher of the two (today's MFU uses it too).")
+    "paths: naive = scorer.naive per query (one full forward per prompt), one round; run = the run's path over all "
+    "the queries timed as a whole, the fastest of `rounds` rounds, a fresh scorer each (score_block on blocks of "
+    "queries_per_step rows where the scorer has it, else score per query); today = the per-query score of the checkout "
+    "today_code, in a subprocess with the same queries, threads, batch size and rounds. tokens = decoder token "
+    "positions run (padding included; every decoder forward: prompts, prefixes, suffixes, priors), counted by a hook "
+    "on the decoder. mfu = (decoder_flops + head_flops) / seconds / matmul_gflops: decoder FLOPs per forward by "
+    "flop_formula (no LM head; a forward on a KV cache of n tokens attends at positions n+1..), head FLOPs = 2 * d * "
+    "the logits the LM head computed (positions x vocabulary rows, counted by wrapping SharedPrefix.head_logits); "
+    "matmul_gflops = the best fp32 torch.mm rate (2048^3) measured before and after the scorers in this process, the "
+    "higher of the two (today's MFU uses it too).")
 
 
 def print_scorer_line(rec: dict) -> None:
@@ -538,7 +553,9 @@ def hf_naive(scorer: Choice, query: Item, cands: list[Item]) -> torch.Tensor:
 
 def main() -> None:
     ap = parser(__doc__, model="smollm2_135m", layers=2, weights=True, threads=None,
-                threads_help="torch threads (default: torch's)", device=True,
+                threads_help="torch threads (default: torch's)", repeats=3,
+                repeats_help="--scorers: rounds of the run and today paths, a fresh scorer each; each path's fastest "
+                             "round is kept (naive runs once)", device=True,
                 device_help="cpu, or cuda (scores come back to the host each query: timed synchronously)")
     ap.add_argument("--case", choices=["text", "image", "image_candidates"], default="text")
     ap.add_argument("--workers", type=int, nargs="*", default=[],

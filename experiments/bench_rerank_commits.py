@@ -13,7 +13,8 @@ with spies. Prints JSON, one line per K.
 
 ``--scorers`` (text): each named stage-2 scorer, built from that checkout's ``conf/scorer`` (composed as run.py
 does, through ``runs.composed``) on ``--model``, times its per-query ``score`` over the WordNet rows that
-``bench_rerank.py --scorers`` uses (a fresh scorer per K, after a warm-up on other candidates) and counts the
+``bench_rerank.py --scorers`` uses (the fastest of ``--repeats`` rounds, a fresh scorer each, after a warm-up on
+other candidates) and counts the
 decoder's forwards, tokens and FLOPs (``bench_rerank.DecoderWork``). Prints one JSON object: per scorer and K,
 pairs/s, tokens, forwards, seconds, FLOPs, MFU against an fp32 matmul measured here, and the scores.
 ``bench_rerank.py --today-code DIR`` runs this mode as its ``today`` path.
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16, help="text mode: BuildContext.batch_size")
     ap.add_argument("--max-tokens", type=int, default=512, help="text mode: BuildContext.max_tokens_per_batch, if it has it")
     ap.add_argument("--device", default="cpu", help="text mode: cpu, or cuda")
+    ap.add_argument("--repeats", type=int, default=1, help="text mode: rounds, a fresh scorer each; the fastest is kept")
     args = ap.parse_args()
     on_code(args.code)  # that checkout's freeret wins
     this_bench()
@@ -88,7 +90,7 @@ def main() -> None:
 def text_scorers(args: argparse.Namespace) -> None:
     """The per-query ``score`` path of each of ``--scorers`` at every K (see the module docstring); prints JSON."""
     import torch
-    from bench_rerank import DecoderWork, path_figures, scorer_builder, text_rows, timed_work
+    from bench_rerank import DecoderWork, fastest_of, path_figures, scorer_builder, text_rows
 
     import freeret
     from freeret.bench import matmul_gflops, widths
@@ -111,8 +113,7 @@ def text_scorers(args: argparse.Namespace) -> None:
         for k in args.k:
             rows = [(q, c[:k]) for q, c in qrows]
             pairs = sum(len(c) for _, c in rows)
-            scorer = build()  # fresh: no cache carries across K
-            got, work = timed_work(counter, lambda s=scorer, rs=rows: [s.score(q, c) for q, c in rs], device)
+            got, work = fastest_of(args.repeats, build, lambda s, rs=rows: [s.score(q, c) for q, c in rs], counter, device)
             results.append({"scorer": name, "k": k, "queries": len(rows), "pairs": pairs, **path_figures(work, pairs, ref),
                             "build_context": context, "scores": [r.scores.tolist() for r in got]})
     print(json.dumps({"code": str(Path(freeret.__file__).parent.parent), "model": bb.spec.name, "weights": weights,

@@ -104,7 +104,7 @@ def test_bench_rerank_scorers_today_path(tmp_path):
     today, run = row["paths"]["today"], row["paths"]["run"]
     assert row["today_code"] == str(REPO) and row["max_abs_score_diff_today"] < 1e-4
     assert (today["tokens"], today["forwards"]) == (run["tokens"], run["forwards"])  # the same code, the same work
-    assert today["pairs_per_s"] > 0 and today["mfu"] > 0
+    assert today["pairs_per_s"] > 0 and today["mfu"] > 0 and today["rounds"] == run["rounds"] == 3  # --repeats' default
 
 
 SCORED = ["choice", "choice_debiased", "candidate_likelihood", "query_likelihood", "bidirectional"]
