@@ -13,20 +13,31 @@ Paths, each over the same WordNet items (half definitions, half words) with the 
 The naive loops read h^Attn_L with a non-stopping hook (it costs nothing), so embeddings compare at one point.
 Useful (non-pad) and padded tokens are counted per path; for freeret, "useful" is the tokens actually run (each
 prefix once, then every suffix). MFU = model FLOPs of those tokens per second / a plain fp32 matmul rate measured
-in the same run (see ``flops_per_sequence``), reported for freeret and freeret_noprefix.
+in the same run (see ``freeret.bench.flops_per_sequence``), reported for freeret and freeret_noprefix.
 """
 
 from __future__ import annotations
 
 import random
-import time
 
 import torch
 
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.capture import run_until_captured
 from freeret.backbone.prefix import PrefixCache
-from freeret.bench import BENCH_OUT, bar_chart, best_of, conf, dataset_prompt, parser, set_threads, write
+from freeret.bench import (
+    BENCH_OUT,
+    bar_chart,
+    best_of,
+    conf,
+    dataset_prompt,
+    flops_per_sequence,
+    matmul_gflops,
+    parser,
+    set_threads,
+    widths,
+    write,
+)
 from freeret.bench_models import load
 from freeret.data.datamodule import plan_batches
 from freeret.data.datasets import load_dataset
@@ -36,52 +47,6 @@ from freeret.embed.priors import Prior
 from freeret.paths import repo_root
 
 ATTN_LAST = LayerSpec(point="attn", index=-1)
-
-
-def widths(bb: Backbone) -> dict[str, int]:
-    """Decoder widths that enter the FLOP count."""
-    cfg = bb.model.config.get_text_config()
-    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return {"layers": bb.num_layers, "d": cfg.hidden_size, "ff": cfg.intermediate_size, "q": heads * head_dim,
-            "kv": kv * head_dim, "vocab": cfg.vocab_size}
-
-
-def flops_per_sequence(w: dict[str, int], s: int, early_exit: bool, head: bool, start: int = 0) -> float:
-    """Forward FLOPs of ``s`` useful tokens at positions start+1..start+s (multiply-add = 2 FLOPs; norms and
-    activations ignored; ``start`` > 0 for a suffix that attends to ``start`` cached prefix tokens).
-
-    Per token: 2 * (L * P_attn + L' * P_mlp) with P_attn = 2*d*q + 2*d*kv (q, o, k, v projections),
-    P_mlp = 3*d*ff (gate, up, down) and L' = L-1 when the forward stops at h^Attn_L (else L); plus the
-    LM head 2*d*V per token when ``head``. Causal attention: 4*q*p per layer for the token at position p
-    (scores and weighted sum), summed over p = start+1..start+s: 2*q*((start+s)(start+s+1) - start(start+1)).
-    """
-    p_attn = 2 * w["d"] * w["q"] + 2 * w["d"] * w["kv"]
-    p_mlp = 3 * w["d"] * w["ff"]
-    mlp_layers = w["layers"] - 1 if early_exit else w["layers"]
-    per_token = 2 * (w["layers"] * p_attn + mlp_layers * p_mlp) + (2 * w["d"] * w["vocab"] if head else 0)
-    end = start + s
-    return per_token * s + w["layers"] * 2 * w["q"] * (end * (end + 1) - start * (start + 1))
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall times cover it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 GFLOP/s of an n x n x n torch.mm on ``device`` (the reference for MFU)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def pick_items(n: int) -> list[Item]:

@@ -1,7 +1,11 @@
 """What every benchmark and experiment script shares: the common arguments (threads, repeats, out path, model and
 weights, device), an interleaved best-of-N timer (variants timed round-robin, so a busy machine slows each alike and
-ratios are measured side by side in one run), config entries as plain dicts, and one writer for the JSON (with the
-environment) and the bar plot beside it. ``scripts/gpu_check.py`` reads these JSON files whole."""
+ratios are measured side by side in one run), config entries as plain dicts, the model-FLOP count and the matmul
+reference that MFU is measured against (``widths``, ``flops_per_sequence``, ``matmul_gflops``), and one writer for
+the JSON (with the environment) and the bar plot beside it. ``scripts/gpu_check.py`` reads these JSON files whole.
+
+``experiments/bench_rerank_commits.py`` loads this file into another checkout's ``freeret`` (an older one may lack
+these helpers): it imports nothing from ``freeret`` at module level but ``freeret.paths``."""
 
 from __future__ import annotations
 
@@ -102,6 +106,56 @@ def best_of(variants: Mapping[str, Callable[[], T]], repeats: int,
         if round_end:
             round_end(r)
     return best, last
+
+
+def widths(bb: Any) -> dict[str, int]:
+    """Decoder widths that enter the FLOP count, of a :class:`~freeret.backbone.backbone.Backbone`."""
+    cfg = bb.model.config.get_text_config()
+    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return {"layers": bb.num_layers, "d": cfg.hidden_size, "ff": cfg.intermediate_size, "q": heads * head_dim,
+            "kv": kv * head_dim, "vocab": cfg.vocab_size}
+
+
+def flops_per_sequence(w: Mapping[str, int], s: int, early_exit: bool, head: bool, start: int = 0) -> float:
+    """Forward FLOPs of ``s`` tokens at positions start+1..start+s (multiply-add = 2 FLOPs; norms and
+    activations ignored; ``start`` > 0 for a suffix that attends to ``start`` cached prefix tokens).
+
+    Per token: 2 * (L * P_attn + L' * P_mlp) with P_attn = 2*d*q + 2*d*kv (q, o, k, v projections),
+    P_mlp = 3*d*ff (gate, up, down) and L' = L-1 when the forward stops at h^Attn_L (else L); plus the
+    LM head 2*d*V per token when ``head``. Causal attention: 4*q*p per layer for the token at position p
+    (scores and weighted sum), summed over p = start+1..start+s: 2*q*((start+s)(start+s+1) - start(start+1)).
+    """
+    p_attn = 2 * w["d"] * w["q"] + 2 * w["d"] * w["kv"]
+    p_mlp = 3 * w["d"] * w["ff"]
+    mlp_layers = w["layers"] - 1 if early_exit else w["layers"]
+    per_token = 2 * (w["layers"] * p_attn + mlp_layers * p_mlp) + (2 * w["d"] * w["vocab"] if head else 0)
+    end = start + s
+    return per_token * s + w["layers"] * 2 * w["q"] * (end * (end + 1) - start * (start + 1))
+
+
+def sync(device: Any) -> None:
+    """Wait for queued GPU work on ``device`` (a torch.device), so wall times cover it."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: Any, n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n x n x n torch.mm on ``device`` (the reference for MFU), at torch's current threads."""
+    import torch
+
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
 
 
 def write(out: Path, payload: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_main
+from helpers import REPO, run_main, script
 
 
 def _run(script: str, out: Path, *args: str) -> dict:
@@ -63,6 +63,8 @@ def test_bench_rerank_small(tmp_path):
     assert phases["prefix"]["forwards"] == row["queries"] and set(row["tokens_per_s"]["naive"]) == {"full"}
     assert phases["prefix"]["tokens"] + phases["suffix"]["tokens"] == work["fast"]["tokens"]
     assert row["fast_prefix_tokens_per_s"] > 0 and row["fast_suffix_tokens_per_s"] > 0 and res["weights"] == "real"
+    for path in ("naive", "fast", "hf"):  # each path's phases hold its own forwards (the textbook loop's leaked into naive's)
+        assert sum(p["tokens"] for p in row["tokens_per_s"][path].values()) == work[path]["tokens"]
 
 
 @pytest.mark.slow
@@ -81,4 +83,61 @@ def test_bench_rerank_scorers_small(tmp_path):
     scorers = ["choice", "choice_debiased", "candidate_likelihood", "query_likelihood", "bidirectional", "listwise"]
     res = _run("bench_rerank.py", tmp_path / "sc.json", "--scorers", *scorers, "--queries", "1", "--k", "3")
     assert [(r["scorer"], r["k"]) for r in res["results"]] == [(s, 3) for s in scorers]
-    assert all(r["max_abs_score_diff"] < 1e-4 and r["pairs"] == r["k"] for r in res["results"])
+    assert res["max_tokens_per_batch"] == 512 and res["queries_per_step"] == 16 and res["matmul_gflops"] > 0
+    for r in res["results"]:
+        assert r["max_abs_score_diff"] < 1e-4 and r["pairs"] == r["k"]
+        assert set(r["paths"]) == {"naive", "run"}  # no --today-code: no today path
+        run, naive = r["paths"]["run"], r["paths"]["naive"]
+        assert 0 < run["mfu"] and run["head_flops"] > 0 and run["tokens_per_pair"] <= naive["tokens_per_pair"]
+        if r["scorer"] == "listwise":
+            assert r["minimum_tokens"] is None
+        else:  # one query: the run path pads its suffix batches, and runs nothing else the minimum leaves out
+            assert 0 < r["minimum_tokens_per_pair"] <= run["tokens_per_pair"]
+
+
+@pytest.mark.slow
+def test_bench_rerank_scorers_today_path(tmp_path):
+    """--today-code runs bench_rerank_commits.py's text mode on a checkout (here this one) as the today path."""
+    res = _run("bench_rerank.py", tmp_path / "t.json", "--scorers", "query_likelihood", "--queries", "1", "--k", "2",
+               "--today-code", str(REPO))
+    (row,) = res["results"]
+    today, run = row["paths"]["today"], row["paths"]["run"]
+    assert row["today_code"] == str(REPO) and row["max_abs_score_diff_today"] < 1e-4
+    assert (today["tokens"], today["forwards"]) == (run["tokens"], run["forwards"])  # the same code, the same work
+    assert today["pairs_per_s"] > 0 and today["mfu"] > 0 and today["rounds"] == run["rounds"] == 3  # --repeats' default
+
+
+SCORED = ["choice", "choice_debiased", "candidate_likelihood", "query_likelihood", "bidirectional"]
+
+
+@pytest.mark.parametrize("name", SCORED)
+def test_minimum_tokens_is_what_one_suffix_per_forward_runs(name, smollm):
+    """The minimum (from the scorer's prompts tokenised) against the decoder's own count: with one suffix per batch
+    (no padding) and one query, today's run path reuses every prefix it can and runs nothing twice, so it runs
+    exactly the minimum; a second query over the same candidates adds its prompt and pairs (candidate likelihood:
+    no prior again). The naive path runs more."""
+    bench = script("experiments/bench_rerank.py")
+    from freeret.data.retrieval_set import Item
+    from freeret.rerank.scorers.lm import base_model, shared_prefix
+
+    cands = [Item.make("target", t, None) for t in ["dog", "an old wooden ship with three tall masts", "barking"]]
+    queries = [Item.make("query", t, None) for t in ["a domestic animal that barks", "a sailing vessel"]]
+    counter = bench.DecoderWork(base_model(smollm), bench.widths(smollm))
+    counter.watch_head(shared_prefix(smollm))
+    try:
+        build, _ = bench.scorer_builder(smollm, name, "mcq", batch_size=1, max_tokens=512)
+        rows = [(queries[0], cands)]
+        _, work = bench.timed_work(counter, lambda: [build().score(q, c) for q, c in rows], smollm.device)
+        minimum = bench.minimum_tokens(build(), rows)
+        assert work["tokens"] == sum(minimum.values()) and work["head_flops"] > 0
+        _, naive = bench.timed_work(counter, lambda: [build().naive(q, c) for q, c in rows], smollm.device)
+        assert naive["tokens"] > work["tokens"]
+        if name == "candidate_likelihood":
+            both = [(q, cands) for q in queries]
+            scorer = build()
+            _, work = bench.timed_work(counter, lambda: [scorer.score(q, c) for q, c in both], smollm.device)
+            assert work["tokens"] == sum(bench.minimum_tokens(scorer, both).values())
+            assert set(minimum) == {"query_prompts", "candidates", "prior_prompt", "prior_candidates"}
+    finally:
+        counter.close()
+    assert not vars(shared_prefix(smollm)).get("head_logits")  # close() put the head back
