@@ -297,7 +297,7 @@ def build_context(cls: type, **kwargs):  # noqa: ANN201 - a BuildContext of whic
     return cls(**{k: v for k, v in kwargs.items() if k in names})
 
 
-def scorer_builder(backbone, name: str, framing_name: str, batch_size: int, max_tokens: int):  # noqa: ANN201
+def scorer_builder(backbone, name: str, framing_name: str, batch_size: int, max_tokens: int | None):  # noqa: ANN201
     """(a function that builds a fresh ``name`` scorer, the BuildContext's settings): the scorer as run.py composes
     ``conf/scorer/<name>.yaml``, for WordNet prompts, with the settings that this checkout's BuildContext takes."""
     from runs import composed
@@ -439,7 +439,7 @@ def today_paths(args, name: str) -> dict[int, dict]:
            "--scorers", name, "--k", *map(str, args.k), "--queries", str(args.queries),
            "--threads", str(torch.get_num_threads()), "--batch-size", str(args.batch_size), "--model", args.model,
            "--layers", str(args.layers), "--weights", args.weights, "--framing", args.framing, "--device", args.device,
-           "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats)]
+           "--repeats", str(args.repeats), *(["--max-tokens", str(args.max_tokens)] if args.max_tokens else [])]
     ran = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if ran.returncode != 0:
         raise SystemExit(f"error: the today path failed on {args.today_code} ({' '.join(cmd)}):\n{ran.stderr[-3000:]}")
@@ -572,8 +572,9 @@ def main() -> None:
     ap.add_argument("--today-code", type=Path, default=None,
                     help="--scorers: a checkout of the code before the change (git archive ... | tar -x -C DIR); its "
                          "per-query score path is timed as `today` (bench_rerank_commits.py, a subprocess)")
-    ap.add_argument("--max-tokens", type=int, default=512,
-                    help="--scorers: BuildContext.max_tokens_per_batch, where this checkout's BuildContext takes it")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="--scorers: BuildContext.max_tokens_per_batch, where this checkout's BuildContext takes it "
+                         "(default: the pipeline's, by device: 1024 on a CPU, 8192 on a GPU)")
     ap.add_argument("--queries-per-step", type=int, default=16,
                     help="--scorers: rows per score_block call, where the scorer has score_block")
     args = ap.parse_args()

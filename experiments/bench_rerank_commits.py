@@ -75,7 +75,8 @@ def main() -> None:
     ap.add_argument("--weights", choices=["real", "random", "auto"], default="real", help="text mode: as bench_rerank.py's")
     ap.add_argument("--framing", default="mcq", help="text mode: the choice scorers' conf/framing")
     ap.add_argument("--batch-size", type=int, default=16, help="text mode: BuildContext.batch_size")
-    ap.add_argument("--max-tokens", type=int, default=512, help="text mode: BuildContext.max_tokens_per_batch, if it has it")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="text mode: BuildContext.max_tokens_per_batch, if it has it (default: by device)")
     ap.add_argument("--device", default="cpu", help="text mode: cpu, or cuda")
     ap.add_argument("--repeats", type=int, default=1, help="text mode: rounds, a fresh scorer each; the fastest is kept")
     args = ap.parse_args()

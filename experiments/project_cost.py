@@ -61,12 +61,8 @@ DEFAULT_SCORERS = ("choice", "query_likelihood", "candidate_likelihood", "bidire
 
 def flops_per_sequence(w: Mapping[str, int], s: int, early_exit: bool, head: bool, start: int = 0) -> float:
     """The repo's decoder FLOP count (freeret.bench when it has it, else experiments/bench_embed.py)."""
-    try:
-        from freeret.bench import flops_per_sequence as count  # type: ignore[attr-defined]
-    except ImportError:
-        if str(HERE) not in sys.path:
-            sys.path.insert(0, str(HERE))
-        from bench_embed import flops_per_sequence as count
+    from freeret.bench import flops_per_sequence as count
+
     return count(dict(w), s, early_exit, head, start)
 
 
@@ -418,9 +414,7 @@ def count_mmeb_assumed(cfg: Mapping[str, Any], inputs: Mapping[str, Any], counte
 
 def suite_datasets(suite: str) -> dict[str, dict[str, Any]]:
     """The dataset configs of ``conf/suite/<suite>.yaml`` as Hydra composes them."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    from runs import compose
+    from runs import compose  # experiments/ is the script's own folder: first on the import path
 
     return dict(compose([f"suite={suite}"])["benchmark"]["datasets"])
 

@@ -45,7 +45,8 @@ from typing import Any, NamedTuple
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = ("tiny_qwen2vl", "tiny_qwen25vl", "tiny_idefics3", "tiny_llava_ov", "tiny_internvl")
 IMAGE_DATASETS = ("NIGHTS", "CIRR", "RefCOCO-Matching")  # image -> image, image + text -> image, both sides mixed
-STEPS = ("env", "families", "mmeb_images", "ddp", "sweep", "bench_embed", "bench_rerank_text", "bench_rerank_images")
+STEPS = ("env", "families", "mmeb_images", "ddp", "sweep", "bench_embed", "bench_rerank_text", "bench_rerank_images",
+         "bench_rerank_scorers")
 DEFAULT_BUDGET = 480  # seconds: the whole default list on one H100 (estimated, docs/gpu.md), under the host's 9 minutes
 CPU_LIMITS = 10  # step limits are sized for a GPU; with --device cpu they are this many times longer (budget still caps)
 
@@ -134,7 +135,8 @@ def plan(args: argparse.Namespace, scratch: Path) -> dict[str, Step]:
     py, dev, dtype = sys.executable, args.device, args.dtype
     common = run_args(dev, dtype)
     fam = ",".join(args.families)
-    bench = {name: scratch / f"{name}.json" for name in ("bench_embed", "bench_rerank_text", "bench_rerank_images")}
+    bench = {name: scratch / f"{name}.json" for name in ("bench_embed", "bench_rerank_text", "bench_rerank_images",
+                                                         "bench_rerank_scorers")}
     steps = {
         "env": Step([py, "scripts/gpu_env.py", "probe"], lambda out: check_env(out, dev), 60, 5),
         "families": Step([py, "run.py", "-m", f"model={fam}", "dataset=smoke_mm", "pipeline=two_stage",
@@ -167,6 +169,12 @@ def plan(args: argparse.Namespace, scratch: Path) -> dict[str, Step]:
                                      "--k", "8", "32", "--workers", "4", "--out", str(bench["bench_rerank_images"])],
                                     lambda _: bench_figures(bench["bench_rerank_images"]), 120, 45,
                                     plots(bench["bench_rerank_images"])),
+        "bench_rerank_scorers": Step([py, "experiments/bench_rerank.py", "--device", dev, "--scorers",
+                                      "candidate_likelihood", "query_likelihood", "bidirectional", "choice", "--k", "50",
+                                      "--queries", "8", "--queries-per-step", "8", "--repeats", "1", "--weights", "auto",
+                                      "--out", str(bench["bench_rerank_scorers"])],
+                                     lambda _: bench_figures(bench["bench_rerank_scorers"]), 120, 30,
+                                     plots(bench["bench_rerank_scorers"])),
     }
     return {name: steps[name] for name in args.steps}
 

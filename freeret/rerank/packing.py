@@ -28,6 +28,7 @@ from freeret.backbone.shared_prefix import Prefix, Segment, SharedPrefix, padded
 CPU_MAX_TOKENS = 1024  # suffix positions per forward on a CPU (larger batches gain little there)
 GPU_MAX_TOKENS = 8192  # ... on a GPU: enough rows to fill one (pipeline.max_tokens_per_batch overrides both)
 CONTEXT_FACTOR = 16  # a forward also reads at most CONTEXT_FACTOR x max_tokens context positions (stacked keys)
+PADDING = 0.1  # a forward of several rows pads at most this share of its suffix positions
 
 
 def default_max_tokens(device: torch.device | str) -> int:
@@ -46,20 +47,22 @@ class Row:
 
 
 def plan(widths: Sequence[int], contexts: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Row indices cut into forwards: sorted by suffix width (then context length) so that padding stays small, each
-    forward at most ``max_tokens`` suffix positions (rows x longest suffix, padding included) and at most
-    ``CONTEXT_FACTOR`` x that many context positions; a row over the budget runs alone."""
+    """Row indices cut into forwards: sorted by suffix width (then context length), each forward at most
+    ``max_tokens`` suffix positions (rows x longest suffix, padding included), at most ``CONTEXT_FACTOR`` x that many
+    context positions, and at most ``PADDING`` of its suffix positions padding (a wider row starts the next forward);
+    a row over the budget runs alone."""
     order = sorted(range(len(widths)), key=lambda i: (widths[i], contexts[i]))
     batches: list[list[int]] = []
     batch: list[int] = []
-    width = context = 0
+    width = context = real = 0
     for i in order:
-        w, c = max(width, widths[i]), max(context, contexts[i])
-        if batch and ((len(batch) + 1) * w > max_tokens or (len(batch) + 1) * (c + w) > CONTEXT_FACTOR * max_tokens):
+        w, c, n = max(width, widths[i]), max(context, contexts[i]), len(batch) + 1
+        if batch and (n * w > max_tokens or n * (c + w) > CONTEXT_FACTOR * max_tokens
+                      or n * w - (real + widths[i]) > PADDING * n * w):
             batches.append(batch)
-            batch, w, c = [], widths[i], contexts[i]
+            batch, w, c, real = [], widths[i], contexts[i], 0
         batch.append(i)
-        width, context = w, c
+        width, context, real = w, c, real + widths[i]
     if batch:
         batches.append(batch)
     return batches
