@@ -69,6 +69,7 @@ from freeret.data.datasets import load_dataset
 from freeret.data.retrieval_set import Item
 from freeret.paths import repo_root
 from freeret.rerank.framing import Framing
+from freeret.rerank.packing import default_max_tokens
 from freeret.rerank.scorers.choice import Choice
 
 
@@ -605,7 +606,8 @@ def main() -> None:
         rows, facts = scorers_case(backbone, args)
         write(out, {"model": backbone.metadata(), "weights": weights, "device": device, "case": "scorers", "framing": args.framing,
                    "batch_size": args.batch_size, "queries": args.queries, "threads": torch.get_num_threads(),
-                   "max_tokens_per_batch": args.max_tokens, "queries_per_step": args.queries_per_step,
+                   "max_tokens_per_batch": args.max_tokens or default_max_tokens(args.device),
+                   "queries_per_step": args.queries_per_step,
                    "today_code": str(args.today_code) if args.today_code else None, **facts, "widths": widths(backbone),
                    "paths_note": SCORERS_NOTE, "minimum_note": MINIMUM_NOTE, "flop_formula": flops_per_sequence.__doc__,
                    "results": rows})

@@ -74,6 +74,27 @@ def build_scorer(bb, name: str, *overrides: str, dataset: str | None = None, bat
     return spec_of(name, *overrides).build(BuildContext(bb, framing, prompt, batch_size, **ctx))
 
 
+def tiny_gemma3(smollm: Any, sliding_window: int = 8) -> Any:
+    """A seeded 4-layer Gemma 3 text model on SmolLM2's tokenizer (a ``Backbone``): Gemma's attention point is another
+    module, and two of its layers attend within a ``sliding_window``."""
+    import torch
+    from transformers import Gemma3TextConfig
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
+
+    from freeret.backbone.backbone import Backbone
+    from freeret.backbone.families import get_family
+
+    cfg = Gemma3TextConfig(vocab_size=len(smollm.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=sliding_window,
+                           layer_types=["sliding_attention", "full_attention"] * 2)
+    cfg._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Gemma3ForCausalLM(cfg).eval()
+    return Backbone(spec=smollm.spec, family=get_family("text"), model=model, processor=smollm.processor,
+                    tokenizer=smollm.tokenizer)
+
+
 def check_snapshot(path: Path, got: Any) -> None:
     """Compare with a frozen JSON snapshot; renew on purpose with FREERET_UPDATE_SNAPSHOTS=1."""
     if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from freeret.rerank.packing import CPU_MAX_TOKENS
 from helpers import REPO, run_main, script
 
 
@@ -83,7 +84,7 @@ def test_bench_rerank_scorers_small(tmp_path):
     scorers = ["choice", "choice_debiased", "candidate_likelihood", "query_likelihood", "bidirectional", "listwise"]
     res = _run("bench_rerank.py", tmp_path / "sc.json", "--scorers", *scorers, "--queries", "1", "--k", "3")
     assert [(r["scorer"], r["k"]) for r in res["results"]] == [(s, 3) for s in scorers]
-    assert res["max_tokens_per_batch"] == 512 and res["queries_per_step"] == 16 and res["matmul_gflops"] > 0
+    assert res["max_tokens_per_batch"] == CPU_MAX_TOKENS and res["queries_per_step"] == 16 and res["matmul_gflops"] > 0
     for r in res["results"]:
         assert r["max_abs_score_diff"] < 1e-4 and r["pairs"] == r["k"]
         assert set(r["paths"]) == {"naive", "run"}  # no --today-code: no today path
@@ -103,7 +104,7 @@ def test_bench_rerank_scorers_today_path(tmp_path):
     (row,) = res["results"]
     today, run = row["paths"]["today"], row["paths"]["run"]
     assert row["today_code"] == str(REPO) and row["max_abs_score_diff_today"] < 1e-4
-    assert (today["tokens"], today["forwards"]) == (run["tokens"], run["forwards"])  # the same code, the same work
+    assert run["tokens"] <= today["tokens"]  # here today is this checkout's per-query score: packing never runs more
     assert today["pairs_per_s"] > 0 and today["mfu"] > 0 and today["rounds"] == run["rounds"] == 3  # --repeats' default
 
 

@@ -22,10 +22,10 @@ from safetensors.torch import load_file, save_file
 
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
-from freeret.backbone.families import Family, get_family, vision_families
+from freeret.backbone.families import Family, vision_families
 from freeret.backbone.prefix import PrefixCache
 from freeret.embed.layers import LayerSpec
-from helpers import REPO
+from helpers import REPO, tiny_gemma3
 
 GOLDEN = REPO / "tests" / "golden"
 RELATIVE = 1e-5
@@ -38,22 +38,6 @@ def _image() -> Image.Image:
     """A fixed 56x56 colour pattern (no file, no resampling)."""
     y, x = np.mgrid[0:56, 0:56]
     return Image.fromarray(np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8))
-
-
-def _tiny_gemma3(smollm: Backbone) -> Backbone:
-    """A seeded 4-layer Gemma 3 text model on SmolLM2's tokenizer: Gemma's attention point is another module."""
-    from transformers import Gemma3TextConfig
-    from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
-
-    cfg = Gemma3TextConfig(vocab_size=len(smollm.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
-                           layer_types=["sliding_attention", "full_attention"] * 2)
-    cfg._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Gemma3ForCausalLM(cfg).eval()
-    return Backbone(spec=smollm.spec, family=get_family("text"), model=model, processor=smollm.processor,
-                    tokenizer=smollm.tokenizer)
 
 
 def vectors(bb: Backbone) -> dict[str, torch.Tensor]:
@@ -94,7 +78,7 @@ def _backbone(name: str, smollm: Backbone) -> Backbone:
     if name == "smollm2_135m":
         return smollm
     if name == "tiny_gemma3":
-        return _tiny_gemma3(smollm)
+        return tiny_gemma3(smollm)
     family = name.removeprefix("tiny_")
     return load_backbone(ModelSpec(name=name, family=family, source="tiny"))
 

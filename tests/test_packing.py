@@ -8,13 +8,12 @@ import torch
 
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
-from freeret.backbone.families import get_family
 from freeret.backbone.shared_prefix import Segment
 from freeret.data.retrieval_set import Item
 from freeret.errors import ConfigError
 from freeret.rerank.packing import CONTEXT_FACTOR, PADDING, SegmentCache, plan
 from freeret.rerank.stage import RerankConfig, order_by_overlap, plan_blocks
-from helpers import build_scorer
+from helpers import build_scorer, tiny_gemma3
 
 WORDS = ["dog", "bicycle", "an old wooden ship with three tall masts", "barking", "x", "puppy", "cat", "the sea"]
 QUERIES = ["a domestic animal that barks", "a vehicle with two wheels", "a large sailing vessel", "young of a dog"]
@@ -142,18 +141,7 @@ def test_query_likelihood_runs_each_candidates_prompt_once_per_run(smollm):
 def test_packed_rows_on_a_sliding_window_model_run_alone_when_padding_would_break_the_window(smollm):
     """A Gemma 3 model with an 8-token sliding window: packed rows of unequal contexts longer than the window would
     change which tokens each one sees, so those forwards run row by row; the scores still equal the naive loop."""
-    from transformers import Gemma3TextConfig
-    from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
-
-    cfg = Gemma3TextConfig(vocab_size=len(smollm.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
-                           layer_types=["sliding_attention", "full_attention"] * 2)
-    cfg._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Gemma3ForCausalLM(cfg).eval()
-    gemma = Backbone(spec=smollm.spec, family=get_family("text"), model=model, processor=smollm.processor,
-                     tokenizer=smollm.tokenizer)
+    gemma = tiny_gemma3(smollm, sliding_window=8)
     for name in ("candidate_likelihood", "query_likelihood", "choice"):
         scorer = build_scorer(gemma, name, max_tokens_per_batch=64)
         for (query, cands), block in zip(_rows(), scorer.score_block(_rows())):
