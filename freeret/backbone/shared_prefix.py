@@ -390,6 +390,17 @@ class SharedPrefix:
         out[real] = picked
         return out, real
 
+    @torch.no_grad()
+    def rows_logprobs(self, prefix: Prefix, rows: Sequence[Sequence[int]], scored: Sequence[int],
+                      segments: Sequence[Segment] | None = None) -> list[torch.Tensor]:
+        """Token-id rows right-padded into one forward after ``prefix`` (row i after ``segments[i]`` if given): per
+        row, the host fp32 log-probabilities of its last ``scored[i]`` tokens (the LM head there only)."""
+        ids, mask = padded(rows)
+        cols = torch.arange(ids.shape[1])
+        picked = torch.stack([(cols >= len(r) - k) & (cols < len(r)) for r, k in zip(rows, scored)])
+        logprobs = self.token_logprobs(prefix, ids, mask, picked, segments)[0].to("cpu", torch.float32)
+        return [logprobs[i, len(r) - k : len(r)] for i, (r, k) in enumerate(zip(rows, scored))]
+
     def head_logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """fp32 LM-head logits of final-norm states (..., hidden), for vocabulary ``rows`` only (all when None), with
         the model's bias and final soft-capping; on the head's device."""

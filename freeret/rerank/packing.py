@@ -94,14 +94,10 @@ def suffix_logprobs(runner: SharedPrefix, prefix: Prefix, rows: Sequence[Row], m
     out: list[torch.Tensor | None] = [None] * len(rows)
     for batch in _forwards(runner, prefix, rows, max_tokens):
         chunk = [rows[i] for i in batch]
-        ids, mask = padded([r.ids for r in chunk])
-        keep = [len(r.ids) if r.scored is None else r.scored for r in chunk]
-        cols = torch.arange(ids.shape[1])
-        picked = torch.stack([(cols >= len(r.ids) - k) & (cols < len(r.ids)) for r, k in zip(chunk, keep)])
-        logprobs, _ = runner.token_logprobs(prefix, ids, mask, picked, segments=[r.segment for r in chunk])
-        logprobs = logprobs.to("cpu", torch.float32)
-        for j, (i, r, k) in enumerate(zip(batch, chunk, keep)):
-            out[i] = logprobs[j, len(r.ids) - k : len(r.ids)]
+        got = runner.rows_logprobs(prefix, [r.ids for r in chunk], [len(r.ids) if r.scored is None else r.scored
+                                                                    for r in chunk], [r.segment for r in chunk])
+        for i, lp in zip(batch, got):
+            out[i] = lp
     return out  # type: ignore[return-value]
 
 

@@ -109,13 +109,8 @@ def suffix_logprobs(bb: Backbone, prefix: Prefix, conts: Sequence[Sequence[int]]
     results: list[torch.Tensor] = []
     for start in range(0, len(conts), batch_size):
         chunk = conts[start : start + batch_size]
-        ids, mask = padded(chunk)
         keep = [len(c) if scored is None else scored[start + i] for i, c in enumerate(chunk)]
-        cols = torch.arange(ids.shape[1])
-        picked = torch.stack([(cols >= len(c) - k) & (cols < len(c)) for c, k in zip(chunk, keep)])
-        logprobs, _ = runner.token_logprobs(prefix, ids, mask, picked)
-        logprobs = logprobs.to("cpu", torch.float32)
-        results.extend(logprobs[i, len(c) - k : len(c)] for i, (c, k) in enumerate(zip(chunk, keep)))
+        results.extend(runner.rows_logprobs(prefix, chunk, keep))
     return results
 
 
