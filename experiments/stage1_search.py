@@ -43,6 +43,7 @@ from freeret.run.report import summary_line
 
 CONFIG = repo_root() / "conf" / "experiment" / "stage1_search.yaml"
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+TWO_STAGE = {"pipeline": "two_stage", "pipeline.name": "two_stage"}  # the experiment's body sets pipeline.name=embed
 
 
 def load_search(path: Path = CONFIG) -> dict[str, Any]:
@@ -70,8 +71,24 @@ def set_choice(best: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def job_records(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One record per job of a multirun folder: its overrides, per-dataset scores, RD / meta dev means, objective."""
+OBJECTIVES = {"rd_meta": "mean(RD dev hit@1, meta-task dev mean hit@1)",
+              "mean": "mean dev hit@1 over the suite's datasets (domains)"}
+
+
+def objective_of(record: dict[str, Any], objective: str = "rd_meta") -> float:
+    """A job's objective: the mean of its RD and meta-task dev scores (``rd_meta``, the WordNet search) or the mean
+    over every dataset it ran (``mean``, the general suite's search)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"search.objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if objective == "mean":
+        return record["mean"]
+    parts = [x for x in (record["rd"], record["meta"]) if x is not None]
+    return sum(parts) / len(parts)
+
+
+def job_records(sweep_dir: Path, objective: str = "rd_meta") -> list[dict[str, Any]]:
+    """One record per job of a multirun folder: its overrides, per-dataset scores, RD / meta dev means, the mean over
+    datasets, the objective (:func:`objective_of`)."""
     records = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         results = [json.loads(p.read_text()) for p in sorted((job / "results").glob("*.json"))]
@@ -79,14 +96,15 @@ def job_records(sweep_dir: Path) -> list[dict[str, Any]]:
             continue
         task = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         scores = {r["dataset"]: r["main_score"] for r in results}
+        stage1 = {r["dataset"]: r["metrics"]["embed"][r["main_score_name"]] for r in results if "rerank" in r["metrics"]}
         rd = [s for d, s in scores.items() if d.startswith("wordnet_rd")]
         meta = [s for d, s in scores.items() if not d.startswith("wordnet_rd")]
         record = {"job": int(job.name), "overrides": task, "scores": scores,
                   "rd": rd[0] if rd else None, "meta": sum(meta) / len(meta) if meta else None,
+                  "mean": sum(scores.values()) / len(scores), **({"stage1_scores": stage1} if stage1 else {}),
                   "wall_s": sum(r["timing"]["wall_seconds"] for r in results),
                   "embed_s": sum(r["timing"].get("embed_seconds", 0.0) for r in results)}
-        parts = [x for x in (record["rd"], record["meta"]) if x is not None]
-        record["objective"] = sum(parts) / len(parts)
+        record["objective"] = objective_of(record, objective)
         records.append(record)
     return records
 
@@ -127,9 +145,10 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
     """Run the axes (all, or those named) and return the state written to ``<out>/search.json``."""
     spec = load_search(spec_path)
     state_file = out / "search.json"
+    objective = spec.get("objective", "rd_meta")
     state = json.loads(state_file.read_text()) if state_file.exists() else {
-        "model": model, "objective": "mean(RD dev hit@1, meta-task dev mean hit@1)", "best": dict(spec["start"]),
-        "best_objective": None, "axes": {}}
+        "model": model, "objective": OBJECTIVES[objective], "best": dict(spec["start"]),
+        "best_objective": None, "axes": {}, "dev_overrides": list(spec.get("dev_overrides", []))}
     for axis in spec["axes"]:
         name = axis["name"]
         if (axes and name not in axes) or name in state["axes"]:
@@ -142,8 +161,9 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
         for key in sweep:  # a group swept by this axis drops the previous choice's own keys
             best = set_choice(best, key, best.get(key))
         best = {k: v for k, v in best.items() if v is not None}
-        wall = run_sweep(model, overrides(best, sweep), out / name, extra, launcher)
-        records = job_records(out / name)
+        data = [*([f"suite={spec['suites'][0]}"] if spec.get("suites") else []), *spec.get("dev_overrides", [])]
+        wall = run_sweep(model, [*overrides(best, sweep), *data], out / name, extra, launcher)
+        records = job_records(out / name, objective)
         keys = set(best) | set(sweep)
         for r in records:
             r["setting"] = {**best, **parse_overrides(r["overrides"], keys)}
@@ -169,17 +189,23 @@ def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
     # every group the search sets is passed (the start's value unless the setting names it), so the experiment's own
     # sweeper params never turn a final run into a sweep
     runs = {"chosen": state["best"], **{k: {**spec["start"], **v} for k, v in spec["baselines"].items()}}
+    stage2 = (state.get("stage2") or {}).get("chosen_overrides")
+    if stage2:  # the chosen stage 2 on the chosen stage 1 (experiments/stage2_search.py)
+        runs = {"chosen": runs["chosen"], "chosen_stage2": {**state["best"], **TWO_STAGE, **stage2},
+                **{k: v for k, v in runs.items() if k != "chosen"}}
     state.setdefault("test", {})
     for name, setting in runs.items():
         for suite in suites:
             tag = f"{name}_{suite.split('_')[1]}"
-            if tag in state["test"] or (name == "chosen" and suite == "stage1_dev"):
+            if tag in state["test"] or (name.startswith("chosen") and tag.endswith("_dev")):
                 continue
-            wall = run_sweep(model, [*overrides(setting), f"suite={suite}"], out / "final" / tag, extra, launcher)
-            state["test"][tag] = {"setting": setting, "wall_s": wall, "jobs": job_records(out / "final" / tag)}
+            data = spec.get("dev_overrides" if tag.endswith("_dev") else "test_overrides", [])
+            wall = run_sweep(model, [*overrides(setting), f"suite={suite}", *data], out / "final" / tag, extra, launcher)
+            state["test"][tag] = {"setting": setting, "wall_s": wall,
+                                  "jobs": job_records(out / "final" / tag, spec.get("objective", "rd_meta"))}
             (out / "search.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
             job = state["test"][tag]["jobs"][0]
-            print(f"{tag}: RD {_pct(job['rd'])} meta {_pct(job['meta'])} ({wall:.0f}s)", flush=True)
+            print(f"{tag}: RD {_pct(job['rd'])} meta {_pct(job['meta'])} mean {_pct(job['mean'])} ({wall:.0f}s)", flush=True)
     return state
 
 
@@ -196,13 +222,15 @@ def report(state: dict[str, Any], out: Path, spec_path: Path = CONFIG) -> str:
     the per-axis dev leaderboard and the final table as Markdown (``<out>/leaderboard.md``), and a bar chart of the
     final runs (``<out>/final.png``). Axes are listed in the spec's order. Returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    keep = ("setting", "scores", "rd", "meta", "objective", "wall_s", "embed_s")
+    keep = ("setting", "scores", "stage1_scores", "rd", "meta", "mean", "objective", "wall_s", "embed_s")
     compact = {**state, "axes": {name: {**{k: v for k, v in axis.items() if k != "jobs"},
                                         "jobs": [{k: j.get(k) for k in keep} for j in axis.get("jobs", [])]}
                                  for name, axis in state["axes"].items()},
                "test": {tag: {**run, "jobs": [{k: j.get(k) for k in keep} for j in run["jobs"]]}
                         for tag, run in state.get("test", {}).items()}}
     (out / "search.json").write_text(json.dumps(compact, indent=1, sort_keys=True) + "\n")
+    if state["objective"] == OBJECTIVES["mean"]:
+        return _report_mean(state, out, spec_path)
     jobs = [j for axis in state["axes"].values() for j in axis.get("jobs", [])]
     objective = state["objective"] if any(j["meta"] is not None for j in jobs) else "RD dev hit@1 (no meta-task dev run)"
     lines = [f"### Dev search, {state['model']} (split: dev)", "",
@@ -239,6 +267,53 @@ def report(state: dict[str, Any], out: Path, spec_path: Path = CONFIG) -> str:
     return text
 
 
+def _short(dataset: str) -> str:
+    return dataset.removeprefix("general_").removesuffix("_dev")
+
+
+def _report_mean(state: dict[str, Any], out: Path, spec_path: Path) -> str:
+    """The leaderboard of a search on the mean over datasets: a column per dataset, the final runs per split."""
+    order = [a["name"] for a in load_search(spec_path)["axes"]]
+    data = state.get("dev_overrides") or []
+    lines = [f"### Dev search, {state['model']} (split: dev)", "",
+             f"Objective: {state['objective']}; hit@1 in %. Each axis starts from the best setting so far."
+             + (f" Data: `{' '.join(data)}`." if data else ""), ""]
+    for name, axis in sorted(state["axes"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        if "skipped" in axis:
+            lines += [f"**{name}**: skipped ({axis['skipped']})", ""]
+            continue
+        swept, names = list(axis["sweep"]), sorted(axis["jobs"][0]["scores"])
+        lines += [f"**{name}** (from {_label(axis['from'])}; {axis['wall_s']:.0f} s)", "",
+                  "| setting | " + " | ".join(map(_short, names)) + " | mean | wall s |",
+                  "|---|" + "---|" * (len(names) + 2)]
+        for j in sorted(axis["jobs"], key=lambda j: -j["objective"]):
+            mark = " **(chosen)**" if axis.get("chosen") == j["setting"] else ""
+            lines.append(f"| {_label(j['setting'], swept)}{mark} | " + " | ".join(_pct(j["scores"][n]) for n in names)
+                         + f" | {_pct(j['objective'])} | {j['wall_s']:.0f} |")
+        lines.append("")
+    lines += [f"Chosen on dev: `{_label(state['best'])}` (mean {_pct(state['best_objective'])}).", ""]
+    finals = state.get("test", {})
+    if finals:
+        lines += ["### Final runs (split named per row; hit@1 in %)", ""]
+        for split in ("dev", "test"):
+            tags = [t for t in finals if t.endswith("_" + split)]
+            if not tags:
+                continue
+            names = sorted(finals[tags[0]]["jobs"][0]["scores"])
+            lines += ["| method | split | " + " | ".join(n.removeprefix("general_").removesuffix("_" + split)
+                                                       for n in names) + " | mean | wall s |",
+                      "|---|---|" + "---|" * (len(names) + 2)]
+            for tag in tags:
+                job = finals[tag]["jobs"][0]
+                lines.append(f"| {tag.removesuffix('_' + split)} | {split} | "
+                             + " | ".join(_pct(job["scores"][n]) for n in names)
+                             + f" | {_pct(job['mean'])} | {finals[tag]['wall_s']:.0f} |")
+            lines.append("")
+    text = "\n".join(lines) + "\n"
+    (out / "leaderboard.md").write_text(text)
+    return text
+
+
 def compare(states: list[dict[str, Any]], spec_path: Path = CONFIG) -> str:
     """Markdown: every axis's dev objective for several models side by side (rows: the swept values; bold: the value
     that beat the best so far and became the best), and each model's chosen setting. Settings differ in what each axis started
@@ -270,10 +345,21 @@ def objective_name(state: dict[str, Any]) -> str:
     return state["objective"] if any(j.get("meta") is not None for j in jobs) else "RD dev hit@1 (no meta-task dev run)"
 
 
+def pinned(best: dict[str, Any], pins: list[dict[str, Any]]) -> dict[str, Any]:
+    """``best`` with the spec's ``pins`` applied: each sets its keys (where ``best`` does not name them) when ``best``
+    matches its ``when`` (e.g. the few-shot prior ran zero-shot on a suite without demonstrations: pin k=0)."""
+    out = dict(best)
+    for pin in pins:
+        if matches(best, pin.get("when")):
+            out.update({k: v for k, v in pin["set"].items() if k not in best})
+    return out
+
+
 def write_preset(state: dict[str, Any], out: Path, name: str | None = None, preset: str = "freeret_plus",
-                 root: Path | None = None, date: str | None = None) -> Path:
-    """``conf/presets/<preset>/<name or the search's model>.yaml`` from the search's chosen setting (``best``), with
-    where it was chosen; returns the file written."""
+                 root: Path | None = None, date: str | None = None, spec_path: Path = CONFIG) -> Path:
+    """``conf/presets/<preset>/<name or the search's model>.yaml`` from the search's chosen setting (``best``, with the
+    spec's ``pins``) and stage 2 (``stage2_search.py``'s choice, if any), with where they were chosen; returns the
+    file written."""
     jobs = [j for axis in state["axes"].values() for j in axis.get("jobs", [])]
     chosen = [j for j in jobs if j.get("setting") == state["best"] and j.get("objective") == state["best_objective"]]
     search = (out / "search.json").resolve()
@@ -286,8 +372,14 @@ def write_preset(state: dict[str, Any], out: Path, name: str | None = None, pres
                   "date": date or datetime.date.today().isoformat(),
                   "written_by": "experiments/stage1_search.py --write-preset",
                   "note": f"chosen for {state['model']}" if (name or state["model"]) != state["model"] else None}
-    return write_preset_file(preset, name or state["model"], state["best"],
-                             {k: v for k, v in provenance.items() if v is not None}, root=root)
+    stage2 = (state.get("stage2") or {}).get("chosen_overrides")
+    if state.get("stage2"):
+        provenance["note"] = "; ".join(x for x in (provenance["note"], (
+            f"stage 2 chosen by experiments/stage2_search.py on the same dev data: dev mean hit@1 "
+            f"{state['stage2']['stage1']['mean']:.4f} -> {state['stage2']['objective']:.4f}") if stage2 else
+            "stage 2: none (no setting of experiments/stage2_search.py beat stage 1 on dev)") if x)
+    return write_preset_file(preset, name or state["model"], pinned(state["best"], load_search(spec_path).get("pins", [])),
+                             {k: v for k, v in provenance.items() if v is not None}, stage2=stage2, root=root)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for sweeps, logs and search.json (every mode but --compare)")
     parser.add_argument("--axes", nargs="*", default=None, help="run only these axes (default: all not yet run)")
     parser.add_argument("--test", action="store_true", help="run the chosen setting and the baselines on test")
-    parser.add_argument("--suites", nargs="+", default=["stage1_dev", "stage1_test"],
-                        help="with --test: the suites the final runs use (baselines run on each)")
+    parser.add_argument("--suites", nargs="+", default=None,
+                        help="with --test: the suites the final runs use (baselines run on each; default: the spec's "
+                             "`suites`, else stage1_dev stage1_test)")
     parser.add_argument("--report", type=Path, default=None,
                         help="write a compact search.json, leaderboard.md and final.png into this folder; run nothing")
     parser.add_argument("--compare", type=Path, nargs="+", default=None,
@@ -320,12 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.write_preset is not None:
         state = json.loads((args.out / "search.json").read_text())
-        path = one_line_errors(lambda: write_preset(state, args.out, args.write_preset or None))
+        path = one_line_errors(lambda: write_preset(state, args.out, args.write_preset or None, spec_path=args.spec))
         print(f"wrote {path}")
         return 0
     quiet_lightning()
     if args.test:
-        one_line_errors(lambda: test(args.model, args.out, args.overrides, args.spec, tuple(args.suites), args.launcher))
+        suites = tuple(args.suites or load_search(args.spec).get("suites", ["stage1_dev", "stage1_test"]))
+        one_line_errors(lambda: test(args.model, args.out, args.overrides, args.spec, suites, args.launcher))
     else:
         one_line_errors(lambda: search(args.model, args.out, args.axes, args.overrides, args.spec, args.launcher))
     return 0

@@ -32,7 +32,7 @@ from freeret.rerank.scorers.base import Scorer
 
 log = logging.getLogger(__name__)
 
-FUSIONS = ("rerank", "weighted")
+FUSIONS = ("rerank", "weighted", "zscore")
 TIE_BREAKS = ("embed", "entropy")
 
 
@@ -254,17 +254,35 @@ def pending_groups(groups: list[dict[str, Any]], done: Mapping[str, dict[str, An
     return [g for g in groups if done.get(g["row"], {}).get("positions") != g["positions"]]
 
 
+def _standardised(x: torch.Tensor) -> torch.Tensor:
+    """``x`` minus its mean over the row's top-K, over its standard deviation (zeros where it is constant)."""
+    x = x.to(torch.float64)
+    std = x.std(unbiased=False) if len(x) > 1 else x.new_zeros(())
+    return (x - x.mean()) / std if float(std) > 0 else torch.zeros_like(x)
+
+
+def fuse(scores: torch.Tensor, embed: torch.Tensor, cfg: RerankConfig) -> torch.Tensor:
+    """The fused score of a row's top-K: the rerank score alone (``rerank``), ``w * score + (1 - w) * cosine``
+    (``weighted``; the raw scales: a log-probability beside a cosine) or the same mix of both scores standardised
+    over the top-K (``zscore``, scale-free)."""
+    if cfg.fusion == "rerank":
+        return scores
+    w = cfg.fusion_weight
+    if cfg.fusion == "zscore":
+        return w * _standardised(scores) + (1 - w) * _standardised(embed)
+    return w * scores + (1 - w) * embed
+
+
 def fused_ranking(embed: torch.Tensor, positions: Sequence[int], scores: torch.Tensor, cfg: RerankConfig,
                   entropy: torch.Tensor | None = None) -> torch.Tensor:
     """Strict rank scores over the whole candidate list after stage 2.
 
-    The reranked top-K come first, ordered by the fused score (the rerank score alone, or ``w * score + (1 - w) *
-    cosine``); ties are broken by the embedding score (``tie_break=embed``) or by the lowest answer entropy
+    The reranked top-K come first, ordered by the fused score (:func:`fuse`); ties are broken by the embedding score (``tie_break=embed``) or by the lowest answer entropy
     (``entropy``, RetLLM; scorers that record one), and finally against the positive. The rest keep their stage-1
     order.
     """
     n = len(embed)
-    fused = scores if cfg.fusion == "rerank" else cfg.fusion_weight * scores + (1 - cfg.fusion_weight) * embed[list(positions)]
+    fused = fuse(scores, embed[list(positions)], cfg)
     if cfg.tie_break == "entropy":
         if entropy is None:
             raise ConfigError("pipeline.tie_break=entropy needs a scorer that records an entropy (choice, choice_debiased)")

@@ -1,0 +1,135 @@
+"""Stage-2 search on DEV data, after the stage-1 search (issue 26): none, or a likelihood scorer with its K, lambda,
+BLiM weight and fusion with stage 1.
+
+    python experiments/stage2_search.py --spec experiments/general_search.yaml --model smollm2_135m --out DIR
+    python experiments/stage2_search.py ... --report      # print the leaderboard from DIR/search.json; run nothing
+
+One run: the stage-1 search's chosen setting (``DIR/search.json``'s ``best``) with ``scorer=bidirectional`` at the
+spec's largest K on the dev suite (``DIR/stage2_run``; resumable, its rerank shards keep every likelihood part). Every
+setting of the spec's ``stage2.grid`` is then scored from those records without a forward pass
+(``freeret/rerank/tune.py``), after checking that the run's own setting scores what the run reported. The chosen
+setting (the best dev mean over datasets, kept only if it beats stage 1 alone) goes to ``search.json``'s ``stage2``;
+``stage1_search.py --write-preset`` writes it as the preset's ``stage2`` block and ``--test`` runs it once on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from stage1_search import CONFIG, TWO_STAGE, load_search, overrides, run_sweep
+
+from freeret.cli import one_line_errors, quiet_lightning
+from freeret.errors import ConfigError
+from freeret.rerank import tune
+from freeret.rerank.stage import read_rerank
+
+
+def run_overrides(spec: dict[str, Any]) -> dict[str, Any]:
+    """The overrides of the one stage-2 run: BLiM at the grid's largest K, its parts kept in every record."""
+    run = dict(spec.get("run") or {})
+    run.setdefault("scorer", "bidirectional")
+    run.setdefault("pipeline.top_k", max(spec["grid"]["top_k"]))
+    if run["scorer"] != "bidirectional" or run.get("scorer.candidate.cpn_lambda", 1.0) == 0:
+        raise ConfigError("stage2.run must be scorer=bidirectional with cpn_lambda != 0: its records keep every part "
+                          "the grid is scored from")
+    if run["pipeline.top_k"] < max(spec["grid"]["top_k"]):
+        raise ConfigError(f"stage2.run's pipeline.top_k={run['pipeline.top_k']} is below the grid's largest K")
+    return run
+
+
+def load_records(job: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float], dict[str, float]]:
+    """A two-stage job's rerank records per dataset (in row order), and its reported stage-1 and stage-2 hit@1."""
+    records, stage1, stage2 = {}, {}, {}
+    for path in sorted((job / "results").glob("*.json")):
+        result = json.loads(path.read_text())
+        name = result["dataset"]
+        folders = [p for p in (job / "rerank" / name).iterdir() if p.is_dir()]
+        if len(folders) != 1:
+            raise ConfigError(f"{job / 'rerank' / name}: expected one scorer folder, found {len(folders)}")
+        by_row = read_rerank(folders[0])
+        records[name] = [by_row[row] for row in sorted(by_row)]
+        stage1[name] = result["metrics"]["embed"]["hit@1"]
+        stage2[name] = result["metrics"]["rerank"]["hit@1"]
+    if not records:
+        raise ConfigError(f"{job}: no results (did the stage-2 run finish?)")
+    return records, stage1, stage2
+
+
+def search(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG, launcher: str | None = None) -> dict[str, Any]:
+    """Run the one stage-2 run (or reuse it), score the grid and record the choice in ``<out>/search.json``."""
+    spec = load_search(spec_path)
+    if "stage2" not in spec:
+        raise ConfigError(f"{spec_path}: no `stage2` section (the run and the grid the stage-2 search scores)")
+    state_file = out / "search.json"
+    if not state_file.exists():
+        raise ConfigError(f"{state_file} does not exist: run experiments/stage1_search.py first")
+    state = json.loads(state_file.read_text())
+    run = run_overrides(spec["stage2"])
+    data = [*([f"suite={spec['suites'][0]}"] if spec.get("suites") else []), *spec.get("dev_overrides", [])]
+    job_dir = out / "stage2_run"
+    if not (job_dir / "0" / "results").exists():
+        run_sweep(model, [*overrides({**state["best"], **TWO_STAGE, **run}), *data], job_dir, extra, launcher)
+    records, stage1, reported = load_records(job_dir / "0")
+    own = tune.Stage2Setting("bidirectional", int(run["pipeline.top_k"]), str(run.get("pipeline.fusion", "rerank")),
+                             float(run.get("pipeline.fusion_weight", 0.5)),
+                             float(run.get("scorer.candidate.cpn_lambda", 1.0)), float(run.get("scorer.weight", 0.5)))
+    tune.check_against_run(records, own, reported)
+    result = tune.search(records, tune.grid(spec["stage2"]["grid"]))
+    if any(abs(result["stage1"]["scores"][d] - stage1[d]) > 1e-9 for d in stage1):
+        raise AssertionError(f"stage-1 hit@1 from the records {result['stage1']['scores']} differs from the run's {stage1}")
+    state["stage2"] = {"run": run, "n_rows": {d: len(r) for d, r in records.items()}, **result}
+    state_file.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    return state
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def report(state: dict[str, Any], top: int = 12) -> str:
+    """Markdown: stage 1 alone and the best grid settings (dev hit@1 per dataset and mean), the choice."""
+    s2 = state["stage2"]
+    names = sorted(s2["stage1"]["scores"])
+    short = [n.replace("general_", "").replace("_dev", "") for n in names]
+    lines = [f"### Stage-2 search, {state['model']} (split: dev)", "",
+             f"One BLiM run at K={s2['run']['pipeline.top_k']} on the chosen stage 1; {len(s2['settings'])} settings "
+             f"scored from its records; hit@1 in %.", "",
+             "| setting | " + " | ".join(short) + " | mean |", "|---|" + "---|" * (len(names) + 1),
+             "| stage 1 alone | " + " | ".join(_pct(s2["stage1"]["scores"][n]) for n in names)
+             + f" | {_pct(s2['stage1']['mean'])} |"]
+    for row in sorted(s2["settings"], key=lambda r: -r["mean"])[:top]:
+        mark = " **(chosen)**" if row["setting"] == s2["chosen"] else ""
+        lines.append(f"| {row['label']}{mark} | " + " | ".join(_pct(row["scores"][n]) for n in names)
+                     + f" | {_pct(row['mean'])} |")
+    by_scorer: dict[str, float] = {}
+    for row in s2["settings"]:
+        key = row["setting"]["scorer"]
+        by_scorer[key] = max(by_scorer.get(key, 0.0), row["mean"])
+    lines += ["", "Best dev mean per scorer: " + ", ".join(f"{k} {_pct(v)}" for k, v in by_scorer.items()) + ".", "",
+              f"Chosen: `{s2['chosen_overrides']}`" if s2["chosen"] else "Chosen: no stage 2 (no setting beat stage 1)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a conf/model name")
+    parser.add_argument("--out", type=Path, required=True, help="the stage-1 search's folder (its search.json)")
+    parser.add_argument("--spec", type=Path, default=CONFIG, help="the search spec with a `stage2` section")
+    parser.add_argument("--report", action="store_true", help="print the leaderboard of <out>/search.json; run nothing")
+    parser.add_argument("overrides", nargs="*", help="extra run.py overrides for the run")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(report(json.loads((args.out / "search.json").read_text())))
+        return 0
+    quiet_lightning()
+    state = one_line_errors(lambda: search(args.model, args.out, args.overrides, args.spec))
+    print(report(state))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
