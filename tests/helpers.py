@@ -103,6 +103,32 @@ def check_snapshot(path: Path, got: Any) -> None:
     assert got == json.loads(path.read_text())
 
 
+def golden_mismatches(path: Path, got: dict[str, Any], meta: dict[str, str], relative: float = 1e-5) -> dict[str, float]:
+    """Golden vectors (``tests/golden/*.safetensors``): each vector of ``got`` whose largest absolute difference from
+    the frozen one exceeds ``relative`` of that one's largest absolute component, with that ratio; a key ending in
+    ``_prefix_cache`` is compared with the key without it. Renew on purpose with FREERET_UPDATE_SNAPSHOTS=1 (the file
+    records ``meta``, the inputs, and the torch and transformers versions that wrote it)."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    frozen = sorted(k for k in got if not k.endswith("_prefix_cache"))
+    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1":
+        path.parent.mkdir(exist_ok=True)
+        save_file({k: got[k] for k in frozen}, path,
+                  metadata={"torch": torch.__version__, "transformers": transformers.__version__, **meta})
+    assert path.exists(), f"missing golden vectors {path.name}: create them with FREERET_UPDATE_SNAPSHOTS=1"
+    want = load_file(path)
+    assert sorted(want) == frozen, path.name
+    bad = {}
+    for key, vector in got.items():
+        ref = want[key.removesuffix("_prefix_cache")]
+        rel = float((vector - ref).abs().max() / ref.abs().max())
+        if not rel <= relative:
+            bad[key] = rel
+    return bad
+
+
 def results(run_dir: Path, dataset: str):
     """The result file one dataset of a run wrote."""
     from freeret.eval.results import RunResult

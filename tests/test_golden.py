@@ -11,21 +11,18 @@ SmolLM2's by ~1e-7 of that, a moved hook point by orders of magnitude more). Ren
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from freeret.backbone import ModelSpec, load_backbone
 from freeret.backbone.backbone import Backbone
 from freeret.backbone.families import Family, vision_families
 from freeret.backbone.prefix import PrefixCache
 from freeret.embed.layers import LayerSpec
-from helpers import REPO, tiny_gemma3
+from helpers import REPO, golden_mismatches, tiny_gemma3
 
 GOLDEN = REPO / "tests" / "golden"
 RELATIVE = 1e-5
@@ -56,22 +53,8 @@ def vectors(bb: Backbone) -> dict[str, torch.Tensor]:
 
 def _mismatches(name: str, got: dict[str, torch.Tensor]) -> dict[str, float]:
     """Relative max differences above ``RELATIVE`` (or a renewal when FREERET_UPDATE_SNAPSHOTS=1)."""
-    path = GOLDEN / f"attn_last_{name}.safetensors"
-    if os.environ.get("FREERET_UPDATE_SNAPSHOTS") == "1":
-        GOLDEN.mkdir(exist_ok=True)
-        meta = {"torch": torch.__version__, "transformers": transformers.__version__,
-                "texts": json.dumps(TEXTS), "image_text": IMAGE_TEXT}
-        save_file({k: v for k, v in got.items() if not k.endswith("_prefix_cache")}, path, metadata=meta)
-    assert path.exists(), f"missing golden vectors {path.name}: create them with FREERET_UPDATE_SNAPSHOTS=1"
-    want = load_file(path)
-    assert sorted(want) == sorted(k for k in got if not k.endswith("_prefix_cache")), path.name
-    bad = {}
-    for key, vector in got.items():
-        ref = want[key.removesuffix("_prefix_cache")]
-        rel = float((vector - ref).abs().max() / ref.abs().max())
-        if not rel <= RELATIVE:
-            bad[key] = rel
-    return bad
+    return golden_mismatches(GOLDEN / f"attn_last_{name}.safetensors", got,
+                             {"texts": json.dumps(TEXTS), "image_text": IMAGE_TEXT}, RELATIVE)
 
 
 def _backbone(name: str, smollm: Backbone) -> Backbone:

@@ -71,10 +71,11 @@ class PromptCollator:
     """Turns a list of items into model inputs with the prior's prompts (in DataLoader workers when there are
     some: it holds the processor, not the model). ``prior`` is bound to the dataset (:meth:`Prior.for_dataset`).
     With ``content=True`` (``pooling=mean``) a batch also carries ``content``: (batch, seq) bool, each item's own
-    tokens (its text's and its images')."""
+    tokens (its text's and its images'); ``occurrence`` (``pooling.occurrence``) says which copy of the text counts
+    when the prior writes it more than once (``last``: echo embeddings)."""
 
-    def __init__(self, backbone: Backbone, prior: Prior, content: bool = False) -> None:
-        self.prompter, self.prior, self.content = backbone.prompter, prior, content
+    def __init__(self, backbone: Backbone, prior: Prior, content: bool = False, occurrence: str = "first") -> None:
+        self.prompter, self.prior, self.content, self.occurrence = backbone.prompter, prior, content, occurrence
 
     def prompt(self, item: Item, n_images: int | None = None) -> str:
         """The full prompt string for one item (a video clip puts one image per sampled frame)."""
@@ -82,16 +83,18 @@ class PromptCollator:
         return self.prompter.render(text, n_images=frame_count(item.image) if n_images is None else n_images)
 
     def text_span(self, item: Item, prompt: str, n_images: int) -> tuple[int, int]:
-        """Characters of ``prompt`` that are the item's own text: located by rendering the prompt with a slot in
-        its place (so a template that repeats the text's words cannot mislead)."""
+        """Characters of ``prompt`` that are the item's own text (its first or, with ``occurrence='last'``, its last
+        copy): located by rendering the prompt with a slot in its place (so a template that repeats the text's
+        words cannot mislead)."""
         text = item.text.strip()
         if not text:
             return 0, 0
         slotted = self.prompter.render(self.prior.render(item.role, MARK, item.image is not None),
                                        n_images=n_images)
-        start = slotted.find(MARK)
-        if start < 0 or slotted.replace(MARK, text) != prompt:
+        slot = slotted.rfind(MARK) if self.occurrence == "last" else slotted.find(MARK)
+        if slot < 0 or slotted.replace(MARK, text) != prompt:
             raise ConfigError(f"pooling=mean cannot locate the item's text in its prompt (prior {self.prior.name})")
+        start = len(slotted[:slot].replace(MARK, text))  # earlier copies of the slot hold the text in the prompt
         return start, start + len(text)
 
     def __call__(self, items: list[Item]) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 - ``last`` (FreeRet, default): the state at the prompt's last token, which would predict the one-word answer.
 - ``last_k``: the mean of the states at the last ``k`` real tokens.
 - ``mean``: the mean over the item's own content tokens (its text and its image tokens), not the template's.
+  ``occurrence: last`` takes the item text's LAST occurrence in the prompt (echo embeddings, Springer et al. 2024,
+  arXiv 2402.15449: a prior that writes the item twice, pooled over the second copy, whose tokens have each seen the
+  whole item); ``first`` (default) the first. Image tokens (placed once, by the chat template) stay in the mask.
 
 Weights are (batch, seq) rows over a left-padded batch that sum to 1; the item's content positions come from the
 collator (:func:`content_span`), counted from the prompt's end so that they hold after a processor expands the
@@ -20,6 +23,7 @@ import torch
 from freeret.errors import ConfigError, known_keys
 
 POOLINGS = ("last", "last_k", "mean")
+OCCURRENCES = ("first", "last")  # mean: which occurrence of the item's text in the prompt is pooled
 
 
 @dataclass(frozen=True)
@@ -28,12 +32,18 @@ class PoolingSpec:
 
     name: str = "last"
     k: int = 4  # last_k: how many final tokens
+    occurrence: str = "first"  # mean: the item text's first or last occurrence in the prompt (last: echo)
 
     def __post_init__(self) -> None:
         if self.name not in POOLINGS:
             raise ConfigError(f"pooling.name={self.name!r} is not one of {', '.join(POOLINGS)}")
         if int(self.k) < 1:
             raise ConfigError(f"pooling.k={self.k} must be >= 1")
+        if self.occurrence not in OCCURRENCES:
+            raise ConfigError(f"pooling.occurrence={self.occurrence!r} is not one of {', '.join(OCCURRENCES)}")
+        if self.occurrence != "first" and self.name != "mean":
+            raise ConfigError(f"pooling.occurrence={self.occurrence} applies to pooling=mean only, not "
+                              f"pooling={self.name}")
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> PoolingSpec:
@@ -48,12 +58,16 @@ class PoolingSpec:
 
     @property
     def label(self) -> str:
-        """Short name for results and tables."""
-        return f"last_k(k={self.k})" if self.name == "last_k" else self.name
+        """Short name for results and tables (the occurrence only when it is not the default first)."""
+        if self.name == "last_k":
+            return f"last_k(k={self.k})"
+        return f"mean(occurrence={self.occurrence})" if self.occurrence != "first" else self.name
 
     def describe(self) -> dict[str, Any]:
-        """What results and the vector signature record."""
-        return {"name": self.name, "label": self.label, **({"k": int(self.k)} if self.name == "last_k" else {})}
+        """What results and the vector signature record: a default occurrence is left out, so settings from before
+        the key existed keep their signature."""
+        return {"name": self.name, "label": self.label, **({"k": int(self.k)} if self.name == "last_k" else {}),
+                **({"occurrence": self.occurrence} if self.occurrence != "first" else {})}
 
     def weights(self, mask: torch.Tensor, content: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, seq) fp32 pooling weights, each row summing to 1, for a left-padded ``mask``."""

@@ -71,7 +71,9 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | R
         return scores
     embed_cfg = cfg.get("embed") or {}
     readout = Readout.of(layer)
-    collate = PromptCollator(backbone, prior, content=bool(readout.pooling and readout.pooling.needs_content))
+    pooling = readout.pooling
+    collate = PromptCollator(backbone, prior, content=bool(pooling and pooling.needs_content),
+                             occurrence=pooling.occurrence if pooling else "first")
     prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
     signature = vector_signature(backbone, layer, prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
