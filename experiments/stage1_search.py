@@ -96,7 +96,8 @@ def job_records(sweep_dir: Path, objective: str = "rd_meta") -> list[dict[str, A
             continue
         task = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         scores = {r["dataset"]: r["main_score"] for r in results}
-        stage1 = {r["dataset"]: r["metrics"]["embed"][r["main_score_name"]] for r in results if "rerank" in r["metrics"]}
+        stage1 = {r["dataset"]: r["metrics"]["embed"][r["main_score_name"]] for r in results
+                  if "rerank" in r.get("metrics", {})}
         rd = [s for d, s in scores.items() if d.startswith("wordnet_rd")]
         meta = [s for d, s in scores.items() if not d.startswith("wordnet_rd")]
         record = {"job": int(job.name), "overrides": task, "scores": scores,
@@ -309,9 +310,35 @@ def _report_mean(state: dict[str, Any], out: Path, spec_path: Path) -> str:
                              + " | ".join(_pct(job["scores"][n]) for n in names)
                              + f" | {_pct(job['mean'])} | {finals[tag]['wall_s']:.0f} |")
             lines.append("")
+    if state.get("stage2"):
+        lines += [stage2_report(state)]
     text = "\n".join(lines) + "\n"
     (out / "leaderboard.md").write_text(text)
     return text
+
+
+def stage2_report(state: dict[str, Any], top: int = 12) -> str:
+    """Markdown: stage 1 alone and the best grid settings (dev hit@1 per dataset and mean), the choice."""
+    s2 = state["stage2"]
+    names = sorted(s2["stage1"]["scores"])
+    short = [n.replace("general_", "").replace("_dev", "") for n in names]
+    lines = [f"### Stage-2 search, {state['model']} (split: dev)", "",
+             f"One BLiM run at K={s2['run']['pipeline.top_k']} on the chosen stage 1; {len(s2['settings'])} settings "
+             f"scored from its records; hit@1 in %.", "",
+             "| setting | " + " | ".join(short) + " | mean |", "|---|" + "---|" * (len(names) + 1),
+             "| stage 1 alone | " + " | ".join(_pct(s2["stage1"]["scores"][n]) for n in names)
+             + f" | {_pct(s2['stage1']['mean'])} |"]
+    for row in sorted(s2["settings"], key=lambda r: -r["mean"])[:top]:
+        mark = " **(chosen)**" if row["setting"] == s2["chosen"] else ""
+        lines.append(f"| {row['label']}{mark} | " + " | ".join(_pct(row["scores"][n]) for n in names)
+                     + f" | {_pct(row['mean'])} |")
+    by_scorer: dict[str, float] = {}
+    for row in s2["settings"]:
+        key = row["setting"]["scorer"]
+        by_scorer[key] = max(by_scorer.get(key, 0.0), row["mean"])
+    lines += ["", "Best dev mean per scorer: " + ", ".join(f"{k} {_pct(v)}" for k, v in by_scorer.items()) + ".", "",
+              f"Chosen: `{s2['chosen_overrides']}`" if s2["chosen"] else "Chosen: no stage 2 (no setting beat stage 1)."]
+    return "\n".join(lines) + "\n"
 
 
 def compare(states: list[dict[str, Any]], spec_path: Path = CONFIG) -> str:
@@ -356,7 +383,8 @@ def pinned(best: dict[str, Any], pins: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_preset(state: dict[str, Any], out: Path, name: str | None = None, preset: str = "freeret_plus",
-                 root: Path | None = None, date: str | None = None, spec_path: Path = CONFIG) -> Path:
+                 root: Path | None = None, date: str | None = None, spec_path: Path = CONFIG,
+                 stage2: bool = True) -> Path:
     """``conf/presets/<preset>/<name or the search's model>.yaml`` from the search's chosen setting (``best``, with the
     spec's ``pins``) and stage 2 (``stage2_search.py``'s choice, if any), with where they were chosen; returns the
     file written."""
@@ -368,18 +396,21 @@ def write_preset(state: dict[str, Any], out: Path, name: str | None = None, pres
     except ValueError:
         pass
     provenance = {"split": "dev", "search": str(search), "objective": objective_name(state),
+                  "data": load_search(spec_path).get("data_note"),
                   "score": state["best_objective"], "datasets": sorted(chosen[0]["scores"]) if chosen else None,
                   "date": date or datetime.date.today().isoformat(),
                   "written_by": "experiments/stage1_search.py --write-preset",
                   "note": f"chosen for {state['model']}" if (name or state["model"]) != state["model"] else None}
-    stage2 = (state.get("stage2") or {}).get("chosen_overrides")
+    chosen_stage2 = (state.get("stage2") or {}).get("chosen_overrides") if stage2 else None
     if state.get("stage2"):
-        provenance["note"] = "; ".join(x for x in (provenance["note"], (
-            f"stage 2 chosen by experiments/stage2_search.py on the same dev data: dev mean hit@1 "
-            f"{state['stage2']['stage1']['mean']:.4f} -> {state['stage2']['objective']:.4f}") if stage2 else
-            "stage 2: none (no setting of experiments/stage2_search.py beat stage 1 on dev)") if x)
+        s2 = state["stage2"]
+        what = ("stage 1 only (written with --no-stage2)" if not stage2 else
+                f"stage 2 chosen by experiments/stage2_search.py on the same dev data: dev mean hit@1 "
+                f"{s2['stage1']['mean']:.4f} -> {s2['objective']:.4f}" if chosen_stage2 else
+                "stage 2: none (no setting of experiments/stage2_search.py beat stage 1 on dev)")
+        provenance["note"] = "; ".join(x for x in (provenance["note"], what) if x)
     return write_preset_file(preset, name or state["model"], pinned(state["best"], load_search(spec_path).get("pins", [])),
-                             {k: v for k, v in provenance.items() if v is not None}, stage2=stage2, root=root)
+                             {k: v for k, v in provenance.items() if v is not None}, stage2=chosen_stage2, root=root)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-preset", nargs="?", const="", default=None, metavar="NAME",
                         help="write the chosen setting of <out>/search.json into conf/presets/freeret_plus/<model>.yaml "
                              "(NAME: that file's name instead, e.g. _general); run nothing")
+    parser.add_argument("--no-stage2", action="store_true",
+                        help="with --write-preset: stage 1 only (e.g. the _general file, for models whose data a "
+                             "text-only stage 2 cannot score)")
     parser.add_argument("--spec", type=Path, default=CONFIG,
                         help="a YAML file whose `search` section replaces the experiment's (e.g. stage1_search_cpu.yaml)")
     add_launcher_argument(parser)
@@ -413,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.write_preset is not None:
         state = json.loads((args.out / "search.json").read_text())
-        path = one_line_errors(lambda: write_preset(state, args.out, args.write_preset or None, spec_path=args.spec))
+        path = one_line_errors(lambda: write_preset(state, args.out, args.write_preset or None, spec_path=args.spec,
+                                                    stage2=not args.no_stage2))
         print(f"wrote {path}")
         return 0
     quiet_lightning()

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stage1_search import CONFIG, TWO_STAGE, load_search, overrides, run_sweep
+from stage1_search import CONFIG, TWO_STAGE, load_search, overrides, run_sweep, stage2_report
 
 from freeret.cli import one_line_errors, quiet_lightning
 from freeret.errors import ConfigError
@@ -86,34 +86,6 @@ def search(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG, la
     return state
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def report(state: dict[str, Any], top: int = 12) -> str:
-    """Markdown: stage 1 alone and the best grid settings (dev hit@1 per dataset and mean), the choice."""
-    s2 = state["stage2"]
-    names = sorted(s2["stage1"]["scores"])
-    short = [n.replace("general_", "").replace("_dev", "") for n in names]
-    lines = [f"### Stage-2 search, {state['model']} (split: dev)", "",
-             f"One BLiM run at K={s2['run']['pipeline.top_k']} on the chosen stage 1; {len(s2['settings'])} settings "
-             f"scored from its records; hit@1 in %.", "",
-             "| setting | " + " | ".join(short) + " | mean |", "|---|" + "---|" * (len(names) + 1),
-             "| stage 1 alone | " + " | ".join(_pct(s2["stage1"]["scores"][n]) for n in names)
-             + f" | {_pct(s2['stage1']['mean'])} |"]
-    for row in sorted(s2["settings"], key=lambda r: -r["mean"])[:top]:
-        mark = " **(chosen)**" if row["setting"] == s2["chosen"] else ""
-        lines.append(f"| {row['label']}{mark} | " + " | ".join(_pct(row["scores"][n]) for n in names)
-                     + f" | {_pct(row['mean'])} |")
-    by_scorer: dict[str, float] = {}
-    for row in s2["settings"]:
-        key = row["setting"]["scorer"]
-        by_scorer[key] = max(by_scorer.get(key, 0.0), row["mean"])
-    lines += ["", "Best dev mean per scorer: " + ", ".join(f"{k} {_pct(v)}" for k, v in by_scorer.items()) + ".", "",
-              f"Chosen: `{s2['chosen_overrides']}`" if s2["chosen"] else "Chosen: no stage 2 (no setting beat stage 1)."]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a conf/model name")
@@ -123,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for the run")
     args = parser.parse_args(argv)
     if args.report:
-        print(report(json.loads((args.out / "search.json").read_text())))
+        print(stage2_report(json.loads((args.out / "search.json").read_text())))
         return 0
     quiet_lightning()
     state = one_line_errors(lambda: search(args.model, args.out, args.overrides, args.spec))
-    print(report(state))
+    print(stage2_report(state))
     return 0
 
 

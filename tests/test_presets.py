@@ -27,26 +27,36 @@ def without_record(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k != "preset"}
 
 
-@pytest.mark.parametrize("model, file, k", [("smollm2_135m", "smollm2_135m", 0), ("gemma3_270m", "gemma3_270m", 1),
-                                            ("tiny_qwen2vl", "_general", 0)])
-def test_each_model_gets_its_own_file_else_the_general_one(model, file, k):
+def _group(cfg: dict, key: str):
+    """A composed config's value at a dotted key (a group's name for a group)."""
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node["name"] if isinstance(node, dict) else node
+
+
+@pytest.mark.parametrize("model, file", [("smollm2_135m", "smollm2_135m"), ("gemma3_270m", "gemma3_270m"),
+                                         ("qwen25coder_05b", "qwen25coder_05b"), ("tiny_qwen2vl", "_general")])
+def test_each_model_gets_its_own_file_else_the_general_one(model, file):
+    """method=freeret_plus composes to exactly the file's settings (stage 1, and stage 2 where the file has one), and
+    the run's record names the file, its sha256 and each override applied."""
+    chosen = presets.PresetFile.load(FOLDER / f"{file}.yaml")
     cfg = resolved("method=freeret_plus", f"model={model}")
-    assert cfg["model"]["name"] == model and cfg["prior"]["name"] == "fewshot" and cfg["prior"]["demos"]["k"] == k
-    assert (cfg["layer"]["name"], cfg["pooling"]["name"], cfg["postprocess"]["name"], cfg["retriever"]["name"],
-            cfg["pipeline"]["name"]) == ("attn_last", "last", "abtt", "dense", "embed")
-    path = FOLDER / f"{file}.yaml"
+    assert cfg["model"]["name"] == model
+    for key, value in [*chosen.stage1.items(), *(chosen.stage2 or {}).items()]:
+        assert _group(cfg, key) == value, key
+    assert cfg["pipeline"]["name"] == ("two_stage" if chosen.stage2 else "embed")
     assert presets.record(cfg) == {
         "name": "freeret_plus", "model": file, "file": f"conf/presets/freeret_plus/{file}.yaml",
-        "sha256": presets.PresetFile.load(path).sha256, "overridden": [],
-        "applied": ["layer=attn_last", "pooling=last", "prior=fewshot", f"++prior.demos.k={k}", "postprocess=abtt",
-                    "retriever=dense", "pipeline=embed"]}
+        "sha256": chosen.sha256, "overridden": [], "applied": [presets._override(k, v) for k, v in chosen.settings()]}
 
 
 def test_the_drivers_compose_with_the_preset_applied():
     """experiments/runs.py composes every driver's jobs (freeret/experiment.py's run_jobs): the same step as run.py."""
     runs = script("experiments/runs.py")
     cfg = runs.compose(["method=freeret_plus", "model=gemma3_270m"])
-    assert cfg["preset"]["model"] == "gemma3_270m" and cfg["prior"]["demos"]["k"] == 1
+    gemma = presets.PresetFile.load(FOLDER / "gemma3_270m.yaml")
+    assert cfg["preset"]["model"] == "gemma3_270m" and cfg["prior"]["name"] == gemma.stage1["prior"]
     assert "preset" not in runs.compose(["method=freeret_plus_270m", "model=gemma3_270m"])
 
 
@@ -58,8 +68,9 @@ def test_command_line_overrides_win_over_the_file():
     other = resolved("method=freeret_plus", "model=gemma3_270m", "prior=e5v")
     assert other["prior"]["name"] == "e5v" and "demos" not in other["prior"]
     assert other["preset"]["overridden"] == ["prior", "prior.demos.k"] and other["postprocess"]["name"] == "abtt"
-    same = resolved("method=freeret_plus", "model=gemma3_270m", "prior=fewshot")
-    assert same["prior"]["demos"]["k"] == 1 and same["preset"]["overridden"] == ["prior"]
+    same = resolved("method=freeret_plus", "model=gemma3_270m", "prior=fewshot")  # the file's own prior (few-shot)
+    assert same["prior"]["demos"]["k"] == presets.PresetFile.load(FOLDER / "gemma3_270m.yaml").stage1["prior.demos.k"]
+    assert same["preset"]["overridden"] == ["prior"]
     staged = resolved("method=freeret_plus", "pipeline=two_stage", "pipeline.top_k=7")
     assert staged["pipeline"]["name"] == "two_stage" and staged["pipeline"]["top_k"] == 7
     assert resolved("method=freeret_plus", "mode=fast")["preset"]["model"] == "_general"  # the model mode=fast loads
@@ -70,35 +81,36 @@ def test_the_pinned_names_are_the_settings_they_name_for_every_model():
         v1 = resolved("method=freeret_plus_v1", f"model={model}")
         assert (v1["prior"]["name"], v1["prior"]["demos"]["k"], v1["postprocess"]["name"]) == ("fewshot", 0, "abtt")
         assert "preset" not in v1 and resolved("method=freeret_plus_270m", f"model={model}")["prior"]["demos"]["k"] == 1
-    # today the per-model files are the two pinned choices
-    for model, pinned in (("smollm2_135m", "freeret_plus_v1"), ("tiny_qwen2vl", "freeret_plus_v1"),
-                          ("gemma3_270m", "freeret_plus_270m")):
-        assert without_record(resolved("method=freeret_plus", f"model={model}")) == \
-            resolved(f"method={pinned}", f"model={model}")
 
 
-def test_the_pinned_entries_of_the_config_snapshot_equal_freeret_plus_before_issue_26():
-    """tests/snapshots/conf_resolved.json (checked by test_conf_resolved.py): method=freeret_plus_v1 is what
-    method=freeret_plus resolved to before (less the record of the file applied)."""
+def test_the_pinned_entries_of_the_config_snapshot_are_the_settings_chosen_before():
+    """tests/snapshots/conf_resolved.json (checked by test_conf_resolved.py): method=freeret_plus_v1 is the RD dev
+    search's choice on SmolLM2 (docs/results/smollm2_135m/stage1_search), freeret_plus_270m the same on Gemma; neither
+    depends on a preset file."""
     snap = json.loads((REPO / "tests/snapshots/conf_resolved.json").read_text())
-    plain = {k: v for k, v in snap["method=freeret_plus"].items() if not k.startswith("preset.")}
-    assert snap["method=freeret_plus_v1"] == plain
-    two = {k: v for k, v in snap["method=freeret_plus pipeline=two_stage"].items() if not k.startswith("preset.")}
-    assert snap["method=freeret_plus_v1 pipeline=two_stage"] == two
-    gemma = snap["method=freeret_plus model=gemma3_270m"]
-    assert {k: v for k, v in gemma.items() if not k.startswith("preset.")} == snap["method=freeret_plus_270m model=gemma3_270m"]
+    for entry, model in (("method=freeret_plus_v1", "smollm2_135m"), ("method=freeret_plus_270m model=gemma3_270m",
+                                                                       "gemma3_270m")):
+        best = json.loads((REPO / f"docs/results/{model}/stage1_search/search.json").read_text())["best"]
+        best = {"prior.demos.k": 1, **best}  # the few-shot default where the search kept it
+        got = snap[entry]
+        assert {k: got[k if "." in k else f"{k}.name"] for k in best} == best, entry
+        assert got["pipeline.name"] == "embed" and not any(k.startswith("preset.") for k in got)
 
 
 def test_the_shipped_files_are_valid_and_as_snapshotted():
     files = presets.check_all()
-    assert sorted(f.model for f in files) == ["_general", "gemma3_270m", "smollm2_135m"]
+    assert sorted(f.model for f in files) == ["_general", "gemma3_270m", "qwen25coder_05b", "smollm2_135m"]
     got = {str(f.path.relative_to(REPO)): {"stage1": f.stage1, "stage2": f.stage2, "provenance": f.provenance,
                                            "settings": [list(s) for s in f.settings()]} for f in files}
     check_snapshot(SNAPSHOT, got)
+    driver = script("experiments/stage1_search.py")
+    pins = driver.load_search(REPO / "experiments/general_search.yaml")["pins"]
     for f in files:  # each file names the search it came from, and that search chose this setting
         assert f.provenance["split"] == "dev" and (REPO / f.provenance["search"]).is_file()
-        best = json.loads((REPO / f.provenance["search"]).read_text())["best"]
-        assert {**{"prior.demos.k": 1}, **best} == f.stage1
+        state = json.loads((REPO / f.provenance["search"]).read_text())
+        assert driver.pinned(state["best"], pins) == f.stage1
+        stage2 = (state.get("stage2") or {}).get("chosen_overrides")
+        assert f.stage2 == (None if "--no-stage2" in f.provenance.get("note", "") else stage2)
 
 
 def _write(root: Path, model: str, data: dict) -> Path:
@@ -204,28 +216,33 @@ def test_run_py_applies_the_preset_and_rewrites_the_job_config(tmp_path):
 
 
 def test_the_search_writes_a_preset_file_that_applies(tmp_path):
+    """The shipped Gemma file is what --write-preset writes from its recorded general-suite search (stage 1 with the
+    spec's pins, stage 2, provenance); written into another root it applies as the shipped one does."""
     driver = script("experiments/stage1_search.py")
-    out = REPO / "docs/results/gemma3_270m/stage1_search"
+    out = REPO / "docs/results/gemma3_270m/general_search"
+    spec = REPO / "experiments/general_search.yaml"
     state = json.loads((out / "search.json").read_text())
-    path = driver.write_preset(state, out, root=tmp_path, date="2026-12-06")
+    shipped = presets.PresetFile.load(FOLDER / "gemma3_270m.yaml")
+    path = driver.write_preset(state, out, root=tmp_path, date=shipped.provenance["date"], spec_path=spec)
     written = presets.PresetFile.load(path)
-    assert path == tmp_path / "freeret_plus/gemma3_270m.yaml" and written.stage1 == state["best"]
-    assert written.provenance == {"split": "dev", "search": "docs/results/gemma3_270m/stage1_search/search.json",
-                                  "objective": "RD dev hit@1 (no meta-task dev run)", "score": 0.536,
-                                  "datasets": ["wordnet_rd_dev"], "date": "2026-12-06",
-                                  "written_by": "experiments/stage1_search.py --write-preset"}
-    driver.write_preset(state, out, "_general", root=tmp_path)
+    assert path == tmp_path / "freeret_plus/gemma3_270m.yaml"
+    assert (written.stage1, written.stage2, written.provenance) == (shipped.stage1, shipped.stage2, shipped.provenance)
+    assert written.stage1["prior.demos.k"] == 0 and written.stage2["scorer"] == "bidirectional"
+    assert written.provenance["search"] == "docs/results/gemma3_270m/general_search/search.json"
+    general = presets.PresetFile.load(driver.write_preset(state, out, "_general", root=tmp_path, spec_path=spec,
+                                                          stage2=False))
+    assert general.stage2 is None and "stage 1 only" in general.provenance["note"]
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = presets.resolve(lambda o: hydra_compose(config_name="config", overrides=o),
                               ["method=freeret_plus", "model=gemma3_270m"], root=tmp_path)
-    cfg = OmegaConf.to_container(cfg, resolve=True)  # the search's best (k: the few-shot default) = the shipped file
+    cfg = OmegaConf.to_container(cfg, resolve=True)
     assert without_record(cfg) == without_record(resolved("method=freeret_plus", "model=gemma3_270m"))
     with pytest.raises(ConfigError, match="unknown stage1 key 'embed.batch_size'"):  # checked before it is written
         driver.write_preset({**state, "best": {**state["best"], "embed.batch_size": 4}}, out, "tiny_qwen2vl",
-                            root=tmp_path)
+                            root=tmp_path, spec_path=spec)
     assert not (tmp_path / "freeret_plus/tiny_qwen2vl.yaml").exists()
 
 

@@ -165,14 +165,33 @@ def test_search_compare_puts_models_side_by_side():
 
 
 @pytest.mark.parametrize("preset, model", [("freeret_plus", "smollm2_135m"), ("freeret_plus", "gemma3_270m"),
+                                           ("freeret_plus", "qwen25coder_05b"),
                                            ("freeret_plus_v1", "smollm2_135m"), ("freeret_plus_270m", "gemma3_270m")])
 def test_freeret_plus_is_the_setting_chosen_on_dev(preset, model):
-    """method=freeret_plus on each model, and the pinned name of each model's choice, compose to exactly the setting
-    that model's recorded dev search chose (config is data); a key the search never moved keeps the search's start
-    (e.g. the few-shot prior's default k)."""
-    state = json.loads((REPO / f"docs/results/{model}/stage1_search/search.json").read_text())
+    """method=freeret_plus on each model composes to exactly what that model's recorded dev search chose (the search
+    file its preset names: stage 1 with the spec's pins, and its stage 2), and the pinned names of the earlier choices
+    to what the RD dev search chose (config is data); a key a search never moved keeps the search's start (e.g. the
+    few-shot prior's default k)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import stage1_search as driver
+
+    from freeret.presets import PresetFile
+
+    if preset == "freeret_plus":
+        provenance = PresetFile.load(REPO / f"conf/presets/freeret_plus/{model}.yaml").provenance
+        state = json.loads((REPO / provenance["search"]).read_text())
+        spec = driver.load_search(REPO / "experiments/general_search.yaml")
+        best = driver.pinned(state["best"], spec.get("pins", []))
+        stage2 = (state.get("stage2") or {}).get("chosen_overrides") or {}
+    else:
+        state = json.loads((REPO / f"docs/results/{model}/stage1_search/search.json").read_text())
+        best, stage2 = state["best"], {}
     cfg = OmegaConf.to_container(compose([f"method={preset}", f"model={model}"]), resolve=True)
-    best = {"prior.demos.k": OmegaConf.load(REPO / "conf/prior/fewshot.yaml").demos.k, **state["best"]}
+    if best.get("prior") == "fewshot":
+        best = {"prior.demos.k": OmegaConf.load(REPO / "conf/prior/fewshot.yaml").demos.k, **best}
+    best = {**best, **stage2}
     for key, value in best.items():
         node = cfg
         for part in key.split(".")[:-1]:
@@ -180,7 +199,7 @@ def test_freeret_plus_is_the_setting_chosen_on_dev(preset, model):
         leaf = key.split(".")[-1]
         got = node[leaf]["name"] if isinstance(node[leaf], dict) else node[leaf]
         assert got == value, key
-    assert cfg["pipeline"]["name"] == "embed"
+    assert cfg["pipeline"]["name"] == ("two_stage" if stage2 else "embed")
     paper = OmegaConf.to_container(compose([]), resolve=True)  # the default stays the paper's method
     assert (paper["prior"]["name"], paper["layer"]["name"], paper["pooling"]["name"], paper["postprocess"]["name"],
             paper["retriever"]["name"]) == ("freeret", "attn_last", "last", "none", "dense")

@@ -277,9 +277,9 @@ def fused_ranking(embed: torch.Tensor, positions: Sequence[int], scores: torch.T
                   entropy: torch.Tensor | None = None) -> torch.Tensor:
     """Strict rank scores over the whole candidate list after stage 2.
 
-    The reranked top-K come first, ordered by the fused score (:func:`fuse`); ties are broken by the embedding score (``tie_break=embed``) or by the lowest answer entropy
-    (``entropy``, RetLLM; scorers that record one), and finally against the positive. The rest keep their stage-1
-    order.
+    The reranked top-K come first, ordered by the fused score (:func:`fuse`); ties are broken by the embedding score
+    (``tie_break=embed``) or by the lowest answer entropy (``entropy``, RetLLM; scorers that record one), and finally
+    against the positive. The rest keep their stage-1 order.
     """
     n = len(embed)
     fused = fuse(scores, embed[list(positions)], cfg)
