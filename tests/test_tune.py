@@ -164,3 +164,29 @@ def test_general_search_chooses_stage1_on_the_domain_mean_then_stage2_then_write
     assert sorted(final) == ["bm25_dev", "bm25_test", "chosen_stage2_test", "chosen_test"]
     job = final["chosen_stage2_test"]["jobs"][0]
     assert job["stage1_scores"] == final["chosen_test"]["jobs"][0]["scores"]  # the same stage 1 under stage 2
+
+
+def test_general_table_reads_the_test_runs_and_checks_the_goals(tmp_path):
+    """experiments/general_table.py: a block per model from search.json's test runs, the issue's goals checked on
+    them, and the figure by model size."""
+    from helpers import script
+
+    table = script("experiments/general_table.py")
+
+    def run(a: float, b: float) -> dict:
+        return {"jobs": [{"scores": {"general_wn_adj": a, "general_vera": b}}]}
+
+    smol = {"model": "smollm2_135m", "best": {"prior": "fewshot"}, "stage2": {"chosen_overrides": {"scorer": "x"}},
+            "test": {"chosen_test": run(0.4, 0.2), "chosen_stage2_test": run(0.6, 0.1), "bm25_test": run(0.1, 0.1),
+                     "minilm_test": run(0.5, 0.3), "freeret_paper_test": run(0.1, 0.0)}}
+    qwen = {"model": "qwen25coder_05b", "best": {}, "stage2": {"chosen_overrides": None},
+            "test": {"chosen_test": run(0.7, 0.5), "bm25_test": run(0.1, 0.1), "minilm_test": run(0.5, 0.3)}}
+    text, data = table.table([smol, qwen])
+    assert "| chosen on general dev, + its stage 2 | 10.0 | **60.0** | **35.0** |" in text  # columns sorted
+    assert "beats BM25 on every domain: **no** (not on vera)" in text
+    assert "beats MiniLM on the domain mean: **yes** (60.0 vs 40.0)" in text
+    assert "smollm2_135m: the chosen stage 2 raises the domain mean over its stage 1: **yes** (30.0 -> 35.0)" in text
+    assert "qwen25coder_05b: the chosen stage 2 raises the domain mean over its stage 1: **no stage 2 was chosen" in text
+    assert data["qwen25coder_05b"]["rows"]["chosen_stage2"]["none"] == 1.0
+    table.figure(data, tmp_path / "by_size.png")
+    assert (tmp_path / "by_size.png").stat().st_size > 10_000
