@@ -86,6 +86,11 @@ def objective_of(record: dict[str, Any], objective: str = "rd_meta") -> float:
     return sum(parts) / len(parts)
 
 
+def dev_data(spec: dict[str, Any]) -> list[str]:
+    """The overrides that select a spec's dev data: its dev suite (the first of ``suites``) and ``dev_overrides``."""
+    return [*([f"suite={spec['suites'][0]}"] if spec.get("suites") else []), *spec.get("dev_overrides", [])]
+
+
 def job_records(sweep_dir: Path, objective: str = "rd_meta") -> list[dict[str, Any]]:
     """One record per job of a multirun folder: its overrides, per-dataset scores, RD / meta dev means, the mean over
     datasets, the objective (:func:`objective_of`)."""
@@ -162,8 +167,7 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
         for key in sweep:  # a group swept by this axis drops the previous choice's own keys
             best = set_choice(best, key, best.get(key))
         best = {k: v for k, v in best.items() if v is not None}
-        data = [*([f"suite={spec['suites'][0]}"] if spec.get("suites") else []), *spec.get("dev_overrides", [])]
-        wall = run_sweep(model, [*overrides(best, sweep), *data], out / name, extra, launcher)
+        wall = run_sweep(model, [*overrides(best, sweep), *dev_data(spec)], out / name, extra, launcher)
         records = job_records(out / name, objective)
         keys = set(best) | set(sweep)
         for r in records:
@@ -321,11 +325,10 @@ def stage2_report(state: dict[str, Any], top: int = 12) -> str:
     """Markdown: stage 1 alone and the best grid settings (dev hit@1 per dataset and mean), the choice."""
     s2 = state["stage2"]
     names = sorted(s2["stage1"]["scores"])
-    short = [n.replace("general_", "").replace("_dev", "") for n in names]
     lines = [f"### Stage-2 search, {state['model']} (split: dev)", "",
              f"One BLiM run at K={s2['run']['pipeline.top_k']} on the chosen stage 1; {len(s2['settings'])} settings "
              f"scored from its records; hit@1 in %.", "",
-             "| setting | " + " | ".join(short) + " | mean |", "|---|" + "---|" * (len(names) + 1),
+             "| setting | " + " | ".join(map(_short, names)) + " | mean |", "|---|" + "---|" * (len(names) + 1),
              "| stage 1 alone | " + " | ".join(_pct(s2["stage1"]["scores"][n]) for n in names)
              + f" | {_pct(s2['stage1']['mean'])} |"]
     for row in sorted(s2["settings"], key=lambda r: -r["mean"])[:top]:
@@ -388,6 +391,7 @@ def write_preset(state: dict[str, Any], out: Path, name: str | None = None, pres
     """``conf/presets/<preset>/<name or the search's model>.yaml`` from the search's chosen setting (``best``, with the
     spec's ``pins``) and stage 2 (``stage2_search.py``'s choice, if any), with where they were chosen; returns the
     file written."""
+    spec = load_search(spec_path)
     jobs = [j for axis in state["axes"].values() for j in axis.get("jobs", [])]
     chosen = [j for j in jobs if j.get("setting") == state["best"] and j.get("objective") == state["best_objective"]]
     search = (out / "search.json").resolve()
@@ -396,7 +400,7 @@ def write_preset(state: dict[str, Any], out: Path, name: str | None = None, pres
     except ValueError:
         pass
     provenance = {"split": "dev", "search": str(search), "objective": objective_name(state),
-                  "data": load_search(spec_path).get("data_note"),
+                  "data": spec.get("data_note"),
                   "score": state["best_objective"], "datasets": sorted(chosen[0]["scores"]) if chosen else None,
                   "date": date or datetime.date.today().isoformat(),
                   "written_by": "experiments/stage1_search.py --write-preset",
@@ -409,7 +413,7 @@ def write_preset(state: dict[str, Any], out: Path, name: str | None = None, pres
                 f"{s2['stage1']['mean']:.4f} -> {s2['objective']:.4f}" if chosen_stage2 else
                 "stage 2: none (no setting of experiments/stage2_search.py beat stage 1 on dev)")
         provenance["note"] = "; ".join(x for x in (provenance["note"], what) if x)
-    return write_preset_file(preset, name or state["model"], pinned(state["best"], load_search(spec_path).get("pins", [])),
+    return write_preset_file(preset, name or state["model"], pinned(state["best"], spec.get("pins", [])),
                              {k: v for k, v in provenance.items() if v is not None}, stage2=chosen_stage2, root=root)
 
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stage1_search import CONFIG, TWO_STAGE, load_search, overrides, run_sweep, stage2_report
+from stage1_search import CONFIG, TWO_STAGE, dev_data, load_search, overrides, run_sweep, stage2_report
 
 from freeret.cli import one_line_errors, quiet_lightning
 from freeret.errors import ConfigError
@@ -69,10 +69,9 @@ def search(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG, la
         raise ConfigError(f"{state_file} does not exist: run experiments/stage1_search.py first")
     state = json.loads(state_file.read_text())
     run = run_overrides(spec["stage2"])
-    data = [*([f"suite={spec['suites'][0]}"] if spec.get("suites") else []), *spec.get("dev_overrides", [])]
     job_dir = out / "stage2_run"
     if not (job_dir / "0" / "results").exists():
-        run_sweep(model, [*overrides({**state["best"], **TWO_STAGE, **run}), *data], job_dir, extra, launcher)
+        run_sweep(model, [*overrides({**state["best"], **TWO_STAGE, **run}), *dev_data(spec)], job_dir, extra, launcher)
     records, stage1, reported = load_records(job_dir / "0")
     own = tune.Stage2Setting("bidirectional", int(run["pipeline.top_k"]), str(run.get("pipeline.fusion", "rerank")),
                              float(run.get("pipeline.fusion_weight", 0.5)),
