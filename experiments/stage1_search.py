@@ -36,6 +36,7 @@ from runs import run_sweep as run_plan
 
 from freeret.bench import bar_chart
 from freeret.cli import one_line_errors, quiet_lightning
+from freeret.errors import ConfigError
 from freeret.experiment import Models
 from freeret.paths import repo_root
 from freeret.presets import write as write_preset_file
@@ -146,21 +147,40 @@ def matches(best: dict[str, Any], when: dict[str, Any] | None) -> bool:
     return True
 
 
+def start_setting(spec: dict[str, Any], start_from: Path | None = None) -> tuple[dict[str, Any], str | None]:
+    """Where a new search starts: the spec's ``start``, or the chosen setting of another search (``start_from``: its
+    ``search.json``, e.g. a smaller model's of the same family), with where it came from."""
+    if start_from is None:
+        return dict(spec["start"]), None
+    if not start_from.is_file():
+        raise ConfigError(f"--start-from {start_from} is not a file (a search.json)")
+    other = json.loads(start_from.read_text())
+    return dict(other["best"]), f"the setting chosen for {other['model']} ({start_from})"
+
+
 def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec_path: Path = CONFIG,
-           launcher: str | None = None) -> dict[str, Any]:
-    """Run the axes (all, or those named) and return the state written to ``<out>/search.json``."""
+           launcher: str | None = None, start_from: Path | None = None) -> dict[str, Any]:
+    """Run the axes (all, or those named) and return the state written to ``<out>/search.json``. An axis with an
+    empty sweep scores the best setting as it stands: the first job of a search started ``start_from`` another."""
     spec = load_search(spec_path)
     state_file = out / "search.json"
     objective = spec.get("objective", "rd_meta")
-    state = json.loads(state_file.read_text()) if state_file.exists() else {
-        "model": model, "objective": OBJECTIVES[objective], "best": dict(spec["start"]),
-        "best_objective": None, "axes": {}, "dev_overrides": list(spec.get("dev_overrides", []))}
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+    else:
+        start, origin = start_setting(spec, start_from)
+        state = {"model": model, "objective": OBJECTIVES[objective], "best": start, "best_objective": None,
+                 "axes": {}, "dev_overrides": list(spec.get("dev_overrides", [])),
+                 **({"started_from": origin} if origin else {})}
     for axis in spec["axes"]:
         name = axis["name"]
         if (axes and name not in axes) or name in state["axes"]:
             continue
         if not matches(state["best"], axis.get("when")):
             state["axes"][name] = {"skipped": f"best setting does not match {axis['when']}"}
+            continue
+        if not axis["sweep"] and state["best_objective"] is not None:
+            state["axes"][name] = {"skipped": "the best setting already has a dev score"}
             continue
         sweep = {k: v if isinstance(v, list) else [v] for k, v in axis["sweep"].items()}
         best = state["best"]
@@ -438,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
                              "text-only stage 2 cannot score)")
     parser.add_argument("--spec", type=Path, default=CONFIG,
                         help="a YAML file whose `search` section replaces the experiment's (e.g. stage1_search_cpu.yaml)")
+    parser.add_argument("--start-from", type=Path, default=None, metavar="SEARCH_JSON",
+                        help="a new search starts from the setting another search chose (its search.json) instead "
+                             "of the spec's start; the spec's empty-sweep axis scores it first")
     add_launcher_argument(parser)
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for every job (e.g. embed.batch_size=16)")
     args = parser.parse_args(argv)
@@ -460,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         suites = tuple(args.suites or load_search(args.spec).get("suites", ["stage1_dev", "stage1_test"]))
         one_line_errors(lambda: test(args.model, args.out, args.overrides, args.spec, suites, args.launcher))
     else:
-        one_line_errors(lambda: search(args.model, args.out, args.axes, args.overrides, args.spec, args.launcher))
+        one_line_errors(lambda: search(args.model, args.out, args.axes, args.overrides, args.spec, args.launcher,
+                                       args.start_from))
     return 0
 
 

@@ -41,6 +41,20 @@ def run_overrides(spec: dict[str, Any]) -> dict[str, Any]:
     return run
 
 
+def run_folder(out: Path, args: list[str]) -> Path:
+    """The stage-2 run's folder: ``stage2_run`` when it is new or holds this very run (its recorded overrides include
+    ``args``), else ``stage2_run_<hash of args>``: a stage-1 choice that moved (a later axis won) gets a fresh run."""
+    import hashlib
+
+    import yaml
+
+    first = out / "stage2_run"
+    recorded = first / "0" / ".hydra" / "overrides.yaml"
+    if not recorded.exists() or set(args) <= set(yaml.safe_load(recorded.read_text())):
+        return first
+    return out / f"stage2_run_{hashlib.sha256(json.dumps(args).encode()).hexdigest()[:8]}"
+
+
 def load_records(job: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float], dict[str, float]]:
     """A two-stage job's rerank records per dataset (in row order), and its reported stage-1 and stage-2 hit@1."""
     records, stage1, stage2 = {}, {}, {}
@@ -69,9 +83,10 @@ def search(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG, la
         raise ConfigError(f"{state_file} does not exist: run experiments/stage1_search.py first")
     state = json.loads(state_file.read_text())
     run = run_overrides(spec["stage2"])
-    job_dir = out / "stage2_run"
+    args = [*overrides({**state["best"], **TWO_STAGE, **run}), *dev_data(spec)]
+    job_dir = run_folder(out, args)
     if not (job_dir / "0" / "results").exists():
-        run_sweep(model, [*overrides({**state["best"], **TWO_STAGE, **run}), *dev_data(spec)], job_dir, extra, launcher)
+        run_sweep(model, args, job_dir, extra, launcher)
     records, stage1, reported = load_records(job_dir / "0")
     own = tune.Stage2Setting("bidirectional", int(run["pipeline.top_k"]), str(run.get("pipeline.fusion", "rerank")),
                              float(run.get("pipeline.fusion_weight", 0.5)),

@@ -203,3 +203,54 @@ def test_freeret_plus_is_the_setting_chosen_on_dev(preset, model):
     paper = OmegaConf.to_container(compose([]), resolve=True)  # the default stays the paper's method
     assert (paper["prior"]["name"], paper["layer"]["name"], paper["pooling"]["name"], paper["postprocess"]["name"],
             paper["retriever"]["name"]) == ("freeret", "attn_last", "last", "none", "dense")
+
+
+def test_a_search_started_from_another_scores_its_start_first_and_stage2_reruns_when_stage1_moves(tmp_path, monkeypatch):
+    """``--start-from``: the state starts at the other search's choice; the empty-sweep axis runs exactly that setting
+    once (and is skipped in a search that already has a best score); the stage-2 run gets a fresh folder only when
+    the stage-1 setting it would run on is not the one its folder holds (issue 27)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import stage1_search as driver
+    import stage2_search
+
+    ran: list[list[str]] = []
+
+    def fake_sweep(model, args, sweep_dir, extra, launcher=None):
+        ran.append(args)
+        job = sweep_dir / "0"
+        (job / "results").mkdir(parents=True)
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {a}\n" for a in args))
+        (job / "results" / "d.json").write_text(json.dumps(
+            {"dataset": "d", "main_score": 0.25, "timing": {"wall_seconds": 1.0}}))
+        return 1.0
+
+    monkeypatch.setattr(driver, "run_sweep", fake_sweep)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("search:\n  objective: mean\n  start: {prior: freeret}\n"
+                    "  axes:\n    - {name: baseline, sweep: {}}\n")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"model": "small", "best": {"prior": "fewshot", "postprocess": "abtt"}}))
+    state = driver.search("big", tmp_path / "big", None, [], spec, start_from=other)
+    assert ran == [["prior=fewshot", "postprocess=abtt"]]
+    assert state["best"] == {"prior": "fewshot", "postprocess": "abtt"} and state["best_objective"] == 0.25
+    assert "small" in state["started_from"]
+    again = driver.search("small", tmp_path / "scored", None, [], spec)  # starts at the spec's start: scored once
+    assert again["axes"]["baseline"]["chosen"] == {"prior": "freeret"}
+    state_file = tmp_path / "scored" / "search.json"
+    scored = json.loads(state_file.read_text())
+    del scored["axes"]["baseline"]
+    state_file.write_text(json.dumps(scored))
+    assert "skipped" in driver.search("small", tmp_path / "scored", None, [], spec)["axes"]["baseline"]
+    with pytest.raises(ConfigError, match="not a file"):
+        driver.search("big", tmp_path / "none", None, [], spec, start_from=tmp_path / "missing.json")
+
+    out = tmp_path / "s2"
+    first = ["prior=fewshot", "scorer=bidirectional"]
+    assert stage2_search.run_folder(out, first) == out / "stage2_run"
+    fake_sweep("big", first, out / "stage2_run", [])
+    assert stage2_search.run_folder(out, first) == out / "stage2_run"
+    moved = stage2_search.run_folder(out, ["prior=echo", "scorer=bidirectional"])
+    assert moved.name.startswith("stage2_run_") and moved != out / "stage2_run"
