@@ -222,8 +222,15 @@ def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
     for name, setting in runs.items():
         for suite in suites:
             tag = f"{name}_{suite.split('_')[1]}"
-            if tag in state["test"] or (name.startswith("chosen") and tag.endswith("_dev")):
+            if name.startswith("chosen") and tag.endswith("_dev"):
                 continue
+            if tag in state["test"]:
+                if state["test"][tag]["setting"] == setting:
+                    continue
+                # the choice moved (a later axis won on dev): the earlier choice's test run is kept as <tag>_before
+                # and the new choice runs once
+                state["test"][f"{tag}_before"] = state["test"].pop(tag)
+                (out / "final" / tag).rename(out / "final" / f"{tag}_before")
             data = spec.get("dev_overrides" if tag.endswith("_dev") else "test_overrides", [])
             wall = run_sweep(model, [*overrides(setting), f"suite={suite}", *data], out / "final" / tag, extra, launcher)
             state["test"][tag] = {"setting": setting, "wall_s": wall,

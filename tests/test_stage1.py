@@ -254,3 +254,41 @@ def test_a_search_started_from_another_scores_its_start_first_and_stage2_reruns_
     assert stage2_search.run_folder(out, first) == out / "stage2_run"
     moved = stage2_search.run_folder(out, ["prior=echo", "scorer=bidirectional"])
     assert moved.name.startswith("stage2_run_") and moved != out / "stage2_run"
+
+
+def test_a_moved_choice_runs_once_more_on_test_and_keeps_the_earlier_run(tmp_path, monkeypatch):
+    """``--test`` after a later axis changed the choice: the earlier choice's test run becomes ``<tag>_before`` (kept
+    for the table), the new choice runs once, the unchanged baselines do not rerun."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import stage1_search as driver
+
+    ran: list[str] = []
+
+    def fake_sweep(model, args, sweep_dir, extra, launcher=None):
+        ran.append(sweep_dir.name)
+        (sweep_dir / "0" / "results").mkdir(parents=True)
+        (sweep_dir / "0" / ".hydra").mkdir()
+        (sweep_dir / "0" / ".hydra" / "overrides.yaml").write_text("".join(f"- {a}\n" for a in args))
+        (sweep_dir / "0" / "results" / "d.json").write_text(json.dumps(
+            {"dataset": "d", "main_score": 0.5, "timing": {"wall_seconds": 1.0}}))
+        return 1.0
+
+    monkeypatch.setattr(driver, "run_sweep", fake_sweep)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("search:\n  objective: mean\n  start: {prior: freeret}\n  axes: []\n"
+                    "  baselines: {bm25: {retriever: bm25}}\n")
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "search.json").write_text(json.dumps({"model": "m", "best": {"prior": "fewshot"}, "axes": {}}))
+    driver.test("m", out, [], spec, ("x_test",))
+    assert ran == ["chosen_test", "bm25_test"]
+    state = json.loads((out / "search.json").read_text())
+    state["best"] = {"prior": "echo"}
+    (out / "search.json").write_text(json.dumps(state))
+    state = driver.test("m", out, [], spec, ("x_test",))
+    assert ran[2:] == ["chosen_test"]
+    assert state["test"]["chosen_test_before"]["setting"] == {"prior": "fewshot"}
+    assert state["test"]["chosen_test"]["setting"] == {"prior": "echo"}
+    assert (out / "final" / "chosen_test_before" / "0" / "results").is_dir()
