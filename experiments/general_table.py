@@ -1,8 +1,9 @@
-"""The general suite's test table and figure (issue 26): per model, the paper's method, E5-V style, freeret_plus_v1,
-the setting chosen on dev with and without its stage 2, BM25 and MiniLM, on each test domain and their mean.
+"""The general suite's test table and figure (issues 26 and 27): per model, the paper's method, E5-V style,
+freeret_plus_v1, the setting chosen on dev with and without its stage 2 (and, where issue 27's technique axes moved
+the choice, issue 26's choice beside it), BM25 and MiniLM, on each test domain and their mean.
 
-    python experiments/general_table.py docs/results/smollm2_135m/general_search docs/results/gemma3_270m/general_search \
-        docs/results/qwen25coder_05b/general_search --out docs/results/general_test
+    python experiments/general_table.py docs/results/{smollm2_135m,gemma3_270m,qwen25coder_05b,qwen25coder_15b}/general_search \
+        --out docs/results/general_test
 
 Reads each folder's ``search.json`` after ``stage1_search.py --test`` (nothing runs here); writes ``table.md``,
 ``table.json`` and ``by_size.png`` (hit@1 per domain and the mean, x = model size, a line per method) into ``--out``.
@@ -21,7 +22,9 @@ from freeret.atomic_files import write_json
 # the rows, in order: the test run's tag in search.json -> the label the table shows
 ROWS = {"freeret_paper": "FreeRet (paper: h^Attn_L, FreeRet prior)", "e5v_style": "E5-V style (normed last layer, E5-V prompt)",
         "freeret_plus_v1": "freeret_plus_v1 (chosen on WordNet RD dev)", "chosen": "chosen on general dev, stage 1",
-        "chosen_stage2": "chosen on general dev, + its stage 2", "bm25": "BM25 (bm25s)",
+        "chosen_stage2": "chosen on general dev, + its stage 2",
+        "chosen_before": "issue 26's choice (before the technique axes), stage 1",
+        "chosen_stage2_before": "issue 26's choice, + its stage 2", "bm25": "BM25 (bm25s)",
         "minilm": "all-MiniLM-L6-v2 (trained, 22M)"}
 SIZES = {"smollm2_135m": 135e6, "gemma3_270m": 270e6, "qwen25coder_05b": 500e6, "qwen25coder_15b": 1.5e9}  # nominal
 NOTES = {"qwen25coder_05b": "code-tuned", "qwen25coder_15b": "code-tuned"}
@@ -37,7 +40,7 @@ def model_rows(state: dict[str, Any]) -> dict[str, dict[str, float]]:
     tests = state.get("test") or {}
     rows: dict[str, dict[str, float]] = {}
     for tag in ROWS:
-        run = tests.get(f"{tag}_test")
+        run = tests.get(f"{tag.removesuffix('_before')}_test{'_before' if tag.endswith('_before') else ''}")
         if run is None:
             continue
         scores = {_short(d): s for d, s in run["jobs"][0]["scores"].items()}
@@ -87,6 +90,19 @@ def goals(data: dict[str, Any]) -> list[str]:
         out.append(f"- Qwen2.5-Coder-0.5B's chosen pipeline beats MiniLM on the domain mean: "
                    f"**{'yes' if pipeline['mean'] > qwen['minilm']['mean'] else 'no'}** "
                    f"({100 * pipeline['mean']:.1f} vs {100 * qwen['minilm']['mean']:.1f})")
+    out += ["", "Goals (issue 27), on test:", ""]
+    big = data.get("qwen25coder_15b", {}).get("rows", {})
+    for tag, what in (("chosen_stage2", "chosen pipeline"), ("chosen", "chosen stage 1 alone")):
+        if tag in big and "minilm" in big:
+            lost = [d for d in big[tag] if d not in ("mean", "none") and big[tag][d] <= big["minilm"][d]]
+            out.append(f"- Qwen2.5-Coder-1.5B's {what} beats MiniLM on every domain: **{'yes' if not lost else 'no'}**"
+                       + (f" (not on {', '.join(lost)})" if lost else ""))
+    for tag, what in (("chosen_stage2", "chosen pipeline"), ("chosen", "chosen stage 1 alone")):
+        if tag in smol and "minilm" in smol:
+            ratio = smol[tag]["mean"] / smol["minilm"]["mean"]
+            out.append(f"- SmolLM2-135M's {what} reaches 80% of MiniLM's domain mean: **{'yes' if ratio >= 0.8 else 'no'}** "
+                       f"({100 * ratio:.0f}%: {100 * smol[tag]['mean']:.1f} vs {100 * smol['minilm']['mean']:.1f})")
+    out += ["", "Stage 2 on test:", ""]
     for model, d in data.items():
         rows = d["rows"]
         if "chosen" in rows and "chosen_stage2" in rows:

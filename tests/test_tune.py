@@ -181,8 +181,16 @@ def test_general_table_reads_the_test_runs_and_checks_the_goals(tmp_path):
                      "minilm_test": run(0.5, 0.3), "freeret_paper_test": run(0.1, 0.0)}}
     qwen = {"model": "qwen25coder_05b", "best": {}, "stage2": {"chosen_overrides": None},
             "test": {"chosen_test": run(0.7, 0.5), "bm25_test": run(0.1, 0.1), "minilm_test": run(0.5, 0.3)}}
-    text, data = table.table([smol, qwen])
+    big = {"model": "qwen25coder_15b", "best": {"prior": "echo"}, "stage2": {"chosen_overrides": {"scorer": "x"}},
+           "test": {"chosen_test": run(0.6, 0.2), "chosen_stage2_test": run(0.7, 0.4), "minilm_test": run(0.5, 0.3),
+                    "chosen_test_before": run(0.2, 0.1)}}
+    text, data = table.table([smol, qwen, big])
     assert "| chosen on general dev, + its stage 2 | 10.0 | **60.0** | **35.0** |" in text  # columns sorted
+    assert "| issue 26's choice (before the technique axes), stage 1 | 10.0 | 20.0 | 15.0 |" in text
+    assert "Qwen2.5-Coder-1.5B's chosen pipeline beats MiniLM on every domain: **yes**" in text
+    assert "Qwen2.5-Coder-1.5B's chosen stage 1 alone beats MiniLM on every domain: **no** (not on vera)" in text
+    assert "SmolLM2-135M's chosen pipeline reaches 80% of MiniLM's domain mean: **yes** (87%: 35.0 vs 40.0)" in text
+    assert "SmolLM2-135M's chosen stage 1 alone reaches 80% of MiniLM's domain mean: **no** (75%" in text
     assert "beats BM25 on every domain: **no** (not on vera)" in text
     assert "beats MiniLM on the domain mean: **yes** (60.0 vs 40.0)" in text
     assert "smollm2_135m: the chosen stage 2 raises the domain mean over its stage 1: **yes** (30.0 -> 35.0)" in text
