@@ -11,7 +11,7 @@ from typing import Any
 from freeret.backbone import ModelSpec
 from freeret.embed.layers import Readout
 from freeret.embed.priors import Prior
-from freeret.embed.views import Views
+from freeret.views import Views
 from freeret.errors import ConfigError
 from freeret.eval.metrics import MAIN_SCORE, METRICS
 from freeret.eval.results import DISTRIBUTIONS, SPLITS, Task

@@ -21,10 +21,10 @@ from freeret.data.datamodule import PromptCollator, num_workers
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.data.validate import fold_misses
 from freeret.distributed import barrier, is_main, rank_sum
-from freeret.embed.expand import generate_targets
+from freeret.generate import generate_targets
 from freeret.embed.layers import LayerSpec, Readout
 from freeret.embed.priors import Prior
-from freeret.embed.views import Views, combined_key, write_combined
+from freeret.views import Views, combined_key, views_code, write_combined
 from freeret.eval.metrics import retrieval_metrics
 from freeret.lit import (
     EmbeddingWriter,
@@ -68,7 +68,7 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | R
     stage-1 scores from the shards (``conf/retriever``, ``conf/postprocess``: applied when scoring, so they reuse
     stored vectors). ``stats`` (if given) receives how many items were computed/reused; ``record`` what scored.
     With active ``views`` (a prompt ensemble, a query expansion) every view is embedded into the same store and each
-    item scores with the combination of its views, from a derived store (:mod:`freeret.embed.views`)."""
+    item scores with the combination of its views, from a derived store (:mod:`freeret.views`)."""
     scoring = Stage1Scoring.from_config(cfg)
     if not scoring.retriever.dense:  # BM25 or the trained baseline: the backbone embeds nothing
         scores, info = scoring.score(rset, None, {}, {}, None, None, device=backbone.device)
@@ -134,7 +134,8 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | R
     if active:  # each item's combined vector, in a derived store named by the signature and the combination
         assert views is not None
         source = store
-        folder = store_dir(embed_cfg, run_dir, rset.name, {**signature, "views": views.describe()})
+        folder = store_dir(embed_cfg, run_dir, rset.name, {**signature, "views": views.describe(),
+                                                                     "views_code": views_code()})
         store = ShardStore(folder, stale_after_s(embed_cfg)).scan(want=parts)
         written = write_combined(source, store, parts, setting) if is_main() else 0
         barrier()

@@ -1,6 +1,6 @@
 """Several vectors ("views") per item, combined into one (issue 27): prompt ensembles (MetaEOL, Lei et al. 2024,
 arXiv 2402.18458: ``conf/prior/metaeol.yaml``'s ``ensemble:``) and query-side generation (HyDE, Gao et al. 2022:
-``conf/expand``, :mod:`freeret.embed.expand`).
+``conf/expand``, :mod:`freeret.generate`).
 
 A view is (the ensemble member whose template renders it, the item it embeds: role + text + image, a weight). Every
 view is embedded by the ordinary machinery into the ordinary store (its key: role and the rendered prompt, so it is
@@ -23,13 +23,22 @@ import torch
 import torch.nn.functional as F
 
 from freeret.data.retrieval_set import Item
-from freeret.embed.expand import ExpandSpec
+from freeret.generate import ExpandSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 from freeret.prompts import DatasetPrompt
 from freeret.retrieve.shards import ShardStore, shard_name, write_shard
 
 COMBINE = "weighted mean of L2-normalised views"  # the rule, named in the derived store's signature
+
+
+def views_code() -> str:
+    """Hash of this module and the generation module: the derived store moves when the combination could."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in ("views.py", "generate.py"):
+        h.update(name.encode() + b"\0" + (root / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Query-side generation (HyDE-style, Gao et al. 2022, arXiv 2212.10496; issue 27): the model writes a short
 hypothetical target for each query (for a definition, the word it names), greedily, with its chat template; the text
-is embedded as a target and combined with the query's own vector (:mod:`freeret.embed.views`). Settings are data
+is embedded as a target and combined with the query's own vector (:mod:`freeret.views`). Settings are data
 (``conf/expand``); generations are cached in a JSONL beside the embedding stores, keyed by the model's identity, the
 rendered generation prompt and the settings, so a rerun generates nothing."""
 
