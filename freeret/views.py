@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from freeret.data.retrieval_set import Item
-from freeret.generate import ExpandSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
+from freeret.generate import ExpandSpec
 from freeret.prompts import DatasetPrompt
 from freeret.retrieve.shards import ShardStore, shard_name, write_shard
 

@@ -11,7 +11,6 @@ from typing import Any
 from freeret.backbone import ModelSpec
 from freeret.embed.layers import Readout
 from freeret.embed.priors import Prior
-from freeret.views import Views
 from freeret.errors import ConfigError
 from freeret.eval.metrics import MAIN_SCORE, METRICS
 from freeret.eval.results import DISTRIBUTIONS, SPLITS, Task
@@ -23,6 +22,7 @@ from freeret.rerank.scorers.base import ScorerSpec
 from freeret.rerank.stage import RerankConfig
 from freeret.retrieve.ranking import Stage1Scoring
 from freeret.signatures import stale_after_s, work_sharing
+from freeret.views import Views
 
 PIPELINES = ("embed", "two_stage", "rag")
 log = logging.getLogger(__name__)

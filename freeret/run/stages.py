@@ -21,11 +21,10 @@ from freeret.data.datamodule import PromptCollator, num_workers
 from freeret.data.retrieval_set import Item, RetrievalSet
 from freeret.data.validate import fold_misses
 from freeret.distributed import barrier, is_main, rank_sum
-from freeret.generate import generate_targets
 from freeret.embed.layers import LayerSpec, Readout
 from freeret.embed.priors import Prior
-from freeret.views import Views, combined_key, views_code, write_combined
 from freeret.eval.metrics import retrieval_metrics
+from freeret.generate import generate_targets
 from freeret.lit import (
     EmbeddingWriter,
     EmbedModule,
@@ -58,6 +57,7 @@ from freeret.signatures import (
     vector_signature,
     work_sharing,
 )
+from freeret.views import Views, combined_key, views_code, write_combined
 from freeret.workshare import BatchClaims
 
 
