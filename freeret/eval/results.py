@@ -142,6 +142,7 @@ class RunResult:
     retriever: dict[str, Any] | None = None  # label (dense, bm25, hybrid), fusion settings
     postprocess: dict[str, Any] | None = None  # label, settings, statistics digest
     prior_detail: dict[str, Any] | None = None  # e.g. few-shot demonstrations (k, ids)
+    views: dict[str, Any] | None = None  # a prompt ensemble's members, a query expansion's settings (issue 27)
     # the per-model preset applied (method=freeret_plus; freeret/presets.py): name, model (or _general), file, sha256,
     # the overrides it applied and its keys the command line replaced; absent when no preset applied
     preset: dict[str, Any] | None = None
@@ -174,7 +175,7 @@ class RunResult:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out.update(layer=asdict(self.layer), task=asdict(self.task), counts=asdict(self.counts),
                    rerank=self.rerank.to_dict() if self.rerank else None)
-        for optional in ("rag", "pooling", "retriever", "postprocess", "prior_detail", "preset"):
+        for optional in ("rag", "pooling", "retriever", "postprocess", "prior_detail", "views", "preset"):
             if out[optional] is None:
                 out.pop(optional)
         return out
@@ -211,6 +212,7 @@ class RunResult:
             retriever=d.get("retriever"),
             postprocess=d.get("postprocess"),
             prior_detail=d.get("prior_detail"),
+            views=d.get("views"),
             preset=d.get("preset"),
             timing=dict(d.get("timing") or {}),
             environment=dict(d.get("environment") or {}),

@@ -15,7 +15,7 @@ from freeret.data.images import set_image_limit
 from freeret.data.retrieval_set import RetrievalSet
 from freeret.data.validate import Report, check_set, usable_rows
 from freeret.distributed import is_main
-from freeret.errors import DataError
+from freeret.errors import ConfigError, DataError
 from freeret.lit import run_device
 from freeret.preflight import TextSide, context_length, load_text_side, text_budget
 from freeret.rag import require_answers
@@ -67,6 +67,8 @@ def prepare(plan: Plan, shared: SharedModel | None = None) -> Inputs:
         require_answers(rset)
     if plan.scorer is not None:
         plan.scorer.check_modalities(rset)  # e.g. image candidates under candidate_likelihood: one line, no weights
+    if plan.views is not None and plan.views.expand.active and any(rset.items[r.query].image for r in rset.rows):
+        raise ConfigError(f"expand={plan.views.expand.name} generates from text; dataset {rset.name} has image queries")
     retriever = RetrieverSpec.from_dict(cfg.get("retriever"))
     if retriever.trained:
         check_text_only(rset, retriever.name)  # the trained baseline embeds text only: one line, no weights

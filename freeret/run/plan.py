@@ -22,6 +22,7 @@ from freeret.rerank.scorers.base import ScorerSpec
 from freeret.rerank.stage import RerankConfig
 from freeret.retrieve.ranking import Stage1Scoring
 from freeret.signatures import stale_after_s, work_sharing
+from freeret.views import Views
 
 PIPELINES = ("embed", "two_stage", "rag")
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Plan:
     run_dir: Path
     scorer: ScorerSpec | None = None  # the stage-2 scorer's spec (conf/scorer); two-stage pipelines only
     prompt: DatasetPrompt | None = None  # the dataset's prompt facts
+    views: Views | None = None  # a prompt ensemble (prior.ensemble) and/or a query expansion (conf/expand); None: neither
 
     @property
     def staged(self) -> bool:
@@ -80,6 +82,7 @@ def check(cfg: Mapping[str, Any], warn: bool = True) -> Plan:
         raise ConfigError(f"pipeline={pipeline!r} is not available; choose one of {', '.join(PIPELINES)}")
     prompt = DatasetPrompt.from_config(cfg["dataset"])
     prior = Prior.from_dict(cfg["prior"]).for_dataset(prompt)
+    views = Views.from_config(cfg["prior"], cfg.get("expand"), prompt, prior)
     if (dropped := prior.missing_demonstrations()) is not None:
         if cfg.get("strict", False):
             raise ConfigError(f"{dropped} (strict=true stops here; set prior.demos.k=0 or a dataset with a demo_set)")
@@ -98,4 +101,4 @@ def check(cfg: Mapping[str, Any], warn: bool = True) -> Plan:
         raise ConfigError(f"dataset {cfg['dataset'].get('name')}: split={task.split!r} must be one of "
                           f"{', '.join(SPLITS)} and distribution={task.distribution!r} one of {', '.join(DISTRIBUTIONS)}")
     return Plan(cfg, spec, layer, prior, pipeline, framing, rerank, main_metric, task,
-                Path(cfg.get("run_dir") or "outputs/run"), scorer, prompt)
+                Path(cfg.get("run_dir") or "outputs/run"), scorer, prompt, views if views.active else None)

@@ -54,6 +54,7 @@ def report(plan: Plan, inputs: Inputs, backbone: Backbone, done: StageResults, s
         retriever=done.stage1.get("retriever"),
         postprocess=done.stage1.get("postprocess"),
         prior_detail=plan.prior.describe(),
+        views=done.stage1.get("views"),
         preset=preset_record(plan.cfg),
         task=plan.task,
         counts=Counts(**{**rset.summary(), **inputs.report.counts(), "num_items_embedded": len(rset.items),

@@ -4,8 +4,9 @@ stage 1) and the RAG answers, as the plan's pipeline says. Each stage resumes fr
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from freeret import stop
+from freeret.atomic_files import write_text_atomic
 from freeret.backbone import Backbone
 from freeret.backbone.prefix import PrefixCache
 from freeret.data.datamodule import PromptCollator, num_workers
@@ -22,6 +24,7 @@ from freeret.distributed import barrier, is_main, rank_sum
 from freeret.embed.layers import LayerSpec, Readout
 from freeret.embed.priors import Prior
 from freeret.eval.metrics import retrieval_metrics
+from freeret.generate import generate_targets
 from freeret.lit import (
     EmbeddingWriter,
     EmbedModule,
@@ -54,15 +57,18 @@ from freeret.signatures import (
     vector_signature,
     work_sharing,
 )
+from freeret.views import Views, combined_key, views_code, write_combined
 from freeret.workshare import BatchClaims
 
 
 def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | Readout, prior: Prior, rset: RetrievalSet,
                 run_dir: Path, stats: dict[str, Any] | None = None,
-                record: dict[str, Any] | None = None) -> list[torch.Tensor]:
+                record: dict[str, Any] | None = None, views: Views | None = None) -> list[torch.Tensor]:
     """Embed every unique item not already in the store (Lightning predict + shard writer); return per-row
     stage-1 scores from the shards (``conf/retriever``, ``conf/postprocess``: applied when scoring, so they reuse
-    stored vectors). ``stats`` (if given) receives how many items were computed/reused; ``record`` what scored."""
+    stored vectors). ``stats`` (if given) receives how many items were computed/reused; ``record`` what scored.
+    With active ``views`` (a prompt ensemble, a query expansion) every view is embedded into the same store and each
+    item scores with the combination of its views, from a derived store (:mod:`freeret.views`)."""
     scoring = Stage1Scoring.from_config(cfg)
     if not scoring.retriever.dense:  # BM25 or the trained baseline: the backbone embeds nothing
         scores, info = scoring.score(rset, None, {}, {}, None, None, device=backbone.device)
@@ -72,45 +78,70 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | R
     embed_cfg = cfg.get("embed") or {}
     readout = Readout.of(layer)
     pooling = readout.pooling
-    collate = PromptCollator(backbone, prior, content=bool(pooling and pooling.needs_content),
-                             occurrence=pooling.occurrence if pooling else "first")
+
+    def collator(p: Prior) -> PromptCollator:
+        return PromptCollator(backbone, p, content=bool(pooling and pooling.needs_content),
+                              occurrence=pooling.occurrence if pooling else "first")
+
     prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
     signature = vector_signature(backbone, layer, prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
     setting = "embed.cache_dir" if embed_cfg.get("cache", True) else "hydra.run.dir"
     corpus = scoring.corpus_items()  # an unlabeled corpus to fit post-processing on, embedded with this set's prompts
-    key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in [*rset.items.values(), *corpus]}
+    active = views is not None and views.active
+    if active:
+        assert views is not None
+        jobs, parts, key_of = _view_jobs(views, collator, rset, corpus, backbone, run_dir, folder, setting, record)
+    else:
+        collate = collator(prior)
+        key_of = {item.key: item_cache_key(item, collate.prompt(item)) for item in [*rset.items.values(), *corpus]}
+        jobs = [(collate, [*rset.items.values(), *corpus], key_of)]
     barrier()  # in a multi-process run every rank sees the same finished shards, hence plans the same batches
-    store = ShardStore(folder, stale_after_s(embed_cfg)).scan(want=key_of.values())
+    store = ShardStore(folder, stale_after_s(embed_cfg)).scan(want={k for _, _, keys in jobs for k in keys.values()})
     dropped = len(store.dropped)
-    unique: dict[str, Item] = {}  # one item per vector key (the same bytes under two paths are one vector)
-    for item in [*rset.items.values(), *corpus]:
-        unique.setdefault(key_of[item.key], dataclasses.replace(item, key=key_of[item.key]))
-    items = list(unique.values())
     batch_size = int(embed_cfg.get("batch_size", 32))
     claims = BatchClaims(folder) if work_sharing(embed_cfg) else None
-    writer = EmbeddingWriter(folder, int(embed_cfg.get("shard_size", 4096)), setting, store, claims)
     module = EmbedModule(backbone, layer, prefix)
+    n_items = computed = batches = held_elsewhere = 0
+    for collate, job_items, job_keys in jobs:  # one job per prompt (ensemble member); the ordinary run has one
+        unique: dict[str, Item] = {}  # one item per vector key (the same bytes under two paths are one vector)
+        for item in job_items:
+            unique.setdefault(job_keys[item.key], dataclasses.replace(item, key=job_keys[item.key]))
+        items = list(unique.values())
+        writer = EmbeddingWriter(folder, int(embed_cfg.get("shard_size", 4096)), setting, store, claims)
 
-    def predict(batches: list[list[int]]) -> list[list[int]]:
-        datamodule = RankedItemDataModule(items, collate, batches, batch_size, num_workers(embed_cfg.get("num_workers")),
-                                          claims, store)
-        with stop.finishing_batch():
-            make_trainer(cfg, writer).predict(module, datamodule=datamodule, return_predictions=False)
-        stop.check()  # a signal during the loop: finished batches are written, now stop
-        return datamodule.deferred
+        def predict(batches: list[list[int]], items: list[Item] = items, collate: PromptCollator = collate,
+                    writer: EmbeddingWriter = writer) -> list[list[int]]:
+            datamodule = RankedItemDataModule(items, collate, batches, batch_size,
+                                              num_workers(embed_cfg.get("num_workers")), claims, store)
+            with stop.finishing_batch():
+                make_trainer(cfg, writer).predict(module, datamodule=datamodule, return_predictions=False)
+            stop.check()  # a signal during the loop: finished batches are written, now stop
+            return datamodule.deferred
 
-    embed_rounds(items, batch_size, store, claims, predict, setting)
-    computed = rank_sum(writer.items_written)  # every rank's work (collectives: called on every rank)
-    batches = rank_sum(writer.batches_written)
-    held_elsewhere = rank_sum(len(claims.elsewhere) if claims else 0)
+        embed_rounds(items, batch_size, store, claims, predict, setting)
+        n_items += len(items)
+        computed += rank_sum(writer.items_written)  # every rank's work (collectives: called on every rank)
+        batches += rank_sum(writer.batches_written)
+        held_elsewhere += rank_sum(len(claims.elsewhere) if claims else 0)
     if stats is not None:
         if prefix is not None:
             stats.update(embed_prefix_tokens_skipped=prefix.stats.tokens_skipped,
                          embed_prefix_forwards=prefix.stats.prefix_forwards)
-        stats.update(embed_items_computed=computed, embed_items_reused=len(items) - computed,
+        stats.update(embed_items_computed=computed, embed_items_reused=n_items - computed,
                      embed_batches_computed=batches, embed_batches_held_elsewhere=held_elsewhere,
                      embed_shards_dropped=dropped, embed_store=str(folder))
+    if active:  # each item's combined vector, in a derived store named by the signature and the combination
+        assert views is not None
+        source = store
+        folder = store_dir(embed_cfg, run_dir, rset.name, {**signature, "views": views.describe(),
+                                                                     "views_code": views_code()})
+        store = ShardStore(folder, stale_after_s(embed_cfg)).scan(want=parts)
+        written = write_combined(source, store, parts, setting) if is_main() else 0
+        barrier()
+        store.refresh()
+        if stats is not None:
+            stats.update(embed_views_combined=rank_sum(written), embed_views_store=str(folder))
     fit_keys: dict[str, list[str]] = {}  # label-free: every item's vector, by role (never rows or positives)
     for item in corpus or rset.items.values():
         fit_keys.setdefault(item.role, []).append(key_of[item.key])
@@ -119,6 +150,43 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | R
     if record is not None:
         record.update(info)
     return scores
+
+
+def _view_jobs(views: Views, collator: Callable[[Prior], PromptCollator], rset: RetrievalSet, corpus: list[Item],
+               backbone: Backbone, run_dir: Path, folder: Path, setting: str,
+               record: dict[str, Any] | None) -> tuple[list[Any], dict[str, list[tuple[str, float]]], dict[str, str]]:
+    """The embedding jobs of ``views`` (one per ensemble member: its collator, the items it embeds, their store
+    keys), each item's views as (store key, weight) under its combined key, and item key -> combined key. Queries'
+    hypothetical targets are generated first (cached beside the stores; all written to
+    ``<run_dir>/generations/<dataset>.jsonl``)."""
+    everything = [*rset.items.values(), *corpus]
+    generated: dict[str, str] = {}
+    described = views.describe()
+    if views.expand.active:
+        queries = [item.text for item in everything if item.role == "query"]
+        gens = generate_targets(backbone, views.expand, queries, folder.parent / "generations", setting)
+        generated = gens.texts
+        if is_main():
+            lines = "".join(json.dumps({"query": q, "generated": gens.raw[q], "target": t}) + "\n"
+                            for q, t in gens.texts.items())
+            write_text_atomic(run_dir / "generations" / f"{rset.name}.jsonl", lines, "hydra.run.dir")
+        described["expand"] = gens.record(views.expand)
+    if record is not None:
+        record["views"] = described
+    collates = [collator(member) for member in views.members]
+    members: list[dict[str, Item]] = [{} for _ in views.members]  # per member: store key -> the view's item
+    parts: dict[str, list[tuple[str, float]]] = {}
+    key_of: dict[str, str] = {}
+    for item in everything:
+        item_parts = []
+        for view in views.of(item, generated.get(item.text) if item.role == "query" else None):
+            key = item_cache_key(view.item, collates[view.member].prompt(view.item))
+            members[view.member].setdefault(key, dataclasses.replace(view.item, key=key))
+            item_parts.append((key, view.weight))
+        key_of[item.key] = combined_key(item_parts)
+        parts.setdefault(key_of[item.key], item_parts)
+    jobs = [(collate, list(found.values()), {k: k for k in found}) for collate, found in zip(collates, members)]
+    return jobs, parts, key_of
 
 
 def rerank_stage(cfg: Mapping[str, Any], scorer: Scorer, rerank_cfg: RerankConfig, rset: RetrievalSet,
@@ -180,7 +248,7 @@ def stages(plan: Plan, inputs: Inputs, backbone: Backbone) -> StageResults:
     t = time.perf_counter()
     stage1: dict[str, Any] = {}
     embed_scores = embed_stage(plan.cfg, backbone, plan.layer, plan.prior, rset, plan.run_dir, stats=timing,
-                               record=stage1)
+                               record=stage1, views=plan.views)
     timing["embed_seconds"] = time.perf_counter() - t
     n_positives = [row.n_positive for row in rset.rows]
     metrics = {"embed": fold_misses(retrieval_metrics(embed_scores, n_positives), len(rset.rows), inputs.missed)}
