@@ -73,7 +73,7 @@ def check(cfg: Mapping[str, Any], warn: bool = True) -> Plan:
     if (problem := unresolved(cfg)) is not None:
         raise ConfigError(problem)
     spec = ModelSpec.from_dict(cfg["model"])
-    layer = Readout.from_config(cfg["layer"], cfg.get("pooling"))
+    layer = Readout.from_config(cfg["layer"], cfg.get("pooling"), cfg.get("prepend"))
     pipeline_cfg = dict(cfg.get("pipeline") or {"name": "embed"})
     pipeline = pipeline_cfg.get("name", "embed")
     if pipeline not in PIPELINES:
