@@ -69,7 +69,7 @@ class EmbedModule(L.LightningModule):
         self.backbone, self.layer, self.prefix = backbone, layer, prefix
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        vectors = self.backbone.embed(batch["inputs"], self.layer, self.prefix, batch.get("content"))
+        vectors = self.backbone.embed(batch["inputs"], self.layer, self.prefix, batch.get("content"), batch.get("slot"))
         return {"keys": batch["keys"], "embeddings": vectors}
 
 

@@ -21,6 +21,7 @@ from helpers import CONF, REPO, check_snapshot
 
 SNAPSHOT = REPO / "tests/snapshots/conf_resolved.json"
 GROUPS = ["dataset", "suite", "method", "prior", "expand", "framing", "scorer", "rerank", "pipeline", "layer", "pooling",
+          "prepend",
           "postprocess", "retriever", "mode", "model", "trainer", "logger", "experiment"]
 COMBINATIONS = [
     ["method=freeret", "rerank=freeret"], ["method=freeret", "rerank=blim"], ["method=freeret", "rerank=mmembed"],

@@ -26,11 +26,11 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["pooling", "postprocess", "retriever", "layer", "prior"])
+@pytest.mark.parametrize("group", ["pooling", "prepend", "postprocess", "retriever", "layer", "prior"])
 def test_every_stage1_option_composes_and_builds(group):
     for option in options(group):
         cfg = OmegaConf.to_container(compose([f"{group}={option}"]), resolve=True)
-        Readout.from_config(cfg["layer"], cfg["pooling"]).resolve(30)
+        Readout.from_config(cfg["layer"], cfg["pooling"], cfg["prepend"]).resolve(30)
         PostprocessSpec.from_dict(cfg["postprocess"])
         RetrieverSpec.from_dict(cfg["retriever"])
         Prior.from_dict(cfg["prior"])

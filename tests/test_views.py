@@ -172,6 +172,9 @@ def test_a_sweep_of_priors_and_expansions_records_its_settings(tmp_path):
     (["expand=hyde", "expand.max_new_tokens=0"], "expand.max_new_tokens=0 must be a positive integer"),
     (["expand=hyde", "+expand.temperature=1"], "unknown expand key(s) temperature"),
     (["expand=hyde", "expand.template.template=no slot"], "expand.template: the template must hold {text}"),
+    (["expand=hyde", "retriever=hybrid_promptreps"], "retriever=hybrid_promptreps (PromptReps lexical vectors) cannot "
+                                                     "combine with a prompt ensemble or a query expansion"),
+    (["prior=metaeol", "retriever=promptreps"], "retriever=promptreps (PromptReps lexical vectors) cannot combine"),
 ])
 def test_bad_view_settings_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,13 +11,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from freeret.backbone.capture import capture, run_until_captured
+from freeret.backbone.capture import capture, run_until_captured, token_prepending
 from freeret.backbone.families import IMAGE, Family
 from freeret.backbone.spec import ModelSpec
 from freeret.embed.layers import LayerSpec, Readout
 
 if TYPE_CHECKING:
     from freeret.backbone.prefix import PrefixCache
+
+FINAL = LayerSpec("final_norm", -1)  # PromptReps reads the final norm's output at the last token
 
 
 @dataclass(frozen=True)
@@ -110,27 +112,36 @@ class Backbone:
         return captured
 
     def embed(self, inputs: dict[str, torch.Tensor], spec: LayerSpec | Readout, prefix: PrefixCache | None = None,
-              content: torch.Tensor | None = None) -> torch.Tensor:
+              content: torch.Tensor | None = None, slot: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings (batch, hidden) in fp32; needs left padding. ``spec``: one point read at the last token, or a
         :class:`~freeret.embed.layers.Readout` (several points averaged, another pooling; ``content`` marks each
-        item's own tokens for ``pooling=mean``).
+        item's own tokens for ``pooling=mean``; ``slot``: each row's token-prepending slot, counted from the end).
 
-        With ``prefix``, a text batch runs its shared prompt prefix once from a KV cache (same vectors, fewer tokens).
+        With ``prefix``, a text batch runs its shared prompt prefix once from a KV cache (same vectors, fewer tokens;
+        not with token prepending, whose slot sits in the prefix). With ``Readout.lexical_k`` (PromptReps) each row is
+        ``concat(dense, top-k token ids as floats, their weights)`` from the same forward (:meth:`lexical`).
         """
         readout = Readout.of(spec)
         mask = inputs["attention_mask"]
         if not bool(mask[:, -1].all()):
             raise ValueError("last-token pooling needs left padding: the last position of a row is padding")
+        if readout.prepend is not None and slot is None:
+            raise ValueError("token prepending needs each row's slot position (PromptCollator with prepend)")
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         points = readout.points
+        lexical = readout.lexical_k is not None
+        wanted = points + ((FINAL,) if lexical and FINAL not in points else ())
         weights = None if readout.single else readout.pooling.weights(inputs["attention_mask"], content)
-        pooled = None
-        if prefix is not None and prefix.applies(inputs):
-            pooled = prefix.pooled(inputs, points, weights)
+        pooled, last_final = None, None
+        if prefix is not None and readout.prepend is None and (weights is None or not lexical) and prefix.applies(inputs):
+            pooled = prefix.pooled(inputs, wanted, weights)
+            last_final = pooled[FINAL] if (pooled is not None and lexical) else None
         if pooled is None:
-            states = self.hidden_states(inputs, points)
+            with self.prepending(readout, slot):
+                states = self.hidden_states(inputs, wanted)
             pooled = {p: states[p][:, -1] if weights is None else
                       torch.einsum("bt,btd->bd", weights.to(states[p].device), states[p].float()) for p in points}
+            last_final = states[FINAL][:, -1] if lexical else None
         vectors = []
         for point in points:
             hidden = pooled[point]
@@ -138,10 +149,39 @@ class Backbone:
                 hidden = self.final_norm(hidden)
             vectors.append(hidden.float())
         if len(vectors) == 1:
-            return vectors[0]
-        if readout.normalize_points:
-            vectors = [torch.nn.functional.normalize(v, dim=-1) for v in vectors]
-        return torch.stack([v.to(vectors[0].device) for v in vectors]).mean(0)
+            dense = vectors[0]
+        else:
+            if readout.normalize_points:
+                vectors = [torch.nn.functional.normalize(v, dim=-1) for v in vectors]
+            dense = torch.stack([v.to(vectors[0].device) for v in vectors]).mean(0)
+        if not lexical:
+            return dense
+        return torch.cat([dense, self.lexical(last_final, int(readout.lexical_k)).to(dense.device)], dim=-1)
+
+    def prepending(self, readout: Readout, slot: torch.Tensor | None) -> AbstractContextManager[None]:
+        """The token-prepending hooks of ``readout`` for a forward run inside the ``with`` (none without prepend)."""
+        if readout.prepend is None:
+            return nullcontext()
+        return token_prepending(self.layers, *readout.prepend.layers(self.num_layers), slot)
+
+    @torch.no_grad()
+    def lexical(self, final: torch.Tensor, k: int) -> torch.Tensor:
+        """PromptReps (Zhuang et al. 2024, arXiv 2404.18424) from the final-norm state at the last token (batch,
+        hidden): logits = LM head (soft-capped where the config says so), weights log1p(relu(logits)), the top ``k``
+        as (batch, 2k) fp32 = [token ids, weights]."""
+        head = self.model.get_output_embeddings()
+        vocab = int(head.weight.shape[0])
+        if vocab >= 2**24:
+            raise ValueError(f"PromptReps stores token ids as float32: a vocabulary of {vocab} >= 2**24 is not exact")
+        logits = head(final.to(head.weight.device, head.weight.dtype))
+        text = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        cap = getattr(text, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        if k > vocab:
+            raise ValueError(f"retriever.promptreps.k={k} exceeds the vocabulary ({vocab} tokens)")
+        values, ids = torch.log1p(torch.relu(logits.float())).topk(k, dim=-1)
+        return torch.cat([ids.float(), values], dim=-1)
 
     def metadata(self) -> dict[str, Any]:
         """What identifies these weights and how they ran, for result files."""

@@ -72,3 +72,31 @@ def run_until_captured(forward, *args, **kwargs):
         return forward(*args, **kwargs)
     except _StopForward:
         return None
+
+
+@contextmanager
+def token_prepending(layers: nn.ModuleList, start: int, end: int, slots: torch.Tensor) -> Iterator[None]:
+    """Token prepending (:mod:`freeret.embed.prepend`): at the input of layers ``[start, end)``, each row's slot
+    position gets the row's last-position state (a left-padded batch: the last position is every row's last token).
+
+    ``slots``: (batch,) slot positions counted from the END (negative). The hook writes a clone on the states' own
+    device; the states arrive positionally or as the ``hidden_states`` keyword (both handled).
+    """
+
+    def overwrite(_module: nn.Module, args: tuple, kwargs: dict):
+        positional = bool(args)
+        hidden = args[0] if positional else kwargs["hidden_states"]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        where = slots.to(hidden.device) + hidden.shape[1]
+        hidden, last = hidden.clone(), hidden[:, -1]
+        hidden[rows, where] = last
+        if positional:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    handles = [layers[i].register_forward_pre_hook(overwrite, with_kwargs=True) for i in range(start, end)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -18,6 +18,7 @@ from freeret.backbone.backbone import Backbone
 from freeret.data.retrieval_set import Item
 from freeret.data.visual import frame_count, load_visual
 from freeret.embed.pooling import content_mask, content_span, image_token_id
+from freeret.embed.prepend import PrependSpec
 from freeret.embed.priors import Prior
 from freeret.errors import ConfigError
 from freeret.templates import MARK
@@ -72,15 +73,47 @@ class PromptCollator:
     some: it holds the processor, not the model). ``prior`` is bound to the dataset (:meth:`Prior.for_dataset`).
     With ``content=True`` (``pooling=mean``) a batch also carries ``content``: (batch, seq) bool, each item's own
     tokens (its text's and its images'); ``occurrence`` (``pooling.occurrence``) says which copy of the text counts
-    when the prior writes it more than once (``last``: echo embeddings)."""
+    when the prior writes it more than once (``last``: echo embeddings). With ``prepend`` (token prepending) the
+    placeholder is written right before the item's text (every copy of it) and a batch carries ``slot``: (batch,)
+    each row's slot position counted from the end (:meth:`slot`)."""
 
-    def __init__(self, backbone: Backbone, prior: Prior, content: bool = False, occurrence: str = "first") -> None:
+    def __init__(self, backbone: Backbone, prior: Prior, content: bool = False, occurrence: str = "first",
+                 prepend: PrependSpec | None = None) -> None:
         self.prompter, self.prior, self.content, self.occurrence = backbone.prompter, prior, content, occurrence
+        self.prepend = prepend if prepend is not None and prepend.on else None
+
+    def _text(self, item: Item) -> str:
+        """The text the prior writes: the item's, after the placeholder with token prepending (not for no text)."""
+        text = item.text.strip()
+        return self.prepend.placeholder + text if self.prepend is not None and text else item.text
 
     def prompt(self, item: Item, n_images: int | None = None) -> str:
         """The full prompt string for one item (a video clip puts one image per sampled frame)."""
-        text = self.prior.render(item.role, item.text, item.image is not None)
+        text = self.prior.render(item.role, self._text(item), item.image is not None)
         return self.prompter.render(text, n_images=frame_count(item.image) if n_images is None else n_images)
+
+    def slot(self, item: Item, prompt: str, n_images: int) -> int:
+        """Token prepending's slot: the position (from the end) of the one token holding the placeholder before the
+        item's first copy of its text; -1 (the last token: overwriting it with itself is a no-op) for an item without
+        text. The placeholder must be one token in context that does not reach into the text (a one-line error)."""
+        text, placeholder = self._text(item), self.prepend.placeholder  # type: ignore[union-attr]
+        if text == item.text:
+            return -1
+        slotted = self.prompter.render(self.prior.render(item.role, MARK, item.image is not None), n_images=n_images)
+        at = slotted.find(MARK)
+        if at < 0 or slotted.replace(MARK, text) != prompt:
+            raise ConfigError(f"prepend cannot locate the item's text in its prompt (prior {self.prior.name})")
+        tokenizer = getattr(self.prompter.processor, "tokenizer", self.prompter.processor)
+        try:
+            enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError as exc:
+            raise ConfigError("prepend needs a fast tokenizer (character offsets)") from exc
+        end = at + len(placeholder.rstrip())  # the placeholder's token; the text starts at at + len(placeholder)
+        inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > at]
+        if len(inside) != 1 or enc["offset_mapping"][inside[0]][1] > at + len(placeholder):
+            raise ConfigError(f"prepend.placeholder={placeholder!r} is not exactly one token before the item's text "
+                              f"(prior {self.prior.name}, {len(inside)} tokens): choose another placeholder")
+        return inside[0] - len(enc["input_ids"])
 
     def text_span(self, item: Item, prompt: str, n_images: int) -> tuple[int, int]:
         """Characters of ``prompt`` that are the item's own text (its first or, with ``occurrence='last'``, its last
@@ -107,6 +140,8 @@ class PromptCollator:
             spans = [content_span(tokenizer, p, *self.text_span(it, p, counts[i])) for i, (it, p) in
                      enumerate(zip(items, prompts))]
             batch["content"] = content_mask(batch["inputs"]["input_ids"], spans, image_token_id(self.prompter.processor))
+        if self.prepend is not None:
+            batch["slot"] = torch.tensor([self.slot(it, p, counts[i]) for i, (it, p) in enumerate(zip(items, prompts))])
         return batch
 
 

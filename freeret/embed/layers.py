@@ -98,12 +98,16 @@ def _index(value: Any) -> int | float:
 class Readout:
     """Which vector stage 1 reads: one or more points (``layer.points``; their pooled states averaged, each
     L2-normalised first when ``normalize_points``, since the residual stream's norm grows with depth) and the
-    pooling (:class:`~freeret.embed.pooling.PoolingSpec`)."""
+    pooling (:class:`~freeret.embed.pooling.PoolingSpec`). ``prepend``: token prepending
+    (:class:`~freeret.embed.prepend.PrependSpec`; None = none); ``lexical_k``: PromptReps, the same forward also stores
+    the top-``lexical_k`` lexical weights of the next-token distribution at the last token (None = dense only)."""
 
     points: tuple[LayerSpec, ...]
     pooling: Any = None  # PoolingSpec; None = last token
     normalize_points: bool = True
     name: str | None = None
+    prepend: Any = None  # PrependSpec; None = no token prepending
+    lexical_k: int | None = None
 
     @classmethod
     def of(cls, spec: LayerSpec | Readout) -> Readout:
@@ -111,16 +115,24 @@ class Readout:
         return spec if isinstance(spec, Readout) else cls((spec,), name=spec.name)
 
     @classmethod
-    def from_config(cls, layer: Mapping[str, Any], pooling: Mapping[str, Any] | None = None) -> Readout:
-        """From ``conf/layer`` (``points: [attn@0.75, attn@-1]``, or ``point`` + ``index``) and ``conf/pooling``."""
+    def from_config(cls, layer: Mapping[str, Any], pooling: Mapping[str, Any] | None = None,
+                    prepend: Mapping[str, Any] | None = None) -> Readout:
+        """From ``conf/layer`` (``points: [attn@0.75, attn@-1]``, or ``point`` + ``index``), ``conf/pooling`` and
+        ``conf/prepend`` (token prepending: last-token or last-k pooling only)."""
         from freeret.embed.pooling import PoolingSpec
+        from freeret.embed.prepend import PrependSpec
 
         norm = bool(layer.get("apply_final_norm", False))
         if layer.get("points"):
             points = tuple(LayerSpec.parse(p, norm) for p in layer["points"])
         else:
             points = (LayerSpec.from_dict(layer),)
-        return cls(points, PoolingSpec.from_dict(pooling), bool(layer.get("normalize_points", True)), layer.get("name"))
+        spec = PoolingSpec.from_dict(pooling)
+        tp = PrependSpec.from_dict(prepend)
+        if tp.on and spec.needs_content:
+            raise ConfigError(f"prepend={tp.name} takes pooling=last or last_k, not pooling={spec.label} (the placeholder "
+                              f"would sit in the pooled content)")
+        return cls(points, spec, bool(layer.get("normalize_points", True)), layer.get("name"), tp if tp.on else None)
 
     @property
     def single(self) -> bool:
@@ -132,8 +144,15 @@ class Readout:
         """The layer's name, or its points joined by ``+``."""
         return self.name or "+".join(p.label for p in self.points)
 
+    @property
+    def prefix_cache_ok(self) -> bool:
+        """Whether the shared-prefix fast path may run it: not with token prepending (the slot sits in the prefix)."""
+        return self.prepend is None
+
     def resolve(self, num_layers: int) -> list[int]:
-        """Every point's absolute layer index (a bad index fails here, before weights load)."""
+        """Every point's absolute layer index (a bad index or prepend range fails here, before weights load)."""
+        if self.prepend is not None:
+            self.prepend.layers(num_layers)
         return [p.resolve(num_layers) for p in self.points]
 
     def describe(self, num_layers: int) -> dict[str, Any]:
@@ -144,4 +163,8 @@ class Readout:
             out["normalize_points"] = self.normalize_points
         if self.pooling is not None and self.pooling.name != "last":
             out["pooling"] = self.pooling.describe()
+        if self.prepend is not None:
+            out["prepend"] = self.prepend.describe(num_layers)
+        if self.lexical_k is not None:
+            out["lexical"] = {"name": "promptreps", "k": int(self.lexical_k)}
         return out

@@ -1,11 +1,12 @@
-"""Which scores rank a row's candidates: dense cosine, BM25, both fused, or a trained embedder's cosine (the
-baseline ``sentence_transformers``, never fused) (``conf/retriever``).
+"""Which scores rank a row's candidates: dense cosine, BM25, both fused, PromptReps' lexical vectors from the same
+forward (``promptreps``), alone or fused with the dense cosine (``hybrid_promptreps``), or a trained embedder's cosine
+(the baseline ``sentence_transformers``, never fused) (``conf/retriever``).
 
 Fusion is per row, over that row's candidates:
 
 - ``rrf``: reciprocal rank fusion, ``sum_r 1 / (k + rank_r)``; a rank is 1 + the number of candidates scored
   strictly higher, so tied candidates share a rank (a stable sort would favour the positive, listed first).
-- ``weighted``: ``w * norm(dense) + (1 - w) * norm(bm25)``, each min-max normalised over the row (a constant
+- ``weighted``: ``w * norm(dense) + (1 - w) * norm(bm25 or promptreps)``, each min-max normalised over the row (a constant
   row normalises to 0).
 """
 
@@ -19,9 +20,11 @@ import torch
 
 from freeret.errors import ConfigError, known_keys
 from freeret.retrieve.lexical import BM25Spec
+from freeret.retrieve.promptreps import PromptRepsSpec
 from freeret.retrieve.trained import TrainedSpec
 
-RETRIEVERS = ("dense", "bm25", "hybrid", "sentence_transformers")
+RETRIEVERS = ("dense", "bm25", "hybrid", "promptreps", "hybrid_promptreps", "sentence_transformers")
+FUSED = ("hybrid", "hybrid_promptreps")
 FUSIONS = ("rrf", "weighted")
 
 
@@ -35,6 +38,7 @@ class RetrieverSpec:
     weight: float = 0.5  # weighted fusion: the dense share
     bm25: BM25Spec = field(default_factory=BM25Spec)
     sentence_transformers: TrainedSpec = field(default_factory=TrainedSpec)  # the trained baseline
+    promptreps: PromptRepsSpec = field(default_factory=PromptRepsSpec)  # the lexical readout's top k
 
     def __post_init__(self) -> None:
         if self.name not in RETRIEVERS:
@@ -52,12 +56,23 @@ class RetrieverSpec:
         cfg = known_keys(cfg, cls, "retriever")
         cfg["bm25"] = BM25Spec.from_dict(cfg.get("bm25"))
         cfg["sentence_transformers"] = TrainedSpec.from_dict(cfg.get("sentence_transformers"))
+        cfg["promptreps"] = PromptRepsSpec.from_dict(cfg.get("promptreps"))
         return cls(**cfg)
 
     @property
     def dense(self) -> bool:
         """Whether stage 1 needs the backbone's embeddings."""
-        return self.name in ("dense", "hybrid")
+        return self.name in ("dense", "hybrid", "promptreps", "hybrid_promptreps")
+
+    @property
+    def cosine(self) -> bool:
+        """Whether the dense cosine ranks (alone or fused); post-processing applies to it."""
+        return self.name in ("dense", "hybrid", "hybrid_promptreps")
+
+    @property
+    def uses_promptreps(self) -> bool:
+        """Whether PromptReps' lexical vectors rank (alone or fused with the dense cosine)."""
+        return self.name in ("promptreps", "hybrid_promptreps")
 
     @property
     def lexical(self) -> bool:
@@ -74,9 +89,11 @@ class RetrieverSpec:
         """A short name for tables and summary lines, e.g. ``hybrid(rrf)``."""
         if self.trained:
             return f"{self.name}({self.sentence_transformers.model})"
-        if self.name != "hybrid":
+        if self.name == "promptreps":
+            return f"promptreps(k={self.promptreps.k})"
+        if self.name not in FUSED:
             return self.name
-        return f"hybrid(rrf, k={self.rrf_k:g})" if self.fusion == "rrf" else f"hybrid(weighted, w={self.weight:g})"
+        return f"{self.name}(rrf, k={self.rrf_k:g})" if self.fusion == "rrf" else f"{self.name}(weighted, w={self.weight:g})"
 
     def require(self) -> None:
         """Import the optional packages this retriever uses (BM25: bm25s, PyStemmer; the trained embedder:
@@ -89,12 +106,14 @@ class RetrieverSpec:
     def describe(self) -> dict[str, Any]:
         """For results: what ranked the candidates."""
         out: dict[str, Any] = {"name": self.name, "label": self.label}
-        if self.name == "hybrid":
+        if self.name in FUSED:
             out.update(fusion=self.fusion, **({"rrf_k": self.rrf_k} if self.fusion == "rrf" else {"weight": self.weight}))
         if self.lexical:
             out["bm25"] = dict(self.bm25.__dict__)
         if self.trained:
             out["sentence_transformers"] = self.sentence_transformers.describe()
+        if self.uses_promptreps:
+            out["promptreps"] = {"k": self.promptreps.k}
         return out
 
 

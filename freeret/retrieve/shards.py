@@ -10,6 +10,7 @@ gathers the whole store in memory.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -94,6 +95,13 @@ class ShardStore:
         self._listed: int | None = None  # the folder's mtime at the last listing, once settled
         self._want: set[str] | None = None
         self._verify = True
+        self.columns = slice(None)  # every read keeps these columns (:meth:`view`)
+
+    def view(self, columns: slice) -> ShardStore:
+        """The same store read through ``columns`` of each row (PromptReps: a stored row is dense + lexical parts)."""
+        out = copy.copy(self)
+        out.columns = columns
+        return out
 
     def scan(self, verify: bool = True, want: Iterable[str] | None = None) -> ShardStore:
         """Index every whole shard; delete torn ones and abandoned temporaries so their items are recomputed.
@@ -166,7 +174,7 @@ class ShardStore:
     def load(self, shard: int) -> torch.Tensor:
         """One shard's embeddings (fp32, rows in key order)."""
         with safe_open(str(self.shards[shard].path), framework="pt") as fh:
-            return fh.get_tensor("embeddings")
+            return fh.get_tensor("embeddings")[:, self.columns]
 
     def iter_shards(self) -> Iterator[tuple[int, torch.Tensor]]:
         """(shard number, embeddings) one shard at a time."""

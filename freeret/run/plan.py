@@ -75,7 +75,7 @@ def check(cfg: Mapping[str, Any], warn: bool = True) -> Plan:
     if (problem := unresolved(cfg)) is not None:
         raise ConfigError(problem)
     spec = ModelSpec.from_dict(cfg["model"])
-    layer = Readout.from_config(cfg["layer"], cfg.get("pooling"))
+    layer = Readout.from_config(cfg["layer"], cfg.get("pooling"), cfg.get("prepend"))
     pipeline_cfg = dict(cfg.get("pipeline") or {"name": "embed"})
     pipeline = pipeline_cfg.get("name", "embed")
     if pipeline not in PIPELINES:
@@ -91,7 +91,11 @@ def check(cfg: Mapping[str, Any], warn: bool = True) -> Plan:
     staged = pipeline != "embed"
     rerank = RerankConfig.from_dict(pipeline_cfg) if staged else None
     scorer, framing = stage2_spec(cfg, rerank, prompt) if staged else (None, None)
-    Stage1Scoring.from_config(cfg).retriever.require()  # bad retriever / postprocess values; bm25s installed
+    retriever = Stage1Scoring.from_config(cfg).retriever
+    retriever.require()  # bad retriever / postprocess values; bm25s installed
+    if views.active and retriever.uses_promptreps:  # a mean of (dense | token ids | weights) rows means nothing
+        raise ConfigError(f"retriever={retriever.name} (PromptReps lexical vectors) cannot combine with a prompt "
+                          f"ensemble or a query expansion (prior.ensemble / expand): use retriever=dense there")
     work_sharing(cfg.get("embed") or {}), stale_after_s(cfg.get("embed") or {})  # bad embed.* keys
     main_metric = str(cfg["dataset"].get("main_metric") or MAIN_SCORE)
     if main_metric not in METRICS:

@@ -76,14 +76,15 @@ def embed_stage(cfg: Mapping[str, Any], backbone: Backbone, layer: LayerSpec | R
             record.update(info)
         return scores
     embed_cfg = cfg.get("embed") or {}
-    readout = Readout.of(layer)
+    layer = readout = dataclasses.replace(Readout.of(layer), lexical_k=scoring.lexical_k)  # PromptReps: same forward
     pooling = readout.pooling
 
     def collator(p: Prior) -> PromptCollator:
         return PromptCollator(backbone, p, content=bool(pooling and pooling.needs_content),
-                              occurrence=pooling.occurrence if pooling else "first")
+                              occurrence=pooling.occurrence if pooling else "first", prepend=readout.prepend)
 
-    prefix = PrefixCache(backbone.model) if embed_cfg.get("prefix_cache", True) else None
+    use_prefix = embed_cfg.get("prefix_cache", True) and readout.prefix_cache_ok  # not with token prepending
+    prefix = PrefixCache(backbone.model) if use_prefix else None
     signature = vector_signature(backbone, layer, prefix_cache=prefix is not None)
     folder = store_dir(embed_cfg, run_dir, rset.name, signature)
     setting = "embed.cache_dir" if embed_cfg.get("cache", True) else "hydra.run.dir"
