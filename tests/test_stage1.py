@@ -292,3 +292,26 @@ def test_a_moved_choice_runs_once_more_on_test_and_keeps_the_earlier_run(tmp_pat
     assert state["test"]["chosen_test_before"]["setting"] == {"prior": "fewshot"}
     assert state["test"]["chosen_test"]["setting"] == {"prior": "echo"}
     assert (out / "final" / "chosen_test_before" / "0" / "results").is_dir()
+
+
+def test_the_techniques_report_compares_each_job_with_its_start():
+    """experiments/techniques_report.py: a job is found by its setting, labelled by what it changed, and tabled
+    against its axis's start (Δ, cost ratios), skipped axes named (issue 27)."""
+    from helpers import script
+
+    rep = script("experiments/techniques_report.py")
+    start = {"prior": "fewshot", "pooling": "last"}
+    state = {"axes": {"prior": {"jobs": [{"setting": start, "objective": 0.4}]}}}
+    assert rep.find_job(state, start)["objective"] == 0.4 and rep.find_job(state, {"prior": "x"}) is None
+    assert rep.label({**start, "prior": "echo_eol", "expand": "hyde"}, start) == "prior=echo_eol, expand=hyde"
+    cost = {"query_forwards": 1.0, "target_forwards": 1.0, "query_tokens": 50.0, "target_tokens": 40.0,
+            "query_generated": 0.0}
+    job = {"label": "prior=metaeol", "setting": {}, "mean": 0.45, "scores": {"a": 0.5, "b": 0.4}, "chosen": True,
+           "cost": {**cost, "query_forwards": 4.0, "target_forwards": 4.0, "query_tokens": 150.0, "target_tokens": 160.0}}
+    text = rep.table([{"model": "m", "best": start, "axes": {
+        "ensemble": {"what": "prompt ensemble", "start": {"mean": 0.4, "scores": {"a": 0.3, "b": 0.5}, "cost": cost},
+                     "jobs": [job]},
+        "promptreps": {"what": "PromptReps", "skipped": "best setting matches {'expand': 'hyde'}"}}}])
+    assert "| prompt ensemble | without (the start) | 30.0 | 50.0 | 40.0 | | 1.0 / 1.0 | 50 / 40 tokens | 0.0 |" in text
+    assert "| | prior=metaeol (chosen) | 50.0 | 40.0 | 45.0 | +5.0 | 4.0 / 4.0 | 3.00x / 4.00x | 0.0 |" in text
+    assert "- skipped: PromptReps: best setting matches {'expand': 'hyde'}" in text
