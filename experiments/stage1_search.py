@@ -179,6 +179,10 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
         if not matches(state["best"], axis.get("when")):
             state["axes"][name] = {"skipped": f"best setting does not match {axis['when']}"}
             continue
+        clash = [u for u in axis.get("unless") or [] if matches(state["best"], u)]
+        if clash:
+            state["axes"][name] = {"skipped": f"best setting matches {clash[0]}"}
+            continue
         if not axis["sweep"] and state["best_objective"] is not None:
             state["axes"][name] = {"skipped": "the best setting already has a dev score"}
             continue

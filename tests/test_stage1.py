@@ -230,13 +230,15 @@ def test_a_search_started_from_another_scores_its_start_first_and_stage2_reruns_
     monkeypatch.setattr(driver, "run_sweep", fake_sweep)
     spec = tmp_path / "spec.yaml"
     spec.write_text("search:\n  objective: mean\n  start: {prior: freeret}\n"
-                    "  axes:\n    - {name: baseline, sweep: {}}\n")
+                    "  axes:\n    - {name: baseline, sweep: {}}\n"
+                    "    - {name: lexical, unless: [{expand: hyde}, {prior: fewshot}], sweep: {prior: [e5v]}}\n")
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"model": "small", "best": {"prior": "fewshot", "postprocess": "abtt"}}))
     state = driver.search("big", tmp_path / "big", None, [], spec, start_from=other)
     assert ran == [["prior=fewshot", "postprocess=abtt"]]
     assert state["best"] == {"prior": "fewshot", "postprocess": "abtt"} and state["best_objective"] == 0.25
     assert "small" in state["started_from"]
+    assert state["axes"]["lexical"] == {"skipped": "best setting matches {'prior': 'fewshot'}"}  # `unless`
     again = driver.search("small", tmp_path / "scored", None, [], spec)  # starts at the spec's start: scored once
     assert again["axes"]["baseline"]["chosen"] == {"prior": "freeret"}
     state_file = tmp_path / "scored" / "search.json"
