@@ -355,6 +355,11 @@ def _report_mean(state: dict[str, Any], out: Path, spec_path: Path) -> str:
 def stage2_report(state: dict[str, Any], top: int = 12) -> str:
     """Markdown: stage 1 alone and the best grid settings (dev hit@1 per dataset and mean), the choice."""
     s2 = state["stage2"]
+    if "transferred_from" in s2:  # stage2_search.py --transfer-from: not searched on this model
+        src = s2["source_dev"]
+        return (f"### Stage 2, {state['model']}: transferred, not searched\n\nTaken from {s2['source_model']}'s dev search "
+                f"(the best of its grid with K <= {s2['max_k']}: {src['label']}, its dev mean {_pct(src['mean'])} against "
+                f"its stage 1 {_pct(src['stage1_mean'])}).\n\nChosen: `{s2['chosen_overrides']}`\n")
     names = sorted(s2["stage1"]["scores"])
     lines = [f"### Stage-2 search, {state['model']} (split: dev)", "",
              f"One BLiM run at K={s2['run']['pipeline.top_k']} on the chosen stage 1; {len(s2['settings'])} settings "
@@ -440,6 +445,8 @@ def write_preset(state: dict[str, Any], out: Path, name: str | None = None, pres
     if state.get("stage2"):
         s2 = state["stage2"]
         what = ("stage 1 only (written with --no-stage2)" if not stage2 else
+                f"stage 2 transferred from {s2['source_model']}'s dev search (the best of its grid with K <= "
+                f"{s2['max_k']}: {s2['source_dev']['label']}), not searched on this model" if "transferred_from" in s2 else
                 f"stage 2 chosen by experiments/stage2_search.py on the same dev data: dev mean hit@1 "
                 f"{s2['stage1']['mean']:.4f} -> {s2['objective']:.4f}" if chosen_stage2 else
                 "stage 2: none (no setting of experiments/stage2_search.py beat stage 1 on dev)")

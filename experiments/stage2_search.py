@@ -100,14 +100,46 @@ def search(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG, la
     return state
 
 
+def transfer(out: Path, source: Path, max_k: int | None = None) -> dict[str, Any]:
+    """Stage 2 taken from another model's stage-2 search (``source``: its search.json), not searched here: the best
+    of its dev grid with ``top_k <= max_k`` (a cost cap: stage 2's forwards grow with K), kept only if it beat that
+    model's stage 1. Recorded in ``<out>/search.json``'s ``stage2`` with where it came from."""
+    state_file = out / "search.json"
+    if not state_file.exists():
+        raise ConfigError(f"{state_file} does not exist: run experiments/stage1_search.py first")
+    other = json.loads(source.read_text())
+    grid_rows = [r for r in (other.get("stage2") or {}).get("settings", [])
+                 if max_k is None or r["setting"]["top_k"] <= max_k]
+    if not grid_rows:
+        raise ConfigError(f"{source}: no stage-2 grid{f' with top_k <= {max_k}' if max_k else ''} to transfer")
+    best = max(grid_rows, key=lambda r: r["mean"])
+    base = other["stage2"]["stage1"]["mean"]
+    state = json.loads(state_file.read_text())
+    state["stage2"] = {"transferred_from": str(source), "source_model": other["model"], "max_k": max_k,
+                       "chosen": best["setting"] if best["mean"] > base else None,
+                       "chosen_overrides": tune.Stage2Setting(**best["setting"]).overrides() if best["mean"] > base else None,
+                       "source_dev": {"label": best["label"], "mean": best["mean"], "stage1_mean": base}}
+    state_file.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a conf/model name")
     parser.add_argument("--out", type=Path, required=True, help="the stage-1 search's folder (its search.json)")
     parser.add_argument("--spec", type=Path, default=CONFIG, help="the search spec with a `stage2` section")
     parser.add_argument("--report", action="store_true", help="print the leaderboard of <out>/search.json; run nothing")
+    parser.add_argument("--transfer-from", type=Path, default=None, metavar="SEARCH_JSON",
+                        help="run nothing: take the stage 2 another model's search chose on its dev data (e.g. a "
+                             "smaller model of the family), the best of its grid with top_k <= --max-k")
+    parser.add_argument("--max-k", type=int, default=None, help="with --transfer-from: the largest K allowed (cost)")
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for the run")
     args = parser.parse_args(argv)
+    if args.transfer_from is not None:
+        state = one_line_errors(lambda: transfer(args.out, args.transfer_from, args.max_k))
+        print(f"stage 2 for {state['model']}: {state['stage2']['source_dev']} from {state['stage2']['source_model']} "
+              f"-> {state['stage2']['chosen_overrides']}")
+        return 0
     if args.report:
         print(stage2_report(json.loads((args.out / "search.json").read_text())))
         return 0

@@ -161,7 +161,7 @@ def table(reports: list[dict[str, Any]]) -> str:
         lines += [f"**{rep['model']}**", "", "| technique | setting | " + " | ".join(domains) +
                   " | mean | Δ | forwards q / c | tokens q / c | generated / q |",
                   "|---|---|" + "---|" * (len(domains) + 5)]
-        for axis, entry in axes.items():
+        for entry in axes.values():
             start, base = entry["start"], entry["start"]["cost"]
             cells = [f"{100 * start['scores'][d]:.1f}" if d in start["scores"] else "-" for d in domains]
             lines.append(f"| {entry['what']} | without (the start) | " + " | ".join(cells) +

@@ -257,6 +257,17 @@ def test_a_search_started_from_another_scores_its_start_first_and_stage2_reruns_
     moved = stage2_search.run_folder(out, ["prior=echo", "scorer=bidirectional"])
     assert moved.name.startswith("stage2_run_") and moved != out / "stage2_run"
 
+    def row(k: int, mean: float) -> dict:
+        return {"label": f"BLiM K={k}", "mean": mean, "setting": {"scorer": "bidirectional", "top_k": k, "fusion": "rerank",
+                                                                    "fusion_weight": 0.5, "cpn_lambda": 0.5, "weight": 0.75}}
+
+    source = tmp_path / "small_s2.json"
+    source.write_text(json.dumps({"model": "small", "stage2": {"stage1": {"mean": 0.5},
+                                                                "settings": [row(10, 0.7), row(5, 0.6), row(3, 0.55)]}}))
+    s2 = stage2_search.transfer(tmp_path / "big", source, max_k=5)["stage2"]  # the best with K <= 5, not K=10's
+    assert s2["chosen"]["top_k"] == 5 and s2["chosen_overrides"]["pipeline.top_k"] == 5 and s2["source_model"] == "small"
+    assert "transferred, not searched" in driver.stage2_report(json.loads((tmp_path / "big" / "search.json").read_text()))
+
 
 def test_a_moved_choice_runs_once_more_on_test_and_keeps_the_earlier_run(tmp_path, monkeypatch):
     """``--test`` after a later axis changed the choice: the earlier choice's test run becomes ``<tag>_before`` (kept
