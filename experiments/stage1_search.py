@@ -211,8 +211,10 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
 
 
 def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
-         suites: tuple[str, ...] = ("stage1_dev", "stage1_test"), launcher: str | None = None) -> dict[str, Any]:
-    """The chosen setting on test (once) and the baselines on dev and test (or only the ``suites`` named)."""
+         suites: tuple[str, ...] = ("stage1_dev", "stage1_test"), launcher: str | None = None,
+         only: list[str] | None = None) -> dict[str, Any]:
+    """The chosen setting on test (once) and the baselines on dev and test (or only the ``suites`` named; ``only``:
+    only these runs, e.g. a large model's baselines while its search is still running, or without the costly ones)."""
     state = json.loads((out / "search.json").read_text())
     spec = load_search(spec_path)
     # every group the search sets is passed (the start's value unless the setting names it), so the experiment's own
@@ -223,7 +225,12 @@ def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
         runs = {"chosen": runs["chosen"], "chosen_stage2": {**state["best"], **TWO_STAGE, **stage2},
                 **{k: v for k, v in runs.items() if k != "chosen"}}
     state.setdefault("test", {})
+    unknown = sorted(set(only or []) - set(runs))
+    if unknown:
+        raise ConfigError(f"--only {' '.join(unknown)}: not a run of this search ({', '.join(runs)})")
     for name, setting in runs.items():
+        if only and name not in only:
+            continue
         for suite in suites:
             tag = f"{name}_{suite.split('_')[1]}"
             if name.startswith("chosen") and tag.endswith("_dev"):
@@ -464,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suites", nargs="+", default=None,
                         help="with --test: the suites the final runs use (baselines run on each; default: the spec's "
                              "`suites`, else stage1_dev stage1_test)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="RUN",
+                        help="with --test: only these runs (chosen, chosen_stage2 or baseline names)")
     parser.add_argument("--report", type=Path, default=None,
                         help="write a compact search.json, leaderboard.md and final.png into this folder; run nothing")
     parser.add_argument("--compare", type=Path, nargs="+", default=None,
@@ -499,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_lightning()
     if args.test:
         suites = tuple(args.suites or load_search(args.spec).get("suites", ["stage1_dev", "stage1_test"]))
-        one_line_errors(lambda: test(args.model, args.out, args.overrides, args.spec, suites, args.launcher))
+        one_line_errors(lambda: test(args.model, args.out, args.overrides, args.spec, suites, args.launcher, args.only))
     else:
         one_line_errors(lambda: search(args.model, args.out, args.axes, args.overrides, args.spec, args.launcher,
                                        args.start_from))

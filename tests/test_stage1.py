@@ -295,13 +295,17 @@ def test_a_moved_choice_runs_once_more_on_test_and_keeps_the_earlier_run(tmp_pat
     out = tmp_path / "s"
     out.mkdir()
     (out / "search.json").write_text(json.dumps({"model": "m", "best": {"prior": "fewshot"}, "axes": {}}))
+    driver.test("m", out, [], spec, ("x_test",), only=["bm25"])  # --only: the baseline alone
+    assert ran == ["bm25_test"]
+    with pytest.raises(ConfigError, match="--only e5v: not a run of this search"):
+        driver.test("m", out, [], spec, ("x_test",), only=["e5v"])
     driver.test("m", out, [], spec, ("x_test",))
-    assert ran == ["chosen_test", "bm25_test"]
+    assert ran == ["bm25_test", "chosen_test"]
     state = json.loads((out / "search.json").read_text())
     state["best"] = {"prior": "echo"}
     (out / "search.json").write_text(json.dumps(state))
     state = driver.test("m", out, [], spec, ("x_test",))
-    assert ran[2:] == ["chosen_test"]
+    assert ran[2:] == ["chosen_test"]  # the unchanged baseline does not rerun
     assert state["test"]["chosen_test_before"]["setting"] == {"prior": "fewshot"}
     assert state["test"]["chosen_test"]["setting"] == {"prior": "echo"}
     assert (out / "final" / "chosen_test_before" / "0" / "results").is_dir()
