@@ -29,6 +29,7 @@ from freeret.paths import repo_root
 
 GENERAL = "_general"  # the file applied to a model without its own
 STAGE1_GROUPS = ("layer", "pooling", "prior", "postprocess", "retriever")  # each file names all five
+STAGE1_OPTIONAL = ("prepend", "expand")  # issue 27's techniques: named only where chosen (absent = none)
 STAGE2_GROUPS = ("scorer", "framing")
 STAGE2_KEYS = ("pipeline.top_k", "pipeline.fusion", "pipeline.fusion_weight", "pipeline.calibrate", "pipeline.tie_break")
 FILE_KEYS = ("preset", "model", "stage1", "stage2", "provenance")
@@ -88,7 +89,7 @@ class PresetFile:
         conf = repo_root() / "conf"  # the groups a choice names
         if path.stem != GENERAL and not (conf / "model" / f"{path.stem}.yaml").is_file():
             raise fail(f"no conf/model/{path.stem}.yaml: a model's file is named after its model config (or {GENERAL})")
-        stage1 = cls._settings(data.get("stage1"), "stage1", STAGE1_GROUPS, (), conf, fail)
+        stage1 = cls._settings(data.get("stage1"), "stage1", (*STAGE1_GROUPS, *STAGE1_OPTIONAL), (), conf, fail)
         missing = [g for g in STAGE1_GROUPS if g not in stage1]
         if missing:
             raise fail(f"stage1 must name every stage-1 group; missing {', '.join(missing)}")

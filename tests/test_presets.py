@@ -131,6 +131,7 @@ GOOD = yaml.safe_load((FOLDER / "_general.yaml").read_text())
     ({"stage1": {**GOOD["stage1"], "layr": "attn_last"}}, r"unknown stage1 key 'layr'"),
     ({"stage1": {k: v for k, v in GOOD["stage1"].items() if k != "pooling"}}, "missing pooling"),
     ({"stage1": {**GOOD["stage1"], "prior": "nope"}}, r"stage1.prior='nope': no conf/prior/nope.yaml"),
+    ({"stage1": {**GOOD["stage1"], "expand": "nope"}}, r"stage1.expand='nope': no conf/expand/nope.yaml"),
     ({"stage1": {**GOOD["stage1"], "prior.demos": {"k": 1}}}, "must be a scalar"),
     ({"stage2": {"pipeline.top_k": 5}}, "stage2 must name its scorer"),
     ({"stage2": {"scorer": "query_likelihood", "pipeline.batch_size": 5}}, "unknown stage2 key 'pipeline.batch_size'"),
@@ -256,3 +257,12 @@ def test_override_values_read_back_as_written(value):
 
     parsed = OverridesParser.create().parse_override(f"key={presets.override_value(value)}")
     assert parsed.value() == value
+
+
+def test_a_preset_may_name_the_technique_groups_it_chose(tmp_path):
+    """Issue 27's optional stage-1 groups (``prepend``, ``expand`` and their keys) are allowed, not required."""
+    _write(tmp_path, "_general", GOOD)
+    stage1 = {**GOOD["stage1"], "expand": "hyde", "expand.weight": 0.25, "prepend": "tp"}
+    _write(tmp_path, "gemma3_270m", {**GOOD, "model": "gemma3_270m", "stage1": stage1})
+    chosen = presets.choose("freeret_plus", "gemma3_270m", tmp_path)
+    assert chosen.stage1["expand"] == "hyde" and chosen.stage1["prepend"] == "tp"
