@@ -368,7 +368,9 @@ def stage2_report(state: dict[str, Any], top: int = 12) -> str:
                 f"(the best of its grid with K <= {s2['max_k']}: {src['label']}, its dev mean {_pct(src['mean'])} against "
                 f"its stage 1 {_pct(src['stage1_mean'])}).\n\nChosen: `{s2['chosen_overrides']}`\n")
     names = sorted(s2["stage1"]["scores"])
-    lines = [f"### Stage-2 search, {state['model']} (split: dev)", "",
+    kept = ([f"Searched with an earlier stage 1 ({' '.join(s2['searched_on'])}); the choice is kept for the stage 1 "
+             f"chosen since, not searched again.", ""] if s2.get("kept_for") == state["best"] else [])
+    lines = [f"### Stage-2 search, {state['model']} (split: dev)", "", *kept,
              f"One BLiM run at K={s2['run']['pipeline.top_k']} on the chosen stage 1; {len(s2['settings'])} settings "
              f"scored from its records; hit@1 in %.", "",
              "| setting | " + " | ".join(map(_short, names)) + " | mean |", "|---|" + "---|" * (len(names) + 1),
@@ -454,6 +456,9 @@ def write_preset(state: dict[str, Any], out: Path, name: str | None = None, pres
         what = ("stage 1 only (written with --no-stage2)" if not stage2 else
                 f"stage 2 transferred from {s2['source_model']}'s dev search (the best of its grid with K <= "
                 f"{s2['max_k']}: {s2['source_dev']['label']}), not searched on this model" if "transferred_from" in s2 else
+                f"stage 2 chosen by experiments/stage2_search.py on the same dev data with an earlier stage 1 "
+                f"({' '.join(s2['searched_on'])}; dev mean hit@1 {s2['stage1']['mean']:.4f} -> {s2['objective']:.4f}), "
+                f"kept for this stage 1, not searched again" if s2.get("kept_for") == state["best"] else
                 f"stage 2 chosen by experiments/stage2_search.py on the same dev data: dev mean hit@1 "
                 f"{s2['stage1']['mean']:.4f} -> {s2['objective']:.4f}" if chosen_stage2 else
                 "stage 2: none (no setting of experiments/stage2_search.py beat stage 1 on dev)")

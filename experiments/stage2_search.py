@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from stage1_search import CONFIG, TWO_STAGE, dev_data, load_search, overrides, run_sweep, stage2_report
 
 from freeret.cli import one_line_errors, quiet_lightning
@@ -123,6 +124,22 @@ def transfer(out: Path, source: Path, max_k: int | None = None) -> dict[str, Any
     return state
 
 
+def keep_previous(out: Path) -> dict[str, Any]:
+    """Keep the stage 2 chosen on dev with an EARLIER stage-1 choice (a later stage-1 axis won since) instead of
+    searching again: recorded in ``stage2.kept_for`` (the stage 1 it now runs on) beside ``stage2.searched_on``, so
+    the preset's note and the report say so. A CPU-time shortcut; the stage-2 run of the new stage 1 is not made."""
+    state_file = out / "search.json"
+    state = json.loads(state_file.read_text())
+    if not (state.get("stage2") or {}).get("settings"):
+        raise ConfigError(f"{state_file}: no stage-2 search to keep (run experiments/stage2_search.py first)")
+    recorded = yaml.safe_load((out / "stage2_run" / "0" / ".hydra" / "overrides.yaml").read_text())
+    state["stage2"]["searched_on"] = [o for o in recorded if not o.startswith(("++benchmark.", "suite=", "logger=",
+                                                                                "trainer.", "experiment=", "model="))]
+    state["stage2"]["kept_for"] = state["best"]
+    state_file.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a conf/model name")
@@ -133,8 +150,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="run nothing: take the stage 2 another model's search chose on its dev data (e.g. a "
                              "smaller model of the family), the best of its grid with top_k <= --max-k")
     parser.add_argument("--max-k", type=int, default=None, help="with --transfer-from: the largest K allowed (cost)")
+    parser.add_argument("--keep-previous", action="store_true",
+                        help="run nothing: keep the stage 2 chosen with an earlier stage-1 choice for the new one")
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for the run")
     args = parser.parse_args(argv)
+    if args.keep_previous:
+        state = one_line_errors(lambda: keep_previous(args.out))
+        print(f"stage 2 for {state['model']}: {state['stage2']['chosen_overrides']} kept (searched on "
+              f"{state['stage2']['searched_on']})")
+        return 0
     if args.transfer_from is not None:
         state = one_line_errors(lambda: transfer(args.out, args.transfer_from, args.max_k))
         print(f"stage 2 for {state['model']}: {state['stage2']['source_dev']} from {state['stage2']['source_model']} "

@@ -258,7 +258,8 @@ def test_a_search_started_from_another_scores_its_start_first_and_stage2_reruns_
     assert moved.name.startswith("stage2_run_") and moved != out / "stage2_run"
 
     def row(k: int, mean: float) -> dict:
-        return {"label": f"BLiM K={k}", "mean": mean, "setting": {"scorer": "bidirectional", "top_k": k, "fusion": "rerank",
+        return {"label": f"BLiM K={k}", "mean": mean, "scores": {"d": mean},
+                "setting": {"scorer": "bidirectional", "top_k": k, "fusion": "rerank",
                                                                     "fusion_weight": 0.5, "cpn_lambda": 0.5, "weight": 0.75}}
 
     source = tmp_path / "small_s2.json"
@@ -267,6 +268,17 @@ def test_a_search_started_from_another_scores_its_start_first_and_stage2_reruns_
     s2 = stage2_search.transfer(tmp_path / "big", source, max_k=5)["stage2"]  # the best with K <= 5, not K=10's
     assert s2["chosen"]["top_k"] == 5 and s2["chosen_overrides"]["pipeline.top_k"] == 5 and s2["source_model"] == "small"
     assert "transferred, not searched" in driver.stage2_report(json.loads((tmp_path / "big" / "search.json").read_text()))
+
+    big = json.loads((tmp_path / "big" / "search.json").read_text())  # --keep-previous: an earlier stage 1's choice
+    big["stage2"] = {"settings": [row(5, 0.6)], "chosen": row(5, 0.6)["setting"], "objective": 0.6,
+                     "stage1": {"mean": 0.5, "scores": {"d": 0.5}}, "run": {"pipeline.top_k": 10},
+                     "chosen_overrides": {"scorer": "bidirectional", "pipeline.top_k": 5}}
+    (tmp_path / "big" / "search.json").write_text(json.dumps(big))
+    fake_sweep("big", ["prior=freeret", "scorer=bidirectional", "suite=general_dev"], tmp_path / "big" / "stage2_run", [])
+    kept = stage2_search.keep_previous(tmp_path / "big")
+    assert kept["stage2"]["searched_on"] == ["prior=freeret", "scorer=bidirectional"]
+    assert kept["stage2"]["kept_for"] == kept["best"]
+    assert "Searched with an earlier stage 1 (prior=freeret scorer=bidirectional)" in driver.stage2_report(kept)
 
 
 def test_a_moved_choice_runs_once_more_on_test_and_keeps_the_earlier_run(tmp_path, monkeypatch):
