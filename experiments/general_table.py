@@ -37,7 +37,12 @@ def _short(dataset: str) -> str:
 def model_rows(state: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Row -> {domain: test hit@1, "mean": ...} for one model's search (chosen + stage 2 falls back to stage 1 with
     ``stage2: none`` when the search chose no stage 2)."""
-    tests = state.get("test") or {}
+    tests = dict(state.get("test") or {})
+    best = state.get("best") or {}
+    for tag in ("chosen_test", "chosen_stage2_test"):  # a run of an earlier choice (not yet rerun) is "before"
+        run = tests.get(tag)
+        if run is not None and any(run["setting"].get(k) != v for k, v in best.items()) and f"{tag}_before" not in tests:
+            tests[f"{tag}_before"] = tests.pop(tag)
     rows: dict[str, dict[str, float]] = {}
     for tag in ROWS:
         run = tests.get(f"{tag.removesuffix('_before')}_test{'_before' if tag.endswith('_before') else ''}")
@@ -45,7 +50,8 @@ def model_rows(state: dict[str, Any]) -> dict[str, dict[str, float]]:
             continue
         scores = {_short(d): s for d, s in run["jobs"][0]["scores"].items()}
         rows[tag] = {**scores, "mean": sum(scores.values()) / len(scores)}
-    if "chosen_stage2" not in rows and "chosen" in rows and "stage2" in state:
+    if "chosen_stage2" not in rows and "chosen" in rows and "stage2" in state and \
+            not (state["stage2"] or {}).get("chosen_overrides"):  # none chosen (a chosen one not run yet: no row)
         rows["chosen_stage2"] = {**rows["chosen"], "none": 1.0}
     return rows
 

@@ -242,6 +242,7 @@ def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
                 # and the new choice runs once
                 state["test"][f"{tag}_before"] = state["test"].pop(tag)
                 (out / "final" / tag).rename(out / "final" / f"{tag}_before")
+                (out / "search.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")  # before the run
             data = spec.get("dev_overrides" if tag.endswith("_dev") else "test_overrides", [])
             wall = run_sweep(model, [*overrides(setting), f"suite={suite}", *data], out / "final" / tag, extra, launcher)
             state["test"][tag] = {"setting": setting, "wall_s": wall,
@@ -463,6 +464,11 @@ def write_preset(state: dict[str, Any], out: Path, name: str | None = None, pres
                 f"{s2['stage1']['mean']:.4f} -> {s2['objective']:.4f}" if chosen_stage2 else
                 "stage 2: none (no setting of experiments/stage2_search.py beat stage 1 on dev)")
         provenance["note"] = "; ".join(x for x in (provenance["note"], what) if x)
+    else:
+        provenance["note"] = "; ".join(x for x in (provenance["note"], "stage 2: not searched for this model") if x)
+    if state.get("started_from"):
+        origin = state["started_from"].split(" (")[0]  # the model, not the folder it ran in
+        provenance["note"] = f"{provenance['note']}; the search started from {origin}"
     return write_preset_file(preset, name or state["model"], pinned(state["best"], spec.get("pins", [])),
                              {k: v for k, v in provenance.items() if v is not None}, stage2=chosen_stage2, root=root)
 

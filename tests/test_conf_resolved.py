@@ -36,7 +36,7 @@ COMBINATIONS = [
     # issue 26: method=freeret_plus per model (its own file, the general one, a command-line override on top), and the
     # pinned names, whose entries equal those of `method=freeret_plus` / `method=freeret_plus_270m` before issue 26
     ["method=freeret_plus", "model=gemma3_270m"], ["method=freeret_plus", "model=tiny_qwen2vl"],
-    ["method=freeret_plus", "prior.demos.k=4"], ["method=freeret_plus", "model=gemma3_270m", "prior=e5v"],
+    ["method=freeret_plus", "model=gemma3_270m", "prior.demos.k=4"], ["method=freeret_plus", "model=gemma3_270m", "prior=e5v"],
     ["method=freeret_plus_v1", "model=gemma3_270m"], ["method=freeret_plus_v1", "pipeline=two_stage"],
     ["method=freeret_plus_270m", "model=gemma3_270m"],
 ]

@@ -36,7 +36,8 @@ def _group(cfg: dict, key: str):
 
 
 @pytest.mark.parametrize("model, file", [("smollm2_135m", "smollm2_135m"), ("gemma3_270m", "gemma3_270m"),
-                                         ("qwen25coder_05b", "qwen25coder_05b"), ("tiny_qwen2vl", "_general")])
+                                         ("qwen25coder_05b", "qwen25coder_05b"), ("qwen25coder_15b", "qwen25coder_15b"),
+                                         ("tiny_qwen2vl", "_general")])
 def test_each_model_gets_its_own_file_else_the_general_one(model, file):
     """method=freeret_plus composes to exactly the file's settings (stage 1, and stage 2 where the file has one), and
     the run's record names the file, its sha256 and each override applied."""
@@ -61,8 +62,9 @@ def test_the_drivers_compose_with_the_preset_applied():
 
 
 def test_command_line_overrides_win_over_the_file():
-    cfg = resolved("method=freeret_plus", "prior.demos.k=4")
-    assert cfg["prior"]["demos"]["k"] == 4 and cfg["preset"]["overridden"] == ["prior.demos.k"]
+    cfg = resolved("method=freeret_plus", "++expand.weight=0.5")  # SmolLM2's file sets 0.25 (issue 27); ++: the default
+    # expand=none, which the first composition sees, has no weight
+    assert cfg["expand"]["weight"] == 0.5 and cfg["preset"]["overridden"] == ["expand.weight"]
     assert resolved("method=freeret_plus", "model=gemma3_270m", "prior.demos.k=4")["prior"]["demos"]["k"] == 4
     # another prior drops the file's prior.* keys with it; the file's own prior keeps them
     other = resolved("method=freeret_plus", "model=gemma3_270m", "prior=e5v")
@@ -102,7 +104,8 @@ def test_the_pinned_entries_of_the_config_snapshot_are_the_settings_chosen_befor
 
 def test_the_shipped_files_are_valid_and_as_snapshotted():
     files = presets.check_all()
-    assert sorted(f.model for f in files) == ["_general", "gemma3_270m", "qwen25coder_05b", "smollm2_135m"]
+    assert sorted(f.model for f in files) == ["_general", "gemma3_270m", "qwen25coder_05b", "qwen25coder_15b",
+                                              "smollm2_135m"]
     got = {str(f.path.relative_to(REPO)): {"stage1": f.stage1, "stage2": f.stage2, "provenance": f.provenance,
                                            "settings": [list(s) for s in f.settings()]} for f in files}
     check_snapshot(SNAPSHOT, got)
@@ -198,7 +201,8 @@ def test_a_config_composed_without_the_preset_step_is_refused():
         raw = OmegaConf.to_container(hydra_compose(config_name="config", overrides=["method=freeret_plus"]), resolve=True)
     with pytest.raises(ConfigError, match="picks its setting per model when the config is composed"):
         check(raw)
-    assert check(resolved("method=freeret_plus")).prior.name == "fewshot"
+    assert check(resolved("method=freeret_plus")).prior.name == presets.PresetFile.load(
+        FOLDER / "smollm2_135m.yaml").stage1["prior"]
 
 
 def test_run_py_applies_the_preset_and_rewrites_the_job_config(tmp_path):

@@ -165,7 +165,7 @@ def test_search_compare_puts_models_side_by_side():
 
 
 @pytest.mark.parametrize("preset, model", [("freeret_plus", "smollm2_135m"), ("freeret_plus", "gemma3_270m"),
-                                           ("freeret_plus", "qwen25coder_05b"),
+                                           ("freeret_plus", "qwen25coder_05b"), ("freeret_plus", "qwen25coder_15b"),
                                            ("freeret_plus_v1", "smollm2_135m"), ("freeret_plus_270m", "gemma3_270m")])
 def test_freeret_plus_is_the_setting_chosen_on_dev(preset, model):
     """method=freeret_plus on each model composes to exactly what that model's recorded dev search chose (the search
