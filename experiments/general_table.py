@@ -41,7 +41,8 @@ def model_rows(state: dict[str, Any]) -> dict[str, dict[str, float]]:
     best = state.get("best") or {}
     for tag in ("chosen_test", "chosen_stage2_test"):  # a run of an earlier choice (not yet rerun) is "before"
         run = tests.get(tag)
-        if run is not None and any(run["setting"].get(k) != v for k, v in best.items()) and f"{tag}_before" not in tests:
+        if run is not None and "setting" in run and f"{tag}_before" not in tests and \
+                any(run["setting"].get(k) != v for k, v in best.items()):
             tests[f"{tag}_before"] = tests.pop(tag)
     rows: dict[str, dict[str, float]] = {}
     for tag in ROWS:

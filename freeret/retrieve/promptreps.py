@@ -17,6 +17,7 @@ import torch
 
 from freeret.data.retrieval_set import Row
 from freeret.errors import ConfigError, DataError, known_keys
+from freeret.retrieve.scoring import candidate_locations
 from freeret.retrieve.shards import ShardStore
 
 
@@ -57,13 +58,8 @@ def promptreps_scores(rows: Sequence[Row], store: ShardStore, k: int, key_of: Ma
         raise DataError(f"{len(missing)} items have no embedding (first: {missing[0]})")
     q_ids, q_w = split(store.gather(sk(r.query) for r in rows), k)
     vocab = int(q_ids.max()) + 1 if len(rows) else 1
-    width = max((len(r.candidates) for r in rows), default=0)
-    shard_of = torch.full((len(rows), width), -1, dtype=torch.int32)
-    pos_of = torch.zeros((len(rows), width), dtype=torch.int64)
-    for i, r in enumerate(rows):
-        packed = torch.tensor([store.index[sk(key)] for key in r.candidates], dtype=torch.int64)
-        shard_of[i, : len(packed)] = (packed >> 32).to(torch.int32)
-        pos_of[i, : len(packed)] = packed & 0xFFFFFFFF
+    shard_of, pos_of = candidate_locations(rows, store, sk)
+    width = shard_of.shape[1]
     out = torch.zeros(len(rows), width)
     step = max(1, min(budget // vocab, budget // max(1, width * k)))  # (chunk, vocab) and (pairs, k) stay in budget
     for n, emb in store.iter_shards():

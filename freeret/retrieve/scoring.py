@@ -55,13 +55,8 @@ def score_store(rows: Sequence[Row], store: ShardStore, key_of: Mapping[str, str
     if missing:
         raise DataError(f"{len(missing)} items have no embedding (first: {missing[0]})")
     queries = F.normalize(transform(store.gather(sk(r.query) for r in rows).float(), "query"), dim=-1)
-    width = max((len(r.candidates) for r in rows), default=0)
-    shard_of = torch.full((len(rows), width), -1, dtype=torch.int32)
-    pos_of = torch.zeros((len(rows), width), dtype=torch.int64)
-    for i, r in enumerate(rows):
-        packed = torch.tensor([store.index[sk(k)] for k in r.candidates], dtype=torch.int64)
-        shard_of[i, : len(packed)] = (packed >> 32).to(torch.int32)
-        pos_of[i, : len(packed)] = packed & 0xFFFFFFFF
+    shard_of, pos_of = candidate_locations(rows, store, sk)
+    width = shard_of.shape[1]
     out = torch.zeros(len(rows), width)
     for n, emb in store.iter_shards():
         hit = shard_of == n
@@ -77,6 +72,20 @@ def score_store(rows: Sequence[Row], store: ShardStore, key_of: Mapping[str, str
             r_idx, c_idx = block.nonzero(as_tuple=True)
             out[lo + r_idx, c_idx] = sims[r_idx, pos_of[lo + r_idx, c_idx]]
     return [out[i, : len(r.candidates)].clone() for i, r in enumerate(rows)]
+
+
+def candidate_locations(rows: Sequence[Row], store: ShardStore,
+                        sk: Callable[[str], str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each row's candidates lie in the store: (rows, widest row) shard numbers (-1: no candidate) and row
+    positions inside their shard, so scores can be scattered shard by shard (``sk``: item key -> store key)."""
+    width = max((len(r.candidates) for r in rows), default=0)
+    shard_of = torch.full((len(rows), width), -1, dtype=torch.int32)
+    pos_of = torch.zeros((len(rows), width), dtype=torch.int64)
+    for i, r in enumerate(rows):
+        packed = torch.tensor([store.index[sk(k)] for k in r.candidates], dtype=torch.int64)
+        shard_of[i, : len(packed)] = (packed >> 32).to(torch.int32)
+        pos_of[i, : len(packed)] = packed & 0xFFFFFFFF
+    return shard_of, pos_of
 
 
 def search_store(queries: torch.Tensor, store: ShardStore, k: int) -> tuple[torch.Tensor, list[list[str]]]:
