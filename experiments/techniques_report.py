@@ -46,10 +46,16 @@ def _short(dataset: str) -> str:
 
 def find_job(state: dict[str, Any], setting: dict[str, Any]) -> dict[str, Any] | None:
     """The dev job that ran ``setting`` (the one an axis started from), in any axis."""
-    for axis in state["axes"].values():
+    found = job_folder(state, setting)
+    return found[1] if found else None
+
+
+def job_folder(state: dict[str, Any], setting: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(axis name, job record) of the dev job that ran ``setting``: its folder holds what it generated."""
+    for name, axis in state["axes"].items():
         for job in axis.get("jobs", []):
             if job.get("setting") == setting:
-                return job
+                return name, job
     return None
 
 
@@ -128,8 +134,9 @@ def model_report(folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
         if "skipped" in entry:
             out["axes"][axis] = {"what": what, "skipped": entry["skipped"]}
             continue
-        start = find_job(state, entry["from"])
-        base_cost = costs.count(entry["from"])
+        found = job_folder(state, entry["from"])
+        start = found[1] if found else None
+        base_cost = costs.count(entry["from"], folder / found[0] / str(found[1]["job"]) if found else None)
         jobs = []
         for job in entry["jobs"]:
             cost = costs.count(job["setting"], folder / axis / str(job["job"]))

@@ -149,8 +149,8 @@ def test_a_sweep_of_priors_and_expansions_records_its_settings(tmp_path):
     """run.py -m prior=freeret,metaeol expand=none,hyde on a WordNet slice: each job records its views (the plain
     job's record has no views key); the second expansion job reuses the first's generations."""
     args = ["-m", "prior=freeret,metaeol", "expand=none,hyde", "dataset.limit=2",
-            "dataset.pool=positives", "threads=1", *QUIET]
-    jobs = sweep_jobs(args[1:])
+            "dataset.pool=positives", "threads=1", f"embed.cache_dir={tmp_path / 'cache'}", *QUIET]
+    jobs = sweep_jobs(args[1:])  # its own cache: what the counts below say must not depend on earlier tests
     assert [[o for o in job if o.split("=")[0] in ("prior", "expand")] for job in jobs] == [
         ["prior=freeret", "expand=none"], ["prior=freeret", "expand=hyde"], ["prior=metaeol", "expand=none"],
         ["prior=metaeol", "expand=hyde"]]
