@@ -242,8 +242,8 @@ def test_a_sweep_over_retriever_and_prepend_runs_and_records_them(tmp_path):
     """run.py -m retriever=dense,hybrid_promptreps prepend=none,tp on a WordNet slice with SmolLM2: four jobs, four
     stores; the results record the retriever (label, promptreps k) and the prepend setting."""
     args = ["-m", "retriever=dense,hybrid_promptreps", "prepend=none,tp", "dataset.limit=3", "dataset.pool=positives",
-            "threads=1", *QUIET]
-    jobs = sweep_jobs(args[1:])
+            "threads=1", f"embed.cache_dir={tmp_path / 'cache'}", *QUIET]
+    jobs = sweep_jobs(args[1:])  # its own cache: the computed counts below must not depend on earlier tests
     assert [[o for o in job if o.startswith(("retriever", "prepend"))] for job in jobs] == [
         ["retriever=dense", "prepend=none"], ["retriever=dense", "prepend=tp"],
         ["retriever=hybrid_promptreps", "prepend=none"], ["retriever=hybrid_promptreps", "prepend=tp"]]
