@@ -15,6 +15,7 @@ setting (the best dev mean over datasets, kept only if it beats stage 1 alone) g
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -45,10 +46,6 @@ def run_overrides(spec: dict[str, Any]) -> dict[str, Any]:
 def run_folder(out: Path, args: list[str]) -> Path:
     """The stage-2 run's folder: ``stage2_run`` when it is new or holds this very run (its recorded overrides include
     ``args``), else ``stage2_run_<hash of args>``: a stage-1 choice that moved (a later axis won) gets a fresh run."""
-    import hashlib
-
-    import yaml
-
     first = out / "stage2_run"
     recorded = first / "0" / ".hydra" / "overrides.yaml"
     if not recorded.exists() or set(args) <= set(yaml.safe_load(recorded.read_text())):
