@@ -172,19 +172,25 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
         state = {"model": model, "objective": OBJECTIVES[objective], "best": start, "best_objective": None,
                  "axes": {}, "dev_overrides": list(spec.get("dev_overrides", [])),
                  **({"started_from": origin} if origin else {})}
+    def save() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+
     for axis in spec["axes"]:
         name = axis["name"]
         if (axes and name not in axes) or name in state["axes"]:
             continue
-        if not matches(state["best"], axis.get("when")):
-            state["axes"][name] = {"skipped": f"best setting does not match {axis['when']}"}
-            continue
+        skip = None
         clash = [u for u in axis.get("unless") or [] if matches(state["best"], u)]
-        if clash:
-            state["axes"][name] = {"skipped": f"best setting matches {clash[0]}"}
-            continue
-        if not axis["sweep"] and state["best_objective"] is not None:
-            state["axes"][name] = {"skipped": "the best setting already has a dev score"}
+        if not matches(state["best"], axis.get("when")):
+            skip = f"best setting does not match {axis['when']}"
+        elif clash:
+            skip = f"best setting matches {clash[0]}"
+        elif not axis["sweep"] and state["best_objective"] is not None:
+            skip = "the best setting already has a dev score"
+        if skip:  # saved at once, so a skip is on disk even when no later axis runs
+            state["axes"][name] = {"skipped": skip}
+            save()
             continue
         sweep = {k: v if isinstance(v, list) else [v] for k, v in axis["sweep"].items()}
         best = state["best"]
@@ -204,8 +210,7 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
         else:
             entry["chosen"] = None  # the best so far stays
         state["axes"][name] = entry
-        out.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+        save()
         print(f"{name}: best {state['best']} objective {state['best_objective']:.4f} ({wall:.0f}s)", flush=True)
     return state
 

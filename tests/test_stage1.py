@@ -239,6 +239,8 @@ def test_a_search_started_from_another_scores_its_start_first_and_stage2_reruns_
     assert state["best"] == {"prior": "fewshot", "postprocess": "abtt"} and state["best_objective"] == 0.25
     assert "small" in state["started_from"]
     assert state["axes"]["lexical"] == {"skipped": "best setting matches {'prior': 'fewshot'}"}  # `unless`
+    on_disk = json.loads((tmp_path / "big" / "search.json").read_text())
+    assert on_disk["axes"]["lexical"] == state["axes"]["lexical"]  # a skip as the last axis is saved too
     again = driver.search("small", tmp_path / "scored", None, [], spec)  # starts at the spec's start: scored once
     assert again["axes"]["baseline"]["chosen"] == {"prior": "freeret"}
     state_file = tmp_path / "scored" / "search.json"
