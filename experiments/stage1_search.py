@@ -47,6 +47,12 @@ QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 TWO_STAGE = {"pipeline": "two_stage", "pipeline.name": "two_stage"}  # the experiment's body sets pipeline.name=embed
 
 
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a search's record (``search.json``) the one way every driver does: sorted keys, one space indent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+
+
 def load_search(path: Path = CONFIG) -> dict[str, Any]:
     """The ``search`` section of the experiment config (or of a ``--spec`` file: what it leaves out, e.g. the
     ``start``, is the experiment's)."""
@@ -172,10 +178,6 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
         state = {"model": model, "objective": OBJECTIVES[objective], "best": start, "best_objective": None,
                  "axes": {}, "dev_overrides": list(spec.get("dev_overrides", [])),
                  **({"started_from": origin} if origin else {})}
-    def save() -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
-
     for axis in spec["axes"]:
         name = axis["name"]
         if (axes and name not in axes) or name in state["axes"]:
@@ -190,7 +192,7 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
             skip = "the best setting already has a dev score"
         if skip:  # saved at once, so a skip is on disk even when no later axis runs
             state["axes"][name] = {"skipped": skip}
-            save()
+            write_state(state_file, state)
             continue
         sweep = {k: v if isinstance(v, list) else [v] for k, v in axis["sweep"].items()}
         best = state["best"]
@@ -210,7 +212,7 @@ def search(model: str, out: Path, axes: list[str] | None, extra: list[str], spec
         else:
             entry["chosen"] = None  # the best so far stays
         state["axes"][name] = entry
-        save()
+        write_state(state_file, state)
         print(f"{name}: best {state['best']} objective {state['best_objective']:.4f} ({wall:.0f}s)", flush=True)
     return state
 
@@ -247,12 +249,12 @@ def test(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG,
                 # and the new choice runs once
                 state["test"][f"{tag}_before"] = state["test"].pop(tag)
                 (out / "final" / tag).rename(out / "final" / f"{tag}_before")
-                (out / "search.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")  # before the run
+                write_state(out / "search.json", state)  # before the run
             data = spec.get("dev_overrides" if tag.endswith("_dev") else "test_overrides", [])
             wall = run_sweep(model, [*overrides(setting), f"suite={suite}", *data], out / "final" / tag, extra, launcher)
             state["test"][tag] = {"setting": setting, "wall_s": wall,
                                   "jobs": job_records(out / "final" / tag, spec.get("objective", "rd_meta"))}
-            (out / "search.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+            write_state(out / "search.json", state)
             job = state["test"][tag]["jobs"][0]
             print(f"{tag}: RD {_pct(job['rd'])} meta {_pct(job['meta'])} mean {_pct(job['mean'])} ({wall:.0f}s)", flush=True)
     return state
@@ -277,7 +279,7 @@ def report(state: dict[str, Any], out: Path, spec_path: Path = CONFIG) -> str:
                                  for name, axis in state["axes"].items()},
                "test": {tag: {**run, "jobs": [{k: j.get(k) for k in keep} for j in run["jobs"]]}
                         for tag, run in state.get("test", {}).items()}}
-    (out / "search.json").write_text(json.dumps(compact, indent=1, sort_keys=True) + "\n")
+    write_state(out / "search.json", compact)
     if state["objective"] == OBJECTIVES["mean"]:
         return _report_mean(state, out, spec_path)
     jobs = [j for axis in state["axes"].values() for j in axis.get("jobs", [])]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from stage1_search import CONFIG, TWO_STAGE, dev_data, load_search, overrides, run_sweep, stage2_report
+from stage1_search import CONFIG, TWO_STAGE, dev_data, load_search, overrides, run_sweep, stage2_report, write_state
 
 from freeret.cli import one_line_errors, quiet_lightning
 from freeret.errors import ConfigError
@@ -94,7 +94,7 @@ def search(model: str, out: Path, extra: list[str], spec_path: Path = CONFIG, la
     if any(abs(result["stage1"]["scores"][d] - stage1[d]) > 1e-9 for d in stage1):
         raise AssertionError(f"stage-1 hit@1 from the records {result['stage1']['scores']} differs from the run's {stage1}")
     state["stage2"] = {"run": run, "n_rows": {d: len(r) for d, r in records.items()}, **result}
-    state_file.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    write_state(state_file, state)
     return state
 
 
@@ -117,7 +117,7 @@ def transfer(out: Path, source: Path, max_k: int | None = None) -> dict[str, Any
                        "chosen": best["setting"] if best["mean"] > base else None,
                        "chosen_overrides": tune.Stage2Setting(**best["setting"]).overrides() if best["mean"] > base else None,
                        "source_dev": {"label": best["label"], "mean": best["mean"], "stage1_mean": base}}
-    state_file.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    write_state(state_file, state)
     return state
 
 
@@ -133,7 +133,7 @@ def keep_previous(out: Path) -> dict[str, Any]:
     state["stage2"]["searched_on"] = [o for o in recorded if not o.startswith(("++benchmark.", "suite=", "logger=",
                                                                                 "trainer.", "experiment=", "model="))]
     state["stage2"]["kept_for"] = state["best"]
-    state_file.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    write_state(state_file, state)
     return state
 
 

@@ -44,12 +44,6 @@ def _short(dataset: str) -> str:
     return dataset.removeprefix("general_").removesuffix("_dev")
 
 
-def find_job(state: dict[str, Any], setting: dict[str, Any]) -> dict[str, Any] | None:
-    """The dev job that ran ``setting`` (the one an axis started from), in any axis."""
-    found = job_folder(state, setting)
-    return found[1] if found else None
-
-
 def job_folder(state: dict[str, Any], setting: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """(axis name, job record) of the dev job that ran ``setting``: its folder holds what it generated."""
     for name, axis in state["axes"].items():

@@ -333,7 +333,7 @@ def test_the_techniques_report_compares_each_job_with_its_start():
     rep = script("experiments/techniques_report.py")
     start = {"prior": "fewshot", "pooling": "last"}
     state = {"axes": {"prior": {"jobs": [{"setting": start, "objective": 0.4}]}}}
-    assert rep.find_job(state, start)["objective"] == 0.4 and rep.find_job(state, {"prior": "x"}) is None
+    assert rep.job_folder(state, start)[1]["objective"] == 0.4 and rep.job_folder(state, {"prior": "x"}) is None
     assert rep.label({**start, "prior": "echo_eol", "expand": "hyde"}, start) == "prior=echo_eol, expand=hyde"
     cost = {"query_forwards": 1.0, "target_forwards": 1.0, "query_tokens": 50.0, "target_tokens": 40.0,
             "query_generated": 0.0}
